@@ -1,0 +1,282 @@
+//! The ring-buffer reader shared by every BPF collector.
+//!
+//! A dedicated thread blocks in `epoll_wait` through libbpf's
+//! `ring_buffer__poll`, which drains every available record per wakeup
+//! (batched consumption). tokio's edge-triggered `AsyncFd` is deliberately not
+//! used: it misses ring-buffer wakeups under load and stalls the reader.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use std::mem::MaybeUninit;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, OpenObject, RingBufferBuilder};
+
+use super::record::Record;
+use crate::CollectorError;
+use crate::stats::{DropStage, Stats};
+
+/// Reader settings.
+#[derive(Debug, Clone)]
+pub struct RingBufReaderConfig {
+    /// Name of the reader thread (shown by `ps -T`; at most 15 bytes are kept).
+    pub thread_name: String,
+    /// Longest a poll blocks before checking for stop (bounds stop latency).
+    pub poll_timeout: Duration,
+    /// How often the in-kernel drop counter is read.
+    pub drop_poll_every: Duration,
+}
+
+impl Default for RingBufReaderConfig {
+    fn default() -> Self {
+        Self {
+            thread_name: "tapio-ringbuf".to_string(),
+            poll_timeout: Duration::from_millis(100),
+            drop_poll_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of one reader.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    /// Records decoded and handed to the handler.
+    pub records: AtomicU64,
+    /// Records that failed to decode (also counted as errors in [`Stats`]).
+    pub decode_errors: AtomicU64,
+    /// Reserve failures the kernel counted in `tapio_drops`, as last read.
+    pub kernel_dropped: AtomicU64,
+}
+
+/// Reads one BPF ring buffer on a dedicated thread, decodes records into
+/// `R` and hands them to a handler. Stops (and joins) on [`stop`](Self::stop)
+/// or drop.
+pub struct RingBufReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<ReaderStats>,
+}
+
+impl std::fmt::Debug for RingBufReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingBufReader")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sum of a one-slot per-CPU `u64` array.
+fn read_percpu_total(map: &MapHandle) -> Option<u64> {
+    let values = map
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()??;
+    Some(
+        values
+            .iter()
+            .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+            .map(u64::from_ne_bytes)
+            .sum(),
+    )
+}
+
+/// Keeps whatever a loaded BPF object needs alive (skeleton, links) for the
+/// lifetime of the session; implemented for every type.
+pub trait KeepAlive {}
+impl<T: ?Sized> KeepAlive for T {}
+
+/// What [`BpfProgram::load`] hands back: the object's event ring buffer and
+/// drop counter (fds duplicated from the skeleton), and the skeleton and its
+/// links, dropped — detaching every program — when the session ends.
+pub struct Loaded<'obj> {
+    /// The `tapio_events` ring buffer.
+    pub events: MapHandle,
+    /// The `tapio_drops` per-CPU counter, if the object has one.
+    pub drops: Option<MapHandle>,
+    /// Skeleton and links; dropped on the session thread when it stops.
+    pub keep: Box<dyn KeepAlive + 'obj>,
+}
+
+impl std::fmt::Debug for Loaded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("events", &self.events.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A BPF object a collector opens, loads and attaches on the session thread.
+///
+/// libbpf-cargo skeletons borrow their storage (`MaybeUninit<OpenObject>`);
+/// by loading on the thread that reads the ring buffer, the storage lives on
+/// that thread's stack for exactly the session's lifetime, so stopping the
+/// reader provably detaches every link and closes every fd.
+pub trait BpfProgram: Send + 'static {
+    /// The record type read from the ring buffer.
+    type Record: Record;
+
+    /// Open, configure, load and attach; return the maps to read and what to
+    /// keep alive. Errors should come from [`super::load_error`].
+    fn load<'obj>(
+        self,
+        storage: &'obj mut MaybeUninit<OpenObject>,
+    ) -> Result<Loaded<'obj>, CollectorError>;
+}
+
+/// Find a map of a loaded object by name and duplicate its fd.
+pub fn map_handle(object: &Object, name: &str) -> Result<MapHandle, libbpf_rs::Error> {
+    let map = object.maps().find(|m| m.name() == name).ok_or_else(|| {
+        libbpf_rs::Error::from(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("BPF object has no map named {name}; include tapio/common.h"),
+        ))
+    })?;
+    MapHandle::try_from(&map)
+}
+
+impl RingBufReader {
+    /// Start a session thread: it loads `program`, then reads its ring buffer,
+    /// handing decoded records to `handler`, and every `drop_poll_every`
+    /// reads the in-kernel drop counter. Decode failures count as errors and
+    /// kernel drops as [`DropStage::Kernel`] losses in `stats`. Returns once
+    /// the program is attached, or with its load error.
+    pub fn spawn<P, F>(
+        config: RingBufReaderConfig,
+        program: P,
+        stats: Stats,
+        mut handler: F,
+    ) -> Result<Self, CollectorError>
+    where
+        P: BpfProgram,
+        F: FnMut(P::Record) + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader_stats = Arc::new(ReaderStats::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), CollectorError>>(1);
+        let thread_name = config.thread_name.clone();
+
+        let thread = {
+            let stop = stop.clone();
+            let rstats = reader_stats.clone();
+            std::thread::Builder::new()
+                .name(config.thread_name.clone())
+                .spawn(move || {
+                    let mut storage = MaybeUninit::uninit();
+                    let loaded = match program.load(&mut storage) {
+                        Ok(loaded) => loaded,
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    let cb_stats = rstats.clone();
+                    let cb_counters = stats.clone();
+                    let mut builder = RingBufferBuilder::new();
+                    let added = builder.add(&loaded.events, move |bytes: &[u8]| {
+                        match P::Record::decode(bytes) {
+                            Ok(record) => {
+                                cb_stats.records.fetch_add(1, Ordering::Relaxed);
+                                handler(record);
+                            }
+                            Err(err) => {
+                                cb_stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                                cb_counters.add_errors(1);
+                                tracing::debug!(error = %err, "dropping undecodable BPF record");
+                            }
+                        }
+                        0
+                    });
+                    let rb = match added.map(|_| ()).and_then(|()| builder.build()) {
+                        Ok(rb) => rb,
+                        Err(err) => {
+                            let _ = ready_tx.send(Err(CollectorError::Bpf {
+                                collector: thread_name,
+                                operation: "set up ring buffer".to_string(),
+                                source: Box::new(err),
+                            }));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    drop(ready_tx);
+
+                    let mut last_kernel_total = 0u64;
+                    let poll_drops = |last: &mut u64| {
+                        if let Some(total) = loaded.drops.as_ref().and_then(read_percpu_total) {
+                            if total > *last {
+                                stats.add_dropped(DropStage::Kernel, total - *last);
+                                *last = total;
+                            }
+                            rstats.kernel_dropped.store(total, Ordering::Relaxed);
+                        }
+                    };
+                    let mut last_drop_check = Instant::now();
+                    while !stop.load(Ordering::Acquire) {
+                        let rc = rb.poll_raw(config.poll_timeout);
+                        if rc < 0 && rc != -libc::EINTR {
+                            tracing::warn!(errno = -rc, "ring buffer poll failed");
+                            stats.add_errors(1);
+                            std::thread::sleep(config.poll_timeout);
+                        }
+                        if last_drop_check.elapsed() >= config.drop_poll_every {
+                            poll_drops(&mut last_kernel_total);
+                            last_drop_check = Instant::now();
+                        }
+                    }
+                    // Deliver what is already in the buffer, then the final drop count.
+                    let _ = rb.consume_raw();
+                    poll_drops(&mut last_kernel_total);
+                    // Explicit order: ring buffer, then links and skeleton, then storage.
+                    drop(rb);
+                    drop(loaded);
+                })
+                .map_err(|err| CollectorError::Io {
+                    collector: config.thread_name.clone(),
+                    context: "spawn ring buffer thread".to_string(),
+                    source: err,
+                })?
+        };
+        let ready = ready_rx.recv();
+        match ready {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                thread: Some(thread),
+                stats: reader_stats,
+            }),
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                Err(err)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(CollectorError::Bpf {
+                    collector: config.thread_name,
+                    operation: "start ring buffer thread".to_string(),
+                    source: "the session thread exited during setup".into(),
+                })
+            }
+        }
+    }
+
+    /// The reader's counters.
+    pub fn stats(&self) -> &ReaderStats {
+        &self.stats
+    }
+
+    /// Stop reading, drain what is buffered, and join the thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("ring buffer reader thread panicked");
+        }
+    }
+}
+
+impl Drop for RingBufReader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,566 @@
+//! [`RawEvent`], the one record every collector emits, and its W3C trace
+//! context ([`TraceId`], [`SpanId`], [`TraceParent`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// A W3C trace id: 16 bytes, printed as 32 lowercase hex digits, never all zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(u128);
+
+/// A W3C span (parent) id: 8 bytes, printed as 16 lowercase hex digits, never all zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(u64);
+
+/// Why a trace id, span id or `traceparent` header was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceContextError {
+    /// Wrong number of hex digits.
+    #[error("{what} must be {expected} lowercase hex digits, got {got}")]
+    Length {
+        /// Which field.
+        what: &'static str,
+        /// Digits expected.
+        expected: usize,
+        /// Digits found.
+        got: usize,
+    },
+    /// A character other than `0-9a-f`.
+    #[error("{what} contains a character that is not lowercase hex")]
+    NotHex {
+        /// Which field.
+        what: &'static str,
+    },
+    /// All-zero ids are invalid per W3C Trace Context.
+    #[error("{what} is all zeros, which W3C Trace Context forbids")]
+    Zero {
+        /// Which field.
+        what: &'static str,
+    },
+    /// `traceparent` does not have the `version-traceid-parentid-flags` shape.
+    #[error("traceparent must look like 00-<32 hex>-<16 hex>-<2 hex>: {0}")]
+    Shape(String),
+    /// Version `ff` is forbidden.
+    #[error("traceparent version ff is invalid")]
+    InvalidVersion,
+}
+
+fn parse_hex(what: &'static str, s: &str, digits: usize) -> Result<u128, TraceContextError> {
+    if s.len() != digits {
+        return Err(TraceContextError::Length {
+            what,
+            expected: digits,
+            got: s.len(),
+        });
+    }
+    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(TraceContextError::NotHex { what });
+    }
+    // Only lowercase hex digits remain and at most 32 of them: fits in u128.
+    u128::from_str_radix(s, 16).map_err(|_| TraceContextError::NotHex { what })
+}
+
+impl TraceId {
+    /// A random, non-zero trace id.
+    pub fn random() -> Self {
+        loop {
+            let v: u128 = rand::random();
+            if v != 0 {
+                return Self(v);
+            }
+        }
+    }
+
+    /// From the 128-bit value; `None` for zero.
+    pub fn from_u128(v: u128) -> Option<Self> {
+        (v != 0).then_some(Self(v))
+    }
+
+    /// The 128-bit value.
+    pub fn to_u128(self) -> u128 {
+        self.0
+    }
+
+    /// Big-endian bytes, as OTLP carries them.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl SpanId {
+    /// A random, non-zero span id.
+    pub fn random() -> Self {
+        loop {
+            let v: u64 = rand::random();
+            if v != 0 {
+                return Self(v);
+            }
+        }
+    }
+
+    /// From the 64-bit value; `None` for zero.
+    pub fn from_u64(v: u64) -> Option<Self> {
+        (v != 0).then_some(Self(v))
+    }
+
+    /// The 64-bit value.
+    pub fn to_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Big-endian bytes, as OTLP carries them.
+    pub fn to_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+impl FromStr for TraceId {
+    type Err = TraceContextError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let v = parse_hex("trace id", s, 32)?;
+        Self::from_u128(v).ok_or(TraceContextError::Zero { what: "trace id" })
+    }
+}
+
+impl FromStr for SpanId {
+    type Err = TraceContextError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // 16 hex digits always fit in u64.
+        let v = parse_hex("span id", s, 16)? as u64;
+        Self::from_u64(v).ok_or(TraceContextError::Zero { what: "span id" })
+    }
+}
+
+macro_rules! serde_via_str {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(D::Error::custom)
+            }
+        }
+    };
+}
+serde_via_str!(TraceId);
+serde_via_str!(SpanId);
+
+/// A W3C `traceparent` header: `00-<trace id>-<parent id>-<flags>`.
+///
+/// ```
+/// use tapio_core::TraceParent;
+///
+/// let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?;
+/// assert_eq!(tp.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert!(tp.sampled());
+/// assert_eq!(tp.to_string(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+/// # Ok::<(), tapio_core::TraceContextError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    /// The trace the source object belongs to.
+    pub trace_id: TraceId,
+    /// The span of the caller that produced the source object.
+    pub parent_id: SpanId,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Whether the sampled flag is set.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
+    }
+}
+
+impl FromStr for TraceParent {
+    type Err = TraceContextError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let mut parts = s.split('-');
+        let (Some(version), Some(trace), Some(parent), Some(flags)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TraceContextError::Shape(s.chars().take(64).collect()));
+        };
+        let version = parse_hex("traceparent version", version, 2)?;
+        if version == 0xff {
+            return Err(TraceContextError::InvalidVersion);
+        }
+        // Version 00 has exactly four fields; later versions may append more.
+        if version == 0 && parts.next().is_some() {
+            return Err(TraceContextError::Shape(s.chars().take(64).collect()));
+        }
+        Ok(Self {
+            trace_id: trace.parse()?,
+            parent_id: parent.parse()?,
+            // Two hex digits fit in u8.
+            flags: parse_hex("traceparent flags", flags, 2)? as u8,
+        })
+    }
+}
+
+/// Metadata key under which an event records the span id of the
+/// `traceparent` it was propagated from.
+pub const PARENT_SPAN_KEY: &str = "trace.parent_span_id";
+
+/// One observation from a collector.
+///
+/// `data` holds the JSON of the collector's typed payload (each collector
+/// crate exports its payload types so consumers can decode them with
+/// [`RawEvent::payload`]). `metadata` keys follow OpenTelemetry semantic
+/// conventions (`k8s.pod.uid`, `process.pid`, …).
+///
+/// ```
+/// use tapio_core::RawEvent;
+///
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Exec { pid: u32, filename: String }
+///
+/// let ev = RawEvent::new("kernel.process.exec", "kernel", &Exec { pid: 42, filename: "/bin/sh".into() })?
+///     .with_metadata("process.pid", "42");
+/// assert_eq!(ev.payload::<Exec>()?, Exec { pid: 42, filename: "/bin/sh".into() });
+/// let line = ev.to_json_line()?;
+/// assert!(line.contains(r#""data":{"pid":42,"filename":"/bin/sh"}"#));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    /// Wall-clock time of the observation (kernel boot-time stamps are converted).
+    pub timestamp: DateTime<Utc>,
+    /// Dotted type, e.g. `kernel.process.exec`, `dns.response`, `etcd.put`.
+    pub event_type: String,
+    /// Name of the collector that produced it.
+    pub source: String,
+    /// JSON of the typed payload.
+    pub data: Vec<u8>,
+    /// String attributes; keys follow OpenTelemetry semantic conventions.
+    pub metadata: BTreeMap<String, String>,
+    /// Trace the event belongs to (propagated from a `traceparent` when one was found).
+    pub trace_id: TraceId,
+    /// This event's span.
+    pub span_id: SpanId,
+}
+
+impl RawEvent {
+    /// A new event stamped now, with fresh trace and span ids, whose `data`
+    /// is the JSON of `payload`.
+    pub fn new(
+        event_type: impl Into<String>,
+        source: impl Into<String>,
+        payload: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::from_json_bytes(
+            event_type,
+            source,
+            serde_json::to_vec(payload)?,
+        ))
+    }
+
+    /// A new event whose `data` is already-encoded JSON.
+    pub fn from_json_bytes(
+        event_type: impl Into<String>,
+        source: impl Into<String>,
+        data: Vec<u8>,
+    ) -> Self {
+        Self {
+            timestamp: Utc::now(),
+            event_type: event_type.into(),
+            source: source.into(),
+            data,
+            metadata: BTreeMap::new(),
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+        }
+    }
+
+    /// Set the observation time.
+    pub fn with_timestamp(mut self, timestamp: DateTime<Utc>) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// Add one metadata attribute.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Continue the trace of a `traceparent` found on the source object: the
+    /// trace id is kept, this event gets its own span id, and the parent span
+    /// id is recorded under [`PARENT_SPAN_KEY`].
+    pub fn with_traceparent(mut self, parent: &TraceParent) -> Self {
+        self.trace_id = parent.trace_id;
+        self.span_id = SpanId::random();
+        self.metadata
+            .insert(PARENT_SPAN_KEY.to_string(), parent.parent_id.to_string());
+        self
+    }
+
+    /// This event as a `traceparent` for whatever it causes downstream.
+    pub fn traceparent(&self) -> TraceParent {
+        TraceParent {
+            trace_id: self.trace_id,
+            parent_id: self.span_id,
+            flags: 1,
+        }
+    }
+
+    /// Decode `data` as the collector's payload type.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.data)
+    }
+
+    /// One JSON object on one line (no trailing newline), the agent's output
+    /// contract: `data` is embedded as JSON, `timestamp` is RFC 3339 with
+    /// nanoseconds.
+    pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    /// Parse one line written by [`RawEvent::to_json_line`].
+    pub fn from_json_line(line: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    timestamp: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    source: &'a str,
+    data: DataOut<'a>,
+    metadata: &'a BTreeMap<String, String>,
+    trace_id: TraceId,
+    span_id: SpanId,
+}
+
+/// `data` as embedded JSON when it is valid, otherwise as a JSON string of
+/// its lossy UTF-8 so that one bad payload never breaks the output stream.
+enum DataOut<'a> {
+    Json(&'a RawValue),
+    Text(std::borrow::Cow<'a, str>),
+}
+
+impl Serialize for DataOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DataOut::Json(raw) => raw.serialize(s),
+            DataOut::Text(text) => s.serialize_str(text),
+        }
+    }
+}
+
+impl Serialize for RawEvent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let data = std::str::from_utf8(&self.data)
+            .ok()
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+            .map(DataOut::Json)
+            .unwrap_or_else(|| DataOut::Text(String::from_utf8_lossy(&self.data)));
+        WireOut {
+            timestamp: self.timestamp.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            event_type: &self.event_type,
+            source: &self.source,
+            data,
+            metadata: &self.metadata,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    timestamp: DateTime<Utc>,
+    #[serde(rename = "type")]
+    event_type: String,
+    source: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    trace_id: TraceId,
+    span_id: SpanId,
+}
+
+impl<'de> Deserialize<'de> for RawEvent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireIn::deserialize(d)?;
+        Ok(Self {
+            timestamp: w.timestamp,
+            event_type: w.event_type,
+            source: w.source,
+            data: w.data.get().as_bytes().to_vec(),
+            metadata: w.metadata,
+            trace_id: w.trace_id,
+            span_id: w.span_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_valid_w3c() {
+        for _ in 0..1000 {
+            let t = TraceId::random().to_string();
+            let s = SpanId::random().to_string();
+            assert_eq!(t.len(), 32);
+            assert_eq!(s.len(), 16);
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+            assert_ne!(t, "0".repeat(32));
+            assert_ne!(s, "0".repeat(16));
+        }
+        assert_eq!(
+            TraceId::from_u128(1).unwrap().to_string(),
+            format!("{:032x}", 1)
+        );
+        assert_eq!(
+            SpanId::from_u64(0xab).unwrap().to_string(),
+            "00000000000000ab"
+        );
+        assert!(TraceId::from_u128(0).is_none());
+        assert!(SpanId::from_u64(0).is_none());
+    }
+
+    #[test]
+    fn traceparent_round_trip_and_rejections() {
+        let s = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp: TraceParent = s.parse().unwrap();
+        assert_eq!(tp.trace_id.to_u128(), 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(tp.parent_id.to_u64(), 0x00f067aa0ba902b7);
+        assert_eq!(tp.flags, 1);
+        assert_eq!(tp.to_string(), s);
+        // Future versions may carry more fields.
+        let future: TraceParent = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra"
+            .parse()
+            .unwrap();
+        assert!(!future.sampled());
+
+        let bad = [
+            ("", "must look like"),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+                "must look like",
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "all zeros",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "all zeros",
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                "lowercase",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+                "32",
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "version ff",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                "must look like",
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+                "lowercase hex",
+            ),
+        ];
+        for (input, want) in bad {
+            let err = input.parse::<TraceParent>().unwrap_err().to_string();
+            assert!(err.contains(want), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn traceparent_is_propagated_not_replaced() {
+        let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap();
+        let ev = RawEvent::from_json_bytes("t", "s", b"{}".to_vec()).with_traceparent(&tp);
+        assert_eq!(ev.trace_id, tp.trace_id);
+        assert_ne!(ev.span_id, tp.parent_id);
+        assert_eq!(ev.metadata[PARENT_SPAN_KEY], "00f067aa0ba902b7");
+        assert_eq!(ev.traceparent().trace_id, tp.trace_id);
+        assert_eq!(ev.traceparent().parent_id, ev.span_id);
+    }
+
+    #[test]
+    fn json_line_round_trip() {
+        let ts = DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let ev = RawEvent::new("dns.query", "dns", &serde_json::json!({"qname": "a.b."}))
+            .unwrap()
+            .with_timestamp(ts)
+            .with_metadata("dns.question.name", "a.b.");
+        let line = ev.to_json_line().unwrap();
+        assert!(
+            line.starts_with(r#"{"timestamp":"2026-11-25T10:00:00.123456789Z","type":"dns.query","source":"dns","data":{"qname":"a.b."},"metadata":{"dns.question.name":"a.b."},"trace_id":""#),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        assert_eq!(RawEvent::from_json_line(&line).unwrap(), ev);
+    }
+
+    #[test]
+    fn invalid_payload_bytes_still_serialize() {
+        let ev = RawEvent::from_json_bytes("t", "s", vec![b'{', 0xff]);
+        let v: serde_json::Value = serde_json::from_str(&ev.to_json_line().unwrap()).unwrap();
+        assert_eq!(v["data"], "{\u{fffd}");
+    }
+}

@@ -1,0 +1,356 @@
+//! [`Registry`]: start many collectors, merge their streams into one, and
+//! keep them running.
+//!
+//! ```
+//! use tapio_core::{Registry, RegistryConfig, CollectorContext};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let mut registry = Registry::new(RegistryConfig::default());
+//! // registry.register(Box::new(my_collector))?;
+//! let mut events = registry.events().expect("merged stream");
+//! let report = registry.start(CollectorContext::default()).await?;
+//! assert!(report.skipped.is_empty());
+//! registry.stop().await;
+//! assert!(events.recv().await.is_none()); // every forwarder finished
+//! # Ok::<(), tapio_core::RegistryError>(())
+//! # }).unwrap();
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::channel::{self, EventReceiver, EventSender, OverflowPolicy};
+use crate::collector::{Collector, CollectorContext, CollectorError};
+use crate::health::{HealthReport, HealthState};
+use crate::resilience::{
+    BreakerError, CircuitBreaker, CircuitBreakerConfig, RetryError, RetryPolicy,
+};
+
+/// Metadata key the registry stamps with the producing collector's name.
+pub const COLLECTOR_KEY: &str = "collector";
+
+/// What to do when a collector fails to start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartMode {
+    /// Stop the collectors already started and return the error.
+    #[default]
+    AllOrNothing,
+    /// Skip the failing collector, report it, and go on.
+    BestEffort,
+}
+
+/// Registry settings.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Bound of the merged event queue.
+    pub queue_capacity: usize,
+    /// Overflow policy of the merged queue.
+    pub overflow: OverflowPolicy,
+    /// What a failed start does.
+    pub start_mode: StartMode,
+    /// How often health is checked; a [`HealthState::Failed`] collector is
+    /// restarted. `None` disables supervision.
+    pub supervise_every: Option<Duration>,
+    /// Retry schedule of one restart.
+    pub restart_retry: RetryPolicy,
+    /// Per-collector circuit breaker around restart attempts.
+    pub restart_breaker: CircuitBreakerConfig,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: crate::collector::DEFAULT_QUEUE_CAPACITY,
+            overflow: OverflowPolicy::DropNewest,
+            start_mode: StartMode::AllOrNothing,
+            supervise_every: Some(Duration::from_secs(5)),
+            restart_retry: RetryPolicy::default(),
+            restart_breaker: CircuitBreakerConfig::default(),
+        }
+    }
+}
+
+/// Why the registry could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Two collectors with one name.
+    #[error("a collector named {0} is already registered")]
+    Duplicate(String),
+    /// Registration after start.
+    #[error("cannot register {0}: the registry is running")]
+    Running(String),
+    /// A collector failed to start; those started before it were stopped again.
+    #[error("starting {collector} failed (rolled back {rolled_back:?}): {source}")]
+    StartFailed {
+        /// The collector that failed.
+        collector: String,
+        /// Collectors stopped again because of it.
+        rolled_back: Vec<String>,
+        /// Its error.
+        source: Box<CollectorError>,
+    },
+    /// A collector's event stream could not be taken.
+    #[error("taking the event stream failed: {0}")]
+    Stream(CollectorError),
+}
+
+/// What [`Registry::start`] did.
+#[derive(Debug, Default)]
+pub struct StartReport {
+    /// Collectors now running.
+    pub started: Vec<String>,
+    /// Collectors skipped in [`StartMode::BestEffort`], with why.
+    pub skipped: Vec<(String, CollectorError)>,
+}
+
+struct Entry {
+    collector: Arc<dyn Collector>,
+    breaker: CircuitBreaker,
+    running: bool,
+    restarts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Holds collectors, merges their event streams, supervises them.
+pub struct Registry {
+    config: RegistryConfig,
+    entries: Vec<Entry>,
+    merged_tx: Option<EventSender>,
+    merged_rx: Option<EventReceiver>,
+    tasks: Vec<JoinHandle<()>>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("collectors", &self.names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: RegistryConfig) -> Self {
+        let (tx, rx) = channel::bounded(config.queue_capacity, config.overflow);
+        Self {
+            config,
+            entries: Vec::new(),
+            merged_tx: Some(tx),
+            merged_rx: Some(rx),
+            tasks: Vec::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Add a collector. Names must be unique.
+    pub fn register(&mut self, collector: Box<dyn Collector>) -> Result<(), RegistryError> {
+        let name = collector.name().to_string();
+        if !self.tasks.is_empty() {
+            return Err(RegistryError::Running(name));
+        }
+        if self.entries.iter().any(|e| e.collector.name() == name) {
+            return Err(RegistryError::Duplicate(name));
+        }
+        let breaker = CircuitBreaker::new(self.config.restart_breaker);
+        self.entries.push(Entry {
+            collector: Arc::from(collector),
+            breaker,
+            running: false,
+            restarts: Default::default(),
+        });
+        Ok(())
+    }
+
+    /// Names of the registered collectors, in registration order.
+    pub fn names(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .map(|e| e.collector.name().to_string())
+            .collect()
+    }
+
+    /// The merged stream (once). Every event carries `metadata["collector"]`.
+    pub fn events(&mut self) -> Option<EventReceiver> {
+        self.merged_rx.take()
+    }
+
+    /// Statistics of the merged queue (its drops are export-side losses of the registry).
+    pub fn queue_stats(&self) -> Option<channel::ChannelStats> {
+        self.merged_tx.as_ref().map(EventSender::stats)
+    }
+
+    /// Start every collector in registration order, then forward their
+    /// streams into the merged one and supervise them.
+    pub async fn start(&mut self, ctx: CollectorContext) -> Result<StartReport, RegistryError> {
+        let mut report = StartReport::default();
+        for i in 0..self.entries.len() {
+            let collector = self.entries[i].collector.clone();
+            let name = collector.name().to_string();
+            let span = info_span!("collector.start", collector = %name);
+            match collector.start(ctx.clone()).instrument(span).await {
+                Ok(()) => {
+                    info!(collector = %name, "started");
+                    self.entries[i].running = true;
+                    report.started.push(name);
+                }
+                Err(err) if self.config.start_mode == StartMode::BestEffort => {
+                    warn!(collector = %name, error = %err, "skipped: failed to start");
+                    report.skipped.push((name, err));
+                }
+                Err(err) => {
+                    let mut rolled_back = Vec::new();
+                    for entry in self.entries[..i].iter_mut().filter(|e| e.running).rev() {
+                        if let Err(stop_err) = entry.collector.stop().await {
+                            warn!(collector = entry.collector.name(), error = %stop_err, "stop during rollback failed");
+                        }
+                        entry.running = false;
+                        rolled_back.push(entry.collector.name().to_string());
+                    }
+                    return Err(RegistryError::StartFailed {
+                        collector: name,
+                        rolled_back,
+                        source: Box::new(err),
+                    });
+                }
+            }
+        }
+        self.spawn_forwarders()?;
+        self.spawn_supervisor(ctx);
+        Ok(report)
+    }
+
+    fn spawn_forwarders(&mut self) -> Result<(), RegistryError> {
+        let Some(merged) = self.merged_tx.take() else {
+            return Ok(()); // already forwarding (restart of the registry is not supported)
+        };
+        for entry in self.entries.iter().filter(|e| e.running) {
+            let mut rx = entry.collector.events().map_err(RegistryError::Stream)?;
+            let tx = merged.clone();
+            let name = entry.collector.name().to_string();
+            let cancel = self.cancel.clone();
+            self.tasks.push(tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        biased;
+                        ev = rx.recv() => ev,
+                        () = cancel.cancelled() => {
+                            // Deliver what the collector queued before stopping.
+                            rx.try_recv()
+                        }
+                    };
+                    let Some(mut event) = event else { break };
+                    event
+                        .metadata
+                        .insert(COLLECTOR_KEY.to_string(), name.clone());
+                    tx.send(event);
+                }
+            }));
+        }
+        // Keep the stats handle; the forwarders hold the live senders.
+        self.merged_tx = Some(merged);
+        Ok(())
+    }
+
+    fn spawn_supervisor(&mut self, ctx: CollectorContext) {
+        let Some(every) = self.config.supervise_every else {
+            return;
+        };
+        let watched: Vec<_> = self
+            .entries
+            .iter()
+            .filter(|e| e.running)
+            .map(|e| (e.collector.clone(), e.breaker.clone(), e.restarts.clone()))
+            .collect();
+        let policy = self.config.restart_retry;
+        let cancel = self.cancel.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                for (collector, breaker, restarts) in &watched {
+                    if collector.health().state != HealthState::Failed {
+                        continue;
+                    }
+                    let result = restart(collector, breaker, &policy, &ctx, &cancel).await;
+                    match result {
+                        Ok(()) => {
+                            restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            info!(collector = collector.name(), "restarted after failure");
+                        }
+                        Err(err) => {
+                            warn!(collector = collector.name(), error = %err, "restart failed")
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    /// How many times the supervisor restarted `name`.
+    pub fn restarts(&self, name: &str) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|e| e.collector.name() == name)
+            .map(|e| e.restarts.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Health of every registered collector.
+    pub fn health(&self) -> Vec<HealthReport> {
+        self.entries.iter().map(|e| e.collector.health()).collect()
+    }
+
+    /// Stop supervision and every running collector (in reverse start
+    /// order), then let the forwarders drain; the merged stream ends.
+    pub async fn stop(&mut self) {
+        self.cancel.cancel();
+        for entry in self.entries.iter_mut().rev() {
+            if entry.running {
+                if let Err(err) = entry.collector.stop().await {
+                    warn!(collector = entry.collector.name(), error = %err, "stop failed");
+                }
+                entry.running = false;
+            }
+        }
+        for task in self.tasks.drain(..) {
+            if let Err(err) = task.await {
+                warn!(error = %err, "registry task ended abnormally");
+            }
+        }
+        self.merged_tx = None;
+    }
+}
+
+/// One restart of a failed collector: stop, then start through the
+/// collector's circuit breaker, retried with backoff.
+async fn restart(
+    collector: &Arc<dyn Collector>,
+    breaker: &CircuitBreaker,
+    policy: &RetryPolicy,
+    ctx: &CollectorContext,
+    cancel: &CancellationToken,
+) -> Result<(), RetryError<BreakerError<CollectorError>>> {
+    let span = info_span!("collector.restart", collector = collector.name());
+    async {
+        policy
+            .retry(|| async {
+                breaker
+                    .call(|| async {
+                        collector.stop().await?;
+                        collector.start(ctx.clone()).await
+                    })
+                    .await
+            })
+            .cancel_on(cancel.clone())
+            .await
+    }
+    .instrument(span)
+    .await
+}
