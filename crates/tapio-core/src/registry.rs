@@ -83,6 +83,9 @@ pub enum RegistryError {
     /// Registration after start.
     #[error("cannot register {0}: the registry is running")]
     Running(String),
+    /// `start` was called twice; a registry runs once.
+    #[error("the registry was already started")]
+    AlreadyStarted,
     /// A collector failed to start; those started before it were stopped again.
     #[error("starting {collector} failed (rolled back {rolled_back:?}): {source}")]
     StartFailed {
@@ -120,8 +123,15 @@ pub struct Registry {
     entries: Vec<Entry>,
     merged_tx: Option<EventSender>,
     merged_rx: Option<EventReceiver>,
+    /// Forwarders, one per running collector.
     tasks: Vec<JoinHandle<()>>,
+    supervisor: Option<JoinHandle<()>>,
+    /// Set by the first `start`; a registry runs once.
+    started: bool,
+    /// Ends supervision.
     cancel: CancellationToken,
+    /// Ends forwarding; cancelled only once every collector has stopped.
+    forwarding: CancellationToken,
 }
 
 impl std::fmt::Debug for Registry {
@@ -142,14 +152,17 @@ impl Registry {
             merged_tx: Some(tx),
             merged_rx: Some(rx),
             tasks: Vec::new(),
+            supervisor: None,
+            started: false,
             cancel: CancellationToken::new(),
+            forwarding: CancellationToken::new(),
         }
     }
 
     /// Add a collector. Names must be unique.
     pub fn register(&mut self, collector: Box<dyn Collector>) -> Result<(), RegistryError> {
         let name = collector.name().to_string();
-        if !self.tasks.is_empty() {
+        if !self.tasks.is_empty() || self.supervisor.is_some() {
             return Err(RegistryError::Running(name));
         }
         if self.entries.iter().any(|e| e.collector.name() == name) {
@@ -178,7 +191,9 @@ impl Registry {
         self.merged_rx.take()
     }
 
-    /// Statistics of the merged queue (its drops are export-side losses of the registry).
+    /// Statistics of the merged queue while the registry runs (`None` after
+    /// [`stop`](Self::stop); the merged stream's
+    /// [`EventReceiver::stats`] keeps the final figures).
     pub fn queue_stats(&self) -> Option<channel::ChannelStats> {
         self.merged_tx.as_ref().map(EventSender::stats)
     }
@@ -186,6 +201,10 @@ impl Registry {
     /// Start every collector in registration order, then forward their
     /// streams into the merged one and supervise them.
     pub async fn start(&mut self, ctx: CollectorContext) -> Result<StartReport, RegistryError> {
+        if self.started {
+            return Err(RegistryError::AlreadyStarted);
+        }
+        self.started = true;
         let mut report = StartReport::default();
         for i in 0..self.entries.len() {
             let collector = self.entries[i].collector.clone();
@@ -210,6 +229,8 @@ impl Registry {
                         entry.running = false;
                         rolled_back.push(entry.collector.name().to_string());
                     }
+                    // Nothing runs any more: the registry may be started again.
+                    self.started = false;
                     return Err(RegistryError::StartFailed {
                         collector: name,
                         rolled_back,
@@ -231,7 +252,7 @@ impl Registry {
             let mut rx = entry.collector.events().map_err(RegistryError::Stream)?;
             let tx = merged.clone();
             let name = entry.collector.name().to_string();
-            let cancel = self.cancel.clone();
+            let cancel = self.forwarding.clone();
             self.tasks.push(tokio::spawn(async move {
                 loop {
                     let event = tokio::select! {
@@ -267,7 +288,7 @@ impl Registry {
             .collect();
         let policy = self.config.restart_retry;
         let cancel = self.cancel.clone();
-        self.tasks.push(tokio::spawn(async move {
+        self.supervisor = Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -310,7 +331,14 @@ impl Registry {
     /// Stop supervision and every running collector (in reverse start
     /// order), then let the forwarders drain; the merged stream ends.
     pub async fn stop(&mut self) {
+        // End supervision first, and wait for it, so no restart in flight
+        // races the stops below or starts a collector again after them.
         self.cancel.cancel();
+        if let Some(supervisor) = self.supervisor.take()
+            && let Err(err) = supervisor.await
+        {
+            warn!(error = %err, "registry supervisor ended abnormally");
+        }
         for entry in self.entries.iter_mut().rev() {
             if entry.running {
                 if let Err(err) = entry.collector.stop().await {
@@ -319,6 +347,9 @@ impl Registry {
                 entry.running = false;
             }
         }
+        // Only now end forwarding: what the collectors queued up to and
+        // during their stop is forwarded before the merged stream ends.
+        self.forwarding.cancel();
         for task in self.tasks.drain(..) {
             if let Err(err) = task.await {
                 warn!(error = %err, "registry task ended abnormally");
@@ -339,16 +370,15 @@ async fn restart(
 ) -> Result<(), RetryError<BreakerError<CollectorError>>> {
     let span = info_span!("collector.restart", collector = collector.name());
     async {
+        // Each attempt passes the breaker first: while it is open, attempts
+        // wait for its open timeout instead of hammering a broken collector.
         policy
             .retry(|| async {
-                breaker
-                    .call(|| async {
-                        collector.stop().await?;
-                        collector.start(ctx.clone()).await
-                    })
-                    .await
+                collector.stop().await?;
+                collector.start(ctx.clone()).await
             })
             .cancel_on(cancel.clone())
+            .through(breaker)
             .await
     }
     .instrument(span)

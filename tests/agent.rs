@@ -1,0 +1,114 @@
+//! The reference agent as a subprocess: JSON lines on stdout, status on
+//! stderr, graceful stop after `--duration`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tapio_core::RawEvent;
+use tapio_core::testing::require_root;
+
+/// `target/<profile>/examples/agent`, built by `cargo test` alongside this test.
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join("examples").join("agent");
+    assert!(bin.exists(), "{} missing: build with `cargo test` (builds examples)", bin.display());
+    bin
+}
+
+#[test]
+fn agent_prints_exec_events_as_json_lines_and_a_summary() {
+    if !require_root("agent_prints_exec_events_as_json_lines_and_a_summary") {
+        return;
+    }
+    let mut agent = Command::new(agent_binary())
+        .args(["--collectors", "kernel", "--duration", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start agent");
+
+    // Exec a marker program repeatedly while the agent runs.
+    let started = Instant::now();
+    let mut pids = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        let mut child = Command::new("/bin/true").spawn().expect("spawn true");
+        pids.push(child.id());
+        child.wait().expect("wait true");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = agent.wait_with_output().expect("agent output");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent failed: {stderr}");
+    assert!(stderr.contains("kernel   started"), "{stderr}");
+    assert!(stderr.contains("summary"), "{stderr}");
+
+    let mut seen = Vec::new();
+    for line in stdout.lines() {
+        let ev = RawEvent::from_json_line(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["trace_id"].as_str().unwrap().len(), 32);
+        assert_eq!(v["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(ev.metadata["collector"], "kernel");
+        assert_eq!(ev.source, "kernel");
+        if ev.event_type == "kernel.process.exec" && v["data"]["filename"] == "/bin/true" {
+            seen.push(v["data"]["pid"].as_u64().unwrap() as u32);
+        }
+    }
+    // Execs during the agent's startup may precede the attach: every exec
+    // after the first reported one must be reported.
+    let first = pids
+        .iter()
+        .position(|p| seen.contains(p))
+        .unwrap_or_else(|| panic!("no /bin/true exec seen; pids {pids:?}, stdout:\n{stdout}"));
+    for pid in &pids[first..] {
+        assert!(seen.contains(pid), "exec of pid {pid} missing; seen {seen:?}");
+    }
+    assert!(pids.len() - first >= 10, "too few execs observed: {}", pids.len() - first);
+}
+
+#[test]
+fn unknown_collector_is_a_usage_error() {
+    let out = Command::new(agent_binary())
+        .args(["--collectors", "bogus", "--duration", "0"])
+        .output()
+        .expect("run agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--collectors bogus: unknown collector"), "{stderr}");
+}
+
+#[test]
+fn unprivileged_agent_skips_kernel_with_a_reason_and_exits_cleanly() {
+    if !require_root("unprivileged_agent_skips_kernel_with_a_reason_and_exits_cleanly") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("tapio-agent-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("agent");
+    std::fs::copy(agent_binary(), &bin).unwrap();
+    let out = Command::new(&bin)
+        .args(["--duration", "0.5"])
+        .current_dir(&dir)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run agent as nobody");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("kernel   skipped: kernel: load BPF object needs CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.stdout.len(), 0);
+}
