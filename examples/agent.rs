@@ -26,7 +26,10 @@ use tapio::{Collector, CollectorContext, Registry, RegistryConfig, StartMode};
 const KNOWN: &[&str] = &["kernel", "cni", "dns", "etcd", "systemd", "kube"];
 
 #[derive(Parser, Debug)]
-#[command(name = "tapio-agent", about = "Tapio reference node agent: events as JSON lines on stdout")]
+#[command(
+    name = "tapio-agent",
+    about = "Tapio reference node agent: events as JSON lines on stdout"
+)]
 struct Args {
     /// Comma-separated collectors to run (default: every collector available in this build).
     #[arg(long, value_delimiter = ',')]
@@ -213,7 +216,7 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
 
-    let merged = registry.queue_stats().unwrap_or_default();
+    let merged = events.stats();
     eprintln!(
         "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>8}",
         "summary", "processed", "written", "dropped_kernel", "dropped_queue", "errors"

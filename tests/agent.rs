@@ -16,7 +16,11 @@ fn agent_binary() -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
     let bin = profile_dir.join("examples").join("agent");
-    assert!(bin.exists(), "{} missing: build with `cargo test` (builds examples)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: build with `cargo test` (builds examples)",
+        bin.display()
+    );
     bin
 }
 
@@ -25,7 +29,7 @@ fn agent_prints_exec_events_as_json_lines_and_a_summary() {
     if !require_root("agent_prints_exec_events_as_json_lines_and_a_summary") {
         return;
     }
-    let mut agent = Command::new(agent_binary())
+    let agent = Command::new(agent_binary())
         .args(["--collectors", "kernel", "--duration", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -50,7 +54,8 @@ fn agent_prints_exec_events_as_json_lines_and_a_summary() {
 
     let mut seen = Vec::new();
     for line in stdout.lines() {
-        let ev = RawEvent::from_json_line(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+        let ev =
+            RawEvent::from_json_line(line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["trace_id"].as_str().unwrap().len(), 32);
         assert_eq!(v["span_id"].as_str().unwrap().len(), 16);
@@ -67,9 +72,16 @@ fn agent_prints_exec_events_as_json_lines_and_a_summary() {
         .position(|p| seen.contains(p))
         .unwrap_or_else(|| panic!("no /bin/true exec seen; pids {pids:?}, stdout:\n{stdout}"));
     for pid in &pids[first..] {
-        assert!(seen.contains(pid), "exec of pid {pid} missing; seen {seen:?}");
+        assert!(
+            seen.contains(pid),
+            "exec of pid {pid} missing; seen {seen:?}"
+        );
     }
-    assert!(pids.len() - first >= 10, "too few execs observed: {}", pids.len() - first);
+    assert!(
+        pids.len() - first >= 10,
+        "too few execs observed: {}",
+        pids.len() - first
+    );
 }
 
 #[test]
@@ -80,7 +92,10 @@ fn unknown_collector_is_a_usage_error() {
         .expect("run agent");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--collectors bogus: unknown collector"), "{stderr}");
+    assert!(
+        stderr.contains("--collectors bogus: unknown collector"),
+        "{stderr}"
+    );
 }
 
 #[test]
