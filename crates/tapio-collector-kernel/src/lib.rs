@@ -1,14 +1,34 @@
-//! Tapio kernel collector: process events from the kernel via eBPF.
+//! Tapio kernel collector: process, network, file, security and memory
+//! events from the kernel via eBPF (one CO-RE object, `bpf/kernel.bpf.c`).
 //!
-//! This release observes process execution (`kernel.process.exec`) through
-//! the BTF-typed raw tracepoint `tp_btf/sched_process_exec`, falling back to
-//! the classic tracepoint `sched/sched_process_exec` on kernels without BTF.
-//! Records travel through a BPF ring buffer read by tapio-core's shared
-//! [`RingBufReader`]; reserve failures in the kernel are counted in the
-//! object's per-CPU drop counter and reported as kernel-stage drops.
+//! | sub-collector | events | hooks |
+//! |---|---|---|
+//! | process | `kernel.process.{exec,fork,exit}` | `tp_btf/sched_process_{exec,fork,exit}` (classic tracepoint fallback for exec) |
+//! | network | `kernel.network.{connect,accept,close,retransmit,reset}` | `tp_btf/inet_sock_set_state`, `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset` |
+//! | file | `kernel.file.{open,create,unlink,rename,chmod,chown}` | syscall tracepoints, path prefixes filtered in the kernel |
+//! | security | `kernel.security.{credential_change,privileged_exec,ptrace,bpf,mount}` | syscall tracepoints, exec hook |
+//! | memory | `kernel.memory.{oom_kill,rss_growth}` | `tp_btf/mark_victim`, `tp_btf/rss_stat` (aggregated in the kernel) |
+//!
+//! No kprobes or fentry: those are unavailable under kernel lockdown.
+//! TCP accepts and closes run in softirq, where the current task is
+//! arbitrary; the collector records the owner of each socket at `connect()`
+//! / `listen()` (process context) in a socket → owner map and attributes
+//! later events to it. The 4-tuple is captured while established, since the
+//! kernel releases the local port before the final state change.
+//!
+//! Controls: every sub-collector can be switched off (its programs are not
+//! even loaded); filters on pid, cgroup and comm run in the kernel; a
+//! per-cgroup token bucket drops excess events in the kernel, counts them and
+//! announces `kernel.throttle.start` / `kernel.throttle.stop`; the ring
+//! buffer size from [`KernelConfig`] is applied to the map before load (and
+//! read back into the health details). Records travel through the shared
+//! [`RingBufReader`]; reserve failures are counted per CPU in the kernel and
+//! reported as kernel-stage drops. Every event carries the cgroup id, resolved
+//! to pod UID / container id when a [`tapio_core::cgroup::CgroupResolver`] is
+//! in the [`CollectorContext`].
 //!
 //! ```no_run
-//! use tapio_collector_kernel::{ExecEvent, KernelCollector, KernelConfig};
+//! use tapio_collector_kernel::{ExecEvent, KernelCollector, KernelConfig, types};
 //! use tapio_core::{Collector, CollectorContext};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,32 +36,32 @@
 //! let mut events = kernel.events()?;
 //! kernel.start(CollectorContext::default()).await?; // needs CAP_BPF + CAP_PERFMON
 //! while let Some(event) = events.recv().await {
-//!     let exec: ExecEvent = event.payload()?;
-//!     println!("{} ran {}", exec.pid, exec.filename);
+//!     if event.event_type == types::EXEC {
+//!         let exec: ExecEvent = event.payload()?;
+//!         println!("{} ran {} {:?}", exec.process.pid, exec.filename, exec.args);
+//!     }
 //! }
 //! # Ok(()) }
 //! ```
 //!
 //! Loading needs `CAP_BPF` and `CAP_PERFMON` (or `CAP_SYS_ADMIN`); without
 //! them [`Collector::start`] fails with
-//! [`CollectorError::MissingPrivilege`] naming the capabilities.
-
-use std::mem::MaybeUninit;
-use std::path::Path;
+//! [`CollectorError::MissingPrivilege`] naming the capabilities. The file and
+//! security hooks are classic syscall tracepoints and need tracefs mounted at
+//! `/sys/kernel/tracing`.
 
 use async_trait::async_trait;
-use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
-use libbpf_rs::{Link, OpenObject};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
-use tapio_core::bpf::{
-    self, BpfProgram, DecodeError, Loaded, Record, RingBufReader, RingBufReaderConfig,
-};
+use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::{
     Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
-    OverflowPolicy,
 };
+
+pub mod config;
+pub mod events;
+mod program;
+mod record;
 
 #[allow(
     missing_docs,
@@ -56,182 +76,29 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/kernel.skel.rs"));
 }
 
-use skel::{KernelSkelBuilder, types};
+pub use config::{FileConfig, FilterConfig, KernelConfig, MemoryConfig, RateLimitConfig};
+pub use events::*;
+
+use program::{ExecHook, KernelProgram};
+use record::{Converter, KernelRecord};
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "kernel";
-/// Event type of a process execution.
-pub const EXEC_EVENT: &str = "kernel.process.exec";
-
-/// Record kind of an exec in `tapio_hdr.kind` (see `bpf/kernel.bpf.c`).
-const KIND_EXEC: u16 = 1;
-
-/// Settings of the kernel collector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct KernelConfig {
-    /// Bound of the userspace event queue.
-    pub queue_capacity: usize,
-    /// What a full queue drops.
-    pub overflow: OverflowPolicy,
-    /// Size of the BPF ring buffer in bytes (a power of two, multiple of the
-    /// page size; rounded up if not).
-    pub ring_buffer_bytes: u32,
-}
-
-impl Default for KernelConfig {
-    fn default() -> Self {
-        Self {
-            queue_capacity: tapio_core::collector::DEFAULT_QUEUE_CAPACITY,
-            overflow: OverflowPolicy::DropNewest,
-            ring_buffer_bytes: 1 << 20,
-        }
-    }
-}
-
-/// Payload of `kernel.process.exec`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecEvent {
-    /// Process id (thread group id) after exec.
-    pub pid: u32,
-    /// Thread id that called exec.
-    pub tid: u32,
-    /// Parent process id.
-    pub ppid: u32,
-    /// Real user id.
-    pub uid: u32,
-    /// Real group id.
-    pub gid: u32,
-    /// Command name (`comm`, at most 15 bytes) after exec.
-    pub comm: String,
-    /// Path of the executed file as passed to exec.
-    pub filename: String,
-    /// cgroup v2 id of the process.
-    pub cgroup_id: u64,
-}
-
-/// A decoded ring-buffer record of the kernel object.
-#[derive(Debug)]
-pub(crate) struct KernelRecord {
-    ktime_ns: u64,
-    exec: ExecEvent,
-}
-
-// SAFETY: generated from the BPF object's BTF: integers and integer arrays
-// only, `repr(C)`, every bit pattern valid.
-unsafe impl bpf::plain::Plain for types::tapio_exec_event {}
-
-impl Record for KernelRecord {
-    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let raw: types::tapio_exec_event = bpf::decode_pod(bytes)?;
-        if raw.hdr.kind != KIND_EXEC {
-            return Err(DecodeError::Invalid {
-                record: "tapio_exec_event",
-                field: "hdr.kind",
-                value: u64::from(raw.hdr.kind),
-            });
-        }
-        Ok(Self {
-            ktime_ns: raw.hdr.ktime_ns,
-            exec: ExecEvent {
-                pid: raw.pid,
-                tid: raw.tid,
-                ppid: raw.ppid,
-                uid: raw.uid,
-                gid: raw.gid,
-                comm: bpf::read_cstr(&raw.comm),
-                filename: bpf::read_cstr(&raw.filename),
-                cgroup_id: raw.cgroup_id,
-            },
-        })
-    }
-}
-
-/// Which exec hook to attach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ExecHook {
-    /// `tp_btf/sched_process_exec`: needs kernel BTF.
-    TpBtf,
-    /// `tp/sched/sched_process_exec`: needs tracefs.
-    Tracepoint,
-}
-
-impl ExecHook {
-    fn detect() -> Self {
-        if Path::new("/sys/kernel/btf/vmlinux").exists() {
-            ExecHook::TpBtf
-        } else {
-            ExecHook::Tracepoint
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            ExecHook::TpBtf => "tp_btf/sched_process_exec",
-            ExecHook::Tracepoint => "tp/sched/sched_process_exec",
-        }
-    }
-}
-
-struct KernelProgram {
-    ring_buffer_bytes: u32,
-    hook: ExecHook,
-}
-
-struct Attached<'obj> {
-    // Field order is drop order: links detach before the skeleton closes.
-    _links: Vec<Link>,
-    _skel: skel::KernelSkel<'obj>,
-}
-
-impl BpfProgram for KernelProgram {
-    type Record = KernelRecord;
-
-    fn load<'obj>(
-        self,
-        storage: &'obj mut MaybeUninit<OpenObject>,
-    ) -> Result<Loaded<'obj>, CollectorError> {
-        let err = |op: &'static str| move |e| bpf::load_error(NAME, op, e);
-        let mut open = KernelSkelBuilder::default()
-            .open(storage)
-            .map_err(err("open BPF object"))?;
-        open.maps
-            .tapio_events
-            .set_max_entries(ring_size(self.ring_buffer_bytes))
-            .map_err(err("size ring buffer"))?;
-        open.progs
-            .tapio_exec_btf
-            .set_autoload(self.hook == ExecHook::TpBtf);
-        open.progs
-            .tapio_exec_tp
-            .set_autoload(self.hook == ExecHook::Tracepoint);
-        let skel = open.load().map_err(err("load BPF object"))?;
-        let link = match self.hook {
-            ExecHook::TpBtf => skel.progs.tapio_exec_btf.attach(),
-            ExecHook::Tracepoint => skel.progs.tapio_exec_tp.attach(),
-        }
-        .map_err(err(self.hook.name()))?;
-        let events =
-            bpf::map_handle(skel.object(), bpf::EVENTS_MAP).map_err(err("open ring buffer"))?;
-        let drops =
-            bpf::map_handle(skel.object(), bpf::DROPS_MAP).map_err(err("open drop counter"))?;
-        Ok(Loaded {
-            events,
-            drops: Some(drops),
-            keep: Box::new(Attached {
-                _links: vec![link],
-                _skel: skel,
-            }),
-        })
-    }
-}
+/// Event type of a process execution (see [`events::types`] for all).
+pub const EXEC_EVENT: &str = events::types::EXEC;
 
 /// Ring buffers must be a power-of-two multiple of the page size.
-fn ring_size(requested: u32) -> u32 {
+pub(crate) fn ring_size(requested: u32) -> u32 {
     requested
         .max(4096)
         .checked_next_power_of_two()
         .unwrap_or(1 << 31)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// The kernel collector. See the crate docs.
@@ -269,33 +136,27 @@ impl Collector for KernelCollector {
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
         self.base.begin_start(&ctx)?;
+        if let Err(message) = config::validate(&self.config) {
+            let err = CollectorError::Config {
+                collector: NAME.to_string(),
+                message,
+            };
+            self.base.fail_start(&err);
+            return Err(err);
+        }
         bpf::route_libbpf_logs();
         let hook = ExecHook::detect();
+        let page_size = page_size();
         let program = KernelProgram {
-            ring_buffer_bytes: self.config.ring_buffer_bytes,
+            config: self.config.clone(),
             hook,
+            self_pid: std::process::id(),
+            page_size,
         };
-        let emitter = self.base.emitter();
-        let clock = BootClock::new();
-        let handler = move |record: KernelRecord| {
-            let exec = record.exec;
-            let cgroup_id = exec.cgroup_id;
-            let result = emitter.emit_payload(EXEC_EVENT, &exec, |mut ev| {
-                ev.timestamp = clock.to_wall(record.ktime_ns);
-                ev.metadata
-                    .insert("process.pid".into(), exec.pid.to_string());
-                ev.metadata
-                    .insert("process.parent_pid".into(), exec.ppid.to_string());
-                ev.metadata
-                    .insert("process.executable.path".into(), exec.filename.clone());
-                ev.metadata
-                    .insert("process.command".into(), exec.comm.clone());
-                emitter.attach_cgroup(&mut ev, cgroup_id);
-                ev
-            });
-            if let Err(err) = result {
-                tracing::warn!(error = %err, "encoding exec event failed");
-            }
+        let converter = Converter {
+            clock: BootClock::new(),
+            page_size,
+            emitter: self.base.emitter(),
         };
         let span = tracing::info_span!("kernel.attach", hook = hook.name());
         let started = span.in_scope(|| {
@@ -306,11 +167,16 @@ impl Collector for KernelCollector {
                 },
                 program,
                 self.base.counters().clone(),
-                handler,
+                move |record: KernelRecord| converter.convert(record),
             )
         });
         match started {
             Ok(reader) => {
+                for (key, value) in reader.details() {
+                    self.base
+                        .health_cell()
+                        .set_detail(key.clone(), value.clone());
+                }
                 *self.reader.lock() = Some(reader);
                 self.base.health_cell().set_detail("exec_hook", hook.name());
                 self.base.finish_start();
@@ -356,64 +222,6 @@ impl Collector for KernelCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn raw_exec() -> types::tapio_exec_event {
-        let mut raw = types::tapio_exec_event::default();
-        raw.hdr.kind = KIND_EXEC;
-        raw.hdr.ktime_ns = 42;
-        raw.pid = 10;
-        raw.tid = 11;
-        raw.ppid = 1;
-        raw.cgroup_id = 7;
-        for (dst, src) in raw.comm.iter_mut().zip(b"sh\0") {
-            *dst = *src as i8;
-        }
-        for (dst, src) in raw.filename.iter_mut().zip(b"/bin/sh\0") {
-            *dst = *src as i8;
-        }
-        raw
-    }
-
-    fn as_bytes(raw: &types::tapio_exec_event) -> Vec<u8> {
-        // SAFETY: Plain type, reading its bytes is always valid.
-        unsafe { bpf::plain::as_bytes(raw) }.to_vec()
-    }
-
-    #[test]
-    fn decodes_exec_record() {
-        let rec = KernelRecord::decode(&as_bytes(&raw_exec())).unwrap();
-        assert_eq!(rec.ktime_ns, 42);
-        assert_eq!(
-            rec.exec,
-            ExecEvent {
-                pid: 10,
-                tid: 11,
-                ppid: 1,
-                uid: 0,
-                gid: 0,
-                comm: "sh".into(),
-                filename: "/bin/sh".into(),
-                cgroup_id: 7
-            }
-        );
-    }
-
-    #[test]
-    fn truncated_and_foreign_records_are_errors() {
-        let bytes = as_bytes(&raw_exec());
-        for len in [0, 1, 15, bytes.len() - 1] {
-            assert!(matches!(
-                KernelRecord::decode(&bytes[..len]),
-                Err(DecodeError::Truncated { got, .. }) if got == len
-            ));
-        }
-        let mut other = raw_exec();
-        other.hdr.kind = 99;
-        assert!(matches!(
-            KernelRecord::decode(&as_bytes(&other)),
-            Err(DecodeError::Invalid { value: 99, .. })
-        ));
-    }
 
     #[test]
     fn ring_size_is_power_of_two_pages() {

@@ -54,6 +54,7 @@ pub struct ReaderStats {
 /// `R` and hands them to a handler. Stops (and joins) on [`stop`](Self::stop)
 /// or drop.
 pub struct RingBufReader {
+    details: Vec<(String, String)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<ReaderStats>,
@@ -94,6 +95,9 @@ pub struct Loaded<'obj> {
     pub events: MapHandle,
     /// The `tapio_drops` per-CPU counter, if the object has one.
     pub drops: Option<MapHandle>,
+    /// Facts about the loaded object worth reporting in health details
+    /// (programs attached, ring-buffer size read back from the kernel …).
+    pub details: Vec<(String, String)>,
     /// Skeleton and links; dropped on the session thread when it stops.
     pub keep: Box<dyn KeepAlive + 'obj>,
 }
@@ -153,7 +157,8 @@ impl RingBufReader {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stats = Arc::new(ReaderStats::default());
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), CollectorError>>(1);
+        type Ready = Result<Vec<(String, String)>, CollectorError>;
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
         let thread_name = config.thread_name.clone();
 
         let thread = {
@@ -198,7 +203,7 @@ impl RingBufReader {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(loaded.details.clone()));
                     drop(ready_tx);
 
                     let mut last_kernel_total = 0u64;
@@ -239,7 +244,8 @@ impl RingBufReader {
         };
         let ready = ready_rx.recv();
         match ready {
-            Ok(Ok(())) => Ok(Self {
+            Ok(Ok(details)) => Ok(Self {
+                details,
                 stop,
                 thread: Some(thread),
                 stats: reader_stats,
@@ -257,6 +263,11 @@ impl RingBufReader {
                 })
             }
         }
+    }
+
+    /// What [`BpfProgram::load`] reported about the loaded object.
+    pub fn details(&self) -> &[(String, String)] {
+        &self.details
     }
 
     /// The reader's counters.

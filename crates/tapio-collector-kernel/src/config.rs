@@ -1,0 +1,246 @@
+//! Settings of the kernel collector.
+
+use serde::{Deserialize, Serialize};
+use tapio_core::OverflowPolicy;
+
+/// Longest path prefix the in-kernel file filter compares (bytes, excluding NUL).
+pub const MAX_PREFIX_LEN: usize = 63;
+/// Most path prefixes the in-kernel file filter holds.
+pub const MAX_PREFIXES: usize = 8;
+/// Most argv bytes an exec event can carry.
+pub const MAX_ARGS_BYTES: u32 = 1024;
+
+/// Settings of the kernel collector. Every field has a default; in TOML:
+///
+/// ```toml
+/// [kernel]
+/// ring_buffer_bytes = 1048576
+/// args_bytes = 256
+/// [kernel.file]
+/// prefixes = ["/etc", "/var/run/secrets"]
+/// [kernel.rate_limit]
+/// events_per_sec = 5000
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelConfig {
+    /// Bound of the userspace event queue.
+    pub queue_capacity: usize,
+    /// What a full queue drops.
+    pub overflow: OverflowPolicy,
+    /// Size of the BPF ring buffer in bytes (rounded up to a power of two of
+    /// at least one page), applied to the map before load.
+    pub ring_buffer_bytes: u32,
+    /// Process exec / fork / exit.
+    pub process: bool,
+    /// Argv bytes copied into exec events (at most [`MAX_ARGS_BYTES`]).
+    pub args_bytes: u32,
+    /// TCP connect / accept / close / retransmit / reset.
+    pub network: bool,
+    /// File operations under watched prefixes.
+    pub file: FileConfig,
+    /// Credential changes, ptrace, privileged execs, `bpf()` and mounts.
+    pub security: bool,
+    /// OOM kills and RSS growth.
+    pub memory: MemoryConfig,
+    /// In-kernel filters applied before anything is emitted.
+    pub filter: FilterConfig,
+    /// Per-cgroup rate limit applied in the kernel.
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: tapio_core::collector::DEFAULT_QUEUE_CAPACITY,
+            overflow: OverflowPolicy::DropNewest,
+            ring_buffer_bytes: 4 << 20,
+            process: true,
+            args_bytes: 256,
+            network: true,
+            file: FileConfig::default(),
+            security: true,
+            memory: MemoryConfig::default(),
+            filter: FilterConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// File-operation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Report file operations at all.
+    pub enabled: bool,
+    /// Absolute path prefixes, matched on component boundaries in the kernel
+    /// (`/etc` matches `/etc/passwd`, not `/etcetera`). At most
+    /// [`MAX_PREFIXES`], each at most [`MAX_PREFIX_LEN`] bytes. Paths given
+    /// relative to a directory fd are not matched.
+    pub prefixes: Vec<String>,
+    /// Also report read-only opens (off by default: every exec reads
+    /// `/etc/ld.so.cache`).
+    pub include_reads: bool,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            prefixes: vec![
+                "/etc".into(),
+                "/var/run/secrets".into(),
+                "/var/lib/kubelet/pods".into(),
+            ],
+            include_reads: false,
+        }
+    }
+}
+
+/// Memory settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Report OOM kills and RSS growth.
+    pub enabled: bool,
+    /// A process's RSS growth is reported each time it crosses another
+    /// multiple of this many bytes (aggregated in the kernel).
+    pub rss_step_bytes: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rss_step_bytes: 256 << 20,
+        }
+    }
+}
+
+/// In-kernel filters; unset fields match everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Leave out the collector's own process (on by default, so an agent
+    /// does not report its own BPF loads and file writes).
+    pub exclude_self: bool,
+    /// Only this process (thread group id).
+    pub pid: Option<u32>,
+    /// Only this cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: Option<u64>,
+    /// Only processes whose `comm` is exactly this (at most 15 bytes).
+    pub comm: Option<String>,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        Self {
+            exclude_self: true,
+            pid: None,
+            cgroup_id: None,
+            comm: None,
+        }
+    }
+}
+
+/// Per-cgroup token bucket in the kernel. Events beyond it are dropped in
+/// the kernel, counted, and announced with `kernel.throttle.start` /
+/// `kernel.throttle.stop` events (the stop carries the count).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained events per second per cgroup; 0 disables the limit.
+    pub events_per_sec: u64,
+    /// Burst size; 0 means one second's worth.
+    pub burst: u64,
+}
+
+/// What is wrong with a [`KernelConfig`].
+pub(crate) fn validate(config: &KernelConfig) -> Result<(), String> {
+    if config.args_bytes > MAX_ARGS_BYTES {
+        return Err(format!(
+            "args_bytes {} exceeds the maximum {MAX_ARGS_BYTES}",
+            config.args_bytes
+        ));
+    }
+    if config.file.prefixes.len() > MAX_PREFIXES {
+        return Err(format!(
+            "file.prefixes has {} entries; at most {MAX_PREFIXES} fit the kernel filter",
+            config.file.prefixes.len()
+        ));
+    }
+    for prefix in &config.file.prefixes {
+        if !prefix.starts_with('/') {
+            return Err(format!(
+                "file.prefixes entry {prefix:?} is not an absolute path"
+            ));
+        }
+        if normalize_prefix(prefix).len() > MAX_PREFIX_LEN {
+            return Err(format!(
+                "file.prefixes entry {prefix:?} is longer than {MAX_PREFIX_LEN} bytes"
+            ));
+        }
+    }
+    if let Some(comm) = &config.filter.comm
+        && (comm.is_empty() || comm.len() > 15)
+    {
+        return Err(format!("filter.comm {comm:?} must be 1 to 15 bytes"));
+    }
+    if config.memory.enabled && config.memory.rss_step_bytes == 0 {
+        return Err("memory.rss_step_bytes must be positive".into());
+    }
+    Ok(())
+}
+
+/// `/etc/` → `/etc`; `/` stays `/`.
+pub(crate) fn normalize_prefix(prefix: &str) -> &str {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() { "/" } else { trimmed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_toml_round_trips() {
+        let config = KernelConfig::default();
+        validate(&config).unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<KernelConfig>(&text).unwrap(), config);
+        let partial: KernelConfig =
+            toml::from_str("args_bytes = 64\n[file]\nprefixes = [\"/tmp/x/\"]\n").unwrap();
+        assert_eq!(partial.args_bytes, 64);
+        assert_eq!(partial.file.prefixes, vec!["/tmp/x/"]);
+        assert!(partial.network);
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let c = KernelConfig {
+            args_bytes: 4096,
+            ..Default::default()
+        };
+        assert!(validate(&c).unwrap_err().contains("args_bytes 4096"));
+        let mut c = KernelConfig::default();
+        c.file.prefixes = vec!["etc".into()];
+        assert!(validate(&c).unwrap_err().contains("not an absolute path"));
+        let mut c = KernelConfig::default();
+        c.file.prefixes = vec![format!("/{}", "a".repeat(80))];
+        assert!(validate(&c).unwrap_err().contains("longer than 63"));
+        let mut c = KernelConfig::default();
+        c.file.prefixes = (0..9).map(|i| format!("/p{i}")).collect();
+        assert!(validate(&c).unwrap_err().contains("at most 8"));
+        let mut c = KernelConfig::default();
+        c.filter.comm = Some("a-very-long-command".into());
+        assert!(validate(&c).unwrap_err().contains("1 to 15 bytes"));
+        assert!(toml::from_str::<KernelConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn prefixes_normalize() {
+        assert_eq!(normalize_prefix("/etc/"), "/etc");
+        assert_eq!(normalize_prefix("/etc"), "/etc");
+        assert_eq!(normalize_prefix("/"), "/");
+    }
+}

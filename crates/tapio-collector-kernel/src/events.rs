@@ -1,0 +1,325 @@
+//! Typed payloads of the kernel collector's events (the JSON in
+//! [`RawEvent::data`](tapio_core::RawEvent::data)); decode them with
+//! [`RawEvent::payload`](tapio_core::RawEvent::payload).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Event types emitted by the kernel collector.
+pub mod types {
+    /// A process executed a new program.
+    pub const EXEC: &str = "kernel.process.exec";
+    /// A process forked a new process.
+    pub const FORK: &str = "kernel.process.fork";
+    /// A process exited.
+    pub const EXIT: &str = "kernel.process.exit";
+    /// An outgoing TCP connection was established.
+    pub const CONNECT: &str = "kernel.network.connect";
+    /// An incoming TCP connection was established.
+    pub const ACCEPT: &str = "kernel.network.accept";
+    /// A TCP connection closed.
+    pub const CLOSE: &str = "kernel.network.close";
+    /// A TCP segment was retransmitted.
+    pub const RETRANSMIT: &str = "kernel.network.retransmit";
+    /// A TCP reset was received or sent.
+    pub const RESET: &str = "kernel.network.reset";
+    /// A file under a watched prefix was opened for writing.
+    pub const FILE_OPEN: &str = "kernel.file.open";
+    /// A file under a watched prefix was created (`O_CREAT`).
+    pub const FILE_CREATE: &str = "kernel.file.create";
+    /// A file under a watched prefix was unlinked.
+    pub const FILE_UNLINK: &str = "kernel.file.unlink";
+    /// A file was renamed from or to a watched prefix.
+    pub const FILE_RENAME: &str = "kernel.file.rename";
+    /// A file under a watched prefix changed mode.
+    pub const FILE_CHMOD: &str = "kernel.file.chmod";
+    /// A file under a watched prefix changed owner.
+    pub const FILE_CHOWN: &str = "kernel.file.chown";
+    /// A process changed its credentials (set*id, capset).
+    pub const CREDENTIAL_CHANGE: &str = "kernel.security.credential_change";
+    /// An exec gained privileges (setuid/setgid binary or file capabilities).
+    pub const PRIVILEGED_EXEC: &str = "kernel.security.privileged_exec";
+    /// `ptrace(PTRACE_ATTACH | PTRACE_SEIZE)`.
+    pub const PTRACE: &str = "kernel.security.ptrace";
+    /// A BPF program load or attach.
+    pub const BPF: &str = "kernel.security.bpf";
+    /// A mount or unmount.
+    pub const MOUNT: &str = "kernel.security.mount";
+    /// The OOM killer chose a victim.
+    pub const OOM_KILL: &str = "kernel.memory.oom_kill";
+    /// A process's RSS crossed another configured step.
+    pub const RSS_GROWTH: &str = "kernel.memory.rss_growth";
+    /// A cgroup started being rate limited in the kernel.
+    pub const THROTTLE_START: &str = "kernel.throttle.start";
+    /// A cgroup stopped being rate limited; carries the drop count.
+    pub const THROTTLE_STOP: &str = "kernel.throttle.stop";
+}
+
+/// The process an event is about (or that caused it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Effective user id.
+    pub euid: u32,
+    /// Command name (`comm`, at most 15 bytes).
+    pub comm: String,
+    /// cgroup v2 id (inode of the cgroup directory).
+    pub cgroup_id: u64,
+}
+
+/// Payload of `kernel.process.exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecEvent {
+    /// The process after exec.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// Path of the executed file as passed to exec.
+    pub filename: String,
+    /// Arguments, up to the configured byte budget.
+    pub args: Vec<String>,
+    /// Whether the argument list was cut at the budget.
+    pub args_truncated: bool,
+    /// Start time of the process.
+    pub start_time: DateTime<Utc>,
+    /// The exec was a secure exec (AT_SECURE: setuid/setgid binary or file capabilities).
+    pub secure_exec: bool,
+}
+
+/// Payload of `kernel.process.fork`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkEvent {
+    /// The parent.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// The new process.
+    pub child_pid: u32,
+    /// Start time of the new process.
+    pub child_start_time: DateTime<Utc>,
+}
+
+/// Payload of `kernel.process.exit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitEvent {
+    /// The exiting process.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// Exit status (0-255) when it exited normally.
+    pub exit_code: i32,
+    /// Signal that killed it, 0 if none.
+    pub signal: u32,
+    /// Start time of the process.
+    pub start_time: DateTime<Utc>,
+    /// Lifetime in nanoseconds.
+    pub duration_ns: u64,
+    /// Peak resident set size in KiB.
+    pub max_rss_kb: u64,
+    /// Minor page faults.
+    pub minor_faults: u64,
+    /// Major page faults.
+    pub major_faults: u64,
+}
+
+/// Direction of a TCP connection relative to the local process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The local process connected out.
+    Outbound,
+    /// The local process accepted it.
+    Inbound,
+}
+
+/// Payload of `kernel.network.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpEvent {
+    /// The owning process (recorded at connect / listen, so softirq-time
+    /// accepts and closes are attributed correctly); absent when unknown.
+    pub process: Option<ProcessInfo>,
+    /// What happened: `connect`, `accept`, `close`, `retransmit`,
+    /// `reset_received`, `reset_sent`.
+    pub op: String,
+    /// Who initiated the connection.
+    pub direction: Option<Direction>,
+    /// Local address.
+    pub local_addr: IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Remote address.
+    pub remote_addr: IpAddr,
+    /// Remote port.
+    pub remote_port: u16,
+    /// Data bytes sent so far (retransmissions included).
+    pub bytes_sent: u64,
+    /// Data bytes received so far.
+    pub bytes_received: u64,
+    /// Smoothed round-trip time in microseconds.
+    pub srtt_us: u32,
+    /// Retransmitted segments so far.
+    pub retransmits: u32,
+    /// Time since connect / accept, in nanoseconds.
+    pub duration_ns: u64,
+}
+
+/// Payload of `kernel.file.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEvent {
+    /// The process.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// `open`, `create`, `unlink`, `rename`, `chmod`, `chown`.
+    pub op: String,
+    /// The path (the source of a rename).
+    pub path: String,
+    /// The destination of a rename.
+    pub new_path: Option<String>,
+    /// Open flags (open/create), unlink or rename flags.
+    pub flags: u32,
+    /// Mode (create, chmod).
+    pub mode: Option<u32>,
+    /// New owner (chown; `u32::MAX` means unchanged).
+    pub owner: Option<(u32, u32)>,
+    /// The syscall's result: 0 or a file descriptor on success, `-errno` on failure.
+    pub result: i32,
+}
+
+/// Credentials before or after a change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// Real, effective and saved user ids.
+    pub uid: u32,
+    /// Effective user id.
+    pub euid: u32,
+    /// Saved user id.
+    pub suid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Effective group id.
+    pub egid: u32,
+    /// Saved group id.
+    pub sgid: u32,
+    /// Effective capability mask.
+    pub cap_effective: u64,
+}
+
+/// Payload of `kernel.security.credential_change`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialChangeEvent {
+    /// The process.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// The syscall: `setuid`, `setgid`, `setreuid`, `setregid`, `setresuid`, `setresgid`, `capset`.
+    pub syscall: String,
+    /// Before.
+    pub old: Credentials,
+    /// After.
+    pub new: Credentials,
+}
+
+/// Payload of `kernel.security.privileged_exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivilegedExecEvent {
+    /// The process after exec.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// The executed file.
+    pub filename: String,
+    /// Why it counts as privileged: `setuid` (euid differs from uid) and/or `secure_exec`.
+    pub reasons: Vec<String>,
+}
+
+/// Payload of `kernel.security.ptrace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtraceEvent {
+    /// The tracer.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// `attach` or `seize`.
+    pub request: String,
+    /// The tracee.
+    pub target_pid: u32,
+    /// 0 on success, `-errno` on failure.
+    pub result: i32,
+}
+
+/// Payload of `kernel.security.bpf`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfEvent {
+    /// The caller.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// `prog_load`, `prog_attach`, `raw_tracepoint_open`, `link_create`.
+    pub command: String,
+    /// A new fd on success, `-errno` on failure.
+    pub result: i32,
+}
+
+/// Payload of `kernel.security.mount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountEvent {
+    /// The caller.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// `mount` or `umount`.
+    pub op: String,
+    /// Mount source (empty for umount).
+    pub source: String,
+    /// Mount point.
+    pub target: String,
+    /// Filesystem type (empty for umount).
+    pub fs_type: String,
+    /// Mount or umount flags.
+    pub flags: u64,
+    /// 0 on success, `-errno` on failure.
+    pub result: i32,
+}
+
+/// Payload of `kernel.memory.oom_kill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OomKillEvent {
+    /// The victim's process id.
+    pub victim_pid: u32,
+    /// The victim's command name.
+    pub victim_comm: String,
+    /// The victim's user id.
+    pub victim_uid: u32,
+    /// The victim's cgroup v2 id.
+    pub victim_cgroup_id: u64,
+    /// Virtual memory of the victim, in pages.
+    pub total_vm_pages: u64,
+    /// Resident memory of the victim, in pages.
+    pub rss_pages: u64,
+    /// The process whose allocation triggered the kill.
+    pub trigger: ProcessInfo,
+}
+
+/// Payload of `kernel.memory.rss_growth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RssGrowthEvent {
+    /// The process.
+    #[serde(flatten)]
+    pub process: ProcessInfo,
+    /// Resident set size now, in bytes.
+    pub rss_bytes: u64,
+    /// The step last reported, in bytes.
+    pub previous_bytes: u64,
+}
+
+/// Payload of `kernel.throttle.start` / `kernel.throttle.stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleEvent {
+    /// The rate-limited cgroup.
+    pub cgroup_id: u64,
+    /// Events dropped in the kernel while throttled (on stop).
+    pub dropped: u64,
+}

@@ -1,0 +1,90 @@
+//! Start / stop / restart and privileges.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tapio_collector_kernel::{ExecEvent, KernelCollector, KernelConfig};
+use tapio_core::testing::{require_root, run_test_as_user};
+use tapio_core::{Collector, CollectorContext, CollectorError, HealthState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_start_errors_and_restart_observes_again() {
+    if !require_root("double_start_errors_and_restart_observes_again") {
+        return;
+    }
+    let mut k = start(only(true, false, false, false, false)).await;
+    assert!(matches!(
+        k.collector.events(),
+        Err(CollectorError::StreamTaken { .. })
+    ));
+    assert!(matches!(
+        k.collector.start(CollectorContext::default()).await,
+        Err(CollectorError::AlreadyRunning { .. })
+    ));
+    k.collector.stop().await.expect("stop");
+    k.collector
+        .start(CollectorContext::default())
+        .await
+        .expect("restart");
+
+    let (pid, _) = run(Command::new("/bin/true")).await;
+    let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
+        ev.payload::<ExecEvent>()
+            .is_ok_and(|e| e.process.pid == pid)
+    })
+    .await
+    .expect("exec after restart");
+    assert_eq!(ev.payload::<ExecEvent>().unwrap().filename, "/bin/true");
+    k.collector.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn invalid_config_is_a_clear_error() {
+    let mut config = KernelConfig::default();
+    config.file.prefixes = vec!["relative/path".into()];
+    let kernel = KernelCollector::new(config);
+    let err = kernel.start(CollectorContext::default()).await.unwrap_err();
+    assert!(matches!(err, CollectorError::Config { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("\"relative/path\" is not an absolute path"),
+        "{err}"
+    );
+    assert_eq!(kernel.health().state, HealthState::Failed);
+}
+
+/// Run by `loading_without_privileges_names_the_capability` as uid 65534.
+#[tokio::test]
+#[ignore = "run as an unprivileged user by loading_without_privileges_names_the_capability"]
+async fn unprivileged_child() {
+    let kernel = KernelCollector::new(KernelConfig::default());
+    let err = kernel
+        .start(CollectorContext::default())
+        .await
+        .expect_err("loading BPF as uid 65534 must fail");
+    println!("unprivileged start error: {err}");
+    match &err {
+        CollectorError::MissingPrivilege { capability, .. } => {
+            assert!(capability.contains("CAP_BPF"), "{capability}");
+            assert!(capability.contains("CAP_PERFMON"), "{capability}");
+        }
+        other => panic!("expected MissingPrivilege, got {other:?}"),
+    }
+    assert_eq!(kernel.health().state, HealthState::Failed);
+}
+
+#[test]
+fn loading_without_privileges_names_the_capability() {
+    if !require_root("loading_without_privileges_names_the_capability") {
+        return;
+    }
+    let out = run_test_as_user("unprivileged_child", 65534, 65534).expect("run child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "child ran no test:\n{stdout}");
+    assert!(stdout.contains("needs CAP_BPF and CAP_PERFMON"), "{stdout}");
+}
