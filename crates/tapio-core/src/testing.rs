@@ -65,3 +65,120 @@ pub fn run_test_as_user(
     let _ = std::fs::remove_dir_all(&dir);
     output
 }
+
+/// A private containerd (with runc) for tests: its own config, root, state
+/// and socket under a temporary directory, CRI disabled. Killed and cleaned
+/// up on drop, including the `default` namespace cgroups runc created when
+/// they did not exist before.
+#[derive(Debug)]
+pub struct Containerd {
+    dir: PathBuf,
+    child: std::process::Child,
+    cgroups_before: Vec<PathBuf>,
+}
+
+/// Cgroup directories runc creates for containers of namespace `default`.
+fn default_namespace_cgroups() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("default"))
+        .filter(|p| p.is_dir())
+        .collect();
+    if std::path::Path::new("/sys/fs/cgroup/default").is_dir() {
+        dirs.push(PathBuf::from("/sys/fs/cgroup/default"));
+    }
+    dirs
+}
+
+impl Containerd {
+    /// Start `containerd` and wait until its socket answers.
+    pub fn start() -> std::io::Result<Self> {
+        let dir = PathBuf::from(format!("/tmp/tapio-containerd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root"))?;
+        std::fs::create_dir_all(dir.join("state"))?;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\naddress = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\naddress = \"{d}/containerd.sock.ttrpc\"\n\
+                 [debug]\naddress = \"{d}/debug.sock\"\n"
+            ),
+        )?;
+        let cgroups_before = default_namespace_cgroups();
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let me = Self {
+            dir,
+            child,
+            cgroups_before,
+        };
+        for _ in 0..100 {
+            if me.socket().exists()
+                && me
+                    .ctr(&["version"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            {
+                return Ok(me);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err(std::io::Error::other(format!(
+            "containerd did not come up; log in {}",
+            me.dir.join("containerd.log").display()
+        )))
+    }
+
+    /// The gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// A `ctr` command against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address").arg(self.socket()).args(args);
+        cmd
+    }
+
+    /// A busybox rootfs (needs Debian's busybox-static) under the temp dir,
+    /// with `sh` and `true` applets linked.
+    pub fn busybox_rootfs(&self) -> std::io::Result<PathBuf> {
+        let rootfs = self.dir.join("rootfs");
+        let bin = rootfs.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        std::fs::copy("/bin/busybox", bin.join("busybox"))?;
+        for applet in ["sh", "true", "sleep", "cat"] {
+            let link = bin.join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link)?;
+            }
+        }
+        Ok(rootfs)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for dir in default_namespace_cgroups() {
+            if !self.cgroups_before.contains(&dir) {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -124,6 +124,13 @@ pub struct CgroupResolver {
     last_scan_nanos: AtomicU64,
     /// Advanced on every miss and insertion; entries remember its value.
     clock: AtomicU64,
+    /// Highest id a walk found or a miss asked for. Cgroup ids are kernfs
+    /// inode numbers, allocated in increasing order, so a miss above it is a
+    /// cgroup created since the last walk (a new container, whose first
+    /// exec must not go unattributed): it rescans at once, past the rate
+    /// limit, and then raises this mark so the same id cannot force a
+    /// second walk.
+    newest_id: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: AtomicU64,
@@ -186,6 +193,7 @@ impl CgroupResolver {
             scan: Mutex::new(None),
             epoch: Instant::now(),
             last_scan_nanos: AtomicU64::new(0),
+            newest_id: AtomicU64::new(0),
             clock: AtomicU64::new(1),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -233,7 +241,8 @@ impl CgroupResolver {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         self.clock.fetch_add(1, Ordering::Relaxed);
-        if self.rate_limited() {
+        let newer = id > self.newest_id.load(Ordering::Relaxed);
+        if !newer && self.rate_limited() {
             self.rescans_rate_limited.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -242,13 +251,15 @@ impl CgroupResolver {
         if let Some(info) = self.lookup(id) {
             return Some(info);
         }
-        if last.is_some_and(|t| t.elapsed() < self.rescan_interval_min) {
+        let newer = id > self.newest_id.load(Ordering::Relaxed);
+        if !newer && last.is_some_and(|t| t.elapsed() < self.rescan_interval_min) {
             self.rescans_rate_limited.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         if let Err(err) = self.rescan_locked(&mut last, Some(id)) {
             tracing::warn!(error = %err, "cgroup rescan failed");
         }
+        self.newest_id.fetch_max(id, Ordering::Relaxed);
         self.lookup(id)
     }
 
@@ -365,6 +376,9 @@ impl CgroupResolver {
             source,
         })?;
         let seen = found.len();
+        if let Some(max) = found.iter().map(|(id, _)| *id).max() {
+            self.newest_id.fetch_max(max, Ordering::Relaxed);
+        }
 
         let mut cache = self.cache.write();
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
@@ -554,21 +568,40 @@ mod tests {
     }
 
     #[test]
-    fn misses_are_rate_limited() -> Result<(), Box<dyn std::error::Error>> {
+    fn misses_are_rate_limited_but_new_cgroups_resolve_at_once()
+    -> Result<(), Box<dyn std::error::Error>> {
         let tmp = tempfile::tempdir()?;
+        let early = tmp.path().join("early");
+        std::fs::create_dir(&early)?;
         let resolver = CgroupResolver::new(config(tmp.path(), 100, Duration::from_secs(3600)))?;
         let late = tmp.path().join("late");
         std::fs::create_dir(&late)?;
         let id = CgroupResolver::id_of(&late)?;
-        // The constructor's walk counts: no rescan for an hour.
-        assert!(resolver.resolve(id).is_none());
+        // Newer than anything walked: a new cgroup, rescanned at once
+        // although the constructor's walk just happened.
+        assert_eq!(resolver.resolve(id).ok_or("late")?.path, "/late");
+        assert_eq!(resolver.stats().rescans, 2);
+        // A bogus high id forces one walk only; then it counts as seen.
+        assert!(resolver.resolve(u64::MAX).is_none());
         assert!(resolver.resolve(u64::MAX).is_none());
         let stats = resolver.stats();
-        assert_eq!(stats.rescans, 1);
-        assert_eq!(stats.rescans_rate_limited, 2);
+        assert_eq!(stats.rescans, 3);
+        assert_eq!(stats.rescans_rate_limited, 1);
+        // An old id that vanished (below the newest) is rate limited.
+        let early_id = CgroupResolver::id_of(&early)?;
+        std::fs::remove_dir(&early)?;
+        assert!(
+            resolver.resolve(early_id).is_some(),
+            "deleted cgroups stay cached"
+        );
+        assert!(
+            resolver
+                .resolve(early_id.saturating_sub(1_000_000).max(1))
+                .is_none()
+        );
+        assert_eq!(resolver.stats().rescans, 3);
         // An explicit rescan ignores the limit.
         assert_eq!(resolver.rescan()?, 2);
-        assert_eq!(resolver.resolve(id).ok_or("late")?.path, "/late");
         Ok(())
     }
 
