@@ -1,18 +1,27 @@
 //! Tapio reference node agent.
 //!
 //! ```text
-//! cargo run --release --example agent -- [--collectors kernel,...] [--config FILE] [--duration SECS]
+//! cargo run --release --example agent -- [--collectors kernel,...] [--config FILE]
+//!     [--duration SECS] [--otlp-endpoint URL] [--metrics-addr ADDR] [--no-stdout]
 //! ```
 //!
-//! Prints one JSON object per event on stdout:
-//! `{"timestamp":…,"type":…,"source":…,"data":{…},"metadata":{…},"trace_id":…,"span_id":…}`.
-//! Logs go to stderr (`RUST_LOG` filters them). Every collector that can run
-//! here starts; one that cannot (missing privileges, no peer configured) is
-//! skipped with one line on stderr. `--duration` or Ctrl-C stops gracefully
-//! and prints per-collector totals to stderr.
+//! - One JSON object per event on stdout:
+//!   `{"timestamp":…,"type":…,"source":…,"data":{…},"metadata":{…},"trace_id":…,"span_id":…}`.
+//! - With an OTLP endpoint: events as OTLP log records, the collectors'
+//!   metrics and spans, over gRPC, batched, through a bounded queue with
+//!   retry and circuit breaker; export drops are counted.
+//! - `/metrics` (Prometheus) and `/healthz` on `--metrics-addr`
+//!   (default 127.0.0.1:9464; `off` disables).
+//! - Status on stderr: one line per collector at start (started / skipped
+//!   and why), a summary table at the end. Logs on stderr (`RUST_LOG`).
+//!
+//! `--duration` or Ctrl-C stops gracefully: queued events are still written
+//! and exported. See `examples/agent.toml` for every configuration option;
+//! command-line flags override the file.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,37 +29,86 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
+use tapio::export::{HttpEndpoint, OtlpConfig, OtlpLogExporter, TelemetryPipeline};
 use tapio::{Collector, CollectorContext, Registry, RegistryConfig, StartMode};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Collectors this build knows, in start order.
 const KNOWN: &[&str] = &["kernel", "cni", "dns", "etcd", "systemd", "kube"];
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "tapio-agent",
-    about = "Tapio reference node agent: events as JSON lines on stdout"
-)]
+#[command(name = "tapio-agent", about = "Tapio reference node agent")]
 struct Args {
-    /// Comma-separated collectors to run (default: every collector available in this build).
+    /// Comma-separated collectors to run (default: the config's list, else all available).
     #[arg(long, value_delimiter = ',')]
     collectors: Option<Vec<String>>,
-    /// TOML configuration file (one table per collector, e.g. `[kernel]`).
+    /// TOML configuration file (see examples/agent.toml).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
+    /// OTLP gRPC endpoint, e.g. http://127.0.0.1:4317 (overrides [otlp].endpoint).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Address of /metrics and /healthz, or `off` (overrides [metrics].listen).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Do not write events to stdout.
+    #[arg(long)]
+    no_stdout: bool,
 }
 
-/// The configuration file.
-#[derive(Debug, Default, Deserialize)]
+/// The configuration file. Every field is optional.
+#[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct AgentConfig {
+    /// Collectors to run.
+    collectors: Option<Vec<String>>,
+    /// Bound of the merged event queue.
+    queue_capacity: usize,
+    /// Write events as JSON lines to stdout.
+    stdout: bool,
+    /// Prometheus / health endpoint.
+    metrics: MetricsConfig,
+    /// OTLP export; present (or `--otlp-endpoint`) enables it.
+    otlp: Option<OtlpConfig>,
     /// Kernel collector settings.
     #[cfg(feature = "kernel")]
     kernel: tapio::kernel::KernelConfig,
-    /// Bound of the merged event queue.
-    queue_capacity: Option<usize>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            collectors: None,
+            queue_capacity: 65_536,
+            stdout: true,
+            metrics: MetricsConfig::default(),
+            otlp: None,
+            #[cfg(feature = "kernel")]
+            kernel: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct MetricsConfig {
+    /// `host:port` of /metrics and /healthz, or `off`.
+    listen: String,
+    /// How often metrics are collected (and pushed over OTLP).
+    collect_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+            collect_interval_ms: 1000,
+        }
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<AgentConfig, String> {
@@ -80,13 +138,6 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,15 +159,41 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let config = load_config(args.config.as_ref())?;
-    let explicit = args.collectors.is_some();
+    let mut config = load_config(args.config.as_ref())?;
+    // Command-line flags override the file.
+    if let Some(endpoint) = args.otlp_endpoint {
+        config.otlp.get_or_insert_with(OtlpConfig::default).endpoint = endpoint;
+    }
+    if let Some(addr) = args.metrics_addr {
+        config.metrics.listen = addr;
+    }
+    if args.no_stdout {
+        config.stdout = false;
+    }
+
+    let telemetry = TelemetryPipeline::new(
+        "tapio-agent",
+        config.otlp.as_ref().map(|o| o.endpoint.as_str()),
+        Duration::from_millis(config.metrics.collect_interval_ms.max(100)),
+    )
+    .map_err(|err| err.to_string())?;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tapio=info")),
+        )
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(telemetry.tracing_layer())
+        .init();
+
+    let explicit = args.collectors.is_some() || config.collectors.is_some();
     let wanted: Vec<String> = args
         .collectors
+        .or_else(|| config.collectors.clone())
         .unwrap_or_else(|| KNOWN.iter().map(|s| s.to_string()).collect());
-
     let mut registry = Registry::new(RegistryConfig {
         start_mode: StartMode::BestEffort,
-        queue_capacity: config.queue_capacity.unwrap_or(65_536),
+        queue_capacity: config.queue_capacity,
         ..Default::default()
     });
     for name in &wanted {
@@ -132,6 +209,34 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    let exporter = match &config.otlp {
+        Some(otlp) => {
+            let exporter = OtlpLogExporter::start(otlp).map_err(|err| err.to_string())?;
+            eprintln!("tapio-agent: exporting OTLP to {}", otlp.endpoint);
+            Some(exporter)
+        }
+        None => None,
+    };
+    let endpoint = if config.metrics.listen == "off" {
+        None
+    } else {
+        let addr: SocketAddr = config
+            .metrics
+            .listen
+            .parse()
+            .map_err(|err| format!("metrics address {:?}: {err}", config.metrics.listen))?;
+        let prometheus = telemetry.prometheus();
+        let endpoint =
+            HttpEndpoint::serve(addr, move || prometheus.text(), registry.health_watch())
+                .await
+                .map_err(|err| format!("cannot serve metrics on {addr}: {err}"))?;
+        let local = endpoint.local_addr();
+        eprintln!(
+            "tapio-agent: metrics on http://{local}/metrics, health on http://{local}/healthz"
+        );
+        Some(endpoint)
+    };
+
     let cgroups = match CgroupResolver::new(CgroupResolverConfig::default()) {
         Ok(resolver) => Some(Arc::new(resolver)),
         Err(err) => {
@@ -143,8 +248,8 @@ async fn run(args: Args) -> Result<(), String> {
         .events()
         .ok_or("the merged event stream was already taken")?;
     let ctx = CollectorContext {
+        meter: telemetry.meter(),
         cgroups,
-        ..Default::default()
     };
     let report = registry
         .start(ctx)
@@ -170,16 +275,19 @@ async fn run(args: Args) -> Result<(), String> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
     let mut written: BTreeMap<String, u64> = BTreeMap::new();
-    let mut output_closed = false;
-    let mut write_event = |ev: tapio::RawEvent, out: &mut BufWriter<_>, closed: &mut bool| {
-        if *closed {
+    let mut stdout_open = config.stdout;
+    let mut handle = |ev: tapio::RawEvent, out: &mut BufWriter<_>, open: &mut bool| {
+        if let Some(exporter) = &exporter {
+            exporter.submit(&ev);
+        }
+        if !*open {
             return;
         }
         match ev.to_json_line() {
             Ok(line) => {
                 if writeln!(out, "{line}").is_err() {
                     // stdout closed (e.g. piped into `head`): keep running, stop writing.
-                    *closed = true;
+                    *open = false;
                     return;
                 }
                 *written.entry(ev.source).or_default() += 1;
@@ -191,12 +299,12 @@ async fn run(args: Args) -> Result<(), String> {
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => write_event(ev, &mut out, &mut output_closed),
+                Some(ev) => handle(ev, &mut out, &mut stdout_open),
                 None => break,
             },
             _ = flush.tick() => {
-                if !output_closed && out.flush().is_err() {
-                    output_closed = true;
+                if stdout_open && out.flush().is_err() {
+                    stdout_open = false;
                 }
             }
             () = &mut deadline => break,
@@ -208,28 +316,51 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     registry.stop().await;
-    let health = registry.health();
     // Everything queued before the stop is still delivered.
     while let Some(ev) = events.recv().await {
-        write_event(ev, &mut out, &mut output_closed);
+        handle(ev, &mut out, &mut stdout_open);
     }
     let _ = out.flush();
     drop(out);
+    let export = match exporter {
+        Some(exporter) => {
+            let by_source = exporter.dropped_by_source();
+            Some((exporter.shutdown().await, by_source))
+        }
+        None => None,
+    };
+    if let Some(endpoint) = endpoint {
+        endpoint.shutdown().await;
+    }
+    let health = registry.health();
+    // Last metrics collection and pending spans go out before exit.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
 
     let merged = events.stats();
     eprintln!(
-        "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>8}",
-        "summary", "processed", "written", "dropped_kernel", "dropped_queue", "errors"
+        "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>8}",
+        "summary",
+        "processed",
+        "written",
+        "dropped_kernel",
+        "dropped_queue",
+        "dropped_export",
+        "errors"
     );
     for report in &health {
         let s = report.stats;
+        let export_dropped = export
+            .as_ref()
+            .and_then(|(_, by)| by.get(&report.collector).copied())
+            .unwrap_or(0);
         eprintln!(
-            "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>8}",
+            "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>8}",
             report.collector,
             s.processed,
             written.get(&report.collector).copied().unwrap_or(0),
             s.dropped_kernel,
             s.dropped_queue,
+            export_dropped,
             s.errors
         );
     }
@@ -237,5 +368,11 @@ async fn run(args: Args) -> Result<(), String> {
         "tapio-agent: merged queue: {} delivered, {} dropped",
         merged.delivered, merged.dropped
     );
+    if let Some((stats, _)) = export {
+        eprintln!(
+            "tapio-agent: otlp export: {} submitted, {} exported, {} dropped, {} failed requests",
+            stats.submitted, stats.exported, stats.dropped, stats.failed_requests
+        );
+    }
     Ok(())
 }

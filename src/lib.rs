@@ -19,6 +19,9 @@ pub use tapio_core::{
     RawEvent, Registry, RegistryConfig, StartMode, resilience,
 };
 
+#[cfg(feature = "export")]
+pub mod export;
+
 /// Process, network, file, security and memory events via eBPF.
 #[cfg(feature = "kernel")]
 pub use tapio_collector_kernel as kernel;

@@ -30,7 +30,14 @@ fn agent_prints_exec_events_as_json_lines_and_a_summary() {
         return;
     }
     let agent = Command::new(agent_binary())
-        .args(["--collectors", "kernel", "--duration", "4"])
+        .args([
+            "--collectors",
+            "kernel",
+            "--duration",
+            "4",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -87,7 +94,14 @@ fn agent_prints_exec_events_as_json_lines_and_a_summary() {
 #[test]
 fn unknown_collector_is_a_usage_error() {
     let out = Command::new(agent_binary())
-        .args(["--collectors", "bogus", "--duration", "0"])
+        .args([
+            "--collectors",
+            "bogus",
+            "--duration",
+            "0",
+            "--metrics-addr",
+            "off",
+        ])
         .output()
         .expect("run agent");
     assert!(!out.status.success());
@@ -111,7 +125,7 @@ fn unprivileged_agent_skips_kernel_with_a_reason_and_exits_cleanly() {
     let bin = dir.join("agent");
     std::fs::copy(agent_binary(), &bin).unwrap();
     let out = Command::new(&bin)
-        .args(["--duration", "0.5"])
+        .args(["--duration", "0.5", "--metrics-addr", "off"])
         .current_dir(&dir)
         .uid(65534)
         .gid(65534)
@@ -126,4 +140,46 @@ fn unprivileged_agent_skips_kernel_with_a_reason_and_exits_cleanly() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.stdout.len(), 0);
+}
+
+/// The documented example config and the DaemonSet's config both load.
+#[test]
+fn shipped_configs_are_valid() {
+    if !require_root("shipped_configs_are_valid") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("deploy/daemonset.yaml")).unwrap();
+    let embedded: String = manifest
+        .lines()
+        .skip_while(|l| !l.contains("agent.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect();
+    assert!(embedded.contains("[otlp]"), "{embedded}");
+    let daemonset_config =
+        std::env::temp_dir().join(format!("tapio-ds-{}.toml", std::process::id()));
+    std::fs::write(&daemonset_config, embedded).unwrap();
+    for config in [root.join("examples/agent.toml"), daemonset_config.clone()] {
+        let out = Command::new(agent_binary())
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--collectors",
+                "kernel",
+                "--duration",
+                "0",
+                "--metrics-addr",
+                "off",
+                "--no-stdout",
+            ])
+            .args(["--otlp-endpoint", "http://127.0.0.1:1"])
+            .output()
+            .expect("run agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", config.display());
+        assert!(stderr.contains("kernel   started"), "{stderr}");
+    }
+    std::fs::remove_file(daemonset_config).unwrap();
 }

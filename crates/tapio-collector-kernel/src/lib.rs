@@ -167,7 +167,7 @@ impl Collector for KernelCollector {
                 },
                 program,
                 self.base.counters().clone(),
-                move |record: KernelRecord| converter.convert(record),
+                move |record: KernelRecord| converter.emitter.timed(|| converter.convert(record)),
             )
         });
         match started {

@@ -375,6 +375,18 @@ impl Emitter {
         }
     }
 
+    /// Run `work` (processing one record or batch) and record its duration
+    /// in `{collector}_processing_duration_ms`.
+    pub fn timed<R>(&self, work: impl FnOnce() -> R) -> R {
+        let Some(telemetry) = &self.telemetry else {
+            return work();
+        };
+        let started = std::time::Instant::now();
+        let result = work();
+        telemetry.record_duration(started.elapsed());
+        result
+    }
+
     /// Count one error.
     pub fn error(&self) {
         self.stats.add_errors(1);

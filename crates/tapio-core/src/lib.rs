@@ -76,6 +76,6 @@ pub use channel::{EventReceiver, EventSender, OverflowPolicy, SendOutcome};
 pub use collector::{Collector, CollectorBase, CollectorContext, CollectorError, Emitter};
 pub use event::{RawEvent, SpanId, TraceContextError, TraceId, TraceParent};
 pub use health::{Health, HealthReport, HealthState};
-pub use registry::{Registry, RegistryConfig, RegistryError, StartMode, StartReport};
+pub use registry::{HealthWatch, Registry, RegistryConfig, RegistryError, StartMode, StartReport};
 pub use stats::{DropStage, Stats, StatsSnapshot};
 pub use telemetry::Telemetry;

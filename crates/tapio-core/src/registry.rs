@@ -101,6 +101,28 @@ pub enum RegistryError {
     Stream(CollectorError),
 }
 
+/// Reports the health of a registry's collectors; see [`Registry::health_watch`].
+#[derive(Clone)]
+pub struct HealthWatch {
+    collectors: Vec<Arc<dyn Collector>>,
+}
+
+impl std::fmt::Debug for HealthWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.collectors.iter().map(|c| c.name()).collect();
+        f.debug_struct("HealthWatch")
+            .field("collectors", &names)
+            .finish()
+    }
+}
+
+impl HealthWatch {
+    /// A report per collector, in registration order.
+    pub fn reports(&self) -> Vec<HealthReport> {
+        self.collectors.iter().map(|c| c.health()).collect()
+    }
+}
+
 /// What [`Registry::start`] did.
 #[derive(Debug, Default)]
 pub struct StartReport {
@@ -326,6 +348,14 @@ impl Registry {
     /// Health of every registered collector.
     pub fn health(&self) -> Vec<HealthReport> {
         self.entries.iter().map(|e| e.collector.health()).collect()
+    }
+
+    /// A cloneable handle that reports the registered collectors' health
+    /// from another task (a `/healthz` endpoint) while the registry runs.
+    pub fn health_watch(&self) -> HealthWatch {
+        HealthWatch {
+            collectors: self.entries.iter().map(|e| e.collector.clone()).collect(),
+        }
     }
 
     /// Stop supervision and every running collector (in reverse start

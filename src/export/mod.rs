@@ -1,0 +1,161 @@
+//! Export for agents (feature `export`): events as OTLP log records over
+//! gRPC, metrics and traces over OTLP, a Prometheus `/metrics` and a
+//! `/healthz` endpoint.
+//!
+//! Library crates never install global providers; an agent builds a
+//! [`TelemetryPipeline`], passes [`TelemetryPipeline::meter`] to the
+//! collectors (via `CollectorContext::meter`), adds
+//! [`TelemetryPipeline::tracing_layer`] to its `tracing` subscriber so the
+//! collectors' spans (`collector.start`, `kernel.attach`, …) are exported,
+//! and feeds every event to an [`OtlpLogExporter`].
+
+pub mod http;
+pub mod otlp;
+pub mod prometheus;
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+pub use http::HttpEndpoint;
+pub use otlp::{ExportStats, OtlpConfig, OtlpError, OtlpLogExporter};
+pub use prometheus::PrometheusExporter;
+
+/// Why the telemetry pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// An OTLP exporter could not be built.
+    #[error("building the OTLP {signal} exporter for {endpoint} failed: {source}")]
+    Exporter {
+        /// `metrics` or `traces`.
+        signal: &'static str,
+        /// The endpoint.
+        endpoint: String,
+        /// The exporter's error.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// Metrics (Prometheus rendering, optional OTLP push) and traces (optional
+/// OTLP) for an agent. Build it inside a tokio runtime: the gRPC clients
+/// run on it.
+pub struct TelemetryPipeline {
+    meter_provider: SdkMeterProvider,
+    tracer_provider: Option<SdkTracerProvider>,
+    prometheus: PrometheusExporter,
+}
+
+impl std::fmt::Debug for TelemetryPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryPipeline")
+            .field("otlp_traces", &self.tracer_provider.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TelemetryPipeline {
+    /// Metrics are rendered for Prometheus every `collect_every`; with an
+    /// `otlp_endpoint` they are also pushed there at that interval, and
+    /// spans are exported there in batches.
+    pub fn new(
+        service_name: &str,
+        otlp_endpoint: Option<&str>,
+        collect_every: Duration,
+    ) -> Result<Self, PipelineError> {
+        let resource = Resource::builder()
+            .with_service_name(service_name.to_string())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        let prometheus = PrometheusExporter::new();
+        let mut metrics = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(
+                PeriodicReader::builder(prometheus.clone())
+                    .with_interval(collect_every)
+                    .build(),
+            );
+        let mut tracer_provider = None;
+        if let Some(endpoint) = otlp_endpoint {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|source| PipelineError::Exporter {
+                    signal: "metrics",
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+            metrics = metrics.with_reader(
+                PeriodicReader::builder(exporter)
+                    .with_interval(collect_every)
+                    .build(),
+            );
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|source| PipelineError::Exporter {
+                    signal: "traces",
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+            tracer_provider = Some(
+                SdkTracerProvider::builder()
+                    .with_resource(resource)
+                    .with_batch_exporter(spans)
+                    .build(),
+            );
+        }
+        Ok(Self {
+            meter_provider: metrics.build(),
+            tracer_provider,
+            prometheus,
+        })
+    }
+
+    /// The meter collectors create their instruments on.
+    pub fn meter(&self) -> Meter {
+        self.meter_provider.meter("tapio")
+    }
+
+    /// A `tracing` layer exporting spans over OTLP (when configured).
+    pub fn tracing_layer<S>(
+        &self,
+    ) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        self.tracer_provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tapio")))
+    }
+
+    /// The latest metrics in Prometheus text format.
+    pub fn prometheus_text(&self) -> String {
+        self.prometheus.text()
+    }
+
+    /// A handle to the Prometheus rendering, for an HTTP endpoint.
+    pub fn prometheus(&self) -> PrometheusExporter {
+        self.prometheus.clone()
+    }
+
+    /// Flush and stop: a last metrics collection and every pending span is
+    /// exported. Blocking; call from a blocking context.
+    pub fn shutdown(self) {
+        if let Err(err) = self.meter_provider.shutdown() {
+            tracing::warn!(error = %err, "metrics shutdown");
+        }
+        if let Some(tracer) = self.tracer_provider
+            && let Err(err) = tracer.shutdown()
+        {
+            tracing::warn!(error = %err, "traces shutdown");
+        }
+    }
+}

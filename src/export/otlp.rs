@@ -1,0 +1,531 @@
+//! Events as OTLP log records over gRPC.
+//!
+//! [`OtlpLogExporter::submit`] never blocks: events go into a bounded queue
+//! (overflow drops the newest and counts it). A background task sends them in
+//! batches; a batch that fails is retried with backoff through a circuit
+//! breaker and kept until it is delivered or the exporter shuts down, so a
+//! collector that goes away and comes back loses nothing beyond the counted
+//! queue overflow.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
+};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use parking_lot::Mutex;
+use tapio_core::RawEvent;
+use tapio_core::channel::{self, EventReceiver, EventSender, OverflowPolicy, SendOutcome};
+use tapio_core::resilience::{CircuitBreaker, CircuitBreakerConfig, RetryError, RetryPolicy};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the OTLP log exporter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// gRPC endpoint of an OTLP receiver, e.g. `http://127.0.0.1:4317`.
+    pub endpoint: String,
+    /// Events waiting for export at most; beyond it the newest are dropped and counted.
+    pub queue_capacity: usize,
+    /// Log records per export request at most.
+    pub batch_size: usize,
+    /// Longest an event waits for its batch to fill.
+    pub flush_interval_ms: u64,
+    /// Deadline of one export request.
+    pub timeout_ms: u64,
+    /// Longest shutdown waits to deliver what is queued.
+    pub shutdown_timeout_ms: u64,
+    /// `service.name` of the exported resource.
+    pub service_name: String,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:4317".into(),
+            queue_capacity: 16_384,
+            batch_size: 512,
+            flush_interval_ms: 1000,
+            timeout_ms: 5000,
+            shutdown_timeout_ms: 5000,
+            service_name: "tapio-agent".into(),
+        }
+    }
+}
+
+/// Counters of the exporter. `submitted = exported + dropped + pending`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExportStats {
+    /// Events handed to [`OtlpLogExporter::submit`].
+    pub submitted: u64,
+    /// Events the receiver accepted.
+    pub exported: u64,
+    /// Events lost: queue overflow, or still unsent at shutdown.
+    pub dropped: u64,
+    /// Export requests that failed (and were retried).
+    pub failed_requests: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    exported: AtomicU64,
+    dropped_unsent: AtomicU64,
+    failed_requests: AtomicU64,
+    dropped_by_source: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Why the exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    /// The endpoint is not a valid URI.
+    #[error("invalid OTLP endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// Why it was rejected.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Exports events as OTLP log records: body = the payload, attributes = the
+/// metadata plus `event.type` and `event.source`, trace and span ids set.
+pub struct OtlpLogExporter {
+    sender: EventSender,
+    counters: Arc<Counters>,
+    breaker: CircuitBreaker,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for OtlpLogExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpLogExporter")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtlpLogExporter {
+    /// Start the export task (needs a tokio runtime). Connection happens
+    /// lazily; an unreachable receiver only delays delivery.
+    pub fn start(config: &OtlpConfig) -> Result<Self, OtlpError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|source| OtlpError::Endpoint {
+                endpoint: config.endpoint.clone(),
+                source,
+            })?
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms));
+        let client = LogsServiceClient::new(endpoint.connect_lazy());
+        let (sender, receiver) =
+            channel::bounded(config.queue_capacity.max(1), OverflowPolicy::DropNewest);
+        let counters = Arc::new(Counters::default());
+        let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
+        breaker.on_state_change(|from, to| {
+            tracing::warn!(%from, %to, "OTLP export circuit breaker changed state");
+        });
+        let cancel = CancellationToken::new();
+        let worker = Worker {
+            client,
+            receiver,
+            counters: counters.clone(),
+            breaker: breaker.clone(),
+            cancel: cancel.clone(),
+            batch_size: config.batch_size.max(1),
+            flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
+            resource: Resource {
+                attributes: vec![
+                    kv("service.name", string(config.service_name.clone())),
+                    kv("host.name", string(hostname())),
+                ],
+                ..Default::default()
+            },
+        };
+        let task = tokio::spawn(worker.run());
+        Ok(Self {
+            sender,
+            counters,
+            breaker,
+            cancel,
+            task: Some(task),
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+        })
+    }
+
+    /// Queue one event for export; never waits. Overflow is counted.
+    pub fn submit(&self, event: &RawEvent) {
+        let source = event.source.clone();
+        if matches!(
+            self.sender.send(event.clone()),
+            SendOutcome::Dropped | SendOutcome::Closed
+        ) {
+            *self
+                .counters
+                .dropped_by_source
+                .lock()
+                .entry(source)
+                .or_default() += 1;
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ExportStats {
+        let queue = self.sender.stats();
+        ExportStats {
+            submitted: queue.sent,
+            exported: self.counters.exported.load(Ordering::Relaxed),
+            dropped: queue.dropped + self.counters.dropped_unsent.load(Ordering::Relaxed),
+            failed_requests: self.counters.failed_requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Events dropped at export, by the collector that produced them.
+    pub fn dropped_by_source(&self) -> BTreeMap<String, u64> {
+        self.counters.dropped_by_source.lock().clone()
+    }
+
+    /// State of the export circuit breaker.
+    pub fn breaker_state(&self) -> tapio_core::resilience::CircuitState {
+        self.breaker.state()
+    }
+
+    /// Deliver what is queued (within the shutdown timeout), then stop.
+    /// Whatever could not be delivered is counted as dropped.
+    pub async fn shutdown(mut self) -> ExportStats {
+        let Some(task) = self.task.take() else {
+            return self.stats();
+        };
+        // Closing the queue lets the worker drain it and finish.
+        let (closed, _) = channel::bounded(1, OverflowPolicy::DropNewest);
+        let sender = std::mem::replace(&mut self.sender, closed);
+        let queue_dropped = sender.stats();
+        drop(sender);
+        let mut task = task;
+        if tokio::time::timeout(self.shutdown_timeout, &mut task)
+            .await
+            .is_err()
+        {
+            self.cancel.cancel();
+            let _ = task.await;
+        }
+        ExportStats {
+            submitted: queue_dropped.sent,
+            exported: self.counters.exported.load(Ordering::Relaxed),
+            dropped: queue_dropped.dropped + self.counters.dropped_unsent.load(Ordering::Relaxed),
+            failed_requests: self.counters.failed_requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for OtlpLogExporter {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+struct Worker {
+    client: LogsServiceClient<tonic::transport::Channel>,
+    receiver: EventReceiver,
+    counters: Arc<Counters>,
+    breaker: CircuitBreaker,
+    cancel: CancellationToken,
+    batch_size: usize,
+    flush_interval: Duration,
+    resource: Resource,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut batch: Vec<RawEvent> = Vec::with_capacity(self.batch_size);
+        loop {
+            // Wait for the first event of a batch, then fill it for at most
+            // the flush interval.
+            let first = tokio::select! {
+                ev = self.receiver.recv() => ev,
+                () = self.cancel.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.flush_interval;
+            while batch.len() < self.batch_size {
+                let room = self.batch_size - batch.len();
+                if self.receiver.drain_into(&mut batch, room) > 0 {
+                    continue;
+                }
+                tokio::select! {
+                    ev = self.receiver.recv() => match ev {
+                        Some(ev) => batch.push(ev),
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = self.cancel.cancelled() => break,
+                }
+            }
+            if !self.send(&batch).await {
+                self.count_unsent(&batch);
+                batch.clear();
+                break;
+            }
+            batch.clear();
+        }
+        // Cancelled: whatever is still queued will not be sent.
+        let mut rest = Vec::new();
+        while self.receiver.drain_into(&mut rest, 4096) > 0 {}
+        self.count_unsent(&rest);
+    }
+
+    fn count_unsent(&self, events: &[RawEvent]) {
+        self.counters
+            .dropped_unsent
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let mut by_source = self.counters.dropped_by_source.lock();
+        for ev in events {
+            *by_source.entry(ev.source.clone()).or_default() += 1;
+        }
+    }
+
+    /// Send one batch, retrying until it is accepted. `false` when cancelled.
+    async fn send(&mut self, batch: &[RawEvent]) -> bool {
+        let request = to_request(batch, &self.resource);
+        // Retry with backoff; a batch outlives any number of retry rounds.
+        let policy = RetryPolicy::default().with_max_delay(Duration::from_secs(5));
+        loop {
+            let client = self.client.clone();
+            let counters = self.counters.clone();
+            let result = policy
+                .retry(|| {
+                    let mut client = client.clone();
+                    let request = request.clone();
+                    let counters = counters.clone();
+                    async move {
+                        client.export(request).await.inspect_err(|_| {
+                            counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+                        })
+                    }
+                })
+                .notify(|status, delay| {
+                    tracing::debug!(code = ?status.code(), ?delay, "OTLP export failed; retrying");
+                })
+                .cancel_on(self.cancel.clone())
+                .through(&self.breaker)
+                .await;
+            match result {
+                Ok(_) => {
+                    self.counters
+                        .exported
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    return true;
+                }
+                Err(RetryError::Cancelled { .. }) => return false,
+                Err(err) => {
+                    tracing::warn!(error = %err, events = batch.len(), "OTLP export still failing; keeping the batch");
+                }
+            }
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn string(s: String) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(s)),
+    }
+}
+
+fn kv(key: &str, value: AnyValue) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+/// A JSON value as an OTLP `AnyValue`, structure preserved.
+pub fn json_to_any(value: &serde_json::Value) -> AnyValue {
+    use serde_json::Value;
+    let v = match value {
+        Value::Null => None,
+        Value::Bool(b) => Some(any_value::Value::BoolValue(*b)),
+        Value::Number(n) => Some(if let Some(i) = n.as_i64() {
+            any_value::Value::IntValue(i)
+        } else if n.is_u64() {
+            // Beyond i64: keep the exact digits rather than lose precision.
+            any_value::Value::StringValue(n.to_string())
+        } else {
+            n.as_f64().map_or_else(
+                || any_value::Value::StringValue(n.to_string()),
+                any_value::Value::DoubleValue,
+            )
+        }),
+        Value::String(s) => Some(any_value::Value::StringValue(s.clone())),
+        Value::Array(items) => Some(any_value::Value::ArrayValue(ArrayValue {
+            values: items.iter().map(json_to_any).collect(),
+        })),
+        Value::Object(map) => Some(any_value::Value::KvlistValue(KeyValueList {
+            values: map.iter().map(|(k, v)| kv(k, json_to_any(v))).collect(),
+        })),
+    };
+    AnyValue { value: v }
+}
+
+/// One event as an OTLP log record.
+pub fn to_log_record(event: &RawEvent) -> LogRecord {
+    let body = serde_json::from_slice::<serde_json::Value>(&event.data)
+        .map(|v| json_to_any(&v))
+        .unwrap_or_else(|_| string(String::from_utf8_lossy(&event.data).into_owned()));
+    let mut attributes: Vec<KeyValue> = event
+        .metadata
+        .iter()
+        .map(|(k, v)| kv(k, string(v.clone())))
+        .collect();
+    attributes.push(kv("event.type", string(event.event_type.clone())));
+    attributes.push(kv("event.source", string(event.source.clone())));
+    let time = event
+        .timestamp
+        .timestamp_nanos_opt()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0);
+    LogRecord {
+        time_unix_nano: time,
+        observed_time_unix_nano: time,
+        severity_number: 9, // INFO
+        severity_text: "INFO".into(),
+        body: Some(body),
+        attributes,
+        flags: 1, // sampled
+        trace_id: event.trace_id.to_bytes().to_vec(),
+        span_id: event.span_id.to_bytes().to_vec(),
+        event_name: event.event_type.clone(),
+        ..Default::default()
+    }
+}
+
+fn to_request(batch: &[RawEvent], resource: &Resource) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(resource.clone()),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "tapio".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                log_records: batch.iter().map(to_log_record).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_record_carries_payload_metadata_and_ids() {
+        let ev = RawEvent::new(
+            "kernel.process.exec",
+            "kernel",
+            &serde_json::json!({"pid": 42, "args": ["sh", "-c"], "big": u64::MAX, "x": 1.5, "n": null}),
+        )
+        .unwrap()
+        .with_metadata("process.pid", "42");
+        let rec = to_log_record(&ev);
+        assert_eq!(rec.trace_id, ev.trace_id.to_bytes().to_vec());
+        assert_eq!(rec.span_id, ev.span_id.to_bytes().to_vec());
+        assert_eq!(rec.event_name, "kernel.process.exec");
+        let attrs: BTreeMap<_, _> = rec
+            .attributes
+            .iter()
+            .map(|a| (a.key.clone(), a.value.clone().unwrap().value.unwrap()))
+            .collect();
+        assert_eq!(
+            attrs["process.pid"],
+            any_value::Value::StringValue("42".into())
+        );
+        assert_eq!(
+            attrs["event.source"],
+            any_value::Value::StringValue("kernel".into())
+        );
+        let Some(any_value::Value::KvlistValue(body)) = rec.body.unwrap().value else {
+            panic!("body must be a map");
+        };
+        let fields: BTreeMap<_, _> = body
+            .values
+            .into_iter()
+            .map(|kv| (kv.key, kv.value.unwrap().value))
+            .collect();
+        assert_eq!(fields["pid"], Some(any_value::Value::IntValue(42)));
+        assert_eq!(
+            fields["big"],
+            Some(any_value::Value::StringValue(u64::MAX.to_string()))
+        );
+        assert_eq!(fields["x"], Some(any_value::Value::DoubleValue(1.5)));
+        assert_eq!(fields["n"], None);
+        assert!(
+            matches!(fields["args"], Some(any_value::Value::ArrayValue(ref a)) if a.values.len() == 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_receiver_keeps_events_and_counts_overflow() {
+        let config = OtlpConfig {
+            endpoint: "http://127.0.0.1:1".into(), // nothing listens on port 1
+            queue_capacity: 4,
+            batch_size: 2,
+            flush_interval_ms: 10,
+            timeout_ms: 100,
+            shutdown_timeout_ms: 200,
+            ..Default::default()
+        };
+        let exporter = OtlpLogExporter::start(&config).unwrap();
+        for i in 0..20 {
+            exporter.submit(&RawEvent::from_json_bytes(
+                "t",
+                "src",
+                i.to_string().into_bytes(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stats = exporter.shutdown().await;
+        assert_eq!(stats.submitted, 20);
+        assert_eq!(stats.exported, 0);
+        // Nothing is lost silently: every event was dropped and counted.
+        assert_eq!(stats.dropped, 20);
+    }
+
+    #[test]
+    fn bad_endpoint_is_a_clear_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(async {
+                OtlpLogExporter::start(&OtlpConfig {
+                    endpoint: "not a uri".into(),
+                    ..Default::default()
+                })
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid OTLP endpoint \"not a uri\""),
+            "{err}"
+        );
+    }
+}
