@@ -15,6 +15,8 @@
 //! - Status on stderr: one line per collector at start (started / skipped
 //!   and why), a summary table at the end. Logs on stderr (`RUST_LOG`).
 //!
+//! `--etcd-endpoints http://127.0.0.1:2379` enables the etcd collector.
+//!
 //! `--duration` or Ctrl-C stops gracefully: queued events are still written
 //! and exported. See `examples/agent.toml` for every configuration option;
 //! command-line flags override the file.
@@ -58,6 +60,9 @@ struct Args {
     /// Do not write events to stdout.
     #[arg(long)]
     no_stdout: bool,
+    /// etcd endpoints, comma-separated (overrides [etcd].endpoints; enables the etcd collector).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Option<Vec<String>>,
 }
 
 /// The configuration file. Every field is optional.
@@ -77,6 +82,12 @@ struct AgentConfig {
     /// Kernel collector settings.
     #[cfg(feature = "kernel")]
     kernel: tapio::kernel::KernelConfig,
+    /// DNS collector settings.
+    #[cfg(feature = "dns")]
+    dns: tapio::dns::DnsConfig,
+    /// etcd collector settings; absent (and no `--etcd-endpoints`): etcd is skipped.
+    #[cfg(feature = "etcd")]
+    etcd: Option<tapio::etcd::EtcdConfig>,
 }
 
 impl Default for AgentConfig {
@@ -89,6 +100,10 @@ impl Default for AgentConfig {
             otlp: None,
             #[cfg(feature = "kernel")]
             kernel: Default::default(),
+            #[cfg(feature = "dns")]
+            dns: Default::default(),
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 }
@@ -128,9 +143,14 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
         "kernel" => Ok(Box::new(tapio::kernel::KernelCollector::new(
             config.kernel.clone(),
         ))),
-        "cni" | "dns" | "etcd" | "systemd" | "kube" => {
-            Err("not implemented in this release".to_string())
-        }
+        #[cfg(feature = "dns")]
+        "dns" => Ok(Box::new(tapio::dns::DnsCollector::new(config.dns.clone()))),
+        #[cfg(feature = "etcd")]
+        "etcd" => match &config.etcd {
+            Some(etcd) => Ok(Box::new(tapio::etcd::EtcdCollector::new(etcd.clone()))),
+            None => Err("no etcd endpoints configured (--etcd-endpoints or [etcd])".to_string()),
+        },
+        "cni" | "systemd" | "kube" => Err("not implemented in this release".to_string()),
         other if KNOWN.contains(&other) => Err("not compiled in (cargo feature off)".to_string()),
         _ => Err(format!("unknown collector (known: {})", KNOWN.join(", "))),
     }
@@ -169,6 +189,14 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if args.no_stdout {
         config.stdout = false;
+    }
+    #[cfg(feature = "etcd")]
+    if let Some(endpoints) = args.etcd_endpoints {
+        config.etcd.get_or_insert_with(Default::default).endpoints = endpoints;
+    }
+    #[cfg(not(feature = "etcd"))]
+    if args.etcd_endpoints.is_some() {
+        return Err("--etcd-endpoints: the etcd collector is not compiled in".into());
     }
 
     let telemetry = TelemetryPipeline::new(

@@ -183,3 +183,83 @@ fn shipped_configs_are_valid() {
     }
     std::fs::remove_file(daemonset_config).unwrap();
 }
+
+/// `--collectors etcd --etcd-endpoints` against a real etcd: a put becomes a JSON line.
+#[test]
+fn agent_reports_etcd_puts() {
+    let port = |()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client, peer) = (port(()), port(()));
+    let dir = std::env::temp_dir().join(format!("tapio-agent-etcd-{}", std::process::id()));
+    let client_url = format!("http://127.0.0.1:{client}");
+    let mut etcd = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("default=http://127.0.0.1:{peer}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcd (Debian etcd-server) must be installed");
+    let agent = Command::new(agent_binary())
+        .args(["--collectors", "etcd", "--etcd-endpoints", &client_url])
+        .args(["--duration", "6", "--metrics-addr", "off"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start agent");
+    std::thread::sleep(Duration::from_secs(3));
+    let put = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &client_url,
+            "put",
+            "/registry/configmaps/default/agent-test",
+            "{}",
+        ])
+        .output()
+        .expect("etcdctl");
+    let out = agent.wait_with_output().unwrap();
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("etcd     started"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let ev = stdout
+        .lines()
+        .map(|l| RawEvent::from_json_line(l).unwrap())
+        .find(|e| e.event_type == "etcd.put")
+        .unwrap_or_else(|| panic!("no etcd.put in:\n{stdout}\n{stderr}"));
+    let data: serde_json::Value = ev.payload().unwrap();
+    assert_eq!(
+        data["key"], "/registry/configmaps/default/agent-test",
+        "{data}"
+    );
+    assert_eq!(ev.metadata["collector"], "etcd");
+}

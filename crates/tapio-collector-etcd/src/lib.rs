@@ -1,5 +1,486 @@
-//! Tapio etcd collector — not implemented yet.
+//! Tapio etcd collector: the Kubernetes registry as a stream of events, and
+//! etcd's disk-sync latency from eBPF.
 //!
-//! This crate reserves the name and its place in the workspace; the collector
-//! itself is tracked as issue #6. It exports nothing until then, so nothing
-//! can be built on a stub.
+//! **Watch** (etcd API v3, [`etcd_client`]): every configured key prefix
+//! (default `/registry/`) is watched on one stream.
+//!
+//! - [`PUT_EVENT`] (`etcd.put`, payload [`EtcdPutEvent`]) and
+//!   [`DELETE_EVENT`] (`etcd.delete`, [`EtcdDeleteEvent`]) carry the key, its
+//!   revisions (mod / create), version, lease and the previous key-value when
+//!   etcd returned one.
+//! - Keys under the Kubernetes prefix are decoded into group / resource /
+//!   namespace / name (built-in resources, custom resources, cluster-scoped
+//!   objects), and values — JSON or the API server's protobuf envelope — into
+//!   apiVersion / kind / name / namespace / uid / resourceVersion / labels,
+//!   without a Kubernetes type library ([`k8s`]). A value that does not
+//!   decode is counted (`etcd_decode_errors_total`, `etcd_errors_total`) and
+//!   the event still goes out, with `decode_error` set.
+//! - Values are never emitted unless [`EtcdConfig::capture_values`] is set;
+//!   Secrets are withheld even then.
+//! - After any failure (etcd restarted, connection cut, leader lost) the
+//!   watch resumes from the revision after the last one delivered, so every
+//!   revision arrives exactly once. When etcd has compacted the revisions
+//!   needed, a [`GAP_EVENT`] (`etcd.gap`, [`EtcdGapEvent`]) names the lost
+//!   range and the watch resumes at the current revision (or the oldest one
+//!   kept, see [`CompactionResume`]).
+//! - Connecting and re-watching go through
+//!   [`tapio_core::resilience`] retry and a circuit breaker; endpoints are
+//!   tried in order; TLS (CA, client certificate) and username/password are
+//!   applied. Health comes from the maintenance status API.
+//!
+//! **Disk** (eBPF, needs `CAP_BPF` + `CAP_PERFMON`; hooks per
+//! [`DiskHook`]: per-syscall tracepoints when tracefs is mounted, else
+//! `tp_btf` / `raw_tp` `sys_enter` + `sys_exit`): every fsync, fdatasync
+//! and sync_file_range of the etcd process (by pid or command name) is timed
+//! into the `etcd_disk_sync_duration_ms` histogram, with the bytes it
+//! flushed; every write to a regular file feeds `etcd_disk_write_bytes`;
+//! syncs slower than the threshold become [`SLOW_SYNC_EVENT`]
+//! (`etcd.disk.slow_sync`, [`EtcdSlowSyncEvent`]) events. See [`metrics`].
+//!
+//! Event metadata follows OpenTelemetry semantic conventions: `db.system` =
+//! `etcd`, `db.operation.name`, `server.address`, `server.port`,
+//! `k8s.namespace.name`, `k8s.pod.name` / `k8s.pod.uid` (and the same for
+//! nodes, namespaces, deployments, replicasets, statefulsets, daemonsets,
+//! jobs, cronjobs), `process.pid`, `file.path`; plus `etcd.key`,
+//! `etcd.revision`, `etcd.k8s.resource`, `etcd.k8s.kind`. A W3C
+//! `traceparent` annotation on an object is propagated into the event's
+//! trace context.
+//!
+//! ```no_run
+//! use tapio_collector_etcd::{EtcdCollector, EtcdConfig, EtcdPutEvent, PUT_EVENT};
+//! use tapio_core::{Collector, CollectorContext};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let etcd = EtcdCollector::new(EtcdConfig {
+//!     endpoints: vec!["http://127.0.0.1:2379".into()],
+//!     disk: None, // watch only: no privileges needed
+//!     ..Default::default()
+//! });
+//! let mut events = etcd.events()?;
+//! etcd.start(CollectorContext::default()).await?;
+//! while let Some(event) = events.recv().await {
+//!     if event.event_type == PUT_EVENT {
+//!         let put: EtcdPutEvent = event.payload()?;
+//!         println!("{} @ {}", put.key, put.revision);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
+use tapio_core::resilience::CircuitBreaker;
+use tapio_core::{
+    Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+mod config;
+mod disk;
+mod events;
+pub mod k8s;
+pub mod metrics;
+mod watch;
+
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    non_camel_case_types,
+    unsafe_op_in_unsafe_fn
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/etcd.skel.rs"));
+}
+
+pub use config::{
+    AuthConfig, BreakerConfig, CompactionResume, DiskConfig, DiskHook, DiskTarget, EtcdConfig,
+    RetryConfig, TlsConfig,
+};
+/// The etcd v3 client the collector is built on (for TLS and option types).
+pub use etcd_client;
+pub use events::{
+    CapturedEncoding, CapturedValue, DELETE_EVENT, EtcdDeleteEvent, EtcdFileKind, EtcdGapEvent,
+    EtcdPutEvent, EtcdSlowSyncEvent, GAP_EVENT, KubernetesInfo, PUT_EVENT, PrevKv, SLOW_SYNC_EVENT,
+    SyncSyscall,
+};
+pub use watch::{DB_SYSTEM, DB_SYSTEM_NAME, EtcdError};
+
+use crate::disk::{DiskCounters, DiskProgram, SyscallHook};
+use crate::metrics::Instruments;
+use crate::watch::{Counters, Cursor, Engine, HealthAgg, Outcome};
+
+/// Collector name: the `source` of its events and the prefix of its metrics.
+pub const NAME: &str = "etcd";
+
+/// Counters of a running or stopped collector (see [`EtcdCollector::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EtcdStats {
+    /// `etcd.put` events emitted.
+    pub puts: u64,
+    /// `etcd.delete` events emitted.
+    pub deletes: u64,
+    /// Values under the Kubernetes prefix that did not decode.
+    pub decode_errors: u64,
+    /// `etcd.gap` events emitted.
+    pub gaps: u64,
+    /// Watch streams re-established after a failure.
+    pub reconnects: u64,
+    /// Events skipped because their revision had already been delivered.
+    pub duplicates_skipped: u64,
+    /// Highest revision delivered.
+    pub revision: i64,
+    /// Disk syncs of the etcd process observed.
+    pub disk_syncs: u64,
+    /// Writes to regular files of the etcd process observed.
+    pub disk_writes: u64,
+    /// `etcd.disk.slow_sync` events emitted.
+    pub slow_syncs: u64,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    disk: Option<RingBufReader>,
+}
+
+/// The etcd collector. See the crate docs.
+pub struct EtcdCollector {
+    base: CollectorBase,
+    config: Arc<EtcdConfig>,
+    counters: Arc<Counters>,
+    disk_counters: Arc<DiskCounters>,
+    cursors: Arc<Mutex<Vec<Cursor>>>,
+    health: Arc<HealthAgg>,
+    breaker: CircuitBreaker,
+    instruments: OnceLock<Instruments>,
+    running: Mutex<Option<Running>>,
+}
+
+impl std::fmt::Debug for EtcdCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCollector")
+            .field("config", &self.config)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdCollector {
+    /// A stopped collector with `config` (checked on [`Collector::start`]).
+    pub fn new(config: EtcdConfig) -> Self {
+        let base = CollectorBase::new(NAME, config.queue_capacity, config.overflow);
+        let health = Arc::new(HealthAgg::new(base.health_cell().clone()));
+        let cursors = vec![
+            Cursor {
+                next: config.start_revision,
+                delivered_below: config.start_revision.unwrap_or(0),
+            };
+            config.prefixes.len()
+        ];
+        Self {
+            breaker: CircuitBreaker::new(config.breaker.breaker()),
+            base,
+            counters: Arc::default(),
+            disk_counters: Arc::default(),
+            cursors: Arc::new(Mutex::new(cursors)),
+            health,
+            instruments: OnceLock::new(),
+            running: Mutex::new(None),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.config
+    }
+
+    /// The collector's own counters.
+    pub fn stats(&self) -> EtcdStats {
+        let c = &self.counters;
+        let d = &self.disk_counters;
+        EtcdStats {
+            puts: c.puts.load(Ordering::Relaxed),
+            deletes: c.deletes.load(Ordering::Relaxed),
+            decode_errors: c.decode_errors.load(Ordering::Relaxed),
+            gaps: c.gaps.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            duplicates_skipped: c.duplicates.load(Ordering::Relaxed),
+            revision: c.revision.load(Ordering::Relaxed),
+            disk_syncs: d.syncs.load(Ordering::Relaxed),
+            disk_writes: d.writes.load(Ordering::Relaxed),
+            slow_syncs: d.slow_syncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Next revision each prefix's watch will ask for, in prefix order
+    /// (`None` before the first connection).
+    pub fn resume_revisions(&self) -> Vec<Option<i64>> {
+        self.cursors.lock().iter().map(|c| c.next).collect()
+    }
+
+    fn config_error(&self, message: impl Into<String>) -> CollectorError {
+        CollectorError::Config {
+            collector: NAME.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn read_file(&self, what: &str, path: &Path) -> Result<Vec<u8>, CollectorError> {
+        std::fs::read(path).map_err(|source| CollectorError::Io {
+            collector: NAME.to_string(),
+            context: format!("read {what} {}", path.display()),
+            source,
+        })
+    }
+
+    /// TLS options from the configured PEM files.
+    fn tls_options(&self) -> Result<Option<etcd_client::TlsOptions>, CollectorError> {
+        use etcd_client::{Certificate, Identity, TlsOptions};
+        let Some(tls) = &self.config.tls else {
+            return Ok(None);
+        };
+        let mut options = TlsOptions::new();
+        if let Some(ca) = &tls.ca_file {
+            options = options.ca_certificate(Certificate::from_pem(self.read_file("CA", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            options = options.identity(Identity::from_pem(
+                self.read_file("client certificate", cert)?,
+                self.read_file("client key", key)?,
+            ));
+        }
+        if let Some(name) = &tls.server_name {
+            options = options.domain_name(name.clone());
+        }
+        Ok(Some(options))
+    }
+
+    fn credentials(&self) -> Result<Option<(String, String)>, CollectorError> {
+        let Some(auth) = &self.config.auth else {
+            return Ok(None);
+        };
+        let password = match (&auth.password, &auth.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(file)) => {
+                let bytes = self.read_file("password file", file)?;
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+            (None, None) => return Err(self.config_error("auth needs a password")),
+        };
+        Ok(Some((auth.username.clone(), password)))
+    }
+
+    fn start_disk(&self) -> Result<Option<RingBufReader>, CollectorError> {
+        let Some(disk) = &self.config.disk else {
+            return Ok(None);
+        };
+        bpf::route_libbpf_logs();
+        let hook = SyscallHook::select(disk.hook);
+        let program = DiskProgram {
+            target: disk.target.clone(),
+            ring_buffer_bytes: disk.ring_buffer_bytes,
+            hook,
+        };
+        let instruments = self.instruments().clone();
+        let handler = disk::handler(
+            disk,
+            self.base.emitter(),
+            instruments,
+            self.disk_counters.clone(),
+        );
+        let span = tracing::info_span!("etcd.attach", hook = hook.name());
+        let started = span.in_scope(|| {
+            RingBufReader::spawn(
+                RingBufReaderConfig {
+                    thread_name: "tapio-etcd-disk".into(),
+                    ..Default::default()
+                },
+                program,
+                self.base.counters().clone(),
+                handler,
+            )
+        });
+        match started {
+            Ok(reader) => {
+                for (key, value) in reader.details() {
+                    self.health.detail(key, value.clone());
+                }
+                self.health.detail(
+                    "disk_target",
+                    match &disk.target {
+                        DiskTarget::Pid(p) => format!("pid {p}"),
+                        DiskTarget::Comm(c) => format!("comm {c}"),
+                    },
+                );
+                Ok(Some(reader))
+            }
+            Err(err) if !disk.required => {
+                tracing::warn!(parent: &span, error = %err, "disk-sync part unavailable; watching only");
+                self.health.problem("disk", err.to_string());
+                Ok(None)
+            }
+            Err(err) => {
+                tracing::error!(parent: &span, error = %err, "attach failed");
+                Err(err)
+            }
+        }
+    }
+
+    fn instruments(&self) -> &Instruments {
+        self.instruments.get_or_init(|| {
+            let emitter = self.base.emitter();
+            let meter = emitter
+                .telemetry()
+                .map(|t| t.meter().clone())
+                .unwrap_or_else(tapio_core::telemetry::noop_meter);
+            Instruments::new(&meter, self.counters.clone())
+        })
+    }
+
+    async fn start_inner(&self) -> Result<Running, CollectorError> {
+        self.config.validate().map_err(|m| self.config_error(m))?;
+        let tls = self.tls_options()?;
+        let auth = self.credentials()?;
+        self.instruments();
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if !self.config.endpoints.is_empty() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let engine = Arc::new(Engine {
+                config: self.config.clone(),
+                emitter: self.base.emitter(),
+                breaker: self.breaker.clone(),
+                cursors: self.cursors.clone(),
+                counters: self.counters.clone(),
+                health: self.health.clone(),
+                current: Mutex::new(None),
+                cancel: cancel.clone(),
+                tls_client_cert: self
+                    .config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_file.is_some()),
+                tls,
+                auth,
+                outcome: Mutex::new(Some(tx)),
+            });
+            tasks.push(tokio::spawn(engine.clone().run()));
+            tasks.push(tokio::spawn(engine.poll_status()));
+            // Wait for the first watch: wrong credentials, TLS or settings
+            // fail `start` with a clear error; an unreachable peer is
+            // retried in the background (the collector reports degraded).
+            let wait = self.config.connect_timeout() + 2 * self.config.request_timeout();
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Outcome::Established)) => {}
+                Ok(Ok(Outcome::Retrying(reason))) => {
+                    tracing::warn!(%reason, "etcd not reachable yet; retrying in the background");
+                }
+                Ok(Ok(Outcome::Fatal(err))) => {
+                    cancel.cancel();
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                    return Err(CollectorError::Peer {
+                        collector: NAME.to_string(),
+                        peer: err.endpoint().unwrap_or_default().to_string(),
+                        source: Box::new(err),
+                    });
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!("etcd watch not established yet; continuing in the background");
+                }
+            }
+        }
+        let disk = match self.start_disk() {
+            Ok(disk) => disk,
+            Err(err) => {
+                cancel.cancel();
+                for task in tasks {
+                    let _ = task.await;
+                }
+                return Err(err);
+            }
+        };
+        Ok(Running {
+            cancel,
+            tasks,
+            disk,
+        })
+    }
+}
+
+#[async_trait]
+impl Collector for EtcdCollector {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
+        self.base.begin_start(&ctx)?;
+        match self.start_inner().await {
+            Ok(running) => {
+                *self.running.lock() = Some(running);
+                self.base.finish_start();
+                self.health.go_live();
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "etcd collector failed to start");
+                self.health.reset();
+                self.base.fail_start(&err);
+                Err(err)
+            }
+        }
+    }
+
+    async fn stop(&self) -> Result<(), CollectorError> {
+        if !self.base.begin_stop() {
+            return Ok(());
+        }
+        let running = self.running.lock().take();
+        if let Some(running) = running {
+            running.cancel.cancel();
+            for task in running.tasks {
+                if let Err(err) = task.await {
+                    tracing::error!(error = %err, "etcd task ended abnormally");
+                }
+            }
+            if let Some(mut reader) = running.disk {
+                // Joining the session thread detaches the links and closes
+                // the object; keep it off the async worker.
+                tokio::task::spawn_blocking(move || reader.stop())
+                    .await
+                    .map_err(|err| CollectorError::Bpf {
+                        collector: NAME.to_string(),
+                        operation: "stop ring buffer reader".to_string(),
+                        source: Box::new(err),
+                    })?;
+            }
+        }
+        self.health.reset();
+        self.base.finish_stop();
+        Ok(())
+    }
+
+    fn events(&self) -> Result<EventReceiver, CollectorError> {
+        self.base.take_events()
+    }
+
+    fn health(&self) -> HealthReport {
+        self.base.report()
+    }
+}

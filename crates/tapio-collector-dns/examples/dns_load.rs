@@ -1,0 +1,136 @@
+//! Load-test companion of `benches/dns_load.sh`: runs the DNS collector on
+//! the given server port for a fixed time, drains its events like a cheap
+//! consumer, and prints one JSON summary line with the collector's own CPU
+//! time (all threads, user + system) and the in-kernel run time of its BPF
+//! programs (BPF run-time statistics are enabled only while this runs, via
+//! `BPF_ENABLE_STATS`, which the kernel reverts when the fd closes).
+//!
+//! ```text
+//! dns_load --port 15353 --seconds 12
+//! ```
+//!
+//! Prints `ready` on stdout once attached, then the summary.
+
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tapio_collector_dns::{DnsCollector, DnsConfig, QUERY_EVENT, RESPONSE_EVENT, TIMEOUT_EVENT};
+use tapio_core::{Collector, CollectorContext};
+
+fn cpu_seconds() -> f64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct; RUSAGE_SELF covers every thread.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn bpf_run_time(ids: &[u32]) -> (u64, u64) {
+    libbpf_rs::query::ProgInfoIter::default()
+        .filter(|p| ids.contains(&p.id))
+        .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut port = 53u16;
+    let mut seconds = 10u64;
+    let mut emit_queries = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--port" => port = args.next().ok_or("--port N")?.parse()?,
+            "--seconds" => seconds = args.next().ok_or("--seconds N")?.parse()?,
+            "--no-query-events" => emit_queries = false,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    // SAFETY: plain syscall wrapper; the returned fd keeps stats on until closed.
+    let stats_fd = unsafe {
+        libbpf_rs::libbpf_sys::bpf_enable_stats(libbpf_rs::libbpf_sys::BPF_STATS_RUN_TIME)
+    };
+    let dns = DnsCollector::new(DnsConfig {
+        ports: vec![port],
+        emit_queries,
+        queue_capacity: 1 << 18,
+        ..Default::default()
+    });
+    let mut events = dns.events()?;
+    dns.start(CollectorContext::default()).await?;
+    let details = dns.health().details;
+    let ids: Vec<u32> = ["egress_prog_id", "ingress_prog_id"]
+        .iter()
+        .filter_map(|k| details.get(*k)?.parse().ok())
+        .collect();
+    let cpu0 = cpu_seconds();
+    let (bpf_ns0, bpf_cnt0) = bpf_run_time(&ids);
+    println!("ready");
+    std::io::stdout().flush()?;
+
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let (mut queries, mut responses, mut timeouts) = (0u64, 0u64, 0u64);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Some(ev)) => match ev.event_type.as_str() {
+                QUERY_EVENT => queries += 1,
+                RESPONSE_EVENT => {
+                    responses += 1;
+                    if responses == 1000 {
+                        eprintln!(
+                            "sample response event ({} bytes of data): {}",
+                            ev.data.len(),
+                            ev.to_json_line()?
+                        );
+                    }
+                }
+                TIMEOUT_EVENT => timeouts += 1,
+                _ => {}
+            },
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let (bpf_ns1, bpf_cnt1) = bpf_run_time(&ids);
+    dns.stop().await?;
+    while let Some(ev) = events.try_recv() {
+        match ev.event_type.as_str() {
+            QUERY_EVENT => queries += 1,
+            RESPONSE_EVENT => responses += 1,
+            TIMEOUT_EVENT => timeouts += 1,
+            _ => {}
+        }
+    }
+    if stats_fd >= 0 {
+        // SAFETY: our own fd from bpf_enable_stats.
+        unsafe { libc::close(stats_fd) };
+    }
+    let c = dns.counters();
+    let stats = dns.health().stats;
+    println!(
+        "{{\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"bpf_run_ns\":{},\"bpf_runs\":{},\
+         \"query_events\":{queries},\"response_events\":{responses},\"timeout_events\":{timeouts},\
+         \"matched\":{},\"unmatched\":{},\"timeouts\":{},\"evictions\":{},\"malformed\":{},\
+         \"dropped_kernel\":{},\"dropped_queue\":{},\"errors\":{}}}",
+        bpf_ns1.saturating_sub(bpf_ns0),
+        bpf_cnt1.saturating_sub(bpf_cnt0),
+        c.matched.load(Ordering::Relaxed),
+        c.unmatched.load(Ordering::Relaxed),
+        c.timeouts.load(Ordering::Relaxed),
+        c.evictions.load(Ordering::Relaxed),
+        c.malformed.load(Ordering::Relaxed),
+        stats.dropped_kernel,
+        stats.dropped_queue,
+        stats.errors,
+    );
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! The eBPF part: fsync / fdatasync / sync_file_range latency and write
+//! sizes of the etcd process (see `bpf/etcd.bpf.c`).
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
+use libbpf_rs::{Link, MapCore as _, OpenObject};
+use opentelemetry::KeyValue;
+use tapio_core::bpf::{self, BpfProgram, DecodeError, Loaded, Record};
+use tapio_core::clock::BootClock;
+use tapio_core::{CollectorError, Emitter};
+
+use crate::NAME;
+use crate::config::{DiskConfig, DiskHook, DiskTarget};
+use crate::events::{EtcdFileKind, EtcdSlowSyncEvent, SLOW_SYNC_EVENT, SyncSyscall};
+use crate::metrics::Instruments;
+use crate::skel::{EtcdSkelBuilder, types};
+
+/// Record kind in `tapio_hdr.kind` (see `bpf/etcd.bpf.c`).
+const KIND_IO: u16 = 1;
+
+/// Operations (`op` in the record).
+const OP_FSYNC: u16 = 1;
+const OP_FDATASYNC: u16 = 2;
+const OP_SYNC_FILE_RANGE: u16 = 3;
+const OP_WRITE: u16 = 4;
+const OP_PWRITEV2: u16 = 8;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+
+/// What one record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoOp {
+    Sync(SyncSyscall),
+    Write,
+}
+
+/// A decoded ring-buffer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IoRecord {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub op: IoOp,
+    pub mode: u16,
+    pub ret: i64,
+    pub latency_ns: u64,
+    pub bytes: u64,
+    pub ino: u64,
+    pub dev: u32,
+    pub comm: String,
+}
+
+// SAFETY: generated from the BPF object's BTF: integers and integer arrays
+// only, `repr(C)`, every bit pattern valid.
+unsafe impl bpf::plain::Plain for types::tapio_etcd_io {}
+
+impl Record for IoRecord {
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let raw: types::tapio_etcd_io = bpf::decode_pod(bytes)?;
+        if raw.hdr.kind != KIND_IO {
+            return Err(DecodeError::Invalid {
+                record: "tapio_etcd_io",
+                field: "hdr.kind",
+                value: u64::from(raw.hdr.kind),
+            });
+        }
+        let op = match raw.op {
+            OP_FSYNC => IoOp::Sync(SyncSyscall::Fsync),
+            OP_FDATASYNC => IoOp::Sync(SyncSyscall::Fdatasync),
+            OP_SYNC_FILE_RANGE => IoOp::Sync(SyncSyscall::SyncFileRange),
+            OP_WRITE..=OP_PWRITEV2 => IoOp::Write,
+            other => {
+                return Err(DecodeError::Invalid {
+                    record: "tapio_etcd_io",
+                    field: "op",
+                    value: u64::from(other),
+                });
+            }
+        };
+        Ok(Self {
+            ktime_ns: raw.hdr.ktime_ns,
+            pid: raw.pid,
+            tid: raw.tid,
+            fd: raw.fd,
+            op,
+            mode: raw.mode,
+            ret: raw.ret,
+            latency_ns: raw.latency_ns,
+            bytes: raw.bytes,
+            ino: raw.ino,
+            dev: raw.dev,
+            comm: bpf::read_cstr(&raw.comm),
+        })
+    }
+}
+
+/// Which pair of syscall hooks to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyscallHook {
+    /// `tp/syscalls/sys_{enter,exit}_<name>` of the eight system calls of
+    /// interest: needs tracefs; other system calls pay no BPF program.
+    Tracepoints,
+    /// `tp_btf/sys_enter` + `tp_btf/sys_exit`: needs kernel BTF.
+    TpBtf,
+    /// `raw_tp/sys_enter` + `raw_tp/sys_exit`.
+    RawTp,
+}
+
+impl SyscallHook {
+    /// The hook `configured`, resolving [`DiskHook::Auto`].
+    pub(crate) fn select(configured: DiskHook) -> Self {
+        match configured {
+            DiskHook::Auto => Self::detect(),
+            DiskHook::Tracepoints => SyscallHook::Tracepoints,
+            DiskHook::TpBtf => SyscallHook::TpBtf,
+            DiskHook::RawTp => SyscallHook::RawTp,
+        }
+    }
+
+    fn detect() -> Self {
+        let tracefs = [
+            "/sys/kernel/tracing/events/syscalls/sys_enter_fdatasync",
+            "/sys/kernel/debug/tracing/events/syscalls/sys_enter_fdatasync",
+        ];
+        if tracefs.iter().any(|p| Path::new(p).exists()) {
+            SyscallHook::Tracepoints
+        } else if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            SyscallHook::TpBtf
+        } else {
+            SyscallHook::RawTp
+        }
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SyscallHook::Tracepoints => {
+                "tp/syscalls/sys_{enter,exit}_{fsync,fdatasync,sync_file_range,write,pwrite64,writev,pwritev,pwritev2}"
+            }
+            SyscallHook::TpBtf => "tp_btf/sys_enter+sys_exit",
+            SyscallHook::RawTp => "raw_tp/sys_enter+sys_exit",
+        }
+    }
+}
+
+pub(crate) struct DiskProgram {
+    pub target: DiskTarget,
+    pub ring_buffer_bytes: u32,
+    pub hook: SyscallHook,
+}
+
+struct Attached<'obj> {
+    // Field order is drop order: links detach before the skeleton closes.
+    _links: Vec<Link>,
+    _skel: crate::skel::EtcdSkel<'obj>,
+}
+
+impl BpfProgram for DiskProgram {
+    type Record = IoRecord;
+
+    fn load<'obj>(
+        self,
+        storage: &'obj mut MaybeUninit<OpenObject>,
+    ) -> Result<Loaded<'obj>, CollectorError> {
+        let err = |op: &'static str| move |e| bpf::load_error(NAME, op, e);
+        let mut open = EtcdSkelBuilder::default()
+            .open(storage)
+            .map_err(err("open BPF object"))?;
+        open.maps
+            .tapio_events
+            .set_max_entries(ring_size(self.ring_buffer_bytes))
+            .map_err(err("size ring buffer"))?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| CollectorError::Bpf {
+                collector: NAME.to_string(),
+                operation: "set the target process".to_string(),
+                source: "BPF object has no read-only data section".into(),
+            })?;
+        match &self.target {
+            DiskTarget::Pid(pid) => rodata.target_tgid = *pid,
+            DiskTarget::Comm(comm) => {
+                rodata.target_tgid = 0;
+                // Validated to 1..=15 bytes, so a NUL always follows.
+                for (dst, src) in rodata.target_comm.iter_mut().zip(comm.bytes().take(15)) {
+                    *dst = i8::from_ne_bytes([src]);
+                }
+            }
+        }
+        let tp = self.hook == SyscallHook::Tracepoints;
+        let btf = self.hook == SyscallHook::TpBtf;
+        let raw = self.hook == SyscallHook::RawTp;
+        let p = &mut open.progs;
+        for prog in [
+            &mut p.tapio_etcd_tp_enter_fsync,
+            &mut p.tapio_etcd_tp_exit_fsync,
+            &mut p.tapio_etcd_tp_enter_fdatasync,
+            &mut p.tapio_etcd_tp_exit_fdatasync,
+            &mut p.tapio_etcd_tp_enter_sync_file_range,
+            &mut p.tapio_etcd_tp_exit_sync_file_range,
+            &mut p.tapio_etcd_tp_enter_write,
+            &mut p.tapio_etcd_tp_exit_write,
+            &mut p.tapio_etcd_tp_enter_pwrite64,
+            &mut p.tapio_etcd_tp_exit_pwrite64,
+            &mut p.tapio_etcd_tp_enter_writev,
+            &mut p.tapio_etcd_tp_exit_writev,
+            &mut p.tapio_etcd_tp_enter_pwritev,
+            &mut p.tapio_etcd_tp_exit_pwritev,
+            &mut p.tapio_etcd_tp_enter_pwritev2,
+            &mut p.tapio_etcd_tp_exit_pwritev2,
+        ] {
+            prog.set_autoload(tp);
+        }
+        p.tapio_etcd_enter_btf.set_autoload(btf);
+        p.tapio_etcd_exit_btf.set_autoload(btf);
+        p.tapio_etcd_enter_raw.set_autoload(raw);
+        p.tapio_etcd_exit_raw.set_autoload(raw);
+        let skel = open.load().map_err(err("load BPF object"))?;
+        let links = if tp {
+            let p = &skel.progs;
+            let mut links = Vec::with_capacity(16);
+            for prog in [
+                &p.tapio_etcd_tp_enter_fsync,
+                &p.tapio_etcd_tp_exit_fsync,
+                &p.tapio_etcd_tp_enter_fdatasync,
+                &p.tapio_etcd_tp_exit_fdatasync,
+                &p.tapio_etcd_tp_enter_sync_file_range,
+                &p.tapio_etcd_tp_exit_sync_file_range,
+                &p.tapio_etcd_tp_enter_write,
+                &p.tapio_etcd_tp_exit_write,
+                &p.tapio_etcd_tp_enter_pwrite64,
+                &p.tapio_etcd_tp_exit_pwrite64,
+                &p.tapio_etcd_tp_enter_writev,
+                &p.tapio_etcd_tp_exit_writev,
+                &p.tapio_etcd_tp_enter_pwritev,
+                &p.tapio_etcd_tp_exit_pwritev,
+                &p.tapio_etcd_tp_enter_pwritev2,
+                &p.tapio_etcd_tp_exit_pwritev2,
+            ] {
+                links.push(prog.attach().map_err(err("tp/syscalls/sys_enter+exit_*"))?);
+            }
+            links
+        } else if btf {
+            vec![
+                skel.progs
+                    .tapio_etcd_enter_btf
+                    .attach()
+                    .map_err(err("tp_btf/sys_enter"))?,
+                skel.progs
+                    .tapio_etcd_exit_btf
+                    .attach()
+                    .map_err(err("tp_btf/sys_exit"))?,
+            ]
+        } else {
+            vec![
+                skel.progs
+                    .tapio_etcd_enter_raw
+                    .attach_raw_tracepoint("sys_enter")
+                    .map_err(err("raw_tp/sys_enter"))?,
+                skel.progs
+                    .tapio_etcd_exit_raw
+                    .attach_raw_tracepoint("sys_exit")
+                    .map_err(err("raw_tp/sys_exit"))?,
+            ]
+        };
+        let ring_bytes = skel.maps.tapio_events.max_entries();
+        let events =
+            bpf::map_handle(skel.object(), bpf::EVENTS_MAP).map_err(err("open ring buffer"))?;
+        let drops =
+            bpf::map_handle(skel.object(), bpf::DROPS_MAP).map_err(err("open drop counter"))?;
+        Ok(Loaded {
+            events,
+            drops: Some(drops),
+            details: vec![
+                ("disk_hook".to_string(), self.hook.name().to_string()),
+                ("disk_ring_buffer_bytes".to_string(), ring_bytes.to_string()),
+            ],
+            keep: Box::new(Attached {
+                _links: links,
+                _skel: skel,
+            }),
+        })
+    }
+}
+
+/// Ring buffers must be a power-of-two multiple of the page size.
+fn ring_size(requested: u32) -> u32 {
+    requested
+        .max(4096)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
+}
+
+/// Classify an etcd file by its path (and the mode the kernel reported).
+pub(crate) fn file_kind(path: Option<&str>, mode: u16) -> EtcdFileKind {
+    if mode & S_IFMT == S_IFDIR {
+        return EtcdFileKind::Directory;
+    }
+    let Some(path) = path else {
+        return EtcdFileKind::Other;
+    };
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if path.contains("/member/wal/") || name.ends_with(".wal") || name.ends_with(".wal.tmp") {
+        EtcdFileKind::Wal
+    } else if path.ends_with("/member/snap/db") {
+        EtcdFileKind::Db
+    } else if path.contains("/member/snap/") {
+        EtcdFileKind::Snapshot
+    } else {
+        EtcdFileKind::Other
+    }
+}
+
+/// Resolves `(pid, fd, inode)` to a path through `/proc/<pid>/fd/<fd>`,
+/// cached: the inode in the key makes a reused fd a different entry.
+#[derive(Default)]
+struct PathCache {
+    entries: HashMap<(u32, i32, u64, u32), Option<Arc<str>>>,
+}
+
+impl PathCache {
+    const MAX: usize = 4096;
+
+    fn resolve(&mut self, pid: u32, fd: i32, ino: u64, dev: u32) -> Option<Arc<str>> {
+        if let Some(hit) = self.entries.get(&(pid, fd, ino, dev)) {
+            return hit.clone();
+        }
+        if self.entries.len() >= Self::MAX {
+            self.entries.clear();
+        }
+        let path = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .ok()
+            .map(|p| Arc::from(p.to_string_lossy().as_ref()));
+        self.entries.insert((pid, fd, ino, dev), path.clone());
+        path
+    }
+}
+
+/// Counters of the disk part.
+#[derive(Debug, Default)]
+pub(crate) struct DiskCounters {
+    pub syncs: AtomicU64,
+    pub writes: AtomicU64,
+    pub slow_syncs: AtomicU64,
+}
+
+/// Builds the ring-buffer handler: every sync feeds the latency and bytes
+/// histograms, every write the write-size histogram, and slow syncs become
+/// events.
+pub(crate) fn handler(
+    config: &DiskConfig,
+    emitter: Emitter,
+    instruments: Instruments,
+    counters: Arc<DiskCounters>,
+) -> impl FnMut(IoRecord) + Send + 'static {
+    let clock = BootClock::new();
+    // Threshold in ns; validated finite and non-negative.
+    let threshold_ns = (config.slow_sync_threshold_ms * 1e6) as u64;
+    let mut paths = PathCache::default();
+    move |rec: IoRecord| {
+        let started = std::time::Instant::now();
+        let path = paths.resolve(rec.pid, rec.fd, rec.ino, rec.dev);
+        let kind = file_kind(path.as_deref(), rec.mode);
+        match rec.op {
+            IoOp::Write => {
+                counters.writes.fetch_add(1, Ordering::Relaxed);
+                instruments
+                    .write_bytes
+                    .record(rec.bytes, &[KeyValue::new("file", kind.as_str())]);
+            }
+            IoOp::Sync(syscall) => {
+                counters.syncs.fetch_add(1, Ordering::Relaxed);
+                let attrs = [
+                    KeyValue::new("syscall", syscall.as_str()),
+                    KeyValue::new("file", kind.as_str()),
+                ];
+                instruments
+                    .sync_duration
+                    .record(rec.latency_ns as f64 / 1e6, &attrs);
+                instruments.sync_bytes.record(rec.bytes, &attrs);
+                if rec.latency_ns >= threshold_ns {
+                    counters.slow_syncs.fetch_add(1, Ordering::Relaxed);
+                    let payload = EtcdSlowSyncEvent {
+                        pid: rec.pid,
+                        tid: rec.tid,
+                        comm: rec.comm.clone(),
+                        syscall,
+                        fd: rec.fd,
+                        path: path.as_deref().map(str::to_string),
+                        file: kind,
+                        latency_ns: rec.latency_ns,
+                        bytes: rec.bytes,
+                        ret: rec.ret,
+                        inode: rec.ino,
+                    };
+                    let result = emitter.emit_payload(SLOW_SYNC_EVENT, &payload, |mut ev| {
+                        ev.timestamp = clock.to_wall(rec.ktime_ns);
+                        let m = &mut ev.metadata;
+                        m.insert(crate::watch::DB_SYSTEM.into(), "etcd".into());
+                        m.insert("process.pid".into(), rec.pid.to_string());
+                        m.insert("process.command".into(), rec.comm.clone());
+                        m.insert("etcd.disk.syscall".into(), syscall.as_str().into());
+                        if let Some(p) = &path {
+                            m.insert("file.path".into(), p.to_string());
+                        }
+                        ev
+                    });
+                    if let Err(err) = result {
+                        tracing::warn!(error = %err, "encoding slow-sync event failed");
+                    }
+                }
+            }
+        }
+        if let Some(t) = emitter.telemetry() {
+            t.record_duration(started.elapsed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> types::tapio_etcd_io {
+        let mut raw = types::tapio_etcd_io::default();
+        raw.hdr.kind = KIND_IO;
+        raw.hdr.ktime_ns = 5;
+        raw.pid = 100;
+        raw.tid = 101;
+        raw.fd = 7;
+        raw.op = OP_FDATASYNC;
+        raw.mode = 0o100600;
+        raw.latency_ns = 1_500_000;
+        raw.bytes = 4096;
+        raw.ino = 42;
+        for (dst, src) in raw.comm.iter_mut().zip(b"etcd\0") {
+            *dst = *src as i8;
+        }
+        raw
+    }
+
+    fn bytes(raw: &types::tapio_etcd_io) -> Vec<u8> {
+        // SAFETY: Plain type, reading its bytes is always valid.
+        unsafe { bpf::plain::as_bytes(raw) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_records() {
+        let rec = IoRecord::decode(&bytes(&raw())).unwrap();
+        assert_eq!(rec.op, IoOp::Sync(SyncSyscall::Fdatasync));
+        assert_eq!(
+            (rec.pid, rec.tid, rec.fd, rec.latency_ns, rec.bytes, rec.ino),
+            (100, 101, 7, 1_500_000, 4096, 42)
+        );
+        assert_eq!(rec.comm, "etcd");
+        let mut w = raw();
+        w.op = 6;
+        assert_eq!(IoRecord::decode(&bytes(&w)).unwrap().op, IoOp::Write);
+        let mut bad = raw();
+        bad.op = 99;
+        assert!(matches!(
+            IoRecord::decode(&bytes(&bad)),
+            Err(DecodeError::Invalid {
+                field: "op",
+                value: 99,
+                ..
+            })
+        ));
+        let mut foreign = raw();
+        foreign.hdr.kind = 3;
+        assert!(IoRecord::decode(&bytes(&foreign)).is_err());
+        assert!(matches!(
+            IoRecord::decode(&bytes(&raw())[..10]),
+            Err(DecodeError::Truncated { got: 10, .. })
+        ));
+    }
+
+    #[test]
+    fn file_kinds() {
+        let reg = 0o100600;
+        assert_eq!(
+            file_kind(
+                Some("/var/lib/etcd/member/wal/0000000000000000-0000000000000000.wal"),
+                reg
+            ),
+            EtcdFileKind::Wal
+        );
+        assert_eq!(
+            file_kind(Some("/var/lib/etcd/member/wal/0.tmp"), reg),
+            EtcdFileKind::Wal
+        );
+        assert_eq!(
+            file_kind(Some("/var/lib/etcd/member/snap/db"), reg),
+            EtcdFileKind::Db
+        );
+        assert_eq!(
+            file_kind(
+                Some("/var/lib/etcd/member/snap/0000000000000002-0000000000000001.snap"),
+                reg
+            ),
+            EtcdFileKind::Snapshot
+        );
+        assert_eq!(
+            file_kind(Some("/var/lib/etcd/member/wal"), 0o040700),
+            EtcdFileKind::Directory
+        );
+        assert_eq!(file_kind(None, reg), EtcdFileKind::Other);
+        assert_eq!(ring_size(5000), 8192);
+    }
+}
