@@ -96,22 +96,21 @@ use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
-use libbpf_rs::{Link, MapCore as _, MapFlags, MapHandle, OpenObject, RingBufferBuilder};
+use libbpf_rs::{Link, OpenObject};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tapio_core::bpf::{self, BpfProgram, Loaded, Record as _};
+use tapio_core::bpf::{self, BpfProgram, Loaded, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, DropStage, Emitter, EventReceiver,
+    Collector, CollectorBase, CollectorContext, CollectorError, Emitter, EventReceiver,
     HealthReport, OverflowPolicy, RawEvent,
 };
 
@@ -305,53 +304,9 @@ struct Attached<'obj> {
     _skel: skel::DnsSkel<'obj>,
 }
 
-/// Whether the effective capability set holds what loading needs: then a
-/// permission error is the verifier rejecting the program (EACCES), not a
-/// missing privilege.
-fn has_bpf_capabilities() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    else {
-        return false;
-    };
-    const CAP_NET_ADMIN: u64 = 1 << 12;
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_BPF: u64 = 1 << 39;
-    eff & CAP_SYS_ADMIN != 0 || (eff & CAP_BPF != 0 && eff & CAP_NET_ADMIN != 0)
-}
-
+/// libbpf errors as collector errors naming what cgroup_skb programs need.
 fn load_error(operation: &str, err: libbpf_rs::Error) -> CollectorError {
-    match bpf::load_error(NAME, operation, err) {
-        CollectorError::MissingPrivilege {
-            collector,
-            operation,
-            source,
-            ..
-        } if has_bpf_capabilities() => CollectorError::Bpf {
-            collector,
-            operation: format!(
-                "{operation} (rejected by the BPF verifier; RUST_LOG=libbpf=debug prints its log)"
-            ),
-            source,
-        },
-        CollectorError::MissingPrivilege {
-            collector,
-            operation,
-            source,
-            ..
-        } => CollectorError::MissingPrivilege {
-            collector,
-            operation,
-            capability: DNS_CAPABILITIES.to_string(),
-            source,
-        },
-        other => other,
-    }
+    bpf::load_error_needing(NAME, operation, err, bpf::Capabilities::CgroupNetwork)
 }
 
 impl BpfProgram for DnsProgram {
@@ -431,189 +386,37 @@ impl BpfProgram for DnsProgram {
     }
 }
 
-/// Sum of a one-slot per-CPU `u64` array.
-fn read_percpu_total(map: &MapHandle) -> Option<u64> {
-    let values = map
-        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-        .ok()??;
-    Some(
-        values
-            .iter()
-            .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-            .map(u64::from_ne_bytes)
-            .sum(),
-    )
-}
-
-/// The session thread: loads and attaches the program, drains the ring
-/// buffer every batch interval (the kernel suppresses per-record wakeups),
-/// feeds the matching engine and sweeps timeouts, all on one thread so the
-/// engine needs no lock. Dropping the loaded object on this thread detaches
-/// the links.
-///
-/// This is tapio-core's `RingBufReader` plus a consume on every poll
-/// timeout and a periodic tick; see the crate README.
-struct Session {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    details: Vec<(String, String)>,
-}
-
-type Ready = Result<Vec<(String, String)>, CollectorError>;
-
-struct SessionParams {
-    batch_interval: Duration,
-    sweep_interval: Duration,
+/// Handles the session's records on the shared reader's thread: feeds the
+/// matching engine (no lock needed: one thread), queues the events a batch
+/// produced with one wake-up, sweeps timeouts on the reader's tick.
+struct DnsHandler {
     emitter: Emitter,
     engine: Engine,
     sink: Sink,
+    batch_started: Option<Instant>,
 }
 
-impl Session {
-    fn spawn(program: DnsProgram, params: SessionParams) -> Result<Self, CollectorError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("tapio-dns".to_string())
-                .spawn(move || session_main(program, params, stop, ready_tx))
-                .map_err(|source| CollectorError::Io {
-                    collector: NAME.to_string(),
-                    context: "spawn the dns session thread".to_string(),
-                    source,
-                })?
-        };
-        match ready_rx.recv() {
-            Ok(Ok(details)) => Ok(Self {
-                stop,
-                thread: Some(thread),
-                details,
-            }),
-            Ok(Err(err)) => {
-                let _ = thread.join();
-                Err(err)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(CollectorError::Bpf {
-                    collector: NAME.to_string(),
-                    operation: "start the dns session thread".to_string(),
-                    source: "the session thread exited during setup".into(),
-                })
-            }
+impl bpf::RecordHandler<Packet> for DnsHandler {
+    fn record(&mut self, packet: Packet) {
+        self.batch_started.get_or_insert_with(Instant::now);
+        let (sink, emitter) = (&self.sink, &self.emitter);
+        self.engine
+            .on_packet(&packet, &mut |out| sink.emit(emitter, out));
+    }
+
+    fn batch_end(&mut self) {
+        self.sink.flush(&self.emitter);
+        if let (Some(started), Some(t)) = (self.batch_started.take(), self.emitter.telemetry()) {
+            t.record_duration(started.elapsed());
         }
     }
 
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("dns session thread panicked");
-        }
+    fn tick(&mut self) {
+        let now = tapio_core::clock::boot_time_ns();
+        let (sink, emitter) = (&self.sink, &self.emitter);
+        self.engine.sweep(now, &mut |out| sink.emit(emitter, out));
+        self.sink.flush(&self.emitter);
     }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn session_main(
-    program: DnsProgram,
-    params: SessionParams,
-    stop: Arc<AtomicBool>,
-    ready: std::sync::mpsc::SyncSender<Ready>,
-) {
-    let SessionParams {
-        batch_interval,
-        sweep_interval,
-        emitter,
-        engine,
-        sink,
-    } = params;
-    let mut storage = MaybeUninit::uninit();
-    let loaded = match program.load(&mut storage) {
-        Ok(loaded) => loaded,
-        Err(err) => {
-            let _ = ready.send(Err(err));
-            return;
-        }
-    };
-    let engine = std::cell::RefCell::new(engine);
-    let stats = emitter.stats().clone();
-    let mut builder = RingBufferBuilder::new();
-    let added = builder.add(&loaded.events, |bytes: &[u8]| {
-        match Packet::decode(bytes) {
-            Ok(packet) => {
-                engine
-                    .borrow_mut()
-                    .on_packet(&packet, &mut |out| sink.emit(&emitter, out));
-            }
-            Err(err) => {
-                stats.add_errors(1);
-                tracing::debug!(error = %err, "dropping undecodable BPF record");
-            }
-        }
-        0
-    });
-    let rb = match added.map(|_| ()).and_then(|()| builder.build()) {
-        Ok(rb) => rb,
-        Err(err) => {
-            let _ = ready.send(Err(load_error("set up ring buffer", err)));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(loaded.details.clone()));
-    drop(ready);
-
-    let mut last_kernel_total = 0u64;
-    let poll_drops = |last: &mut u64| {
-        if let Some(total) = loaded.drops.as_ref().and_then(read_percpu_total)
-            && total > *last
-        {
-            stats.add_dropped(DropStage::Kernel, total - *last);
-            *last = total;
-        }
-    };
-    let mut last_drop_check = Instant::now();
-    let mut last_sweep = Instant::now();
-    while !stop.load(Ordering::Acquire) {
-        let rc = rb.poll_raw(batch_interval);
-        let started = Instant::now();
-        if rc < 0 && rc != -libc::EINTR {
-            tracing::warn!(errno = -rc, "ring buffer poll failed");
-            stats.add_errors(1);
-            std::thread::sleep(batch_interval);
-        }
-        // Records submitted without a wakeup are only seen by a consume.
-        let consumed = rb.consume_raw();
-        if rc > 0 || consumed > 0 {
-            sink.flush(&emitter);
-            if let Some(t) = emitter.telemetry() {
-                t.record_duration(started.elapsed());
-            }
-        }
-        if last_sweep.elapsed() >= sweep_interval {
-            let now = tapio_core::clock::boot_time_ns();
-            engine
-                .borrow_mut()
-                .sweep(now, &mut |out| sink.emit(&emitter, out));
-            sink.flush(&emitter);
-            last_sweep = Instant::now();
-        }
-        if last_drop_check.elapsed() >= Duration::from_secs(1) {
-            poll_drops(&mut last_kernel_total);
-            last_drop_check = Instant::now();
-        }
-    }
-    let _ = rb.consume_raw();
-    sink.flush(&emitter);
-    poll_drops(&mut last_kernel_total);
-    drop(rb);
-    drop(loaded);
 }
 
 /// Turns engine outputs into `RawEvent`s and records the latency histogram.
@@ -669,9 +472,9 @@ fn kubernetes_metadata(ev: &mut RawEvent, k: Option<&KubernetesName>) {
 impl Sink {
     /// Queue the events built so far.
     fn flush(&self, emitter: &Emitter) {
-        let mut batch = self.batch.borrow_mut();
-        for ev in batch.drain(..) {
-            emitter.emit(ev);
+        let batch = std::mem::take(&mut *self.batch.borrow_mut());
+        if !batch.is_empty() {
+            emitter.emit_batch(batch);
         }
     }
 
@@ -838,7 +641,7 @@ pub struct DnsCollector {
     config: DnsConfig,
     counters: Arc<DnsCounters>,
     latency: OnceLock<Option<Histogram<f64>>>,
-    session: Mutex<Option<Session>>,
+    reader: Mutex<Option<RingBufReader>>,
 }
 
 impl std::fmt::Debug for DnsCollector {
@@ -858,7 +661,7 @@ impl DnsCollector {
             config,
             counters: Arc::default(),
             latency: OnceLock::new(),
-            session: Mutex::new(None),
+            reader: Mutex::new(None),
         }
     }
 
@@ -911,10 +714,7 @@ impl DnsCollector {
             self.counters.clone(),
         );
         let batch_interval = Duration::from_millis(self.config.batch_interval_ms.clamp(1, 1000));
-        let params = SessionParams {
-            batch_interval,
-            // Timeouts are reported within a tenth of the timeout (≥ 10 ms).
-            sweep_interval: Duration::from_millis((self.config.timeout_ms / 10).clamp(10, 1000)),
+        let handler = DnsHandler {
             emitter,
             engine,
             sink: Sink {
@@ -922,21 +722,34 @@ impl DnsCollector {
                 latency,
                 batch: std::cell::RefCell::new(Vec::new()),
             },
+            batch_started: None,
         };
+        let config = RingBufReaderConfig {
+            thread_name: "tapio-dns".into(),
+            // The kernel batches wake-ups: drain at least every batch interval.
+            poll_timeout: batch_interval,
+            // Timeouts are reported within a tenth of the timeout (≥ 10 ms).
+            tick_every: Some(Duration::from_millis(
+                (self.config.timeout_ms / 10).clamp(10, 1000),
+            )),
+            ..Default::default()
+        };
+        let stats = self.base.counters().clone();
         let span = tracing::info_span!("dns.attach", cgroup = %cgroup.display());
-        let session =
-            tokio::task::spawn_blocking(move || span.in_scope(|| Session::spawn(program, params)))
-                .await
-                .map_err(|err| CollectorError::Bpf {
-                    collector: NAME.to_string(),
-                    operation: "start the dns session".to_string(),
-                    source: Box::new(err),
-                })??;
+        let reader = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| RingBufReader::spawn(config, program, stats, handler))
+        })
+        .await
+        .map_err(|err| CollectorError::Bpf {
+            collector: NAME.to_string(),
+            operation: "start the dns session".to_string(),
+            source: Box::new(err),
+        })??;
         let health = self.base.health_cell();
-        for (key, value) in &session.details {
+        for (key, value) in reader.details() {
             health.set_detail(key.clone(), value.clone());
         }
-        *self.session.lock() = Some(session);
+        *self.reader.lock() = Some(reader);
         health.set_detail(
             "ports",
             self.config
@@ -975,11 +788,11 @@ impl Collector for DnsCollector {
         if !self.base.begin_stop() {
             return Ok(());
         }
-        let session = self.session.lock().take();
-        if let Some(mut session) = session {
+        let reader = self.reader.lock().take();
+        if let Some(mut reader) = reader {
             // Joining the session thread detaches the links and closes the
             // object; keep it off the async worker.
-            tokio::task::spawn_blocking(move || session.stop())
+            tokio::task::spawn_blocking(move || reader.stop())
                 .await
                 .map_err(|err| CollectorError::Bpf {
                     collector: NAME.to_string(),

@@ -358,6 +358,13 @@ impl Emitter {
         self.sender.send(event)
     }
 
+    /// Count and queue many events with one wake-up of the consumer;
+    /// returns how many the queue dropped (counted by the channel).
+    pub fn emit_batch(&self, events: Vec<RawEvent>) -> u64 {
+        self.stats.add_processed(events.len() as u64);
+        self.sender.send_batch(events)
+    }
+
     /// Build an event from a typed payload and emit it; a payload that fails
     /// to serialize is counted as an error and returned.
     pub fn emit_payload(

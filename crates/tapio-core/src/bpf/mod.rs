@@ -10,7 +10,8 @@ mod reader;
 mod record;
 
 pub use reader::{
-    BpfProgram, KeepAlive, Loaded, ReaderStats, RingBufReader, RingBufReaderConfig, map_handle,
+    BpfProgram, KeepAlive, Loaded, ReaderStats, RecordHandler, RingBufReader, RingBufReaderConfig,
+    map_handle,
 };
 pub use record::{CChar, DecodeError, Record, decode_pod, read_cstr};
 
@@ -27,15 +28,77 @@ pub const DROPS_MAP: &str = "tapio_drops";
 /// Capabilities that loading and attaching tracing BPF programs needs.
 pub const BPF_CAPABILITIES: &str = "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)";
 
-/// Map a libbpf error from `operation` to a [`CollectorError`]: permission
-/// errors name the missing capabilities, a missing hook becomes
-/// [`CollectorError::HookUnavailable`].
+/// What a BPF object needs to load and attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capabilities {
+    /// Tracing programs (tracepoints, `tp_btf`): `CAP_BPF` and `CAP_PERFMON`.
+    Tracing,
+    /// cgroup network programs (`cgroup_skb`): `CAP_BPF` and `CAP_NET_ADMIN`.
+    CgroupNetwork,
+}
+
+impl Capabilities {
+    /// The capabilities, as an error message names them.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Capabilities::Tracing => BPF_CAPABILITIES,
+            Capabilities::CgroupNetwork => "CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+        }
+    }
+
+    /// Whether this process's effective capability set holds them.
+    pub fn held(self) -> bool {
+        const CAP_NET_ADMIN: u32 = 12;
+        const CAP_SYS_ADMIN: u32 = 21;
+        const CAP_PERFMON: u32 = 38;
+        const CAP_BPF: u32 = 39;
+        let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+            return false;
+        };
+        let Some(eff) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        else {
+            return false;
+        };
+        let has = |cap: u32| eff & (1 << cap) != 0;
+        let second = match self {
+            Capabilities::Tracing => CAP_PERFMON,
+            Capabilities::CgroupNetwork => CAP_NET_ADMIN,
+        };
+        has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(second))
+    }
+}
+
+/// [`load_error_needing`] for tracing programs.
 pub fn load_error(collector: &str, operation: &str, err: libbpf_rs::Error) -> CollectorError {
+    load_error_needing(collector, operation, err, Capabilities::Tracing)
+}
+
+/// Map a libbpf error from `operation` to a [`CollectorError`]. A permission
+/// error names the missing capabilities — unless the process holds them:
+/// then the kernel refused the program itself (the verifier answers
+/// EACCES) and it is a [`CollectorError::Bpf`]. A missing hook becomes
+/// [`CollectorError::HookUnavailable`].
+pub fn load_error_needing(
+    collector: &str,
+    operation: &str,
+    err: libbpf_rs::Error,
+    needs: Capabilities,
+) -> CollectorError {
     match err.kind() {
+        libbpf_rs::ErrorKind::PermissionDenied if needs.held() => CollectorError::Bpf {
+            collector: collector.to_string(),
+            operation: format!(
+                "{operation} (rejected by the kernel; RUST_LOG=libbpf=debug prints the verifier log)"
+            ),
+            source: Box::new(err),
+        },
         libbpf_rs::ErrorKind::PermissionDenied => CollectorError::MissingPrivilege {
             collector: collector.to_string(),
             operation: operation.to_string(),
-            capability: BPF_CAPABILITIES.to_string(),
+            capability: needs.describe().to_string(),
             source: Box::new(err),
         },
         libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::Unsupported => {

@@ -27,6 +27,8 @@ pub struct RingBufReaderConfig {
     pub poll_timeout: Duration,
     /// How often the in-kernel drop counter is read.
     pub drop_poll_every: Duration,
+    /// How often [`RecordHandler::tick`] runs (timeouts, sweeps); `None`: never.
+    pub tick_every: Option<Duration>,
 }
 
 impl Default for RingBufReaderConfig {
@@ -35,6 +37,7 @@ impl Default for RingBufReaderConfig {
             thread_name: "tapio-ringbuf".to_string(),
             poll_timeout: Duration::from_millis(100),
             drop_poll_every: Duration::from_secs(1),
+            tick_every: None,
         }
     }
 }
@@ -80,6 +83,25 @@ fn read_percpu_total(map: &MapHandle) -> Option<u64> {
             .map(u64::from_ne_bytes)
             .sum(),
     )
+}
+
+/// Receives the decoded records of a [`RingBufReader`] on its session
+/// thread. Closures `FnMut(R)` are handlers; a struct can also act at the
+/// end of each batch (one poll's worth of records: flush, measure) and on a
+/// periodic tick (sweep timeouts).
+pub trait RecordHandler<R>: Send + 'static {
+    /// One decoded record.
+    fn record(&mut self, record: R);
+    /// The records of one poll have all been handed over.
+    fn batch_end(&mut self) {}
+    /// Every [`RingBufReaderConfig::tick_every`].
+    fn tick(&mut self) {}
+}
+
+impl<R, F: FnMut(R) + Send + 'static> RecordHandler<R> for F {
+    fn record(&mut self, record: R) {
+        self(record)
+    }
 }
 
 /// Keeps whatever a loaded BPF object needs alive (skeleton, links) for the
@@ -145,15 +167,15 @@ impl RingBufReader {
     /// reads the in-kernel drop counter. Decode failures count as errors and
     /// kernel drops as [`DropStage::Kernel`] losses in `stats`. Returns once
     /// the program is attached, or with its load error.
-    pub fn spawn<P, F>(
+    pub fn spawn<P, H>(
         config: RingBufReaderConfig,
         program: P,
         stats: Stats,
-        mut handler: F,
+        handler: H,
     ) -> Result<Self, CollectorError>
     where
         P: BpfProgram,
-        F: FnMut(P::Record) + Send + 'static,
+        H: RecordHandler<P::Record>,
     {
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stats = Arc::new(ReaderStats::default());
@@ -177,12 +199,14 @@ impl RingBufReader {
                     };
                     let cb_stats = rstats.clone();
                     let cb_counters = stats.clone();
+                    let handler = std::cell::RefCell::new(handler);
+                    let cb_handler = &handler;
                     let mut builder = RingBufferBuilder::new();
                     let added = builder.add(&loaded.events, move |bytes: &[u8]| {
                         match P::Record::decode(bytes) {
                             Ok(record) => {
                                 cb_stats.records.fetch_add(1, Ordering::Relaxed);
-                                handler(record);
+                                cb_handler.borrow_mut().record(record);
                             }
                             Err(err) => {
                                 cb_stats.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -217,12 +241,25 @@ impl RingBufReader {
                         }
                     };
                     let mut last_drop_check = Instant::now();
+                    let mut last_tick = Instant::now();
                     while !stop.load(Ordering::Acquire) {
                         let rc = rb.poll_raw(config.poll_timeout);
                         if rc < 0 && rc != -libc::EINTR {
                             tracing::warn!(errno = -rc, "ring buffer poll failed");
                             stats.add_errors(1);
                             std::thread::sleep(config.poll_timeout);
+                        }
+                        // Programs may submit without waking (BPF_RB_NO_WAKEUP,
+                        // batched wakeups): those records are only seen by a consume.
+                        let consumed = rb.consume_raw();
+                        if rc > 0 || consumed > 0 {
+                            handler.borrow_mut().batch_end();
+                        }
+                        if let Some(every) = config.tick_every
+                            && last_tick.elapsed() >= every
+                        {
+                            handler.borrow_mut().tick();
+                            last_tick = Instant::now();
                         }
                         if last_drop_check.elapsed() >= config.drop_poll_every {
                             poll_drops(&mut last_kernel_total);
@@ -231,6 +268,7 @@ impl RingBufReader {
                     }
                     // Deliver what is already in the buffer, then the final drop count.
                     let _ = rb.consume_raw();
+                    handler.borrow_mut().batch_end();
                     poll_drops(&mut last_kernel_total);
                     // Explicit order: ring buffer, then links and skeleton, then storage.
                     drop(rb);
