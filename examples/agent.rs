@@ -85,6 +85,9 @@ struct AgentConfig {
     /// DNS collector settings.
     #[cfg(feature = "dns")]
     dns: tapio::dns::DnsConfig,
+    /// systemd collector settings.
+    #[cfg(feature = "systemd")]
+    systemd: tapio::systemd::SystemdConfig,
     /// etcd collector settings; absent (and no `--etcd-endpoints`): etcd is skipped.
     #[cfg(feature = "etcd")]
     etcd: Option<tapio::etcd::EtcdConfig>,
@@ -102,6 +105,8 @@ impl Default for AgentConfig {
             kernel: Default::default(),
             #[cfg(feature = "dns")]
             dns: Default::default(),
+            #[cfg(feature = "systemd")]
+            systemd: Default::default(),
             #[cfg(feature = "etcd")]
             etcd: None,
         }
@@ -145,12 +150,26 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
         ))),
         #[cfg(feature = "dns")]
         "dns" => Ok(Box::new(tapio::dns::DnsCollector::new(config.dns.clone()))),
+        #[cfg(feature = "systemd")]
+        "systemd" => {
+            // sd_booted(): without /run/systemd/system there is no systemd to
+            // watch, unless a bus address was configured explicitly.
+            let booted = std::path::Path::new("/run/systemd/system").is_dir();
+            if !booted && config.systemd.dbus.address.is_none() {
+                return Err("this host does not run systemd (no /run/systemd/system); \
+                            set [systemd.dbus].address to watch another bus"
+                    .to_string());
+            }
+            Ok(Box::new(tapio::systemd::SystemdCollector::new(
+                config.systemd.clone(),
+            )))
+        }
         #[cfg(feature = "etcd")]
         "etcd" => match &config.etcd {
             Some(etcd) => Ok(Box::new(tapio::etcd::EtcdCollector::new(etcd.clone()))),
             None => Err("no etcd endpoints configured (--etcd-endpoints or [etcd])".to_string()),
         },
-        "cni" | "systemd" | "kube" => Err("not implemented in this release".to_string()),
+        "cni" | "kube" => Err("not implemented in this release".to_string()),
         other if KNOWN.contains(&other) => Err("not compiled in (cargo feature off)".to_string()),
         _ => Err(format!("unknown collector (known: {})", KNOWN.join(", "))),
     }
