@@ -17,7 +17,8 @@
 //!   collectors through [`resilience`] retry and circuit breaker.
 //! - `bpf` (feature `bpf`): the shared ring-buffer reader, record decoding,
 //!   in-kernel drop counter, libbpf log routing and load-error mapping.
-//! - [`resilience`]: re-export of `tapio-resilience`.
+//! - [`resilience`]: re-export of `tapio-resilience`; [`peer`]: its
+//!   policies as serde configuration.
 //!
 //! A minimal collector, assembled from the shared parts:
 //!
@@ -61,6 +62,7 @@ pub mod clock;
 pub mod collector;
 pub mod event;
 pub mod health;
+pub mod peer;
 pub mod registry;
 pub mod stats;
 pub mod telemetry;
