@@ -1,0 +1,276 @@
+//! Wall-time overhead of the kernel collector on an exec-heavy and a
+//! connect-heavy workload: collector off vs on, in one run.
+//!
+//! Workloads (each in a child process of this binary, timed inside it):
+//!
+//! - **exec**: `TAPIO_BENCH_EXECS` (2 000) sequential spawns of `/bin/true`,
+//!   each waited for (exec, fork and exit events, plus the file and security
+//!   hooks every exec passes through);
+//! - **connect**: `TAPIO_BENCH_CONNECTS` (20 000) sequential loopback TCP
+//!   connections: connect, accept, server close, client reads EOF and closes
+//!   (connect, accept and two close events each).
+//!
+//! Modes, each loaded before and unloaded after the two workloads:
+//!
+//! - **off**: nothing loaded;
+//! - **collector**: `KernelCollector` (cgroup resolver included, as in
+//!   production), while a consumer thread drains its stream;
+//! - **bare**: the same BPF object and config read by the bare counting
+//!   consumer (`tapio_collector_kernel::bench::BareConsumer`): the kernel
+//!   side plus ring-buffer wake-ups, without the collector's userspace work;
+//! - **bpf-only**: the same object with a 256 MiB ring that is never read
+//!   during the workloads: the BPF programs alone (after the first record the
+//!   consumer is behind, so the kernel sends no wake-ups).
+//!
+//! All modes use `KernelConfig::default()` (every sub-collector on), or only
+//! the sub-collectors named in `TAPIO_BENCH_ONLY` (comma-separated among
+//! `process,network,file,security,memory`) to find which hooks cost what.
+//! Repetitions rotate the order of the modes so that drift in machine load
+//! hits all of them; the headline is the median of the per-repetition ratios
+//! collector / off.
+//!
+//! ```text
+//! sudo cargo bench --bench kernel_overhead
+//! TAPIO_BENCH_REPS=11 TAPIO_BENCH_ONLY=network cargo bench --bench kernel_overhead
+//! ```
+
+mod kernel_support;
+
+use std::time::Duration;
+
+use kernel_support::*;
+use tapio::kernel::KernelConfig;
+use tapio::kernel::bench::BareConsumer;
+
+#[derive(Default, Clone, Copy)]
+struct Times {
+    exec: Duration,
+    connect: Duration,
+}
+
+fn workloads(execs: u64, connects: u64) -> Times {
+    let ns = |m: std::collections::BTreeMap<String, u128>| {
+        Duration::from_nanos(u64::try_from(m["ns"]).unwrap_or(u64::MAX))
+    };
+    Times {
+        exec: ns(run_child("exec", &[("count", execs.to_string())])),
+        connect: ns(run_child("connect", &[("count", connects.to_string())])),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    Collector,
+    Bare,
+    BpfOnly,
+}
+
+/// Thread name of `BareConsumer`'s loop.
+const BARE_THREAD: &str = "bare-ringbuf";
+
+const MODES: [Mode; 4] = [Mode::Off, Mode::Collector, Mode::Bare, Mode::BpfOnly];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Collector => "collector",
+            Mode::Bare => "bare",
+            Mode::BpfOnly => "bpf-only",
+        }
+    }
+}
+
+/// One repetition's measurements in one mode.
+#[derive(Default, Clone, Copy)]
+struct Measured {
+    times: Times,
+    events: u64,
+    dropped: u64,
+    /// CPU of this process (collector / consumer threads) during the workloads.
+    cpu: Duration,
+    /// Times the ring-buffer reader thread was scheduled in during the
+    /// workloads (≈ its wake-ups).
+    reader_runs: u64,
+}
+
+/// `KernelConfig::default()`, or only the sub-collectors in `TAPIO_BENCH_ONLY`.
+fn config() -> KernelConfig {
+    let mut c = KernelConfig::default();
+    if let Ok(only) = std::env::var("TAPIO_BENCH_ONLY") {
+        let on = |name: &str| only.split(',').any(|s| s.trim() == name);
+        c.process = on("process");
+        c.network = on("network");
+        c.file.enabled = on("file");
+        c.security = on("security");
+        c.memory.enabled = on("memory");
+    }
+    c
+}
+
+fn measure(rt: &tokio::runtime::Runtime, mode: Mode, execs: u64, connects: u64) -> Measured {
+    match mode {
+        Mode::Off => Measured {
+            times: workloads(execs, connects),
+            ..Default::default()
+        },
+        Mode::Collector => {
+            let running = start_collector(rt, config());
+            let (cpu0, runs0) = (process_cpu(), thread_runs(READER_THREAD));
+            let times = workloads(execs, connects);
+            let cpu = process_cpu().saturating_sub(cpu0);
+            let reader_runs = thread_runs(READER_THREAD).saturating_sub(runs0);
+            let out = running.finish(rt);
+            Measured {
+                times,
+                events: out.seen.events,
+                dropped: out.dropped_kernel + out.dropped_queue,
+                cpu,
+                reader_runs,
+            }
+        }
+        Mode::Bare | Mode::BpfOnly => {
+            let bare = if mode == Mode::Bare {
+                BareConsumer::spawn(config())
+            } else {
+                let mut c = config();
+                c.ring_buffer_bytes = 256 << 20;
+                BareConsumer::spawn_paused(c)
+            }
+            .expect("load bare consumer");
+            let (cpu0, runs0) = (process_cpu(), thread_runs(BARE_THREAD));
+            let times = workloads(execs, connects);
+            let cpu = process_cpu().saturating_sub(cpu0);
+            let reader_runs = thread_runs(BARE_THREAD).saturating_sub(runs0);
+            bare.resume();
+            wait_quiet(
+                || bare.records(),
+                Duration::from_millis(300),
+                Duration::from_secs(30),
+            );
+            let counts = bare.finish();
+            Measured {
+                times,
+                events: counts.records,
+                dropped: counts.kernel_dropped,
+                cpu,
+                reader_runs,
+            }
+        }
+    }
+}
+
+fn main() {
+    if child_main() || !should_run("kernel_overhead") {
+        return;
+    }
+    let reps = env_or("TAPIO_BENCH_REPS", 7).max(1);
+    let execs = env_or("TAPIO_BENCH_EXECS", 2000);
+    let connects = env_or("TAPIO_BENCH_CONNECTS", 20_000);
+    let only = std::env::var("TAPIO_BENCH_ONLY").unwrap_or_else(|_| "all (defaults)".into());
+    let rt = runtime();
+    println!(
+        "kernel_overhead: {reps} repetitions of {execs} × /bin/true and {connects} loopback TCP \
+         connections; sub-collectors: {only}; load average at start {}",
+        loadavg()
+    );
+    // Warm-up: page cache, binaries, the first BPF load.
+    let _ = workloads(execs / 10, connects / 10);
+    let _ = start_collector(&rt, config()).finish(&rt);
+
+    let mut all: Vec<(String, [Measured; 4])> = Vec::new();
+    for rep in 0..reps as usize {
+        // Rotate the order so that each mode takes each position in turn.
+        let order: Vec<Mode> = (0..MODES.len())
+            .map(|i| MODES[(i + rep) % MODES.len()])
+            .collect();
+        let mut got = [Measured::default(); 4];
+        for &mode in &order {
+            let slot = MODES.iter().position(|m| *m == mode).unwrap_or(0);
+            got[slot] = measure(&rt, mode, execs, connects);
+        }
+        let order = order
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!("rep {} done ({order}); load {}", rep + 1, loadavg());
+        all.push((order, got));
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (workload, pick) in [
+        ("exec", (|t: &Times| t.exec) as fn(&Times) -> Duration),
+        ("connect", |t: &Times| t.connect),
+    ] {
+        println!();
+        println!("{workload}: wall ms per mode, and ratios to off");
+        println!();
+        println!(
+            "| rep | order | off | collector | bare | bpf-only | collector/off | bare/off | bpf-only/off |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let mut ratios: [Vec<f64>; 3] = Default::default();
+        for (rep, (order, got)) in all.iter().enumerate() {
+            let t: Vec<f64> = got.iter().map(|m| ms(pick(&m.times))).collect();
+            let r = [t[1] / t[0], t[2] / t[0], t[3] / t[0]];
+            for (v, x) in ratios.iter_mut().zip(r) {
+                v.push(x);
+            }
+            println!(
+                "| {} | {order} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} |",
+                rep + 1,
+                t[0],
+                t[1],
+                t[2],
+                t[3],
+                r[0],
+                r[1],
+                r[2]
+            );
+        }
+        let summary = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{:.3} ({lo:.3} – {hi:.3})", median(v))
+        };
+        println!(
+            "| median (range) | | | | | | {} | {} | {} |",
+            summary(&ratios[0]),
+            summary(&ratios[1]),
+            summary(&ratios[2])
+        );
+    }
+
+    println!();
+    println!(
+        "events read, CPU of this process, and reader-thread wake-ups (times scheduled in) \
+         during the workloads (both workloads)"
+    );
+    println!();
+    println!(
+        "| rep | collector events | collector dropped | collector CPU s | collector reader wake-ups | bare events | bare dropped | bare CPU s | bare reader wake-ups | bpf-only records | bpf-only dropped | bpf-only reader wake-ups |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (rep, (_, got)) in all.iter().enumerate() {
+        let [_, col, bare, bpf] = got;
+        println!(
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+            rep + 1,
+            col.events,
+            col.dropped,
+            col.cpu.as_secs_f64(),
+            col.reader_runs,
+            bare.events,
+            bare.dropped,
+            bare.cpu.as_secs_f64(),
+            bare.reader_runs,
+            bpf.events,
+            bpf.dropped,
+            bpf.reader_runs,
+        );
+    }
+    println!();
+    println!("load average at end {}", loadavg());
+}
