@@ -195,16 +195,8 @@ impl Collector for KernelCollector {
             return Ok(());
         }
         let reader = self.reader.lock().take();
-        if let Some(mut reader) = reader {
-            // Joining the session thread detaches the links and closes the
-            // object; keep it off the async worker.
-            tokio::task::spawn_blocking(move || reader.stop())
-                .await
-                .map_err(|err| CollectorError::Bpf {
-                    collector: NAME.to_string(),
-                    operation: "stop ring buffer reader".to_string(),
-                    source: Box::new(err),
-                })?;
+        if let Some(reader) = reader {
+            reader.stop_async(NAME).await?;
         }
         self.base.finish_stop();
         Ok(())

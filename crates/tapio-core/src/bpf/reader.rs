@@ -313,6 +313,19 @@ impl RingBufReader {
         &self.stats
     }
 
+    /// [`stop`](Self::stop) for async callers: joining the session thread
+    /// detaches the links and closes the object, so it runs on a blocking
+    /// thread instead of stalling an async worker. Errors name `collector`.
+    pub async fn stop_async(mut self, collector: &str) -> Result<(), CollectorError> {
+        tokio::task::spawn_blocking(move || self.stop())
+            .await
+            .map_err(|err| CollectorError::Bpf {
+                collector: collector.to_string(),
+                operation: "stop ring buffer reader".to_string(),
+                source: Box::new(err),
+            })
+    }
+
     /// Stop reading, drain what is buffered, and join the thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
