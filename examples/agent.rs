@@ -31,6 +31,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
+use tapio::core::pod::PodDirectory;
 use tapio::export::{HttpEndpoint, OtlpConfig, OtlpLogExporter, TelemetryPipeline};
 use tapio::{Collector, CollectorContext, Registry, RegistryConfig, StartMode};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -294,9 +295,12 @@ async fn run(args: Args) -> Result<(), String> {
     let mut events = registry
         .events()
         .ok_or("the merged event stream was already taken")?;
+    // One pod directory for the whole agent: the kube collector fills it,
+    // every collector's cgroup metadata is enriched from it.
     let ctx = CollectorContext {
         meter: telemetry.meter(),
         cgroups,
+        pods: Some(Arc::new(PodDirectory::default())),
     };
     let report = registry
         .start(ctx)

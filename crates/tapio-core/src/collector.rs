@@ -13,6 +13,7 @@ use crate::RawEvent;
 use crate::cgroup::CgroupResolver;
 use crate::channel::{self, EventReceiver, EventSender, OverflowPolicy, SendOutcome};
 use crate::health::{Health, HealthReport, HealthState};
+use crate::pod::PodDirectory;
 use crate::stats::{DropStage, Stats, StatsSnapshot};
 use crate::telemetry::{Telemetry, noop_meter};
 
@@ -60,6 +61,9 @@ pub struct CollectorContext {
     pub meter: Meter,
     /// Resolves BPF cgroup ids to pod / container metadata.
     pub cgroups: Option<Arc<CgroupResolver>>,
+    /// Pod UID → name, namespace, containers; filled by a collector that
+    /// watches pods, read by [`Emitter::attach_cgroup`].
+    pub pods: Option<Arc<PodDirectory>>,
 }
 
 impl Default for CollectorContext {
@@ -67,6 +71,7 @@ impl Default for CollectorContext {
         Self {
             meter: noop_meter(),
             cgroups: None,
+            pods: None,
         }
     }
 }
@@ -75,6 +80,7 @@ impl std::fmt::Debug for CollectorContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CollectorContext")
             .field("cgroups", &self.cgroups.is_some())
+            .field("pods", &self.pods.as_ref().map(|p| p.len()))
             .finish_non_exhaustive()
     }
 }
@@ -193,6 +199,7 @@ pub struct CollectorBase {
     health: Health,
     telemetry: OnceLock<Telemetry>,
     cgroups: Mutex<Option<Arc<CgroupResolver>>>,
+    pods: Mutex<Option<Arc<PodDirectory>>>,
     lifecycle: Mutex<Lifecycle>,
 }
 
@@ -218,6 +225,7 @@ impl CollectorBase {
             health: Health::default(),
             telemetry: OnceLock::new(),
             cgroups: Mutex::new(None),
+            pods: Mutex::new(None),
             lifecycle: Mutex::new(Lifecycle::Stopped),
         }
     }
@@ -247,6 +255,7 @@ impl CollectorBase {
             )
         });
         *self.cgroups.lock() = ctx.cgroups.clone();
+        *self.pods.lock() = ctx.pods.clone();
         self.health.set(HealthState::Starting, None);
         Ok(())
     }
@@ -301,6 +310,7 @@ impl CollectorBase {
             health: self.health.clone(),
             telemetry: self.telemetry.get().cloned(),
             cgroups: self.cgroups.lock().clone(),
+            pods: self.pods.lock().clone(),
         }
     }
 
@@ -336,6 +346,7 @@ pub struct Emitter {
     health: Health,
     telemetry: Option<Telemetry>,
     cgroups: Option<Arc<CgroupResolver>>,
+    pods: Option<Arc<PodDirectory>>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -424,11 +435,21 @@ impl Emitter {
         self.cgroups.as_ref()
     }
 
+    /// The pod directory the collector was started with.
+    pub fn pods(&self) -> Option<&Arc<PodDirectory>> {
+        self.pods.as_ref()
+    }
+
     /// Add pod / container metadata for BPF cgroup id `cgroup_id` to `event`
-    /// when a resolver is configured and the id resolves.
+    /// when a resolver is configured and the id resolves; with a pod
+    /// directory that knows the pod, also its name, namespace and the
+    /// container's name.
     pub fn attach_cgroup(&self, event: &mut RawEvent, cgroup_id: u64) {
         if let Some(info) = self.cgroups.as_ref().and_then(|r| r.resolve(cgroup_id)) {
             info.write_metadata(&mut event.metadata);
+            if let (Some(pods), Some(uid)) = (&self.pods, &info.pod_uid) {
+                pods.write_metadata(uid, info.container_id.as_deref(), &mut event.metadata);
+            }
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   stage: kernel, queue, export), and the OpenTelemetry instruments of the
 //!   design, created on a [`Meter`](opentelemetry::metrics::Meter) the
 //!   application injects.
-//! - [`cgroup`]: BPF cgroup id → cgroup path → pod UID, QoS class, container id.
+//! - [`cgroup`]: BPF cgroup id → cgroup path → pod UID, QoS class, container id;
+//!   [`pod`]: pod UID → name, namespace, container names (filled by the kube collector).
 //! - [`Registry`]: starts many collectors, merges their streams, stamps
 //!   `metadata["collector"]`, rolls back a failed start, restarts failed
 //!   collectors through [`resilience`] retry and circuit breaker.
@@ -63,6 +64,7 @@ pub mod collector;
 pub mod event;
 pub mod health;
 pub mod peer;
+pub mod pod;
 pub mod registry;
 pub mod stats;
 pub mod telemetry;
