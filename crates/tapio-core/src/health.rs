@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 /// Lifecycle and health state of a collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -130,6 +131,105 @@ impl Health {
             since: inner.since,
             stats,
             details: inner.details.clone(),
+        }
+    }
+}
+
+/// Health of a collector made of parts (a watch and a poller, a bus and a
+/// journal, …), folded into its one [`Health`] cell: healthy while every
+/// part is fine, degraded with every problem named otherwise.
+///
+/// Nothing is published until [`go_live`](Self::go_live) (call it after
+/// [`CollectorBase::finish_start`](crate::CollectorBase::finish_start)), so a
+/// problem seen while starting does not overwrite `Starting`.
+///
+/// ```
+/// use tapio_core::{Health, HealthState};
+/// use tapio_core::health::HealthParts;
+///
+/// let health = Health::default();
+/// let parts = HealthParts::new(health.clone());
+/// parts.go_live();
+/// parts.problem("watch", "connection refused");
+/// parts.problem("kubelet", "401 Unauthorized");
+/// let report = health.report("kube", Default::default());
+/// assert_eq!(report.state, HealthState::Degraded);
+/// assert_eq!(report.message.as_deref(), Some("kubelet: 401 Unauthorized; watch: connection refused"));
+/// parts.clear("watch");
+/// parts.clear("kubelet");
+/// assert_eq!(health.state(), HealthState::Healthy);
+/// ```
+#[derive(Debug)]
+pub struct HealthParts {
+    health: Health,
+    problems: Mutex<BTreeMap<&'static str, String>>,
+    live: AtomicBool,
+}
+
+impl HealthParts {
+    /// Parts publishing into `health`.
+    pub fn new(health: Health) -> Self {
+        Self {
+            health,
+            problems: Mutex::new(BTreeMap::new()),
+            live: AtomicBool::new(false),
+        }
+    }
+
+    /// Start publishing: healthy, or degraded by the problems already known.
+    pub fn go_live(&self) {
+        self.live.store(true, Ordering::Release);
+        self.publish();
+    }
+
+    /// Stop publishing and forget every problem (on stop).
+    pub fn reset(&self) {
+        self.live.store(false, Ordering::Release);
+        self.problems.lock().clear();
+    }
+
+    /// `part` is impaired because of `message` (replaces its earlier problem).
+    pub fn problem(&self, part: &'static str, message: impl Into<String>) {
+        self.problems.lock().insert(part, message.into());
+        self.publish();
+    }
+
+    /// `part` is fine again.
+    pub fn clear(&self, part: &'static str) {
+        if self.problems.lock().remove(part).is_some() {
+            self.publish();
+        }
+    }
+
+    /// The current problem of `part`.
+    pub fn problem_of(&self, part: &str) -> Option<String> {
+        self.problems.lock().get(part).cloned()
+    }
+
+    /// Record a detail in the health report.
+    pub fn detail(&self, key: &str, value: impl Into<String>) {
+        self.health.set_detail(key, value);
+    }
+
+    /// The health cell published into.
+    pub fn cell(&self) -> &Health {
+        &self.health
+    }
+
+    fn publish(&self) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let problems = self.problems.lock();
+        if problems.is_empty() {
+            self.health.set(HealthState::Healthy, None);
+        } else {
+            let message = problems
+                .iter()
+                .map(|(part, m)| format!("{part}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.health.set(HealthState::Degraded, Some(message));
         }
     }
 }
