@@ -114,9 +114,30 @@ pub use events::{
 };
 pub use watch::{DB_SYSTEM, DB_SYSTEM_NAME, EtcdError};
 
+/// Entry points of the fuzz targets (`fuzz/`) for decoders that are not
+/// public. **Not API**: they may change or go away in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    use tapio_core::bpf::Record as _;
+
+    /// Decode one record of the disk ring buffer as the reader does and
+    /// classify its file; `None` when the record is rejected.
+    pub fn decode_io_record(bytes: &[u8]) -> Option<crate::EtcdFileKind> {
+        let record = crate::disk::IoRecord::decode(bytes).ok()?;
+        Some(crate::disk::file_kind(Some(&record.comm), record.mode))
+    }
+
+    /// What a captured value (`capture_values`) holds: at most `limit`
+    /// bytes of `value`, as text or base64.
+    pub fn capture_value(value: &[u8], limit: usize) -> crate::CapturedValue {
+        crate::watch::capture(value, limit)
+    }
+}
+
 use crate::disk::{DiskCounters, DiskProgram, SyscallHook};
 use crate::metrics::Instruments;
-use crate::watch::{Counters, Cursor, Engine, HealthAgg, Outcome};
+use crate::watch::{Counters, Cursor, Engine, Outcome};
+use tapio_core::health::HealthParts;
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "etcd";
@@ -159,7 +180,7 @@ pub struct EtcdCollector {
     counters: Arc<Counters>,
     disk_counters: Arc<DiskCounters>,
     cursors: Arc<Mutex<Vec<Cursor>>>,
-    health: Arc<HealthAgg>,
+    health: Arc<HealthParts>,
     breaker: CircuitBreaker,
     instruments: OnceLock<Instruments>,
     running: Mutex<Option<Running>>,
@@ -178,7 +199,7 @@ impl EtcdCollector {
     /// A stopped collector with `config` (checked on [`Collector::start`]).
     pub fn new(config: EtcdConfig) -> Self {
         let base = CollectorBase::new(NAME, config.queue_capacity, config.overflow);
-        let health = Arc::new(HealthAgg::new(base.health_cell().clone()));
+        let health = Arc::new(HealthParts::new(base.health_cell().clone()));
         let cursors = vec![
             Cursor {
                 next: config.start_revision,

@@ -3,7 +3,7 @@
 //! after any failure, report compaction gaps, poll the maintenance status
 //! API for health.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,8 +12,9 @@ use base64::Engine as _;
 use etcd_client::proto::{PbEvent, PbKeyValue};
 use etcd_client::{Client, ConnectOptions, StatusResponse, TlsOptions, WatchOptions, WatchStream};
 use parking_lot::Mutex;
+use tapio_core::health::HealthParts;
 use tapio_core::resilience::{BreakerError, CircuitBreaker, Permit, RetryError};
-use tapio_core::{Emitter, Health, HealthState, RawEvent};
+use tapio_core::{Emitter, RawEvent};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -336,81 +337,6 @@ pub(crate) struct Cursor {
     pub delivered_below: i64,
 }
 
-/// Aggregates the health of the collector's parts (watch, status, disk)
-/// into the one health cell.
-#[derive(Debug)]
-pub(crate) struct HealthAgg {
-    health: Health,
-    problems: Mutex<BTreeMap<&'static str, String>>,
-    failed: Mutex<Option<String>>,
-    live: std::sync::atomic::AtomicBool,
-}
-
-impl HealthAgg {
-    pub(crate) fn new(health: Health) -> Self {
-        Self {
-            health,
-            problems: Mutex::new(BTreeMap::new()),
-            failed: Mutex::new(None),
-            live: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Start publishing (after `finish_start`).
-    pub(crate) fn go_live(&self) {
-        self.live.store(true, Ordering::Release);
-        self.publish();
-    }
-
-    /// Stop publishing and forget everything (on stop).
-    pub(crate) fn reset(&self) {
-        self.live.store(false, Ordering::Release);
-        self.problems.lock().clear();
-        *self.failed.lock() = None;
-    }
-
-    pub(crate) fn problem(&self, part: &'static str, message: String) {
-        self.problems.lock().insert(part, message);
-        self.publish();
-    }
-
-    pub(crate) fn clear(&self, part: &'static str) {
-        if self.problems.lock().remove(part).is_some() {
-            self.publish();
-        }
-    }
-
-    pub(crate) fn fail(&self, message: String) {
-        *self.failed.lock() = Some(message);
-        self.publish();
-    }
-
-    pub(crate) fn detail(&self, key: &str, value: impl Into<String>) {
-        self.health.set_detail(key, value);
-    }
-
-    fn publish(&self) {
-        if !self.live.load(Ordering::Acquire) {
-            return;
-        }
-        if let Some(msg) = self.failed.lock().clone() {
-            self.health.set(HealthState::Failed, Some(msg));
-            return;
-        }
-        let problems = self.problems.lock();
-        if problems.is_empty() {
-            self.health.set(HealthState::Healthy, None);
-        } else {
-            let msg = problems
-                .iter()
-                .map(|(part, m)| format!("{part}: {m}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            self.health.set(HealthState::Degraded, Some(msg));
-        }
-    }
-}
-
 /// How the first watch of a start went, reported once to `start`.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -440,7 +366,7 @@ pub(crate) struct Engine {
     pub breaker: CircuitBreaker,
     pub cursors: Arc<Mutex<Vec<Cursor>>>,
     pub counters: Arc<Counters>,
-    pub health: Arc<HealthAgg>,
+    pub health: Arc<HealthParts>,
     pub current: Mutex<Option<Connection>>,
     pub cancel: CancellationToken,
     pub tls: Option<TlsOptions>,
@@ -1205,7 +1131,7 @@ mod tests {
                 delivered_below: 2,
             }])),
             counters: Arc::default(),
-            health: Arc::new(HealthAgg::new(base.health_cell().clone())),
+            health: Arc::new(HealthParts::new(base.health_cell().clone())),
             current: Mutex::new(None),
             cancel: CancellationToken::new(),
             tls: None,

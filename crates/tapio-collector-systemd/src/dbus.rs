@@ -22,7 +22,9 @@ use zbus::{Connection, MatchRule, Message, MessageStream};
 use crate::config::SystemdConfig;
 use crate::events::{UNIT_STATE_EVENT, keys};
 use crate::filter::{UNIT_PATH_PREFIX, UnitFilter, unit_from_object_path};
-use crate::health::{HealthAgg, Part};
+use tapio_core::health::HealthParts;
+
+use crate::health;
 use crate::metrics::Counters;
 use crate::units::{Change, Iface, Props, Seed, Snapshot, Tracker};
 
@@ -214,7 +216,7 @@ pub(crate) struct Engine {
     pub config: Arc<SystemdConfig>,
     pub emitter: Emitter,
     pub breaker: CircuitBreaker,
-    pub health: Arc<HealthAgg>,
+    pub health: Arc<HealthParts>,
     pub counters: Arc<Counters>,
     pub cancel: CancellationToken,
     pub outcome: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
@@ -227,7 +229,7 @@ impl Engine {
         config: Arc<SystemdConfig>,
         emitter: Emitter,
         breaker: CircuitBreaker,
-        health: Arc<HealthAgg>,
+        health: Arc<HealthParts>,
         counters: Arc<Counters>,
         cancel: CancellationToken,
         outcome: tokio::sync::oneshot::Sender<Outcome>,
@@ -276,7 +278,7 @@ impl Engine {
                 .notify(|err, delay| {
                     tracing::warn!(address = %self.address, error = %err, ?delay, "D-Bus connection failed; retrying");
                     self.health
-                        .problem(Part::Dbus, format!("{err}; retrying in {delay:.1?}"));
+                        .problem(health::DBUS, format!("{err}; retrying in {delay:.1?}"));
                     self.report(Outcome::Retrying(err.to_string()));
                 })
                 .cancel_on(self.cancel.clone())
@@ -290,7 +292,7 @@ impl Engine {
                     }
                     established = true;
                     self.counters.connected.store(1, Ordering::Relaxed);
-                    self.health.clear(Part::Dbus);
+                    self.health.clear(health::DBUS);
                     self.report(Outcome::Established);
                     let end = self.serve(session).await;
                     self.counters.connected.store(0, Ordering::Relaxed);
@@ -300,7 +302,7 @@ impl Engine {
                             tracing::warn!(address = %self.address, %reason, "D-Bus connection lost; reconnecting");
                             self.emitter.error();
                             self.health.problem(
-                                Part::Dbus,
+                                health::DBUS,
                                 format!(
                                     "connection to {} lost ({reason}); reconnecting",
                                     self.address
@@ -317,7 +319,7 @@ impl Engine {
                     };
                     tracing::error!(address = %self.address, error = %err, "D-Bus error that retrying cannot fix");
                     self.emitter.error();
-                    self.health.problem(Part::Dbus, err.to_string());
+                    self.health.problem(health::DBUS, err.to_string());
                     if !established {
                         self.report(Outcome::Fatal(err));
                         return;
@@ -330,7 +332,7 @@ impl Engine {
                         .map(|s| format!("{message}: {s}"))
                         .unwrap_or(message);
                     self.emitter.error();
-                    self.health.problem(Part::Dbus, detail.clone());
+                    self.health.problem(health::DBUS, detail.clone());
                     self.report(Outcome::Retrying(detail));
                     self.pause(self.config.dbus.retry.policy().initial_delay)
                         .await;
@@ -683,11 +685,11 @@ impl Engine {
                 if new.is_empty() {
                     tracing::warn!("{SYSTEMD_BUS_NAME} left the bus");
                     self.health
-                        .problem(Part::Dbus, format!("{SYSTEMD_BUS_NAME} left the bus"));
+                        .problem(health::DBUS, format!("{SYSTEMD_BUS_NAME} left the bus"));
                 } else {
                     tracing::info!(owner = %new, "{SYSTEMD_BUS_NAME} (re)appeared; re-subscribing");
                     self.sync(conn, Seed::Resync).await?;
-                    self.health.clear(Part::Dbus);
+                    self.health.clear(health::DBUS);
                 }
                 return Ok(());
             }

@@ -131,9 +131,9 @@ pub use events::{
 pub use filter::{FilterError, UnitFilter};
 
 use crate::dbus::{Engine, Outcome};
-use crate::health::HealthAgg;
 use crate::journal::{Follower, Settings};
 use crate::metrics::Counters;
+use tapio_core::health::HealthParts;
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "systemd";
@@ -178,7 +178,7 @@ pub struct SystemdCollector {
     base: CollectorBase,
     config: Arc<SystemdConfig>,
     counters: Arc<Counters>,
-    health: Arc<HealthAgg>,
+    health: Arc<HealthParts>,
     breaker: CircuitBreaker,
     cursor: Arc<Mutex<Option<String>>>,
     metrics: OnceLock<()>,
@@ -198,7 +198,7 @@ impl SystemdCollector {
     /// A stopped collector with `config` (checked on [`Collector::start`]).
     pub fn new(config: SystemdConfig) -> Self {
         let base = CollectorBase::new(NAME, config.queue_capacity, config.overflow);
-        let health = Arc::new(HealthAgg::new(base.health_cell().clone()));
+        let health = Arc::new(HealthParts::new(base.health_cell().clone()));
         let breaker = CircuitBreaker::new(config.dbus.breaker.breaker());
         {
             let health = health.clone();

@@ -158,11 +158,15 @@ impl Health {
 /// parts.clear("watch");
 /// parts.clear("kubelet");
 /// assert_eq!(health.state(), HealthState::Healthy);
+/// parts.fail("credentials rejected");
+/// parts.clear("watch");
+/// assert_eq!(health.state(), HealthState::Failed);
 /// ```
 #[derive(Debug)]
 pub struct HealthParts {
     health: Health,
     problems: Mutex<BTreeMap<&'static str, String>>,
+    failed: Mutex<Option<String>>,
     live: AtomicBool,
 }
 
@@ -172,6 +176,7 @@ impl HealthParts {
         Self {
             health,
             problems: Mutex::new(BTreeMap::new()),
+            failed: Mutex::new(None),
             live: AtomicBool::new(false),
         }
     }
@@ -182,10 +187,19 @@ impl HealthParts {
         self.publish();
     }
 
-    /// Stop publishing and forget every problem (on stop).
+    /// Stop publishing and forget every problem and failure (on stop).
     pub fn reset(&self) {
         self.live.store(false, Ordering::Release);
         self.problems.lock().clear();
+        *self.failed.lock() = None;
+    }
+
+    /// The collector cannot go on (for example the peer rejected its
+    /// credentials): `Failed` with `message` until [`reset`](Self::reset),
+    /// whatever the parts report meanwhile.
+    pub fn fail(&self, message: impl Into<String>) {
+        *self.failed.lock() = Some(message.into());
+        self.publish();
     }
 
     /// `part` is impaired because of `message` (replaces its earlier problem).
@@ -218,6 +232,10 @@ impl HealthParts {
 
     fn publish(&self) {
         if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(message) = self.failed.lock().clone() {
+            self.health.set(HealthState::Failed, Some(message));
             return;
         }
         let problems = self.problems.lock();

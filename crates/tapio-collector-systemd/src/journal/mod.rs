@@ -35,7 +35,9 @@ pub fn libsystemd_available() -> Result<(), JournalError> {
 use crate::config::{JournalConfig, Priority, StartAt};
 use crate::events::{JOURNAL_EVENT, JournalEntry, keys, severity_name};
 use crate::filter::UnitFilter;
-use crate::health::{HealthAgg, Part};
+use tapio_core::health::HealthParts;
+
+use crate::health;
 use crate::metrics::Counters;
 use check::FileProblem;
 use sys::{Change, Journal, Source, Waker};
@@ -66,7 +68,7 @@ impl Follower {
         settings: Settings,
         emitter: Emitter,
         counters: Arc<Counters>,
-        health: Arc<HealthAgg>,
+        health: Arc<HealthParts>,
         last_cursor: Arc<Mutex<Option<String>>>,
     ) -> Result<Self, CollectorError> {
         let io_err = |context: &str, source| CollectorError::Io {
@@ -253,7 +255,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
     emitter: Emitter,
     counters: Arc<Counters>,
-    health: Arc<HealthAgg>,
+    health: Arc<HealthParts>,
     units: Option<UnitFilter>,
     unit_cache: HashMap<String, bool>,
     max_priority: Option<u8>,
@@ -283,7 +285,7 @@ impl Worker {
         settings: Settings,
         emitter: Emitter,
         counters: Arc<Counters>,
-        health: Arc<HealthAgg>,
+        health: Arc<HealthParts>,
         last_cursor: Arc<Mutex<Option<String>>>,
         waker: Arc<Waker>,
         stop: Arc<AtomicBool>,
@@ -416,7 +418,7 @@ impl Worker {
                 self.emitter.error();
                 let msg = format!("cannot read {}: {err}", self.store.describe());
                 tracing::warn!("{msg}; starting at the {start_at:?}");
-                self.health.problem(Part::Cursor, msg);
+                self.health.problem(health::CURSOR, msg);
                 self.last_cursor.lock().clone()
             }
         };
@@ -529,7 +531,7 @@ impl Worker {
         self.emitter.error();
         self.read_failed = true;
         self.health
-            .problem(Part::Journal, format!("read error: {message}"));
+            .problem(health::JOURNAL, format!("read error: {message}"));
         // The first few, then every 1000th: a persistent error must not
         // flood the log.
         if self.read_errors_logged < 5 || self.read_errors_logged.is_multiple_of(1000) {
@@ -565,7 +567,7 @@ impl Worker {
                 t.record_duration(started.elapsed());
             }
             if !std::mem::take(&mut self.read_failed) {
-                self.health.clear(Part::Journal);
+                self.health.clear(health::JOURNAL);
             }
         }
         read
@@ -705,8 +707,8 @@ impl Worker {
         *self.last_cursor.lock() = Some(cursor.clone());
         match self.store.save(&cursor) {
             Ok(()) => {
-                if self.health.problem_of(Part::Cursor).is_some() {
-                    self.health.clear(Part::Cursor);
+                if self.health.problem_of(health::CURSOR).is_some() {
+                    self.health.clear(health::CURSOR);
                 }
             }
             Err(err) => {
@@ -714,7 +716,7 @@ impl Worker {
                 self.emitter.error();
                 let msg = format!("cannot write {}: {err}", self.store.describe());
                 tracing::warn!("{msg}");
-                self.health.problem(Part::Cursor, msg);
+                self.health.problem(health::CURSOR, msg);
             }
         }
     }
@@ -772,11 +774,11 @@ impl Worker {
             .detail("journal.files", present.len().to_string());
         if present.is_empty() {
             self.health.problem(
-                Part::NoJournalFiles,
+                health::JOURNAL_DIRECTORY,
                 format!("no journal files in {} (yet)", self.scope.describe()),
             );
         } else {
-            self.health.clear(Part::NoJournalFiles);
+            self.health.clear(health::JOURNAL_DIRECTORY);
         }
         self.publish_files();
     }
@@ -785,7 +787,7 @@ impl Worker {
         self.health
             .detail("journal.unreadable_files", self.bad_files.len().to_string());
         if self.bad_files.is_empty() {
-            self.health.clear(Part::JournalFiles);
+            self.health.clear(health::JOURNAL_FILES);
             return;
         }
         let list = self
@@ -795,7 +797,7 @@ impl Worker {
             .collect::<Vec<_>>()
             .join("; ");
         self.health.problem(
-            Part::JournalFiles,
+            health::JOURNAL_FILES,
             format!(
                 "{} unreadable journal file(s) skipped: {list}",
                 self.bad_files.len()
