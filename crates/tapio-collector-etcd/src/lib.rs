@@ -451,50 +451,38 @@ impl Collector for EtcdCollector {
     }
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        self.base.begin_start(&ctx)?;
-        match self.start_inner().await {
-            Ok(running) => {
-                *self.running.lock() = Some(running);
-                self.base.finish_start();
+        let keep = |running| *self.running.lock() = Some(running);
+        match self.base.start_with(&ctx, self.start_inner(), keep).await {
+            Ok(()) => {
                 self.health.go_live();
                 Ok(())
             }
             Err(err) => {
-                tracing::error!(error = %err, "etcd collector failed to start");
                 self.health.reset();
-                self.base.fail_start(&err);
                 Err(err)
             }
         }
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {
-        if !self.base.begin_stop() {
-            return Ok(());
-        }
-        let running = self.running.lock().take();
-        if let Some(running) = running {
-            running.cancel.cancel();
-            for task in running.tasks {
-                if let Err(err) = task.await {
-                    tracing::error!(error = %err, "etcd task ended abnormally");
+        self.base
+            .stop_with(async {
+                let running = self.running.lock().take();
+                if let Some(running) = running {
+                    running.cancel.cancel();
+                    for task in running.tasks {
+                        if let Err(err) = task.await {
+                            tracing::error!(error = %err, "etcd task ended abnormally");
+                        }
+                    }
+                    if let Some(reader) = running.disk {
+                        reader.stop_async(NAME).await?;
+                    }
                 }
-            }
-            if let Some(mut reader) = running.disk {
-                // Joining the session thread detaches the links and closes
-                // the object; keep it off the async worker.
-                tokio::task::spawn_blocking(move || reader.stop())
-                    .await
-                    .map_err(|err| CollectorError::Bpf {
-                        collector: NAME.to_string(),
-                        operation: "stop ring buffer reader".to_string(),
-                        source: Box::new(err),
-                    })?;
-            }
-        }
-        self.health.reset();
-        self.base.finish_stop();
-        Ok(())
+                self.health.reset();
+                Ok(())
+            })
+            .await
     }
 
     fn events(&self) -> Result<EventReceiver, CollectorError> {

@@ -376,35 +376,31 @@ impl Collector for SystemdCollector {
     }
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        self.base.begin_start(&ctx)?;
-        match self.start_inner().await {
-            Ok(running) => {
-                *self.running.lock() = Some(running);
-                self.base.finish_start();
+        let keep = |running| *self.running.lock() = Some(running);
+        match self.base.start_with(&ctx, self.start_inner(), keep).await {
+            Ok(()) => {
                 self.health.go_live();
                 Ok(())
             }
             Err(err) => {
-                tracing::error!(error = %err, "systemd collector failed to start");
                 self.health.reset();
-                self.base.fail_start(&err);
                 Err(err)
             }
         }
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {
-        if !self.base.begin_stop() {
-            return Ok(());
-        }
-        let running = self.running.lock().take();
-        if let Some(running) = running {
-            Self::shutdown(running).await;
-        }
-        self.counters.connected.store(0, Ordering::Relaxed);
-        self.health.reset();
-        self.base.finish_stop();
-        Ok(())
+        self.base
+            .stop_with(async {
+                let running = self.running.lock().take();
+                if let Some(running) = running {
+                    Self::shutdown(running).await;
+                }
+                self.counters.connected.store(0, Ordering::Relaxed);
+                self.health.reset();
+                Ok(())
+            })
+            .await
     }
 
     fn events(&self) -> Result<EventReceiver, CollectorError> {

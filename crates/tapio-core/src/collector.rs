@@ -286,6 +286,67 @@ impl CollectorBase {
         self.health.clear_details();
     }
 
+    /// A whole start: [`begin_start`](Self::begin_start), then `start`; on
+    /// success `keep` takes what it produced (the running tasks, reader, …)
+    /// before the collector reports `Running`; on failure the error is
+    /// logged, becomes the health message and is returned.
+    ///
+    /// ```
+    /// use tapio_core::{CollectorBase, CollectorContext, CollectorError, HealthState};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let base = CollectorBase::new("demo", 8, Default::default());
+    /// let mut kept = None;
+    /// base.start_with(&CollectorContext::default(), async { Ok(7) }, |n| kept = Some(n)).await?;
+    /// assert_eq!((kept, base.is_running()), (Some(7), true));
+    /// base.stop_with(async { Ok(()) }).await?;
+    ///
+    /// let failed = base
+    ///     .start_with(&CollectorContext::default(), async {
+    ///         Err::<(), _>(CollectorError::Config { collector: "demo".into(), message: "bad".into() })
+    ///     }, |_| ())
+    ///     .await;
+    /// assert!(failed.is_err());
+    /// assert_eq!(base.report().state, HealthState::Failed);
+    /// # Ok::<(), CollectorError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn start_with<R>(
+        &self,
+        ctx: &CollectorContext,
+        start: impl Future<Output = Result<R, CollectorError>>,
+        keep: impl FnOnce(R),
+    ) -> Result<(), CollectorError> {
+        self.begin_start(ctx)?;
+        match start.await {
+            Ok(running) => {
+                keep(running);
+                self.finish_start();
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(collector = %self.name, error = %err, "start failed");
+                self.fail_start(&err);
+                Err(err)
+            }
+        }
+    }
+
+    /// A whole stop: nothing when already stopped (stop is idempotent),
+    /// else `release` and then `Stopped`. An error from `release` is
+    /// returned and leaves the collector to be stopped again.
+    pub async fn stop_with(
+        &self,
+        release: impl Future<Output = Result<(), CollectorError>>,
+    ) -> Result<(), CollectorError> {
+        if !self.begin_stop() {
+            return Ok(());
+        }
+        release.await?;
+        self.finish_stop();
+        Ok(())
+    }
+
     /// Whether the collector is started.
     pub fn is_running(&self) -> bool {
         *self.lifecycle.lock() == Lifecycle::Running
@@ -374,6 +435,25 @@ impl Emitter {
     pub fn emit_batch(&self, events: Vec<RawEvent>) -> u64 {
         self.stats.add_processed(events.len() as u64);
         self.sender.send_batch(events)
+    }
+
+    /// Like [`emit_batch`](Self::emit_batch), but takes the events out of
+    /// `events`, leaving it empty with its allocation kept for the next
+    /// batch; returns how many the queue dropped.
+    ///
+    /// ```
+    /// use tapio_core::{CollectorBase, OverflowPolicy, RawEvent};
+    ///
+    /// let base = CollectorBase::new("demo", 8, OverflowPolicy::DropNewest);
+    /// let mut rx = base.take_events().unwrap();
+    /// let mut batch = vec![RawEvent::new("demo.tick", "demo", &1).unwrap()];
+    /// assert_eq!(base.emitter().emit_drain(&mut batch), 0);
+    /// assert!(batch.is_empty() && batch.capacity() >= 1);
+    /// assert_eq!(rx.try_recv().unwrap().event_type, "demo.tick");
+    /// ```
+    pub fn emit_drain(&self, events: &mut Vec<RawEvent>) -> u64 {
+        self.stats.add_processed(events.len() as u64);
+        self.sender.send_batch(events.drain(..))
     }
 
     /// Build an event from a typed payload and emit it; a payload that fails
