@@ -3,7 +3,7 @@
 //! it is tested without BPF.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,11 +83,11 @@ pub(crate) enum Output<'a> {
     },
     Response {
         ktime_ns: u64,
-        event: Box<DnsResponseEvent>,
+        event: DnsResponseEvent,
     },
     Timeout {
         ktime_ns: u64,
-        event: Box<DnsTimeoutEvent>,
+        event: DnsTimeoutEvent,
     },
 }
 
@@ -104,7 +104,7 @@ pub(crate) struct EngineConfig {
     pub emit_queries: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct TxKey {
     side: Side,
     transport: Transport,
@@ -112,6 +112,29 @@ struct TxKey {
     client: SocketAddr,
     server: SocketAddr,
     id: u16,
+}
+
+impl std::hash::Hash for TxKey {
+    /// One write of the packed key: the (keyed, flood-resistant) default
+    /// hasher pays per call, and the derived impl made a dozen calls.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn ip16(a: &SocketAddr) -> [u8; 16] {
+            match a.ip() {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            }
+        }
+        let mut buf = [0u8; 48];
+        buf[0..8].copy_from_slice(&self.socket_cookie.to_ne_bytes());
+        buf[8..24].copy_from_slice(&ip16(&self.client));
+        buf[24..40].copy_from_slice(&ip16(&self.server));
+        buf[40..42].copy_from_slice(&self.client.port().to_ne_bytes());
+        buf[42..44].copy_from_slice(&self.server.port().to_ne_bytes());
+        buf[44..46].copy_from_slice(&self.id.to_ne_bytes());
+        buf[46] = self.side as u8;
+        buf[47] = self.transport as u8;
+        state.write(&buf);
+    }
 }
 
 #[derive(Debug)]
@@ -126,8 +149,12 @@ struct Pending {
 pub(crate) struct Engine {
     cfg: EngineConfig,
     pending: HashMap<TxKey, Pending>,
-    /// Insertion order (seq → key): oldest first for timeouts and eviction.
-    order: BTreeMap<u64, TxKey>,
+    /// Insertion order (seq, key), oldest first, for timeouts and eviction.
+    /// Answered queries are not removed here (that would cost a search):
+    /// an entry is live while `pending[key].seq == seq`, stale entries are
+    /// skipped when they reach the front, and the queue is compacted when
+    /// it outgrows the table ([`Engine::compact_order`]).
+    order: VecDeque<(u64, TxKey)>,
     next_seq: u64,
     /// Bytes of a TCP DNS message still to come, per (socket, direction).
     tcp_skip: HashMap<(u64, Direction), usize>,
@@ -139,7 +166,7 @@ impl Engine {
         Self {
             cfg,
             pending: HashMap::new(),
-            order: BTreeMap::new(),
+            order: VecDeque::new(),
             next_seq: 0,
             tcp_skip: HashMap::new(),
             counters,
@@ -299,7 +326,8 @@ impl Engine {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.order.insert(seq, key.clone());
+        self.compact_order();
+        self.order.push_back((seq, key.clone()));
         let kubernetes = if self.cfg.emit_queries {
             self.kubernetes(&msg)
         } else {
@@ -333,8 +361,7 @@ impl Engine {
         out: &mut impl FnMut(Output<'_>),
     ) {
         let pending = self.pending.remove(&key);
-        if let Some(p) = &pending {
-            self.order.remove(&p.seq);
+        if pending.is_some() {
             self.publish_inflight();
         }
         DnsCounters::inc(&self.counters.responses);
@@ -370,7 +397,7 @@ impl Engine {
         let kubernetes = self.kubernetes(query.as_ref().unwrap_or(&msg));
         out(Output::Response {
             ktime_ns,
-            event: Box::new(DnsResponseEvent {
+            event: DnsResponseEvent {
                 connection,
                 response: msg,
                 query,
@@ -378,33 +405,51 @@ impl Engine {
                 attempts,
                 slow,
                 kubernetes,
-            }),
+            },
         });
+    }
+
+    /// Whether the order entry `(seq, key)` still stands for a pending query.
+    fn is_live(&self, seq: u64, key: &TxKey) -> bool {
+        self.pending.get(key).is_some_and(|p| p.seq == seq)
+    }
+
+    /// Drop the stale entries of `order` once they outnumber the live ones
+    /// by the table's bound: `order` stays within twice that bound, and the
+    /// O(n) pass runs at most once per `max_inflight` queries.
+    fn compact_order(&mut self) {
+        if self.order.len() < self.cfg.max_inflight.max(1).saturating_mul(2) {
+            return;
+        }
+        let pending = &self.pending;
+        self.order
+            .retain(|(seq, key)| pending.get(key).is_some_and(|p| p.seq == *seq));
     }
 
     /// Evict the oldest pending query; `false` when the table is empty.
     fn evict_oldest(&mut self) -> bool {
-        let Some((_, key)) = self.order.pop_first() else {
-            return false;
-        };
-        if self.pending.remove(&key).is_some() {
-            DnsCounters::inc(&self.counters.evictions);
+        while let Some((seq, key)) = self.order.pop_front() {
+            if self.is_live(seq, &key) {
+                self.pending.remove(&key);
+                DnsCounters::inc(&self.counters.evictions);
+                return true;
+            }
         }
-        true
+        false
     }
 
     /// Emit `dns.timeout` for every query older than the timeout at `now_ns`.
     pub(crate) fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
-        while let Some((&seq, key)) = self.order.first_key_value() {
-            let Some(p) = self.pending.get(key) else {
-                self.order.remove(&seq);
+        while let Some((seq, key)) = self.order.front() {
+            let Some(p) = self.pending.get(key).filter(|p| p.seq == *seq) else {
+                self.order.pop_front();
                 continue;
             };
             let deadline = p.first_ktime.saturating_add(self.cfg.timeout_ns);
             if deadline > now_ns {
                 break;
             }
-            let Some((_, key)) = self.order.pop_first() else {
+            let Some((_, key)) = self.order.pop_front() else {
                 break;
             };
             let Some(p) = self.pending.remove(&key) else {
@@ -414,13 +459,13 @@ impl Engine {
             let kubernetes = self.kubernetes(&p.query);
             out(Output::Timeout {
                 ktime_ns: deadline,
-                event: Box::new(DnsTimeoutEvent {
+                event: DnsTimeoutEvent {
                     connection: p.connection,
                     query: p.query,
                     attempts: p.attempts,
                     waited_us: now_ns.saturating_sub(p.first_ktime) / 1000,
                     kubernetes,
-                }),
+                },
             });
         }
         self.publish_inflight();
@@ -646,6 +691,42 @@ mod tests {
         }
         assert_eq!(e.inflight(), 2);
         assert_eq!(counters.inflight.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn answered_queries_leave_the_order_bounded_and_never_time_out() {
+        let counters = Arc::new(DnsCounters::default());
+        let mut e = Engine::new(cfg(), counters.clone());
+        // 1000 answered transactions reusing ids: the order queue keeps at
+        // most twice the table bound (4) of stale entries.
+        for i in 0..1000u64 {
+            let id = (i % 3) as u16;
+            run(&mut e, &pkt(i * 10, Direction::Egress, query(id, "a.")));
+            run(
+                &mut e,
+                &pkt(
+                    i * 10 + 5,
+                    Direction::Ingress,
+                    response(id, "a.", ResponseCode::NoError),
+                ),
+            );
+            assert!(e.order.len() <= 8, "order grew to {}", e.order.len());
+        }
+        // An id answered earlier and sent again is a new transaction: only
+        // the unanswered one times out, once.
+        run(&mut e, &pkt(20_000, Direction::Egress, query(1, "late.")));
+        let mut ids = Vec::new();
+        e.sweep(20_000 + 5_000_000_000, &mut |o| {
+            if let Output::Timeout { event, .. } = o {
+                ids.push(event.query.id);
+            }
+        });
+        assert_eq!(ids, vec![1]);
+        assert_eq!(counters.matched.load(Ordering::Relaxed), 1000);
+        assert_eq!(counters.timeouts.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.evictions.load(Ordering::Relaxed), 0);
+        assert_eq!(e.inflight(), 0);
+        assert!(e.order.is_empty());
     }
 
     #[test]

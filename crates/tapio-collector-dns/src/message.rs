@@ -88,7 +88,7 @@ pub struct DnsFlags {
 }
 
 impl DnsFlags {
-    fn table(&self) -> [(&'static str, bool); 7] {
+    pub(crate) fn table(&self) -> [(&'static str, bool); 7] {
         [
             ("qr", self.response),
             ("aa", self.authoritative),
@@ -103,16 +103,21 @@ impl DnsFlags {
 
 impl Serialize for DnsFlags {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut out = String::with_capacity(20);
+        // At most 7 two-letter flags and 6 spaces: 20 bytes, on the stack.
+        let mut out = [0u8; 20];
+        let mut len = 0;
         for (name, set) in self.table() {
             if set {
-                if !out.is_empty() {
-                    out.push(' ');
+                if len > 0 {
+                    out[len] = b' ';
+                    len += 1;
                 }
-                out.push_str(name);
+                out[len..len + 2].copy_from_slice(name.as_bytes());
+                len += 2;
             }
         }
-        s.serialize_str(&out)
+        // Only ASCII letters and spaces were written.
+        s.serialize_str(std::str::from_utf8(&out[..len]).unwrap_or_default())
     }
 }
 
@@ -324,6 +329,15 @@ pub fn render_name(name: &Name) -> String {
         if i > 0 {
             out.push('.');
         }
+        // Fast path: a label of plain printable characters is copied whole.
+        if label
+            .iter()
+            .all(|&b| matches!(b, 0x21..=0x7e) && !matches!(b, b'.' | b'\\' | b'"'))
+            && let Ok(text) = std::str::from_utf8(label)
+        {
+            out.push_str(text);
+            continue;
+        }
         for &b in label {
             match b {
                 b'\t' => out.push_str("\\t"),
@@ -344,6 +358,38 @@ pub fn render_name(name: &Name) -> String {
     out
 }
 
+/// Dotted-quad text of an IPv4 address, as `Display` writes it, without
+/// the formatting machinery (several times cheaper).
+///
+/// ```
+/// use std::net::Ipv4Addr;
+/// assert_eq!(tapio_collector_dns::message::ipv4_text(Ipv4Addr::new(10, 0, 255, 7)), "10.0.255.7");
+/// ```
+pub fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
+    let mut out = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+/// Text of an address as `Display` writes it (IPv4 without the formatter).
+pub fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => ipv4_text(v4),
+        IpAddr::V6(v6) => v6.to_string(),
+    }
+}
+
 fn push_lossy_text(out: &mut String, bytes: &[u8]) {
     for &b in bytes {
         if out.len() >= MAX_RDATA_TEXT {
@@ -360,7 +406,7 @@ fn push_lossy_text(out: &mut String, bytes: &[u8]) {
 
 fn summarise(data: &RData) -> (String, Option<IpAddr>) {
     match data {
-        RData::A(a) => (a.0.to_string(), Some(IpAddr::V4(a.0))),
+        RData::A(a) => (ipv4_text(a.0), Some(IpAddr::V4(a.0))),
         RData::AAAA(a) => (a.0.to_string(), Some(IpAddr::V6(a.0))),
         RData::CNAME(n) => (render_name(&n.0), None),
         RData::PTR(n) => (render_name(&n.0), None),
@@ -791,6 +837,41 @@ mod tests {
             r#"{"id":4660,"opcode":"QUERY","rcode":0,"rcode_name":"NOERROR","flags":"rd","questions":[{"name":"a","type":"A","class":"IN"}],"size":19}"#
         );
         assert_eq!(serde_json::from_str::<DnsMessage>(&json).unwrap(), query);
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "255.255.255.255",
+            "::1",
+            "fd00::53:7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn all_flags_serialise_in_dig_order() {
+        let all = DnsFlags {
+            response: true,
+            authoritative: true,
+            truncated: true,
+            recursion_desired: true,
+            recursion_available: true,
+            authentic_data: true,
+            checking_disabled: true,
+        };
+        let json = serde_json::to_string(&all).unwrap();
+        assert_eq!(json, r#""qr aa tc rd ra ad cd""#);
+        assert_eq!(serde_json::from_str::<DnsFlags>(&json).unwrap(), all);
+        assert_eq!(
+            serde_json::to_string(&DnsFlags::default()).unwrap(),
+            r#""""#
+        );
     }
 
     #[test]
