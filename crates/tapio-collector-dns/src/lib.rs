@@ -747,7 +747,7 @@ impl DnsCollector {
         }
     }
 
-    async fn try_start(&self) -> Result<(), CollectorError> {
+    async fn try_start(&self) -> Result<RingBufReader, CollectorError> {
         self.config.validate()?;
         let cgroup = self.cgroup_path()?;
         bpf::route_libbpf_logs();
@@ -814,7 +814,6 @@ impl DnsCollector {
         for (key, value) in reader.details() {
             health.set_detail(key.clone(), value.clone());
         }
-        *self.reader.lock() = Some(reader);
         health.set_detail(
             "ports",
             self.config
@@ -824,7 +823,7 @@ impl DnsCollector {
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        Ok(())
+        Ok(reader)
     }
 }
 
@@ -835,31 +834,21 @@ impl Collector for DnsCollector {
     }
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        self.base.begin_start(&ctx)?;
-        match self.try_start().await {
-            Ok(()) => {
-                self.base.finish_start();
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "dns collector failed to start");
-                self.base.fail_start(&err);
-                Err(err)
-            }
-        }
+        let keep = |reader| *self.reader.lock() = Some(reader);
+        self.base.start_with(&ctx, self.try_start(), keep).await
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {
-        if !self.base.begin_stop() {
-            return Ok(());
-        }
-        let reader = self.reader.lock().take();
-        if let Some(reader) = reader {
-            reader.stop_async(NAME).await?;
-        }
-        self.counters.inflight.store(0, Ordering::Relaxed);
-        self.base.finish_stop();
-        Ok(())
+        self.base
+            .stop_with(async {
+                let reader = self.reader.lock().take();
+                if let Some(reader) = reader {
+                    reader.stop_async(NAME).await?;
+                }
+                self.counters.inflight.store(0, Ordering::Relaxed);
+                Ok(())
+            })
+            .await
     }
 
     fn events(&self) -> Result<EventReceiver, CollectorError> {
