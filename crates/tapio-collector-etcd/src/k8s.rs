@@ -47,15 +47,6 @@ pub const ENCRYPTED_PREFIX: &[u8] = b"k8s:enc:";
 /// The self-described CBOR tag (55799) the API server puts before CBOR values.
 pub const CBOR_MAGIC: &[u8] = &[0xd9, 0xd9, 0xf7];
 
-/// Annotation keys whose value is taken as the object's W3C `traceparent`:
-/// exactly `traceparent`, or any `<prefix>/traceparent`.
-pub fn is_traceparent_annotation(key: &str) -> bool {
-    key == "traceparent"
-        || key
-            .rsplit_once('/')
-            .is_some_and(|(_, k)| k == "traceparent")
-}
-
 /// Where a Kubernetes object lives, decoded from its etcd key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KubernetesKey {
@@ -415,7 +406,7 @@ impl<'de> Deserialize<'de> for TraceparentOnly {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut found = None;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if found.is_none() && is_traceparent_annotation(&key) {
+                    if found.is_none() && TraceParent::is_annotation(&key) {
                         found = Some(map.next_value::<String>()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -551,7 +542,7 @@ fn decode_protobuf(envelope: &[u8]) -> Result<DecodedValue, ValueDecodeError> {
         traceparent = meta
             .annotations
             .iter()
-            .find(|(k, _)| is_traceparent_annotation(k))
+            .find(|(k, _)| TraceParent::is_annotation(k))
             .and_then(|(_, v)| v.parse().ok());
     }
     Ok(DecodedValue {
@@ -686,14 +677,6 @@ mod tests {
             Some("k8s.deployment")
         );
         assert_eq!(semconv_stem(&key("example.com", "pods", None, "b")), None);
-    }
-
-    #[test]
-    fn traceparent_annotation_names() {
-        assert!(is_traceparent_annotation("traceparent"));
-        assert!(is_traceparent_annotation("tapio.io/traceparent"));
-        assert!(!is_traceparent_annotation("traceparent2"));
-        assert!(!is_traceparent_annotation("a/traceparent/b"));
     }
 
     #[test]

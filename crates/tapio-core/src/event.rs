@@ -202,6 +202,24 @@ impl TraceParent {
     pub fn sampled(&self) -> bool {
         self.flags & 1 == 1
     }
+
+    /// Whether a Kubernetes annotation key carries an object's
+    /// `traceparent`: exactly `traceparent`, or any `<prefix>/traceparent`.
+    ///
+    /// ```
+    /// use tapio_core::TraceParent;
+    ///
+    /// assert!(TraceParent::is_annotation("traceparent"));
+    /// assert!(TraceParent::is_annotation("tapio.io/traceparent"));
+    /// assert!(!TraceParent::is_annotation("traceparent2"));
+    /// assert!(!TraceParent::is_annotation("a/traceparent/b"));
+    /// ```
+    pub fn is_annotation(key: &str) -> bool {
+        key == "traceparent"
+            || key
+                .rsplit_once('/')
+                .is_some_and(|(_, k)| k == "traceparent")
+    }
 }
 
 impl fmt::Display for TraceParent {
