@@ -1,0 +1,580 @@
+//! The API-server side against the protocol-faithful fake server over
+//! HTTPS with a bearer token: exact add / modify / delete events, relations,
+//! relist after 410 without duplicates, resume after a dropped connection,
+//! malformed lines, auth and TLS rejection, the pod directory.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tapio_collector_kube::{Action, KubeCollector, KubeConfig, WatchedResource};
+use tapio_core::pod::PodDirectory;
+use tapio_core::{Collector, CollectorContext, HealthState};
+
+fn by_type(events: &[tapio_core::RawEvent]) -> BTreeMap<(String, String), tapio_core::RawEvent> {
+    events
+        .iter()
+        .map(|e| ((e.event_type.clone(), payload(e).name), e.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reports_exact_objects_changes_and_relations() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    s.create(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "shop", "generation": 1},
+               "spec": {"replicas": 2}, "status": {"replicas": 2, "readyReplicas": 2}}),
+    );
+    let dep_uid = s.object("deployments", Some("shop"), "web").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.create(
+        "replicasets",
+        json!({"metadata": {"name": "web-5d", "namespace": "shop", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": dep_uid, "controller": true}]},
+            "spec": {"replicas": 2}}),
+    );
+    let rs_uid = s.object("replicasets", Some("shop"), "web-5d").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut web0 = pod("shop", "web-0", json!({"app": "web"}));
+    web0["metadata"]["ownerReferences"] = json!([
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d", "uid": rs_uid, "controller": true}]);
+    web0["metadata"]["annotations"] = json!({"tracing.example.com/traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"});
+    s.create("pods", web0.clone());
+    s.create("pods", pod("shop", "db-0", json!({"app": "db"})));
+    s.create(
+        "pods",
+        pod("kube-system", "coredns-1", json!({"k8s-app": "dns"})),
+    );
+    s.create(
+        "services",
+        json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"selector": {"app": "web"}}}),
+    );
+
+    let pods = Arc::new(PodDirectory::new(100));
+    let collector = KubeCollector::new(peer.config(&[
+        WatchedResource::Deployments,
+        WatchedResource::ReplicaSets,
+        WatchedResource::Pods,
+        WatchedResource::Services,
+        WatchedResource::Events,
+    ]));
+    let mut rx = collector.events().unwrap();
+    // Services must see the pods: start pods first by making the service
+    // relation a later event (a modify) — the initial list order across
+    // resources is not defined.
+    collector
+        .start(CollectorContext {
+            pods: Some(pods.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    let initial = by_type(&exactly(&mut rx, 5, 300).await);
+    let keys: Vec<_> = initial.keys().cloned().collect();
+    let k = |t: &str, n: &str| (t.to_string(), n.to_string());
+    assert_eq!(
+        keys,
+        [
+            k("kube.deployment.added", "web"),
+            k("kube.pod.added", "db-0"),
+            k("kube.pod.added", "web-0"),
+            k("kube.replicaset.added", "web-5d"),
+            k("kube.service.added", "web"),
+        ],
+        "kube-system pod filtered out"
+    );
+    let web0_added = &initial[&k("kube.pod.added", "web-0")];
+    let p = payload(web0_added);
+    let stored = s.object("pods", Some("shop"), "web-0").unwrap();
+    assert_eq!(p.uid, stored["metadata"]["uid"].as_str().unwrap());
+    assert_eq!(p.resource_version, "3");
+    assert_eq!(p.action, Action::Added);
+    assert_eq!(p.labels, BTreeMap::from([("app".into(), "web".into())]));
+    assert_eq!(p.relations.node.as_deref(), Some("node-a"));
+    let chain: Vec<_> = p
+        .relations
+        .owner_chain
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    // The chain needs the ReplicaSet cached; it may be listed after the pod.
+    assert!(
+        chain == [("ReplicaSet", "web-5d"), ("Deployment", "web")]
+            || chain == [("ReplicaSet", "web-5d")],
+        "{chain:?}"
+    );
+    assert_eq!(
+        web0_added.trace_id.to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "traceparent annotation propagated"
+    );
+    assert_eq!(web0_added.metadata["k8s.pod.name"], "web-0");
+    assert_eq!(web0_added.metadata["k8s.namespace.name"], "shop");
+    assert_eq!(web0_added.metadata["k8s.node.name"], "node-a");
+    let dep = payload(&initial[&k("kube.deployment.added", "web")]);
+    assert_eq!(dep.status.replicas.desired, Some(2));
+    assert_eq!(dep.status.replicas.ready, Some(2));
+
+    // The pod directory knows every pod, the excluded namespace included.
+    assert_eq!(pods.len(), 3);
+    assert_eq!(pods.get(&p.uid).unwrap().name, "web-0");
+
+    // Modify: the pod starts running; the summary names what changed.
+    let mut running = web0.clone();
+    running["status"] = json!({"phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0,
+            "containerID": "containerd://0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}]});
+    let rv = s.update("pods", running.clone());
+    let modified = exactly(&mut rx, 1, 200).await;
+    let m = payload(&modified[0]);
+    assert_eq!(modified[0].event_type, "kube.pod.modified");
+    assert_eq!((m.name.as_str(), m.uid.as_str()), ("web-0", p.uid.as_str()));
+    assert_eq!(m.resource_version, rv.to_string());
+    assert_eq!(m.changed, ["phase", "conditions", "container_statuses"]);
+    assert_eq!(m.status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        m.relations
+            .owner_chain
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web-5d", "web"]
+    );
+    assert!(!m.from_relist);
+    assert_eq!(
+        pods.get(&p.uid).unwrap().containers[0].id.as_deref(),
+        Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    );
+
+    // Workload scaled: replicas changed.
+    s.update(
+        "deployments",
+        json!({"metadata": {"name": "web", "namespace": "shop", "generation": 2},
+               "spec": {"replicas": 3}, "status": {"replicas": 2, "readyReplicas": 2}}),
+    );
+    let scaled = exactly(&mut rx, 1, 200).await;
+    assert_eq!(scaled[0].event_type, "kube.deployment.modified");
+    assert_eq!(payload(&scaled[0]).changed, ["replicas", "spec"]);
+
+    // Service relation: selected pods by label.
+    s.update(
+        "services",
+        json!({"metadata": {"name": "web", "namespace": "shop", "labels": {"tier": "front"}},
+               "spec": {"selector": {"app": "web"}}}),
+    );
+    let svc = payload(&exactly(&mut rx, 1, 200).await[0]);
+    assert_eq!(svc.changed, ["labels"]);
+    assert_eq!(svc.relations.selected_pods, Some(vec!["web-0".to_string()]));
+    assert_eq!(svc.relations.selected_pod_count, Some(1));
+
+    // Event → involved object.
+    s.create(
+        "events",
+        json!({"metadata": {"name": "web-0.1", "namespace": "shop"},
+               "involvedObject": {"kind": "Pod", "name": "web-0", "namespace": "shop", "uid": p.uid},
+               "reason": "BackOff", "message": "Back-off restarting failed container", "type": "Warning", "count": 3}),
+    );
+    let ev = exactly(&mut rx, 1, 200).await;
+    let e = payload(&ev[0]);
+    assert_eq!(ev[0].event_type, "kube.event.added");
+    let involved = e.relations.involved_object.unwrap();
+    assert_eq!(
+        (involved.kind.as_str(), involved.name.as_str()),
+        ("Pod", "web-0")
+    );
+    assert_eq!(involved.uid.as_deref(), Some(p.uid.as_str()));
+    assert_eq!(e.event.as_ref().unwrap().reason.as_deref(), Some("BackOff"));
+    assert_eq!(e.event.unwrap().count, Some(3));
+    assert_eq!(ev[0].metadata["k8s.pod.uid"], p.uid);
+
+    // Delete.
+    let rv = s.delete("pods", Some("shop"), "web-0");
+    let deleted = exactly(&mut rx, 1, 200).await;
+    let d = payload(&deleted[0]);
+    assert_eq!(deleted[0].event_type, "kube.pod.deleted");
+    assert_eq!(
+        (d.name.as_str(), d.resource_version.clone()),
+        ("web-0", rv.to_string())
+    );
+    assert!(pods.get(&p.uid).is_none(), "pod directory entry removed");
+
+    // Changes in an excluded namespace are not reported.
+    s.delete("pods", Some("kube-system"), "coredns-1");
+    exactly(&mut rx, 0, 300).await;
+    assert_eq!(pods.len(), 1);
+
+    let stats = collector.stats();
+    assert_eq!((stats.added, stats.modified, stats.deleted), (6, 3, 1));
+    assert_eq!(stats.decode_errors, 0);
+    assert!(collector.is_healthy(), "{:?}", collector.health());
+    stop(&collector).await;
+}
+
+/// Pods `p0..p{n}` in `shop`.
+fn seed(s: &tapio_collector_kube::testing::FakeApiServer, n: usize) {
+    for i in 0..n {
+        s.create(
+            "pods",
+            pod("shop", &format!("p{i}"), json!({"i": i.to_string()})),
+        );
+    }
+}
+
+fn pods_only(peer: &Peer) -> KubeConfig {
+    KubeConfig {
+        page_size: 2,
+        ..peer.config(&[WatchedResource::Pods])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relist_after_410_reports_only_real_changes() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    seed(s, 4);
+    let pods = Arc::new(PodDirectory::new(100));
+    let collector = KubeCollector::new(pods_only(&peer));
+    let mut rx = collector.events().unwrap();
+    collector
+        .start(CollectorContext {
+            pods: Some(pods.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(exactly(&mut rx, 4, 200).await.len(), 4);
+
+    // The client misses changes while disconnected, then the history they
+    // were in is compacted: the watch resumes into 410 Gone.
+    s.pause_watches();
+    s.drop_watches();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut p1 = pod("shop", "p1", json!({"i": "1"}));
+    p1["status"]["phase"] = json!("Running");
+    let rv1 = s.update("pods", p1);
+    s.delete("pods", Some("shop"), "p2");
+    let rv4 = s.create("pods", pod("shop", "p4", json!({"i": "4"})));
+    s.compact();
+    s.resume_watches();
+
+    let events = exactly(&mut rx, 3, 500).await;
+    let mut got: Vec<(String, String, String, bool)> = events
+        .iter()
+        .map(|e| {
+            let p = payload(e);
+            (
+                e.event_type.clone(),
+                p.name,
+                p.resource_version,
+                p.from_relist,
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("kube.pod.added".into(), "p4".into(), rv4.to_string(), true),
+            ("kube.pod.deleted".into(), "p2".into(), "3".into(), true),
+            (
+                "kube.pod.modified".into(),
+                "p1".into(),
+                rv1.to_string(),
+                true
+            ),
+        ]
+    );
+    let modified = events
+        .iter()
+        .find(|e| e.event_type == "kube.pod.modified")
+        .unwrap();
+    assert_eq!(payload(modified).changed, ["phase"]);
+    let stats = collector.stats();
+    assert_eq!(stats.relists, 1);
+    assert_eq!(stats.duplicates_skipped, 2, "p0 and p3 relisted unchanged");
+    assert_eq!(stats.added, 5);
+    // The relist was a real list, paginated (page size 2: 3 pages of 4 pods).
+    let lists = s
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch=true"))
+        .count();
+    assert_eq!(lists, 2 + 2, "initial list and relist, two pages each");
+    assert_eq!(pods.len(), 4);
+    let p4 = s.object("pods", Some("shop"), "p4").unwrap();
+    let p4_uid = p4["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(pods.get(p4_uid).unwrap().name, "p4");
+    let p2_gone = events
+        .iter()
+        .find(|e| e.event_type == "kube.pod.deleted")
+        .unwrap();
+    assert!(
+        pods.get(&payload(p2_gone).uid).is_none(),
+        "relist removed p2 from the directory"
+    );
+    stop(&collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_dropped_connection_loses_and_repeats_nothing() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    seed(s, 2);
+    let collector = KubeCollector::new(pods_only(&peer));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    exactly(&mut rx, 2, 200).await;
+    let mut p0 = pod("shop", "p0", json!({"i": "0", "v": "2"}));
+    p0["status"]["phase"] = json!("Running");
+    let rv_a = s.update("pods", p0.clone());
+    exactly(&mut rx, 1, 100).await;
+
+    s.pause_watches();
+    s.drop_watches();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rv_b = s.create("pods", pod("shop", "late", json!({})));
+    p0["status"]["phase"] = json!("Succeeded");
+    let rv_c = s.update("pods", p0);
+    s.resume_watches();
+
+    let events = exactly(&mut rx, 2, 500).await;
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_type.clone(),
+                payload(e).name,
+                payload(e).resource_version,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("kube.pod.added".into(), "late".into(), rv_b.to_string()),
+            ("kube.pod.modified".into(), "p0".into(), rv_c.to_string()),
+        ]
+    );
+    assert!(rv_a < rv_b);
+    let stats = collector.stats();
+    assert_eq!(
+        stats.relists, 0,
+        "resumed from the last resourceVersion, no relist"
+    );
+    let watches: Vec<_> = s
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?") && r.contains("watch=true"))
+        .collect();
+    assert_eq!(watches.len(), 2, "{watches:?}");
+    assert!(
+        watches[1].contains(&format!("resourceVersion={rv_a}")),
+        "second watch resumes at {rv_a}: {watches:?}"
+    );
+    assert!(watches[0].contains("allowWatchBookmarks=true"));
+    stop(&collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmark_advances_the_resume_point() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    seed(s, 1);
+    let collector = KubeCollector::new(peer.config(&[WatchedResource::Pods]));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    exactly(&mut rx, 1, 200).await;
+    // Other resources move the resourceVersion; pods see only a bookmark.
+    for i in 0..3 {
+        s.create(
+            "configmaps",
+            json!({"metadata": {"name": format!("c{i}"), "namespace": "shop"}}),
+        );
+    }
+    s.bookmark();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Compacting now would force a relist for a client without the bookmark.
+    s.compact();
+    s.drop_watches();
+    let rv = s.create("pods", pod("shop", "after", json!({})));
+    let events = exactly(&mut rx, 1, 500).await;
+    assert_eq!(payload(&events[0]).resource_version, rv.to_string());
+    assert_eq!(
+        collector.stats().relists,
+        0,
+        "resumed at the bookmark (rv 4)"
+    );
+    let last_watch = s
+        .requests()
+        .into_iter()
+        .rfind(|r| r.contains("watch=true"))
+        .unwrap();
+    assert!(last_watch.contains("resourceVersion=4"), "{last_watch}");
+    stop(&collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_watch_line_is_counted_and_the_stream_continues() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    let collector = KubeCollector::new(peer.config(&[WatchedResource::Pods]));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.inject_raw("pods", r#"{"type":"ADDED","object":nope}"#);
+    s.inject_raw(
+        "pods",
+        r#"{"type":"ADDED","object":{"metadata":{"name":5}}}"#,
+    );
+    let rv = s.create("pods", pod("shop", "after", json!({})));
+    let events = exactly(&mut rx, 1, 300).await;
+    assert_eq!(payload(&events[0]).name, "after");
+    assert_eq!(payload(&events[0]).resource_version, rv.to_string());
+    let stats = collector.stats();
+    assert_eq!(stats.decode_errors, 2);
+    assert_eq!(stats.relists, 0);
+    assert_eq!(collector.health().stats.errors, 2);
+    stop(&collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_fails_start_with_401() {
+    let peer = Peer::start().await;
+    let collector = KubeCollector::new(KubeConfig {
+        kubeconfig: Some(peer.kubeconfig("wrong-token")),
+        ..peer.config(&[WatchedResource::Pods])
+    });
+    let err = collector
+        .start(CollectorContext::default())
+        .await
+        .expect_err("401 must fail start");
+    let message = err.to_string();
+    assert!(
+        message.contains("401") || message.contains("Unauthorized"),
+        "{message}"
+    );
+    assert_eq!(collector.health().state, HealthState::Failed);
+    assert!(
+        peer.server
+            .requests()
+            .iter()
+            .all(|r| r.starts_with("GET /api/v1/pods?"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_ca_is_rejected() {
+    let peer = Peer::start().await;
+    // A kubeconfig naming another CA.
+    let other = tapio_collector_kube::testing::FakeApiServer::start(
+        tapio_collector_kube::testing::FakeApiServerOptions {
+            tls: Some(tapio_collector_kube::testing::TestPki::generate().unwrap()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let path = peer.dir.path().join("other-ca-kubeconfig");
+    other.write_kubeconfig(&path, Some(TOKEN)).unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&other.url(), &peer.server.url());
+    std::fs::write(&path, text).unwrap();
+    let collector = KubeCollector::new(KubeConfig {
+        kubeconfig: Some(path),
+        request_timeout_ms: 1_500,
+        ..peer.config(&[WatchedResource::Pods])
+    });
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    let report = collector.health();
+    assert_eq!(report.state, HealthState::Degraded);
+    let message = report.message.unwrap_or_default();
+    assert!(message.starts_with("watch:pods: "), "{message}");
+    assert!(
+        message.contains("certificate") || message.contains("UnknownIssuer"),
+        "{message}"
+    );
+    assert!(
+        peer.server.requests().is_empty(),
+        "no request got through TLS"
+    );
+    assert!(collector.stats().watch_errors >= 1);
+    exactly(&mut rx, 0, 100).await;
+    stop(&collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmaps_are_watched_metadata_only() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    s.create(
+        "configmaps",
+        json!({"metadata": {"name": "settings", "namespace": "shop", "labels": {"a": "b"}},
+               "data": {"password": "hunter2"}}),
+    );
+    let collector = KubeCollector::new(peer.config(&[WatchedResource::ConfigMaps]));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    let events = exactly(&mut rx, 1, 200).await;
+    let p = payload(&events[0]);
+    assert_eq!(events[0].event_type, "kube.configmap.added");
+    assert_eq!(p.labels["a"], "b");
+    let raw = String::from_utf8(events[0].data.to_vec()).unwrap();
+    assert!(!raw.contains("hunter2"));
+    let list = s
+        .requests()
+        .into_iter()
+        .find(|r| r.starts_with("GET /api/v1/configmaps?"))
+        .unwrap();
+    assert!(list.contains("limit=500"), "{list}");
+    stop(&collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_pressure_condition_flip_is_reported() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    let node = |memory: &str| {
+        json!({"metadata": {"name": "node-a"}, "status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "MemoryPressure", "status": memory},
+            {"type": "DiskPressure", "status": "False"}]}})
+    };
+    s.create("nodes", node("False"));
+    let collector = KubeCollector::new(peer.config(&[WatchedResource::Nodes]));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    let added = exactly(&mut rx, 1, 200).await;
+    assert_eq!(added[0].event_type, "kube.node.added");
+    assert_eq!(added[0].metadata["k8s.node.name"], "node-a");
+    s.update("nodes", node("True"));
+    let events = exactly(&mut rx, 2, 200).await;
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["kube.node.pressure", "kube.node.modified"]);
+    let p: tapio_collector_kube::NodePressureEvent = events[0].payload().unwrap();
+    assert_eq!(
+        (
+            p.node.as_str(),
+            p.condition.as_str(),
+            p.status.as_str(),
+            p.previous.as_deref()
+        ),
+        ("node-a", "MemoryPressure", "True", Some("False"))
+    );
+    assert_eq!(payload(&events[1]).changed, ["conditions"]);
+    assert_eq!(collector.stats().node_pressure_events, 1);
+    stop(&collector).await;
+}
