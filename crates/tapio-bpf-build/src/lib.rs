@@ -43,8 +43,10 @@ pub const BTF_ENV: &str = "TAPIO_BTF";
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The shared headers, embedded so that they reach packaged collector crates.
-const SHARED_HEADERS: &[(&str, &str)] =
-    &[("tapio/common.h", include_str!("../include/tapio/common.h"))];
+const SHARED_HEADERS: &[(&str, &str)] = &[
+    ("tapio/common.h", include_str!("../include/tapio/common.h")),
+    ("tapio/prefix.h", include_str!("../include/tapio/prefix.h")),
+];
 
 /// Why building a BPF skeleton failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,176 @@
+//! Settings of the CNI collector (TOML table `[cni]` in the agent).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tapio_core::OverflowPolicy;
+
+use crate::engine::EngineConfig;
+use crate::kernel::{MAX_BIN_DIR_LEN, MAX_BIN_DIRS, MAX_ENV_BYTES, MAX_OUTPUT_BYTES};
+
+/// Settings of the CNI collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Bound of the userspace event queue.
+    pub queue_capacity: usize,
+    /// What a full event queue drops.
+    pub overflow: OverflowPolicy,
+    /// Size of the BPF ring buffer in bytes (rounded up to a power of two).
+    pub ring_buffer_bytes: u32,
+    /// Directories holding CNI plugin binaries; execs under them are
+    /// tracked (matched on path components in the kernel; at most 8, each
+    /// at most 63 bytes).
+    pub bin_dirs: Vec<String>,
+    /// Bytes of a plugin's environment copied at exec (1..=4096); when the
+    /// environment is larger its end is kept, where runtimes put `CNI_*`.
+    pub env_bytes: u32,
+    /// Bytes of each plugin stdout write copied (1..=2048): the result or
+    /// error JSON.
+    pub output_bytes: u32,
+    /// host-local IPAM state directories (each holds one directory per network).
+    pub ipam_dirs: Vec<PathBuf>,
+    /// Directories of named network namespaces (bind mounts).
+    pub netns_dirs: Vec<PathBuf>,
+    /// Watch links and addresses over rtnetlink.
+    pub netlink: bool,
+    /// Bound of the queue between the BPF reader and the engine.
+    pub step_queue_capacity: usize,
+    /// How often the engine polls its sources and sweeps timeouts.
+    pub poll_interval_ms: u64,
+    /// Correlation limits and timeouts.
+    pub engine: EngineConfig,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: tapio_core::collector::DEFAULT_QUEUE_CAPACITY,
+            overflow: OverflowPolicy::DropNewest,
+            ring_buffer_bytes: 1 << 20,
+            bin_dirs: vec!["/opt/cni/bin".to_string(), "/usr/lib/cni".to_string()],
+            env_bytes: MAX_ENV_BYTES,
+            output_bytes: MAX_OUTPUT_BYTES,
+            ipam_dirs: vec![PathBuf::from("/var/lib/cni/networks")],
+            netns_dirs: vec![PathBuf::from("/run/netns")],
+            netlink: true,
+            step_queue_capacity: 65_536,
+            poll_interval_ms: 10,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Ring buffers must be a power-of-two multiple of the page size.
+pub(crate) fn ring_size(requested: u32) -> u32 {
+    requested
+        .max(4096)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
+}
+
+/// A bin dir as the kernel filter compares it: no trailing slash.
+pub(crate) fn normalize_dir(dir: &str) -> String {
+    let trimmed = dir.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+impl CniConfig {
+    /// Check the settings; the message says what is wrong.
+    ///
+    /// ```
+    /// use tapio_collector_cni::CniConfig;
+    ///
+    /// assert!(CniConfig::default().validate().is_ok());
+    /// let bad = CniConfig { bin_dirs: vec![], ..Default::default() };
+    /// assert!(bad.validate().unwrap_err().contains("bin_dirs"));
+    /// ```
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bin_dirs.is_empty() {
+            return Err("bin_dirs is empty: no plugin would be seen".into());
+        }
+        if self.bin_dirs.len() > MAX_BIN_DIRS {
+            return Err(format!(
+                "bin_dirs has {} entries; at most {MAX_BIN_DIRS}",
+                self.bin_dirs.len()
+            ));
+        }
+        for dir in &self.bin_dirs {
+            let dir = normalize_dir(dir);
+            if !dir.starts_with('/') {
+                return Err(format!("bin_dirs entry {dir:?} is not absolute"));
+            }
+            if dir.len() > MAX_BIN_DIR_LEN {
+                return Err(format!(
+                    "bin_dirs entry {dir:?} is longer than {MAX_BIN_DIR_LEN} bytes"
+                ));
+            }
+        }
+        if self.env_bytes == 0 || self.env_bytes > MAX_ENV_BYTES {
+            return Err(format!(
+                "env_bytes {} is outside 1..={MAX_ENV_BYTES}",
+                self.env_bytes
+            ));
+        }
+        if self.output_bytes == 0 || self.output_bytes > MAX_OUTPUT_BYTES {
+            return Err(format!(
+                "output_bytes {} is outside 1..={MAX_OUTPUT_BYTES}",
+                self.output_bytes
+            ));
+        }
+        let e = &self.engine;
+        if e.max_operations == 0
+            || e.max_plugins == 0
+            || e.max_pods == 0
+            || e.max_links == 0
+            || e.max_named_netns == 0
+            || e.max_early == 0
+        {
+            return Err("engine table capacities must be positive".into());
+        }
+        if e.operation_timeout_ms == 0 || e.step_timeout_ms < e.settle_ms {
+            return Err(
+                "engine timeouts: operation_timeout_ms must be positive and step_timeout_ms >= settle_ms"
+                    .into(),
+            );
+        }
+        if self.step_queue_capacity == 0 || self.poll_interval_ms == 0 {
+            return Err("step_queue_capacity and poll_interval_ms must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let long = CniConfig {
+            bin_dirs: vec![format!("/{}", "x".repeat(70))],
+            ..Default::default()
+        };
+        assert!(long.validate().unwrap_err().contains("longer than 63"));
+        let rel = CniConfig {
+            bin_dirs: vec!["opt/cni".into()],
+            ..Default::default()
+        };
+        assert!(rel.validate().unwrap_err().contains("not absolute"));
+        let env = CniConfig {
+            env_bytes: 5000,
+            ..Default::default()
+        };
+        assert!(env.validate().unwrap_err().contains("env_bytes"));
+        assert_eq!(normalize_dir("/opt/cni/bin/"), "/opt/cni/bin");
+        assert_eq!(ring_size(5000), 8192);
+        let parsed: CniConfig =
+            serde_json::from_str(r#"{"bin_dirs":["/x"],"engine":{"settle_ms":5}}"#).unwrap();
+        assert_eq!(parsed.engine.settle_ms, 5);
+        assert_eq!(parsed.engine.max_pods, EngineConfig::default().max_pods);
+    }
+}

@@ -1,0 +1,388 @@
+//! Tier 1: the real kernel, real containernetworking-plugins (`bridge`,
+//! `host-local`, `loopback`) and real netlink. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Netns, Network, bridge_ports, run_plugin, wait_for};
+use tapio_collector_cni::{
+    CniCollector, CniConfig, EngineConfig, IpamEvent, LinkEvent, NetnsEvent, PluginInvocationEvent,
+    PodNetworkEvent, types,
+};
+use tapio_core::{Collector, CollectorContext, HealthState, RawEvent};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(network: &Network) -> CniConfig {
+    CniConfig {
+        ipam_dirs: vec![network.data_dir.clone()],
+        engine: EngineConfig {
+            // Generous: the chained plugin below is spawned by this test on
+            // a loaded machine.
+            settle_ms: 500,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn is(ev: &RawEvent, ty: &str, cid: &str) -> bool {
+    ev.event_type == ty && ev.metadata.get("container.id").map(String::as_str) == Some(cid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_del_are_correlated_with_exact_values() {
+    if !tapio_core::testing::require_root("add_and_del_are_correlated_with_exact_values") {
+        return;
+    }
+    let network = Network::new(11);
+    let netns = Netns::new();
+    let collector = CniCollector::new(config(&network));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    assert_eq!(
+        collector.health().state,
+        HealthState::Healthy,
+        "{:?}",
+        collector.health()
+    );
+
+    let cid = format!("tapio-test-{}", std::process::id());
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=tapio-ns;K8S_POD_NAME=web-0;K8S_POD_UID=1f0e2d3c-aaaa-bbbb-cccc-123456789abc";
+    let add = run_plugin(
+        "bridge",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "eth0",
+        args,
+        &network.config(),
+    );
+    assert_eq!(add.exit_code, 0, "bridge ADD failed: {}", add.stdout);
+    let ip = add.json["ips"][0]["address"]
+        .as_str()
+        .expect("ip in result")
+        .to_string();
+    let ports = bridge_ports(&network.bridge);
+    assert_eq!(ports.len(), 1, "one veth on the bridge: {ports:?}");
+    let (veth, veth_index) = ports[0].clone();
+    let result_veth = add.json["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sandbox"].is_null() && i["name"] != network.bridge.as_str())
+        .and_then(|i| i["name"].as_str())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        result_veth, veth,
+        "result and ip link agree on the host veth"
+    );
+    // The next plugin of the chain, as libcni runs it: same key, prevResult.
+    let tuning_config = format!(
+        r#"{{"cniVersion":"1.0.0","name":"{}","type":"tuning","prevResult":{}}}"#,
+        network.name, add.stdout
+    );
+    let tuning = run_plugin(
+        "tuning",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "eth0",
+        args,
+        &tuning_config,
+    );
+    assert_eq!(tuning.exit_code, 0, "tuning ADD failed: {}", tuning.stdout);
+    let lo = run_plugin(
+        "loopback",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "lo",
+        args,
+        &network.loopback_config(),
+    );
+    assert_eq!(lo.exit_code, 0, "loopback ADD failed: {}", lo.stdout);
+
+    let mut seen = Vec::new();
+    let setup = wait_for(&mut rx, &mut seen, WAIT, "setup eth0", |e| {
+        is(e, types::SETUP, &cid)
+            && e.metadata.get("network.interface.name").map(String::as_str) == Some("eth0")
+    })
+    .await;
+    let s: PodNetworkEvent = setup.payload().unwrap();
+    assert_eq!(s.operation, "setup");
+    assert_eq!(s.container_id, cid);
+    assert_eq!(s.pod.namespace.as_deref(), Some("tapio-ns"));
+    assert_eq!(s.pod.name.as_deref(), Some("web-0"));
+    assert_eq!(
+        s.pod.uid.as_deref(),
+        Some("1f0e2d3c-aaaa-bbbb-cccc-123456789abc")
+    );
+    assert_eq!(s.interface, "eth0");
+    assert_eq!(s.ips, vec![ip.clone()]);
+    assert_eq!(s.netns.path, netns.path());
+    assert_eq!(s.netns.inode, Some(netns.inode()));
+    let host = s.host_veth.clone().expect("host veth");
+    assert_eq!(host.name, veth);
+    assert_eq!(host.ifindex, Some(veth_index));
+    assert!(
+        host.master.is_some(),
+        "veth enslaved to the bridge: {host:?}"
+    );
+    assert_eq!(s.chain, vec!["bridge".to_string(), "tuning".to_string()]);
+    let names: Vec<(&str, bool)> = s
+        .plugins
+        .iter()
+        .map(|p| (p.plugin.as_str(), p.delegated))
+        .collect();
+    assert!(
+        names.contains(&("bridge", false)) && names.contains(&("host-local", true)),
+        "{names:?}"
+    );
+    assert!(s.plugins.iter().all(|p| p.exit_code == Some(0)));
+    assert!(s.success, "{s:?}");
+    assert!(s.duration_ns > 0);
+    assert!(s.missing.is_empty(), "{:?}", s.missing);
+    assert_eq!(setup.metadata["k8s.pod.name"], "web-0");
+    assert_eq!(setup.metadata["k8s.namespace.name"], "tapio-ns");
+
+    let lo_setup = wait_for(&mut rx, &mut seen, WAIT, "setup lo", |e| {
+        is(e, types::SETUP, &cid)
+            && e.metadata.get("network.interface.name").map(String::as_str) == Some("lo")
+    })
+    .await;
+    let l: PodNetworkEvent = lo_setup.payload().unwrap();
+    assert_eq!(l.chain, vec!["loopback".to_string()]);
+    assert!(l.success);
+
+    // Raw steps.
+    let alloc = wait_for(&mut rx, &mut seen, WAIT, "ipam allocation", |e| {
+        is(e, types::IPAM_ALLOCATED, &cid)
+    })
+    .await;
+    let a: IpamEvent = alloc.payload().unwrap();
+    assert_eq!(format!("{}/24", a.ip), ip);
+    assert_eq!(a.network, network.name);
+    assert_eq!(a.interface.as_deref(), Some("eth0"));
+    let inv = wait_for(&mut rx, &mut seen, WAIT, "bridge invocation", |e| {
+        is(e, types::PLUGIN, &cid)
+            && e.payload::<PluginInvocationEvent>()
+                .is_ok_and(|p| p.run.plugin == "bridge")
+    })
+    .await;
+    let inv: PluginInvocationEvent = inv.payload().unwrap();
+    assert_eq!((inv.command.as_str(), inv.run.exit_code), ("ADD", Some(0)));
+    let link = wait_for(&mut rx, &mut seen, WAIT, "veth link", |e| {
+        e.event_type == types::LINK_ADDED && e.payload::<LinkEvent>().is_ok_and(|l| l.name == veth)
+    })
+    .await;
+    let link: LinkEvent = link.payload().unwrap();
+    assert_eq!((link.kind.as_str(), link.ifindex), ("veth", veth_index));
+    // Enslaved to the bridge, peer in the pod's namespace.
+    let changed = wait_for(&mut rx, &mut seen, WAIT, "veth enslaved", |e| {
+        e.event_type == types::LINK_CHANGED
+            && e.payload::<LinkEvent>()
+                .is_ok_and(|l| l.name == veth && l.master.is_some())
+    })
+    .await;
+    let changed: LinkEvent = changed.payload().unwrap();
+    assert_eq!(changed.master, host.master);
+    assert_eq!(changed.peer_netnsid, host.peer_netnsid);
+    assert!(host.peer_netnsid.is_some(), "{host:?}");
+
+    // Teardown: the chain in reverse, as libcni runs it.
+    let tuning = run_plugin(
+        "tuning",
+        "DEL",
+        &cid,
+        &netns.path(),
+        "eth0",
+        args,
+        &tuning_config,
+    );
+    assert_eq!(tuning.exit_code, 0, "tuning DEL failed: {}", tuning.stdout);
+    let del = run_plugin(
+        "bridge",
+        "DEL",
+        &cid,
+        &netns.path(),
+        "eth0",
+        args,
+        &network.config(),
+    );
+    assert_eq!(del.exit_code, 0, "bridge DEL failed: {}", del.stdout);
+    let teardown = wait_for(&mut rx, &mut seen, WAIT, "teardown", |e| {
+        is(e, types::TEARDOWN, &cid)
+    })
+    .await;
+    let t: PodNetworkEvent = teardown.payload().unwrap();
+    assert_eq!(t.operation, "teardown");
+    assert_eq!(t.chain, vec!["tuning".to_string(), "bridge".to_string()]);
+    assert_eq!(t.container_id, cid);
+    assert_eq!(t.pod.name.as_deref(), Some("web-0"));
+    assert_eq!(
+        t.ips,
+        vec![ip.split('/').next().unwrap().to_string()],
+        "released reservation"
+    );
+    assert_eq!(
+        t.host_veth.as_ref().map(|v| v.name.as_str()),
+        Some(veth.as_str())
+    );
+    assert!(t.success && t.duration_ns > 0, "{t:?}");
+    assert!(t.missing.is_empty(), "{:?}", t.missing);
+    let released = wait_for(&mut rx, &mut seen, WAIT, "ipam release", |e| {
+        is(e, types::IPAM_RELEASED, &cid)
+    })
+    .await;
+    assert_eq!(released.payload::<IpamEvent>().unwrap().ip, a.ip);
+
+    collector.stop().await.unwrap();
+    // Every collector sees every plugin on the host (the other tests' too,
+    // whose malformed environments are counted on purpose): only what this
+    // test's plugins produced is asserted.
+    let counters = collector.counters();
+    assert_eq!(
+        (counters.malformed_output, counters.incomplete),
+        (0, 0),
+        "{counters:?}"
+    );
+    assert_eq!(collector.health().stats.dropped_total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_add_reports_the_plugin_error() {
+    if !tapio_core::testing::require_root("failing_add_reports_the_plugin_error") {
+        return;
+    }
+    let network = Network::new(12);
+    let netns = Netns::new();
+    let collector = CniCollector::new(config(&network));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+
+    let cid = format!("tapio-fail-{}", std::process::id());
+    let bad = network.config_with_subnet("10.250.12.0/99");
+    let add = run_plugin(
+        "bridge",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "eth0",
+        "K8S_POD_NAME=broken",
+        &bad,
+    );
+    assert_ne!(add.exit_code, 0);
+    let code = add.json["code"].as_u64().expect("CNI error code") as u32;
+    let msg = add.json["msg"].as_str().expect("CNI error msg").to_string();
+
+    let mut seen = Vec::new();
+    let ev = wait_for(&mut rx, &mut seen, WAIT, "failed setup", |e| {
+        is(e, types::SETUP, &cid)
+    })
+    .await;
+    let s: PodNetworkEvent = ev.payload().unwrap();
+    assert!(!s.success);
+    let err = s.error.expect("plugin error");
+    assert_eq!((err.code, err.msg.as_str()), (code, msg.as_str()));
+    assert_eq!(s.failed_exit_code, Some(add.exit_code));
+    assert_eq!(s.pod.name.as_deref(), Some("broken"));
+    assert!(s.ips.is_empty());
+    collector.stop().await.unwrap();
+    assert_eq!(collector.counters().failures, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netns_lifecycle_and_malformed_env() {
+    if !tapio_core::testing::require_root("netns_lifecycle_and_malformed_env") {
+        return;
+    }
+    let network = Network::new(13);
+    let collector = CniCollector::new(config(&network));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    let mut seen = Vec::new();
+
+    let netns = Netns::new();
+    let inode = netns.inode();
+    let created = wait_for(&mut rx, &mut seen, WAIT, "netns created", |e| {
+        e.event_type == types::NETNS_CREATED
+            && e.payload::<NetnsEvent>().is_ok_and(|n| n.inode == inode)
+    })
+    .await;
+    let c: NetnsEvent = created.payload().unwrap();
+    assert_eq!((c.via.as_str(), c.comm.as_deref()), ("unshare", Some("ip")));
+    let mounted = wait_for(&mut rx, &mut seen, WAIT, "netns mounted", |e| {
+        e.event_type == types::NETNS_MOUNTED
+            && e.payload::<NetnsEvent>().is_ok_and(|n| n.inode == inode)
+    })
+    .await;
+    assert_eq!(
+        mounted.payload::<NetnsEvent>().unwrap().path,
+        Some(netns.path())
+    );
+    let path = netns.path();
+    drop(netns);
+    let removed = wait_for(&mut rx, &mut seen, WAIT, "netns removed", |e| {
+        e.event_type == types::NETNS_REMOVED
+            && e.payload::<NetnsEvent>()
+                .is_ok_and(|n| n.path.as_deref() == Some(path.as_str()))
+    })
+    .await;
+    assert_eq!(removed.payload::<NetnsEvent>().unwrap().inode, inode);
+
+    // A malformed CNI environment (ADD without a container id) is counted.
+    let before = collector.counters().malformed;
+    let run = run_plugin(
+        "loopback",
+        "ADD",
+        "",
+        "/nonexistent",
+        "lo",
+        "",
+        &network.loopback_config(),
+    );
+    assert_ne!(run.exit_code, 0);
+    for _ in 0..100 {
+        if collector.counters().malformed > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(collector.counters().malformed, before + 1);
+
+    // A malformed CNI_ARGS entry is counted, and the operation still reported.
+    let netns = Netns::new();
+    let cid = format!("tapio-badargs-{}", std::process::id());
+    let run = run_plugin(
+        "loopback",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "lo",
+        "garbage;K8S_POD_NAME=still-here",
+        &network.loopback_config(),
+    );
+    assert_eq!(run.exit_code, 0, "{}", run.stdout);
+    let setup = wait_for(
+        &mut rx,
+        &mut seen,
+        WAIT,
+        "setup despite bad CNI_ARGS",
+        |e| is(e, types::SETUP, &cid),
+    )
+    .await;
+    let s: PodNetworkEvent = setup.payload().unwrap();
+    assert_eq!(s.pod.name.as_deref(), Some("still-here"));
+    assert!(s.success);
+    assert_eq!(collector.counters().malformed, before + 2);
+    collector.stop().await.unwrap();
+    let c = collector.counters();
+    assert_eq!(
+        collector.health().stats.errors,
+        c.malformed + c.source_errors
+    );
+    assert_eq!(collector.health().state, HealthState::Stopped);
+}
