@@ -16,6 +16,8 @@
 //!   and why), a summary table at the end. Logs on stderr (`RUST_LOG`).
 //!
 //! `--etcd-endpoints http://127.0.0.1:2379` enables the etcd collector.
+//! `--kubeconfig FILE` (API server watch) and/or `--kubelet-url URL`
+//! (kubelet polling; token and CA in `[kube.kubelet]`) enable the kube collector.
 //!
 //! `--duration` or Ctrl-C stops gracefully: queued events are still written
 //! and exported. See `examples/agent.toml` for every configuration option;
@@ -64,6 +66,13 @@ struct Args {
     /// etcd endpoints, comma-separated (overrides [etcd].endpoints; enables the etcd collector).
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Option<Vec<String>>,
+    /// Kubeconfig of the API server (overrides [kube].kubeconfig; enables the kube collector).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubelet base URL, e.g. https://127.0.0.1:10250 (overrides [kube.kubelet].url; enables
+    /// kubelet polling in the kube collector).
+    #[arg(long)]
+    kubelet_url: Option<String>,
 }
 
 /// The configuration file. Every field is optional.
@@ -83,6 +92,9 @@ struct AgentConfig {
     /// Kernel collector settings.
     #[cfg(feature = "kernel")]
     kernel: tapio::kernel::KernelConfig,
+    /// CNI collector settings.
+    #[cfg(feature = "cni")]
+    cni: tapio::cni::CniConfig,
     /// DNS collector settings.
     #[cfg(feature = "dns")]
     dns: tapio::dns::DnsConfig,
@@ -92,6 +104,9 @@ struct AgentConfig {
     /// etcd collector settings; absent (and no `--etcd-endpoints`): etcd is skipped.
     #[cfg(feature = "etcd")]
     etcd: Option<tapio::etcd::EtcdConfig>,
+    /// kube collector settings; absent (and no `--kubeconfig` / `--kubelet-url`): kube is skipped.
+    #[cfg(feature = "kube")]
+    kube: Option<tapio::kube::KubeConfig>,
 }
 
 impl Default for AgentConfig {
@@ -104,12 +119,16 @@ impl Default for AgentConfig {
             otlp: None,
             #[cfg(feature = "kernel")]
             kernel: Default::default(),
+            #[cfg(feature = "cni")]
+            cni: Default::default(),
             #[cfg(feature = "dns")]
             dns: Default::default(),
             #[cfg(feature = "systemd")]
             systemd: Default::default(),
             #[cfg(feature = "etcd")]
             etcd: None,
+            #[cfg(feature = "kube")]
+            kube: None,
         }
     }
 }
@@ -149,6 +168,8 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
         "kernel" => Ok(Box::new(tapio::kernel::KernelCollector::new(
             config.kernel.clone(),
         ))),
+        #[cfg(feature = "cni")]
+        "cni" => Ok(Box::new(tapio::cni::CniCollector::new(config.cni.clone()))),
         #[cfg(feature = "dns")]
         "dns" => Ok(Box::new(tapio::dns::DnsCollector::new(config.dns.clone()))),
         #[cfg(feature = "systemd")]
@@ -170,7 +191,14 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
             Some(etcd) => Ok(Box::new(tapio::etcd::EtcdCollector::new(etcd.clone()))),
             None => Err("no etcd endpoints configured (--etcd-endpoints or [etcd])".to_string()),
         },
-        "cni" | "kube" => Err("not implemented in this release".to_string()),
+        #[cfg(feature = "kube")]
+        "kube" => match &config.kube {
+            Some(kube) => Ok(Box::new(tapio::kube::KubeCollector::new(kube.clone()))),
+            None => Err(
+                "no API server or kubelet configured (--kubeconfig, --kubelet-url or [kube])"
+                    .to_string(),
+            ),
+        },
         other if KNOWN.contains(&other) => Err("not compiled in (cargo feature off)".to_string()),
         _ => Err(format!("unknown collector (known: {})", KNOWN.join(", "))),
     }
@@ -217,6 +245,24 @@ async fn run(args: Args) -> Result<(), String> {
     #[cfg(not(feature = "etcd"))]
     if args.etcd_endpoints.is_some() {
         return Err("--etcd-endpoints: the etcd collector is not compiled in".into());
+    }
+    #[cfg(feature = "kube")]
+    if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
+        let from_flags_only = config.kube.is_none();
+        let kube = config.kube.get_or_insert_with(Default::default);
+        if let Some(path) = args.kubeconfig {
+            kube.kubeconfig = Some(path);
+        } else if from_flags_only {
+            // Only --kubelet-url: poll the kubelet, do not guess an API server.
+            kube.watch_api = false;
+        }
+        if let Some(url) = args.kubelet_url {
+            kube.kubelet.get_or_insert_with(Default::default).url = url;
+        }
+    }
+    #[cfg(not(feature = "kube"))]
+    if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
+        return Err("--kubeconfig/--kubelet-url: the kube collector is not compiled in".into());
     }
 
     let telemetry = TelemetryPipeline::new(

@@ -263,3 +263,84 @@ fn agent_reports_etcd_puts() {
     );
     assert_eq!(ev.metadata["collector"], "etcd");
 }
+
+/// `--collectors kube --kubeconfig … --kubelet-url …` against the kube
+/// crate's fake API server and kubelet (HTTPS, token): the listed pod and a
+/// kubelet transition become JSON lines.
+#[test]
+fn agent_reports_kube_objects_and_kubelet_transitions() {
+    use tapio_collector_kube::testing::{FakeApiServer, FakeApiServerOptions, TestPki};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime
+        .block_on(FakeApiServer::start(FakeApiServerOptions {
+            tls: Some(TestPki::generate().unwrap()),
+            token: Some("agent-token".into()),
+            ..Default::default()
+        }))
+        .unwrap();
+    server.create(
+        "pods",
+        serde_json::json!({"metadata": {"name": "agent-pod", "namespace": "shop"}}),
+    );
+    server.set_kubelet_pods(serde_json::json!({"items": [{"metadata":
+        {"name": "agent-pod", "namespace": "shop", "uid": "u-agent"},
+        "status": {"containerStatuses": [{"name": "app", "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}}]}));
+    let dir = std::env::temp_dir().join(format!("tapio-agent-kube-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    server
+        .write_kubeconfig(&kubeconfig, Some("agent-token"))
+        .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, server.ca_pem().unwrap()).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kube]\nresources = [\"pods\"]\n[kube.kubelet]\ntoken = \"agent-token\"\nca_file = {:?}\npoll_interval_ms = 200\n",
+            ca.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(agent_binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["--collectors", "kube", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--kubelet-url", &server.url()])
+        .args(["--duration", "3", "--metrics-addr", "off"])
+        .output()
+        .expect("run agent");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("kube     started"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let events: Vec<RawEvent> = stdout
+        .lines()
+        .map(|l| RawEvent::from_json_line(l).unwrap())
+        .collect();
+    let added = events
+        .iter()
+        .find(|e| e.event_type == "kube.pod.added")
+        .unwrap_or_else(|| panic!("no kube.pod.added in:\n{stdout}\n{stderr}"));
+    assert_eq!(added.metadata["k8s.pod.name"], "agent-pod");
+    assert_eq!(added.metadata["k8s.namespace.name"], "shop");
+    let waiting: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == "kubelet.container.waiting")
+        .collect();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "one transition, not one per poll:\n{stdout}"
+    );
+    let data: serde_json::Value = waiting[0].payload().unwrap();
+    assert_eq!(data["reason"], "ImagePullBackOff");
+    drop(server);
+}
