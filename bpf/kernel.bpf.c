@@ -3,12 +3,17 @@
  * tapio kernel collector: process, network, file, security and memory events.
  *
  * Hooks (no kprobes/fentry: this must run on locked-down kernels):
- *   process  tp_btf sched_process_{exec,fork,exit} (classic tp fallback for exec)
+ *   process  tp_btf sched_process_{exec,fork,exit} (classic tp fallback for exec, exit)
  *   network  tp_btf sock/inet_sock_set_state, tcp/tcp_retransmit_skb,
  *            tcp/tcp_receive_reset, tcp/tcp_send_reset
  *   file     classic syscall tracepoints, enter (stash path) + exit (emit with result)
  *   security classic syscall tracepoints for set*id/capset/ptrace/bpf/mount/umount
  *   memory   tp_btf oom/mark_victim, kmem/rss_stat (aggregated in kernel)
+ *   cgroups  tp_btf cgroup/cgroup_{mkdir,rmdir} (classic tp fallback), feeding
+ *            the userspace cgroup resolver; no events of their own
+ *
+ * Records are submitted with tapio_submit() (tapio/common.h): batched
+ * wake-ups when userspace configures them.
  *
  * Every event passes the filters (pid, cgroup, comm) and the per-cgroup
  * token bucket; throttling is announced with start/stop records and
@@ -20,14 +25,14 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "tapio/common.h"
+#include "tapio/prefix.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define COMM_LEN 16
 #define PATH_LEN 256
 #define ARGS_LEN 1024
-#define MAX_PREFIXES 8
-#define PREFIX_LEN 64
+#define CGROUP_PATH_LEN 1024 /* the kernel's TRACE_CGROUP_PATH_LEN */
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -60,7 +65,10 @@ enum tapio_kind {
 	K_OOM = 10,
 	K_RSS = 11,
 	K_THROTTLE = 12,
+	K_CGROUP = 13,
 };
+
+enum tapio_cgroup_op { CGROUP_MKDIR = 1, CGROUP_RMDIR = 2 };
 
 enum tapio_tcp_op { TCP_OP_CONNECT = 1, TCP_OP_ACCEPT, TCP_OP_CLOSE, TCP_OP_RETRANSMIT, TCP_OP_RESET_RECEIVED, TCP_OP_RESET_SENT };
 enum tapio_file_op { FILE_OPEN = 1, FILE_UNLINK, FILE_RENAME, FILE_CHMOD, FILE_CHOWN };
@@ -73,8 +81,8 @@ const volatile char cfg_filter_comm[COMM_LEN] = {};
 const volatile __u32 cfg_args_len = 256;    /* argv bytes copied (<= ARGS_LEN) */
 const volatile __u32 cfg_file_reads = 0;    /* report read-only opens too */
 const volatile __u32 cfg_n_prefixes = 0;
-const volatile char cfg_prefixes[MAX_PREFIXES][PREFIX_LEN] = {};
-const volatile __u32 cfg_prefix_lens[MAX_PREFIXES] = {};
+const volatile char cfg_prefixes[TAPIO_MAX_PREFIXES][TAPIO_PREFIX_LEN] = {};
+const volatile __u32 cfg_prefix_lens[TAPIO_MAX_PREFIXES] = {};
 const volatile __u64 cfg_rate_per_sec = 0;  /* per-cgroup events/s, 0: unlimited */
 const volatile __u64 cfg_rate_burst = 0;
 const volatile __u64 cfg_rss_step_bytes = 64 << 20;
@@ -217,6 +225,21 @@ struct tapio_throttle_event {
 	__u64 dropped; /* events dropped during the throttle (on stop) */
 };
 
+/* A cgroup v2 directory was created or removed: userspace learns the
+ * id → path mapping before any event from the cgroup is decoded, so a
+ * short-lived container's events keep their identity after its cgroup is
+ * gone. Never filtered or rate limited (the runtime, not the workload,
+ * makes the directory). */
+struct tapio_cgroup_event {
+	struct tapio_hdr hdr;
+	__u64 id;
+	__u32 op;	   /* enum tapio_cgroup_op */
+	__s32 level;	   /* depth below the root (the root is 0) */
+	__u32 path_len;	   /* bytes of `path` incl. the NUL; CGROUP_PATH_LEN: maybe truncated */
+	__u32 _pad;
+	char path[CGROUP_PATH_LEN]; /* relative to the hierarchy root, leading '/' */
+};
+
 /* Referenced so that libbpf-cargo emits every record layout into the skeleton. */
 struct {
 	struct tapio_exec_event exec;
@@ -231,6 +254,7 @@ struct {
 	struct tapio_oom_event oom;
 	struct tapio_rss_event rss;
 	struct tapio_throttle_event throttle;
+	struct tapio_cgroup_event cgroup;
 } tapio_record_layouts = {};
 
 /* ---- maps ---- */
@@ -374,7 +398,7 @@ static __always_inline void emit_throttle(__u64 cgroup_id, __u32 start, __u64 dr
 	e->start = start;
 	e->_pad = 0;
 	e->dropped = dropped;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 }
 
 static __always_inline void count_drop(void)
@@ -440,28 +464,7 @@ static __always_inline void *reserve_event(__u64 size)
 /* Path under one of the configured prefixes (on a component boundary)? */
 static __always_inline bool path_watched(const char *path)
 {
-	for (int i = 0; i < MAX_PREFIXES; i++) {
-		__u32 len;
-		bool match = true;
-
-		if (i >= cfg_n_prefixes)
-			break;
-		len = cfg_prefix_lens[i];
-		if (len == 0 || len >= PREFIX_LEN)
-			continue;
-		for (int j = 0; j < PREFIX_LEN; j++) {
-			if (j >= len)
-				break;
-			if (path[j] != cfg_prefixes[i][j]) {
-				match = false;
-				break;
-			}
-		}
-		if (match && (len == 1 || path[len & (PREFIX_LEN - 1)] == '/' ||
-			      path[len & (PREFIX_LEN - 1)] == 0))
-			return true;
-	}
-	return false;
+	return tapio_path_under(path, cfg_prefixes, cfg_prefix_lens, cfg_n_prefixes);
 }
 
 /* ---- process ---- */
@@ -492,7 +495,7 @@ static __always_inline int emit_exec(struct task_struct *task, const char *filen
 	e->args_len = 0;
 	if (len > 0 && len <= ARGS_LEN && bpf_probe_read_user(e->args, len, (void *)arg_start) == 0)
 		e->args_len = len;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -527,12 +530,11 @@ int BPF_PROG(tapio_fork, struct task_struct *parent, struct task_struct *child)
 	e->child_pid = child->tgid;
 	e->_pad = 0;
 	e->child_start_ns = child->start_boottime;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(tapio_exit, struct task_struct *p, bool group_dead)
+static __always_inline int emit_exit(struct task_struct *p, bool group_dead)
 {
 	struct tapio_exit_event *e;
 	struct mm_struct *mm;
@@ -564,8 +566,25 @@ int BPF_PROG(tapio_exit, struct task_struct *p, bool group_dead)
 			hiwater = BPF_CORE_READ(mm, hiwater_rss);
 	}
 	e->max_rss_pages = hiwater;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tapio_exit_btf, struct task_struct *p, bool group_dead)
+{
+	return emit_exit(p, group_dead);
+}
+
+/* Fallback: classic tracepoint. The exiting task is current; the group is
+ * dead once the last thread dropped `signal->live` (done before the
+ * tracepoint fires, on every kernel, unlike the newer `group_dead` field). */
+SEC("tp/sched/sched_process_exit")
+int tapio_exit_tp(void *ctx)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	return emit_exit(task, BPF_CORE_READ(task, signal, live.counter) == 0);
 }
 
 /* ---- network ---- */
@@ -626,7 +645,7 @@ static __always_inline void emit_tcp(const struct sock *sk, __u32 op, struct tap
 		e->bytes_received -= 1;
 	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 	e->retransmits = BPF_CORE_READ(tp, total_retrans);
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 }
 
 static __always_inline __u32 listener_key(__u16 family, __u16 port)
@@ -937,7 +956,7 @@ static __always_inline int syscall_exit(long ret)
 		tapio_fill_hdr(&f->hdr, K_FILE, 1);
 		fill_task(&f->task);
 		f->ret = ret;
-		bpf_ringbuf_submit(f, 0);
+		tapio_submit(f, sizeof(*f));
 		break;
 	}
 	case K_CRED: {
@@ -969,7 +988,7 @@ static __always_inline int syscall_exit(long ret)
 			bpf_ringbuf_discard(c, 0);
 			break;
 		}
-		bpf_ringbuf_submit(c, 0);
+		tapio_submit(c, sizeof(*c));
 		break;
 	}
 	case K_PTRACE: {
@@ -981,7 +1000,7 @@ static __always_inline int syscall_exit(long ret)
 		tapio_fill_hdr(&t->hdr, K_PTRACE, 1);
 		fill_task(&t->task);
 		t->ret = ret;
-		bpf_ringbuf_submit(t, 0);
+		tapio_submit(t, sizeof(*t));
 		break;
 	}
 	case K_BPF: {
@@ -993,7 +1012,7 @@ static __always_inline int syscall_exit(long ret)
 		tapio_fill_hdr(&b->hdr, K_BPF, 1);
 		fill_task(&b->task);
 		b->ret = ret;
-		bpf_ringbuf_submit(b, 0);
+		tapio_submit(b, sizeof(*b));
 		break;
 	}
 	case K_MOUNT: {
@@ -1005,7 +1024,7 @@ static __always_inline int syscall_exit(long ret)
 		tapio_fill_hdr(&m->hdr, K_MOUNT, 1);
 		fill_task(&m->task);
 		m->ret = ret;
-		bpf_ringbuf_submit(m, 0);
+		tapio_submit(m, sizeof(*m));
 		break;
 	}
 	}
@@ -1118,6 +1137,64 @@ int tapio_enter_umount(struct trace_event_raw_sys_enter *ctx)
 }
 PLAIN_EXIT(umount)
 
+/* ---- cgroups (learning for the resolver) ---- */
+static __always_inline void emit_cgroup(__u32 op, int hierarchy, int level, __u64 id,
+					const char *path)
+{
+	struct tapio_cgroup_event *e;
+	long n;
+
+	/* Only the unified (v2) hierarchy: BPF cgroup ids refer to it. */
+	if (hierarchy != 0)
+		return;
+	e = tapio_reserve(sizeof(*e));
+	if (!e)
+		return;
+	tapio_fill_hdr(&e->hdr, K_CGROUP, 1);
+	e->id = id;
+	e->op = op;
+	e->level = level;
+	e->_pad = 0;
+	n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
+	e->path_len = n > 0 ? n : 0;
+	tapio_submit(e, sizeof(*e));
+}
+
+SEC("tp_btf/cgroup_mkdir")
+int BPF_PROG(tapio_cgroup_mkdir_btf, struct cgroup *cgrp, const char *path)
+{
+	emit_cgroup(CGROUP_MKDIR, BPF_CORE_READ(cgrp, root, hierarchy_id), cgrp->level,
+		    BPF_CORE_READ(cgrp, kn, id), path);
+	return 0;
+}
+
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(tapio_cgroup_rmdir_btf, struct cgroup *cgrp, const char *path)
+{
+	emit_cgroup(CGROUP_RMDIR, BPF_CORE_READ(cgrp, root, hierarchy_id), cgrp->level,
+		    BPF_CORE_READ(cgrp, kn, id), path);
+	return 0;
+}
+
+/* Fallbacks: classic tracepoints (same fields; the path is a __data_loc string). */
+SEC("tp/cgroup/cgroup_mkdir")
+int tapio_cgroup_mkdir_tp(struct trace_event_raw_cgroup *ctx)
+{
+	unsigned short off = ctx->__data_loc_path & 0xFFFF;
+
+	emit_cgroup(CGROUP_MKDIR, ctx->root, ctx->level, ctx->id, (const char *)ctx + off);
+	return 0;
+}
+
+SEC("tp/cgroup/cgroup_rmdir")
+int tapio_cgroup_rmdir_tp(struct trace_event_raw_cgroup *ctx)
+{
+	unsigned short off = ctx->__data_loc_path & 0xFFFF;
+
+	emit_cgroup(CGROUP_RMDIR, ctx->root, ctx->level, ctx->id, (const char *)ctx + off);
+	return 0;
+}
+
 /* ---- memory ---- */
 SEC("tp_btf/mark_victim")
 int BPF_PROG(tapio_oom_victim, struct task_struct *victim, uid_t uid)
@@ -1140,7 +1217,7 @@ int BPF_PROG(tapio_oom_victim, struct task_struct *victim, uid_t uid)
 		for (int i = 0; i < 4; i++)
 			rss += BPF_CORE_READ(mm, rss_stat[i].count);
 	e->rss_pages = rss;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -1174,6 +1251,6 @@ int BPF_PROG(tapio_rss_stat, struct mm_struct *mm, int member)
 	e->rss_bytes = rss;
 	e->previous_bytes = *last;
 	*last = rss - rss % cfg_rss_step_bytes;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }

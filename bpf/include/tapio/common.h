@@ -14,7 +14,9 @@
  *   - `tapio_drops`: a one-slot per-CPU counter of ring-buffer reserve
  *     failures, read by tapio-core's ring-buffer reader so that no loss in
  *     the kernel is silent;
- *   - `tapio_reserve()`: reserve a record or count the drop.
+ *   - `tapio_reserve()`: reserve a record or count the drop;
+ *   - `tapio_submit()`: submit it under the object's wake-up policy
+ *     (batched wake-ups, opt-in; see below).
  */
 #ifndef __TAPIO_COMMON_H
 #define __TAPIO_COMMON_H
@@ -46,6 +48,61 @@ static __always_inline void *tapio_reserve(__u64 size)
 			*drops += 1; /* per-CPU slot: no atomics needed */
 	}
 	return rec;
+}
+
+/*
+ * Batched wake-ups (opt-in; with both settings 0, the default, a submit is
+ * `bpf_ringbuf_submit(rec, 0)`: the kernel wakes the reader for every record
+ * submitted while the reader is caught up, which at tens of thousands of
+ * records per second costs the producing CPUs more than the programs do).
+ *
+ * With batching, a record wakes the reader only when
+ *   - at least `tapio_wakeup_delay_ns` passed since the last wake-up this
+ *     object forced (so the first record after a quiet spell is delivered at
+ *     once, and a steady stream wakes the reader at most once per interval),
+ *   - or it is the record that takes the unread data past
+ *     `tapio_wakeup_bytes` (a burst; waking on every record past the mark
+ *     would make each one pay for a wake-up exactly when the reader is
+ *     already behind).
+ * Every other record is submitted with BPF_RB_NO_WAKEUP, so the reader must
+ * also drain on a timer no longer than the delay: tapio-core's RingBufReader
+ * consumes after every poll, and its poll timeout is that timer. A record
+ * that woke nobody is then read within one poll timeout, whatever the
+ * record rate.
+ */
+const volatile __u64 tapio_wakeup_bytes = 0;
+const volatile __u64 tapio_wakeup_delay_ns = 0;
+/* When the last wake-up was forced (bpf_ktime_get_ns); racy updates are fine. */
+__u64 tapio_last_wakeup_ns = 0;
+
+/* Submit flags for a record of `size` bytes under the policy above. */
+static __always_inline __u64 tapio_wakeup_flags(__u64 size)
+{
+	__u64 avail, rec, now;
+
+	if (!tapio_wakeup_delay_ns && !tapio_wakeup_bytes)
+		return 0;
+	if (tapio_wakeup_bytes) {
+		/* Includes this (reserved) record and its 8-byte header. */
+		avail = bpf_ringbuf_query(&tapio_events, BPF_RB_AVAIL_DATA);
+		rec = (size + 8 + 7) & ~7ULL;
+		if (avail >= tapio_wakeup_bytes && avail < tapio_wakeup_bytes + rec)
+			return BPF_RB_FORCE_WAKEUP;
+	}
+	if (tapio_wakeup_delay_ns) {
+		now = bpf_ktime_get_ns();
+		if (now - tapio_last_wakeup_ns >= tapio_wakeup_delay_ns) {
+			tapio_last_wakeup_ns = now;
+			return BPF_RB_FORCE_WAKEUP;
+		}
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+/* Submit a record reserved with tapio_reserve() (size: its reserved size). */
+static __always_inline void tapio_submit(void *rec, __u64 size)
+{
+	bpf_ringbuf_submit(rec, tapio_wakeup_flags(size));
 }
 
 /* Every record starts with this header so userspace can route and version it. */

@@ -47,6 +47,11 @@ pub struct KernelConfig {
     pub filter: FilterConfig,
     /// Per-cgroup rate limit applied in the kernel.
     pub rate_limit: RateLimitConfig,
+    /// How records travel from the ring buffer: wake-up batching, which
+    /// trades a bounded delivery delay for much less overhead.
+    pub delivery: DeliveryConfig,
+    /// Which flavour of hook to attach where both exist.
+    pub hooks: HookMode,
 }
 
 impl Default for KernelConfig {
@@ -63,8 +68,100 @@ impl Default for KernelConfig {
             memory: MemoryConfig::default(),
             filter: FilterConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            delivery: DeliveryConfig::default(),
+            hooks: HookMode::default(),
         }
     }
+}
+
+/// Wake-up batching between the BPF programs and the ring-buffer reader.
+///
+/// By default a BPF ring buffer wakes its reader for every record submitted
+/// while the reader is caught up: at tens of thousands of events per second
+/// that costs the traced workload more than the programs themselves (a
+/// cross-CPU wake-up and two context switches per record). With batching,
+/// the programs wake the reader only for the first record after a quiet
+/// spell of `max_delay_ms`, at most once per `max_delay_ms` after that, and
+/// when `wakeup_bytes` are waiting; the reader also drains every
+/// `max_delay_ms` on its own.
+///
+/// **Latency bound**: a record reaches the event queue at most
+/// `max_delay_ms` after it was submitted (plus the time to convert the
+/// records ahead of it and any scheduling delay of the reader thread).
+/// Cgroups are learned from the same ring buffer, ahead of their workload's
+/// first record, so the delay never costs a short-lived container its
+/// identity.
+///
+/// ```toml
+/// [kernel.delivery]
+/// max_delay_ms = 10   # 0: a wake-up per record (lowest latency, highest overhead)
+/// wakeup_bytes = 0    # 0: an eighth of the ring buffer
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Longest a record waits before the reader takes it (milliseconds,
+    /// at most [`MAX_DELAY_MS`]); 0 disables batching.
+    pub max_delay_ms: u64,
+    /// Wake the reader at once when this many bytes are unread (a burst);
+    /// 0 means an eighth of the ring buffer. Ignored without batching.
+    pub wakeup_bytes: u32,
+}
+
+/// Largest [`DeliveryConfig::max_delay_ms`].
+pub const MAX_DELAY_MS: u64 = 1000;
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_delay_ms: 10,
+            wakeup_bytes: 0,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The reader's poll timeout: the batching delay, or 100 ms (which only
+    /// bounds how quickly a stop is noticed) without batching.
+    pub(crate) fn poll_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(if self.max_delay_ms == 0 {
+            100
+        } else {
+            self.max_delay_ms
+        })
+    }
+
+    /// Watermark in bytes for a ring of `ring_bytes` (0 without batching).
+    pub(crate) fn watermark(&self, ring_bytes: u32) -> u64 {
+        match (self.max_delay_ms, self.wakeup_bytes) {
+            (0, _) => 0,
+            (_, 0) => u64::from(ring_bytes / 8),
+            (_, bytes) => u64::from(bytes.min(ring_bytes / 2)),
+        }
+    }
+}
+
+/// Hook flavour: BTF-enabled raw tracepoints (`tp_btf`: direct, typed
+/// access to kernel structures; no tracefs needed) or classic tracepoints
+/// (`tp/...`: need tracefs). Only some hooks exist in both flavours; the
+/// others are always attached as listed in the crate docs.
+///
+/// | hook | `auto` | `tracepoint` |
+/// |---|---|---|
+/// | process exec | `tp_btf/sched_process_exec` | `tp/sched/sched_process_exec` |
+/// | process exit | `tp_btf/sched_process_exit` | `tp/sched/sched_process_exit` |
+/// | cgroup learning | `tp_btf/cgroup_{mkdir,rmdir}` | `tp/cgroup/cgroup_{mkdir,rmdir}` |
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookMode {
+    /// `tp_btf` when the kernel exposes BTF (`/sys/kernel/btf/vmlinux`),
+    /// classic tracepoints otherwise.
+    #[default]
+    Auto,
+    /// Classic tracepoints wherever a hook has one (for kernels or
+    /// policies where `tp_btf` fails, and to test the fallback). Hooks
+    /// without a classic twin (fork, network, memory) stay `tp_btf`.
+    Tracepoint,
 }
 
 /// File-operation settings.
@@ -186,6 +283,12 @@ pub(crate) fn validate(config: &KernelConfig) -> Result<(), String> {
     {
         return Err(format!("filter.comm {comm:?} must be 1 to 15 bytes"));
     }
+    if config.delivery.max_delay_ms > MAX_DELAY_MS {
+        return Err(format!(
+            "delivery.max_delay_ms {} exceeds the maximum {MAX_DELAY_MS}",
+            config.delivery.max_delay_ms
+        ));
+    }
     if config.memory.enabled && config.memory.rss_step_bytes == 0 {
         return Err("memory.rss_step_bytes must be positive".into());
     }
@@ -234,7 +337,35 @@ mod tests {
         let mut c = KernelConfig::default();
         c.filter.comm = Some("a-very-long-command".into());
         assert!(validate(&c).unwrap_err().contains("1 to 15 bytes"));
+        let mut c = KernelConfig::default();
+        c.delivery.max_delay_ms = 5000;
+        assert!(validate(&c).unwrap_err().contains("max_delay_ms 5000"));
         assert!(toml::from_str::<KernelConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn delivery_watermark_and_timeout() {
+        use std::time::Duration;
+        let d = DeliveryConfig::default();
+        assert_eq!(d.poll_timeout(), Duration::from_millis(10));
+        assert_eq!(d.watermark(4 << 20), 512 << 10);
+        let explicit = DeliveryConfig {
+            max_delay_ms: 3,
+            wakeup_bytes: 4096,
+        };
+        assert_eq!(explicit.watermark(4 << 20), 4096);
+        assert_eq!(explicit.watermark(4096), 2048, "at most half the ring");
+        let off = DeliveryConfig {
+            max_delay_ms: 0,
+            wakeup_bytes: 4096,
+        };
+        assert_eq!(off.watermark(4 << 20), 0);
+        assert_eq!(off.poll_timeout(), Duration::from_millis(100));
+        let c: KernelConfig =
+            toml::from_str("hooks = \"tracepoint\"\n[delivery]\nmax_delay_ms = 0\n").unwrap();
+        assert_eq!(c.hooks, HookMode::Tracepoint);
+        assert_eq!(c.delivery.max_delay_ms, 0);
+        assert_eq!(c.delivery.wakeup_bytes, 0);
     }
 
     #[test]

@@ -3,11 +3,33 @@
 //!
 //! | sub-collector | events | hooks |
 //! |---|---|---|
-//! | process | `kernel.process.{exec,fork,exit}` | `tp_btf/sched_process_{exec,fork,exit}` (classic tracepoint fallback for exec) |
+//! | process | `kernel.process.{exec,fork,exit}` | `tp_btf/sched_process_{exec,fork,exit}` (classic tracepoint fallback for exec and exit) |
 //! | network | `kernel.network.{connect,accept,close,retransmit,reset}` | `tp_btf/inet_sock_set_state`, `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset` |
 //! | file | `kernel.file.{open,create,unlink,rename,chmod,chown}` | syscall tracepoints, path prefixes filtered in the kernel |
 //! | security | `kernel.security.{credential_change,privileged_exec,ptrace,bpf,mount}` | syscall tracepoints, exec hook |
 //! | memory | `kernel.memory.{oom_kill,rss_growth}` | `tp_btf/mark_victim`, `tp_btf/rss_stat` (aggregated in the kernel) |
+//! | cgroup learning | none (feeds the resolver) | `tp_btf/cgroup_{mkdir,rmdir}` (classic tracepoint fallback), only with a cgroup resolver |
+//!
+//! **Hook flavours.** `tp_btf` is preferred; [`HookMode::Auto`] falls back
+//! to classic tracepoints when the kernel has no BTF, and
+//! [`HookMode::Tracepoint`] forces them. Only the exec and exit hooks and
+//! the cgroup learning hooks exist in both flavours today; the other
+//! `tp_btf` hooks (fork, network, memory) have no fallback and fail to
+//! attach without BTF.
+//!
+//! **Cgroup learning.** With a [`tapio_core::cgroup::CgroupResolver`] in the
+//! context, `cgroup_mkdir` records teach it each new cgroup's id and path
+//! ([`CgroupResolver::learn`](tapio_core::cgroup::CgroupResolver::learn))
+//! before any record of a process in that cgroup is decoded (they share the
+//! ordered ring buffer), and `cgroup_rmdir` marks the entry as the first to
+//! evict ([`CgroupResolver::removed`](tapio_core::cgroup::CgroupResolver::removed)).
+//! A container that lived for milliseconds keeps its pod and container ids
+//! even though its cgroup is gone when its events are read.
+//!
+//! **Delivery.** Ring-buffer wake-ups are batched ([`DeliveryConfig`]):
+//! a record reaches the queue at most `max_delay_ms` (default 10 ms) after
+//! it was submitted; converted events are queued once per ring-buffer batch
+//! (at most 256 at a time).
 //!
 //! No kprobes or fentry: those are unavailable under kernel lockdown.
 //! TCP accepts and closes run in softirq, where the current task is
@@ -76,11 +98,13 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/kernel.skel.rs"));
 }
 
-pub use config::{FileConfig, FilterConfig, KernelConfig, MemoryConfig, RateLimitConfig};
+pub use config::{
+    DeliveryConfig, FileConfig, FilterConfig, HookMode, KernelConfig, MemoryConfig, RateLimitConfig,
+};
 pub use events::*;
 
-use program::{ExecHook, KernelProgram};
-use record::{Converter, KernelRecord};
+use program::{HookFlavor, KernelProgram};
+use record::Converter;
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "kernel";
@@ -128,6 +152,61 @@ impl KernelCollector {
     }
 }
 
+impl KernelCollector {
+    /// Load and attach the BPF object and start its reader; `learn_cgroups`
+    /// attaches the cgroup mkdir/rmdir hooks that feed the resolver.
+    fn attach(&self, learn_cgroups: bool) -> Result<RingBufReader, CollectorError> {
+        config::validate(&self.config).map_err(|message| CollectorError::Config {
+            collector: NAME.to_string(),
+            message,
+        })?;
+        bpf::route_libbpf_logs();
+        let hook = HookFlavor::choose(self.config.hooks);
+        let page_size = page_size();
+        let program = KernelProgram {
+            config: self.config.clone(),
+            hook,
+            self_pid: std::process::id(),
+            page_size,
+            learn_cgroups,
+        };
+        let converter = Converter::new(BootClock::new(), page_size, self.base.emitter());
+        let span = tracing::info_span!("kernel.attach", hook = hook.exec_hook());
+        let reader = span.in_scope(|| {
+            RingBufReader::spawn(
+                RingBufReaderConfig {
+                    thread_name: "tapio-kernel".into(),
+                    // With batched wake-ups the reader drains on this timer.
+                    poll_timeout: self.config.delivery.poll_timeout(),
+                    ..Default::default()
+                },
+                program,
+                self.base.counters().clone(),
+                converter,
+            )
+        })?;
+        let health = self.base.health_cell();
+        for (key, value) in reader.details() {
+            health.set_detail(key.clone(), value.clone());
+        }
+        health.set_detail("exec_hook", hook.exec_hook());
+        health.set_detail("exit_hook", hook.exit_hook());
+        health.set_detail(
+            "cgroup_hook",
+            if learn_cgroups {
+                hook.cgroup_hook()
+            } else {
+                "off (no cgroup resolver)"
+            },
+        );
+        health.set_detail(
+            "delivery_max_delay_ms",
+            self.config.delivery.max_delay_ms.to_string(),
+        );
+        Ok(reader)
+    }
+}
+
 #[async_trait]
 impl Collector for KernelCollector {
     fn name(&self) -> &str {
@@ -135,71 +214,23 @@ impl Collector for KernelCollector {
     }
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        self.base.begin_start(&ctx)?;
-        if let Err(message) = config::validate(&self.config) {
-            let err = CollectorError::Config {
-                collector: NAME.to_string(),
-                message,
-            };
-            self.base.fail_start(&err);
-            return Err(err);
-        }
-        bpf::route_libbpf_logs();
-        let hook = ExecHook::detect();
-        let page_size = page_size();
-        let program = KernelProgram {
-            config: self.config.clone(),
-            hook,
-            self_pid: std::process::id(),
-            page_size,
-        };
-        let converter = Converter {
-            clock: BootClock::new(),
-            page_size,
-            emitter: self.base.emitter(),
-        };
-        let span = tracing::info_span!("kernel.attach", hook = hook.name());
-        let started = span.in_scope(|| {
-            RingBufReader::spawn(
-                RingBufReaderConfig {
-                    thread_name: "tapio-kernel".into(),
-                    ..Default::default()
-                },
-                program,
-                self.base.counters().clone(),
-                move |record: KernelRecord| converter.emitter.timed(|| converter.convert(record)),
-            )
-        });
-        match started {
-            Ok(reader) => {
-                for (key, value) in reader.details() {
-                    self.base
-                        .health_cell()
-                        .set_detail(key.clone(), value.clone());
-                }
-                *self.reader.lock() = Some(reader);
-                self.base.health_cell().set_detail("exec_hook", hook.name());
-                self.base.finish_start();
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(parent: &span, error = %err, "attach failed");
-                self.base.fail_start(&err);
-                Err(err)
-            }
-        }
+        let learn_cgroups = ctx.cgroups.is_some();
+        let keep = |reader| *self.reader.lock() = Some(reader);
+        self.base
+            .start_with(&ctx, async { self.attach(learn_cgroups) }, keep)
+            .await
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {
-        if !self.base.begin_stop() {
-            return Ok(());
-        }
-        let reader = self.reader.lock().take();
-        if let Some(reader) = reader {
-            reader.stop_async(NAME).await?;
-        }
-        self.base.finish_stop();
-        Ok(())
+        self.base
+            .stop_with(async {
+                let reader = self.reader.lock().take();
+                if let Some(reader) = reader {
+                    reader.stop_async(NAME).await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     fn events(&self) -> Result<EventReceiver, CollectorError> {
@@ -220,6 +251,29 @@ impl Collector for KernelCollector {
 /// `RingBufferBuilder` whose callback only counts: no decoding, no
 /// [`tapio_core::RawEvent`]s. That is the practical limit the collector is
 /// compared against.
+/// Entry point of the fuzz targets (`fuzz/`) and the regression-corpus
+/// test. **Not API**: it may change or go away in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    use tapio_core::bpf::{Record as _, RecordHandler as _};
+    use tapio_core::clock::BootClock;
+    use tapio_core::{CollectorBase, RawEvent};
+
+    use crate::record::{Converter, KernelRecord};
+
+    /// Decode one ring-buffer record as the reader does and convert it into
+    /// events; returns the events, or `None` when the record is rejected.
+    pub fn decode_and_convert(bytes: &[u8]) -> Option<Vec<RawEvent>> {
+        let record = KernelRecord::decode(bytes).ok()?;
+        let base = CollectorBase::new(crate::NAME, 64, Default::default());
+        let mut events = base.take_events().ok()?;
+        let mut converter = Converter::new(BootClock::new(), 4096, base.emitter());
+        converter.record(record);
+        converter.batch_end();
+        Some(std::iter::from_fn(|| events.try_recv()).collect())
+    }
+}
+
 #[doc(hidden)]
 pub mod bench {
     use std::mem::MaybeUninit;
@@ -233,7 +287,7 @@ pub mod bench {
     use tapio_core::bpf::BpfProgram as _;
 
     use crate::KernelConfig;
-    use crate::program::{ExecHook, KernelProgram};
+    use crate::program::{HookFlavor, KernelProgram};
 
     /// What a [`BareConsumer`] read.
     #[derive(Debug, Clone, Copy, Default)]
@@ -292,11 +346,13 @@ pub mod bench {
                 std::thread::Builder::new()
                     .name("bare-ringbuf".into())
                     .spawn(move || {
+                        let poll_timeout = config.delivery.poll_timeout();
                         let program = KernelProgram {
+                            hook: HookFlavor::choose(config.hooks),
                             config,
-                            hook: ExecHook::detect(),
                             self_pid: std::process::id(),
                             page_size: crate::page_size(),
+                            learn_cgroups: false,
                         };
                         let mut storage = MaybeUninit::uninit();
                         let loaded = match program.load(&mut storage) {
@@ -330,8 +386,11 @@ pub mod bench {
                             std::thread::sleep(Duration::from_millis(1));
                         }
                         counts.started = Some(Instant::now());
+                        // Like the collector's reader: poll, then consume
+                        // whatever was submitted without a wake-up.
                         while !stop.load(Ordering::Acquire) {
-                            if rb.poll_raw(Duration::from_millis(100)) > 0 {
+                            let polled = rb.poll_raw(poll_timeout);
+                            if polled > 0 || rb.consume_raw() > 0 {
                                 let now = Instant::now();
                                 counts.first.get_or_insert(now);
                                 counts.last = Some(now);

@@ -9,7 +9,7 @@ use tapio_core::CollectorError;
 use tapio_core::bpf::{self, BpfProgram, Loaded};
 
 use crate::NAME;
-use crate::config::{self, KernelConfig};
+use crate::config::{self, HookMode, KernelConfig};
 use crate::record::KernelRecord;
 use crate::skel::{KernelSkel, KernelSkelBuilder};
 
@@ -22,6 +22,8 @@ pub(crate) enum Group {
     File,
     Security,
     Memory,
+    /// cgroup mkdir/rmdir, feeding the cgroup resolver.
+    Cgroup,
 }
 
 /// File-operation syscalls (enter and exit programs exist for each).
@@ -56,8 +58,8 @@ const SECURITY_SYSCALLS: &[&str] = &[
     "umount",
 ];
 
-/// The sub-collector of program `name` (`None` for the exec fallback pair,
-/// which [`ExecHook`] chooses between).
+/// The sub-collector of program `name`. Programs that exist in two flavours
+/// end in `_btf` / `_tp`; [`HookFlavor`] chooses between them.
 pub(crate) fn group_of(name: &str) -> Option<Group> {
     let syscall = name
         .strip_prefix("tapio_enter_")
@@ -72,7 +74,11 @@ pub(crate) fn group_of(name: &str) -> Option<Group> {
     }
     match name {
         "tapio_exec_btf" | "tapio_exec_tp" => Some(Group::Exec),
-        "tapio_fork" | "tapio_exit" => Some(Group::Process),
+        "tapio_cgroup_mkdir_btf"
+        | "tapio_cgroup_mkdir_tp"
+        | "tapio_cgroup_rmdir_btf"
+        | "tapio_cgroup_rmdir_tp" => Some(Group::Cgroup),
+        "tapio_fork" | "tapio_exit_btf" | "tapio_exit_tp" => Some(Group::Process),
         "tapio_sock_state"
         | "tapio_tcp_retransmit"
         | "tapio_tcp_receive_reset"
@@ -82,35 +88,69 @@ pub(crate) fn group_of(name: &str) -> Option<Group> {
     }
 }
 
-/// Which exec hook to attach.
+/// Programs that exist in both flavours, as `<base>_btf` and `<base>_tp`.
+const FLAVORED: &[&str] = &[
+    "tapio_exec",
+    "tapio_exit",
+    "tapio_cgroup_mkdir",
+    "tapio_cgroup_rmdir",
+];
+
+/// `_btf` / `_tp` for a program of [`FLAVORED`], `None` for the others.
+fn flavor_suffix(name: &str) -> Option<&str> {
+    FLAVORED.iter().find_map(|base| {
+        name.strip_prefix(base)
+            .filter(|rest| *rest == "_btf" || *rest == "_tp")
+    })
+}
+
+/// Which flavour of the hooks that exist twice (exec, exit, cgroup
+/// mkdir/rmdir) to attach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ExecHook {
-    /// `tp_btf/sched_process_exec`: needs kernel BTF.
+pub(crate) enum HookFlavor {
+    /// `tp_btf/...`: needs kernel BTF.
     TpBtf,
-    /// `tp/sched/sched_process_exec`: needs tracefs.
+    /// `tp/<category>/...`: needs tracefs.
     Tracepoint,
 }
 
-impl ExecHook {
-    pub(crate) fn detect() -> Self {
-        if Path::new("/sys/kernel/btf/vmlinux").exists() {
-            ExecHook::TpBtf
-        } else {
-            ExecHook::Tracepoint
+impl HookFlavor {
+    /// `tp_btf` when configured to and the kernel exposes BTF.
+    pub(crate) fn choose(mode: HookMode) -> Self {
+        match mode {
+            HookMode::Auto if Path::new("/sys/kernel/btf/vmlinux").exists() => HookFlavor::TpBtf,
+            HookMode::Auto | HookMode::Tracepoint => HookFlavor::Tracepoint,
         }
     }
 
-    pub(crate) fn name(self) -> &'static str {
+    /// The exec hook, as health details report it.
+    pub(crate) fn exec_hook(self) -> &'static str {
         match self {
-            ExecHook::TpBtf => "tp_btf/sched_process_exec",
-            ExecHook::Tracepoint => "tp/sched/sched_process_exec",
+            HookFlavor::TpBtf => "tp_btf/sched_process_exec",
+            HookFlavor::Tracepoint => "tp/sched/sched_process_exec",
         }
     }
 
-    fn program(self) -> &'static str {
+    /// The process exit hook, as health details report it.
+    pub(crate) fn exit_hook(self) -> &'static str {
         match self {
-            ExecHook::TpBtf => "tapio_exec_btf",
-            ExecHook::Tracepoint => "tapio_exec_tp",
+            HookFlavor::TpBtf => "tp_btf/sched_process_exit",
+            HookFlavor::Tracepoint => "tp/sched/sched_process_exit",
+        }
+    }
+
+    /// The cgroup learning hooks, as health details report them.
+    pub(crate) fn cgroup_hook(self) -> &'static str {
+        match self {
+            HookFlavor::TpBtf => "tp_btf/cgroup_mkdir+cgroup_rmdir",
+            HookFlavor::Tracepoint => "tp/cgroup/cgroup_mkdir+cgroup_rmdir",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            HookFlavor::TpBtf => "_btf",
+            HookFlavor::Tracepoint => "_tp",
         }
     }
 }
@@ -118,9 +158,11 @@ impl ExecHook {
 /// The kernel object with its configuration.
 pub(crate) struct KernelProgram {
     pub config: KernelConfig,
-    pub hook: ExecHook,
+    pub hook: HookFlavor,
     pub self_pid: u32,
     pub page_size: u64,
+    /// Attach the cgroup mkdir/rmdir hooks (a resolver will consume them).
+    pub learn_cgroups: bool,
 }
 
 impl KernelProgram {
@@ -134,15 +176,15 @@ impl KernelProgram {
             Group::File => c.file.enabled && !c.file.prefixes.is_empty(),
             Group::Security => c.security,
             Group::Memory => c.memory.enabled,
+            Group::Cgroup => self.learn_cgroups,
         }
     }
 
     fn wants(&self, name: &str) -> bool {
-        match group_of(name) {
-            Some(Group::Exec) => self.enabled(Group::Exec) && name == self.hook.program(),
-            Some(group) => self.enabled(group),
-            None => false,
-        }
+        let Some(group) = group_of(name) else {
+            return false;
+        };
+        self.enabled(group) && flavor_suffix(name).is_none_or(|s| s == self.hook.suffix())
     }
 }
 
@@ -169,9 +211,10 @@ impl BpfProgram for KernelProgram {
         let mut open = KernelSkelBuilder::default()
             .open(storage)
             .map_err(err("open BPF object"))?;
+        let ring_bytes = crate::ring_size(self.config.ring_buffer_bytes);
         open.maps
             .tapio_events
-            .set_max_entries(crate::ring_size(self.config.ring_buffer_bytes))
+            .set_max_entries(ring_bytes)
             .map_err(err("size ring buffer"))?;
         let c = &self.config;
         let rodata = open
@@ -212,6 +255,8 @@ impl BpfProgram for KernelProgram {
         rodata.cfg_rate_burst = c.rate_limit.burst;
         rodata.cfg_rss_step_bytes = c.memory.rss_step_bytes.max(1);
         rodata.cfg_page_size = self.page_size;
+        rodata.tapio_wakeup_delay_ns = c.delivery.max_delay_ms.saturating_mul(1_000_000);
+        rodata.tapio_wakeup_bytes = c.delivery.watermark(ring_bytes);
 
         for mut prog in open.open_object_mut().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
@@ -268,7 +313,8 @@ mod tests {
         for name in [
             "tapio_exec_btf",
             "tapio_fork",
-            "tapio_exit",
+            "tapio_exit_btf",
+            "tapio_exit_tp",
             "tapio_sock_state",
             "tapio_enter_openat",
             "tapio_exit_openat",
@@ -276,13 +322,24 @@ mod tests {
             "tapio_exit_umount",
             "tapio_oom_victim",
             "tapio_rss_stat",
+            "tapio_cgroup_mkdir_btf",
+            "tapio_cgroup_rmdir_tp",
         ] {
             assert!(group_of(name).is_some(), "{name}");
         }
-        assert_eq!(group_of("tapio_exit"), Some(Group::Process));
+        assert_eq!(group_of("tapio_exit_btf"), Some(Group::Process));
+        assert_eq!(group_of("tapio_exit_tp"), Some(Group::Process));
+        assert_eq!(flavor_suffix("tapio_exit_tp"), Some("_tp"));
+        assert_eq!(flavor_suffix("tapio_exit_openat"), None);
+        assert_eq!(flavor_suffix("tapio_fork"), None);
         assert_eq!(group_of("tapio_exit_bpf"), Some(Group::Security));
         assert_eq!(group_of("tapio_enter_rename"), Some(Group::File));
         assert_eq!(group_of("something_else"), None);
+        assert_eq!(group_of("tapio_cgroup_mkdir_tp"), Some(Group::Cgroup));
+        assert_eq!(
+            HookFlavor::choose(HookMode::Tracepoint),
+            HookFlavor::Tracepoint
+        );
     }
 
     #[test]
@@ -292,17 +349,36 @@ mod tests {
             process: false,
             ..Default::default()
         };
-        let p = KernelProgram {
+        let mut p = KernelProgram {
             config,
-            hook: ExecHook::TpBtf,
+            hook: HookFlavor::TpBtf,
             self_pid: 1,
             page_size: 4096,
+            learn_cgroups: false,
         };
         assert!(p.wants("tapio_exec_btf"), "security needs the exec hook");
         assert!(!p.wants("tapio_exec_tp"));
+        assert!(
+            !p.wants("tapio_cgroup_mkdir_btf"),
+            "no resolver, no learning"
+        );
+        p.learn_cgroups = true;
+        assert!(p.wants("tapio_cgroup_mkdir_btf"));
+        assert!(p.wants("tapio_cgroup_rmdir_btf"));
+        assert!(!p.wants("tapio_cgroup_mkdir_tp"));
+        p.hook = HookFlavor::Tracepoint;
+        assert!(p.wants("tapio_cgroup_rmdir_tp"));
+        assert!(p.wants("tapio_exec_tp"));
+        assert!(!p.wants("tapio_exec_btf"));
+        assert!(p.wants("tapio_enter_openat"), "unflavoured hooks stay");
+        assert!(!p.wants("tapio_cgroup_mkdir_btf"));
         assert!(!p.wants("tapio_fork"));
+        assert!(!p.wants("tapio_exit_btf"), "process is off");
         assert!(!p.wants("tapio_sock_state"));
         assert!(p.wants("tapio_enter_openat"));
         assert!(p.wants("tapio_oom_victim"));
+        p.config.process = true;
+        assert!(p.wants("tapio_exit_tp"));
+        assert!(!p.wants("tapio_exit_btf"));
     }
 }

@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tapio_core::bpf::{self, DecodeError, Record};
+use std::time::Instant;
+
+use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
 use tapio_core::clock::BootClock;
 use tapio_core::{Emitter, RawEvent};
 
@@ -26,6 +28,7 @@ unsafe impl bpf::plain::Plain for types::tapio_mount_event {}
 unsafe impl bpf::plain::Plain for types::tapio_oom_event {}
 unsafe impl bpf::plain::Plain for types::tapio_rss_event {}
 unsafe impl bpf::plain::Plain for types::tapio_throttle_event {}
+unsafe impl bpf::plain::Plain for types::tapio_cgroup_event {}
 
 /// Record kinds in `tapio_hdr.kind` (mirrors `enum tapio_kind` in kernel.bpf.c).
 mod kind {
@@ -41,6 +44,7 @@ mod kind {
     pub const OOM: u16 = 10;
     pub const RSS: u16 = 11;
     pub const THROTTLE: u16 = 12;
+    pub const CGROUP: u16 = 13;
 }
 
 /// Index → name of the credential syscalls (mirrors `CRED_SYSCALL` in kernel.bpf.c).
@@ -69,6 +73,7 @@ pub(crate) enum KernelRecord {
     Oom(types::tapio_oom_event),
     Rss(types::tapio_rss_event),
     Throttle(types::tapio_throttle_event),
+    Cgroup(Box<types::tapio_cgroup_event>),
 }
 
 impl Record for KernelRecord {
@@ -87,6 +92,7 @@ impl Record for KernelRecord {
             kind::OOM => Self::Oom(bpf::decode_pod(bytes)?),
             kind::RSS => Self::Rss(bpf::decode_pod(bytes)?),
             kind::THROTTLE => Self::Throttle(bpf::decode_pod(bytes)?),
+            kind::CGROUP => Self::Cgroup(Box::new(bpf::decode_pod(bytes)?)),
             other => {
                 return Err(DecodeError::Invalid {
                     record: "tapio_hdr",
@@ -98,12 +104,41 @@ impl Record for KernelRecord {
     }
 }
 
-/// Turns records into events: wall-clock timestamps, typed payloads,
-/// semantic-convention metadata, pod/container metadata from the cgroup id.
+/// Most events handed to the queue at once. A ring buffer under load can be
+/// consumed for a long time in one go; the consumer should not wait for it.
+const MAX_BATCH: usize = 256;
+
+/// Turns records into events (wall-clock timestamps, typed payloads,
+/// semantic-convention metadata, pod/container metadata from the cgroup id)
+/// and hands them to the queue once per ring-buffer batch. Runs on the
+/// reader thread as its [`RecordHandler`]; cgroup records feed the resolver
+/// instead of becoming events.
 pub(crate) struct Converter {
-    pub clock: BootClock,
-    pub page_size: u64,
-    pub emitter: Emitter,
+    clock: BootClock,
+    page_size: u64,
+    emitter: Emitter,
+    /// Reused serialization buffer: each event's data is one exact-size copy
+    /// instead of a buffer grown by doubling.
+    scratch: Vec<u8>,
+    /// Events of the current batch, queued together by [`Self::flush`].
+    batch: Vec<RawEvent>,
+}
+
+impl RecordHandler<KernelRecord> for Converter {
+    fn record(&mut self, record: KernelRecord) {
+        let started = self.emitter.telemetry().map(|_| Instant::now());
+        self.convert(record);
+        if let (Some(telemetry), Some(started)) = (self.emitter.telemetry(), started) {
+            telemetry.record_duration(started.elapsed());
+        }
+        if self.batch.len() >= MAX_BATCH {
+            self.flush();
+        }
+    }
+
+    fn batch_end(&mut self) {
+        self.flush();
+    }
 }
 
 fn process(t: &types::tapio_task) -> events::ProcessInfo {
@@ -144,54 +179,85 @@ fn opt_str(raw: &[i8]) -> Option<String> {
 }
 
 impl Converter {
-    fn emit<P: serde::Serialize>(
-        &self,
-        event_type: &str,
-        ktime_ns: u64,
-        payload: &P,
-        task: Option<&events::ProcessInfo>,
-        extra: &[(&str, String)],
-    ) {
-        let result = self
-            .emitter
-            .emit_payload(event_type, payload, |mut ev: RawEvent| {
-                ev.timestamp = self.clock.to_wall(ktime_ns);
-                if let Some(p) = task {
-                    ev.metadata.insert("process.pid".into(), p.pid.to_string());
-                    ev.metadata
-                        .insert("process.parent_pid".into(), p.ppid.to_string());
-                    ev.metadata.insert("process.command".into(), p.comm.clone());
-                    ev.metadata
-                        .insert("process.user.id".into(), p.uid.to_string());
-                    self.emitter.attach_cgroup(&mut ev, p.cgroup_id);
-                }
-                for (k, v) in extra {
-                    ev.metadata.insert((*k).to_string(), v.clone());
-                }
-                ev
-            });
-        if let Err(err) = result {
-            tracing::warn!(event_type, error = %err, "encoding kernel event failed");
+    pub(crate) fn new(clock: BootClock, page_size: u64, emitter: Emitter) -> Self {
+        Self {
+            clock,
+            page_size,
+            emitter,
+            scratch: Vec::with_capacity(2048),
+            batch: Vec::with_capacity(MAX_BATCH),
         }
     }
 
+    /// Queue the batch with one lock and one wake-up of the consumer.
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            self.emitter.emit_drain(&mut self.batch);
+        }
+    }
+
+    /// Serialize `payload` into a new event stamped at `ktime_ns`; a payload
+    /// that fails to serialize is counted as an error.
+    fn event(
+        &mut self,
+        event_type: &'static str,
+        ktime_ns: u64,
+        payload: &impl serde::Serialize,
+    ) -> Option<RawEvent> {
+        self.scratch.clear();
+        if let Err(err) = serde_json::to_writer(&mut self.scratch, payload) {
+            self.emitter.error();
+            tracing::warn!(event_type, error = %err, "encoding kernel event failed");
+            return None;
+        }
+        Some(
+            RawEvent::from_json_bytes(event_type, self.emitter.source(), self.scratch.clone())
+                .with_timestamp(self.clock.to_wall(ktime_ns)),
+        )
+    }
+
+    /// Add the process's attributes (moving its strings in), its cgroup's
+    /// pod / container metadata and `extra`, and add the event to the batch.
+    fn finish<const N: usize>(
+        &mut self,
+        event: Option<RawEvent>,
+        process: Option<events::ProcessInfo>,
+        extra: [(&'static str, String); N],
+    ) {
+        let Some(mut ev) = event else {
+            return;
+        };
+        if let Some(p) = process {
+            ev.metadata.insert("process.pid".into(), p.pid.to_string());
+            ev.metadata
+                .insert("process.parent_pid".into(), p.ppid.to_string());
+            ev.metadata.insert("process.command".into(), p.comm);
+            ev.metadata
+                .insert("process.user.id".into(), p.uid.to_string());
+            self.emitter.attach_cgroup(&mut ev, p.cgroup_id);
+        }
+        for (k, v) in extra {
+            ev.metadata.insert(k.into(), v);
+        }
+        self.batch.push(ev);
+    }
+
     /// Emit the events one record stands for.
-    pub(crate) fn convert(&self, record: KernelRecord) {
+    pub(crate) fn convert(&mut self, record: KernelRecord) {
         match record {
             KernelRecord::Exec(e) => self.exec(&e),
             KernelRecord::Fork(e) => {
-                let p = process(&e.task);
                 let payload = events::ForkEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     child_pid: e.child_pid,
                     child_start_time: self.clock.to_wall(e.child_start_ns),
                 };
-                self.emit(ev::FORK, e.hdr.ktime_ns, &payload, Some(&p), &[]);
+                let ev = self.event(ev::FORK, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Exit(e) => {
-                let p = process(&e.task);
                 let payload = events::ExitEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     exit_code: e.exit_code,
                     signal: e.signal,
                     start_time: self.clock.to_wall(e.start_ns),
@@ -200,14 +266,14 @@ impl Converter {
                     minor_faults: e.min_flt,
                     major_faults: e.maj_flt,
                 };
-                self.emit(ev::EXIT, e.hdr.ktime_ns, &payload, Some(&p), &[]);
+                let ev = self.event(ev::EXIT, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Tcp(e) => self.tcp(&e),
             KernelRecord::File(e) => self.file(&e),
             KernelRecord::Cred(e) => {
-                let p = process(&e.task);
                 let payload = events::CredentialChangeEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     syscall: CRED_SYSCALLS
                         .get(e.syscall as usize)
                         .copied()
@@ -232,26 +298,20 @@ impl Converter {
                         cap_effective: e.new_cap_effective,
                     },
                 };
-                self.emit(
-                    ev::CREDENTIAL_CHANGE,
-                    e.hdr.ktime_ns,
-                    &payload,
-                    Some(&p),
-                    &[],
-                );
+                let ev = self.event(ev::CREDENTIAL_CHANGE, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Ptrace(e) => {
-                let p = process(&e.task);
                 let payload = events::PtraceEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     request: if e.request == 16 { "attach" } else { "seize" }.to_string(),
                     target_pid: e.target_pid,
                     result: e.ret,
                 };
-                self.emit(ev::PTRACE, e.hdr.ktime_ns, &payload, Some(&p), &[]);
+                let ev = self.event(ev::PTRACE, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Bpf(e) => {
-                let p = process(&e.task);
                 let command = match e.cmd {
                     5 => "prog_load",
                     8 => "prog_attach",
@@ -260,16 +320,16 @@ impl Converter {
                     _ => "other",
                 };
                 let payload = events::BpfEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     command: command.to_string(),
                     result: e.ret,
                 };
-                self.emit(ev::BPF, e.hdr.ktime_ns, &payload, Some(&p), &[]);
+                let ev = self.event(ev::BPF, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Mount(e) => {
-                let p = process(&e.task);
                 let payload = events::MountEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     op: if e.umount != 0 { "umount" } else { "mount" }.to_string(),
                     source: bpf::read_cstr(&e.source),
                     target: bpf::read_cstr(&e.target),
@@ -277,10 +337,10 @@ impl Converter {
                     flags: e.flags,
                     result: e.ret,
                 };
-                self.emit(ev::MOUNT, e.hdr.ktime_ns, &payload, Some(&p), &[]);
+                let ev = self.event(ev::MOUNT, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Oom(e) => {
-                let trigger = process(&e.task);
                 let payload = events::OomKillEvent {
                     victim_pid: e.victim_pid,
                     victim_comm: bpf::read_cstr(&e.victim_comm),
@@ -288,26 +348,27 @@ impl Converter {
                     victim_cgroup_id: e.victim_cgroup_id,
                     total_vm_pages: e.total_vm_pages,
                     rss_pages: e.rss_pages,
-                    trigger,
+                    trigger: process(&e.task),
                 };
+                let ev = self.event(ev::OOM_KILL, e.hdr.ktime_ns, &payload);
                 // Attribute the event to the victim: its pid and its cgroup.
                 let victim = events::ProcessInfo {
                     pid: e.victim_pid,
-                    comm: payload.victim_comm.clone(),
+                    comm: payload.victim_comm,
                     uid: e.victim_uid,
                     cgroup_id: e.victim_cgroup_id,
                     ..Default::default()
                 };
-                self.emit(ev::OOM_KILL, e.hdr.ktime_ns, &payload, Some(&victim), &[]);
+                self.finish(ev, Some(victim), []);
             }
             KernelRecord::Rss(e) => {
-                let p = process(&e.task);
                 let payload = events::RssGrowthEvent {
-                    process: p.clone(),
+                    process: process(&e.task),
                     rss_bytes: e.rss_bytes,
                     previous_bytes: e.previous_bytes,
                 };
-                self.emit(ev::RSS_GROWTH, e.hdr.ktime_ns, &payload, Some(&p), &[]);
+                let ev = self.event(ev::RSS_GROWTH, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(payload.process), []);
             }
             KernelRecord::Throttle(e) => {
                 let payload = events::ThrottleEvent {
@@ -323,53 +384,87 @@ impl Converter {
                     cgroup_id: e.cgroup_id,
                     ..Default::default()
                 };
-                self.emit(event_type, e.hdr.ktime_ns, &payload, Some(&cgroup), &[]);
+                let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
+                self.finish(ev, Some(cgroup), []);
+            }
+            KernelRecord::Cgroup(e) => self.cgroup(&e),
+        }
+    }
+
+    /// A cgroup was created or removed: tell the resolver (no event).
+    fn cgroup(&mut self, e: &types::tapio_cgroup_event) {
+        const MKDIR: u32 = 1;
+        const RMDIR: u32 = 2;
+        let Some(resolver) = self.emitter.cgroups() else {
+            return;
+        };
+        match e.op {
+            MKDIR => {
+                // The kernel's own buffer is as long as ours: a full one may
+                // be cut short. Leave such a cgroup to the resolver's walk.
+                let len = e.path_len as usize;
+                if len == 0 || len >= e.path.len() {
+                    tracing::debug!(id = e.id, len, "cgroup path unreadable or truncated");
+                    return;
+                }
+                let path = bpf::read_cstr(&e.path);
+                if resolver.learn(e.id, &path).is_none() {
+                    tracing::debug!(id = e.id, path, "kernel reported an invalid cgroup path");
+                }
+            }
+            RMDIR => {
+                resolver.removed(e.id);
+            }
+            other => {
+                self.emitter.error();
+                tracing::debug!(op = other, "unknown cgroup op in kernel record");
             }
         }
     }
 
-    fn exec(&self, e: &types::tapio_exec_event) {
-        let p = process(&e.task);
-        let filename = bpf::read_cstr(&e.filename);
-        let args = split_args(&e.args, e.args_len);
+    fn exec(&mut self, e: &types::tapio_exec_event) {
         let payload = events::ExecEvent {
-            process: p.clone(),
-            filename: filename.clone(),
-            args: args.clone(),
+            process: process(&e.task),
+            filename: bpf::read_cstr(&e.filename),
+            args: split_args(&e.args, e.args_len),
             args_truncated: e.args_truncated != 0,
             start_time: self.clock.to_wall(e.start_ns),
             secure_exec: e.secure_exec != 0,
         };
-        let extra = [
-            ("process.executable.path", filename.clone()),
-            ("process.command_line", args.join(" ")),
-        ];
-        self.emit(ev::EXEC, e.hdr.ktime_ns, &payload, Some(&p), &extra);
+        let ev = self.event(ev::EXEC, e.hdr.ktime_ns, &payload);
 
         let mut reasons = Vec::new();
-        if p.euid != p.uid {
+        if payload.process.euid != payload.process.uid {
             reasons.push("setuid".to_string());
         }
         if e.secure_exec != 0 {
             reasons.push("secure_exec".to_string());
         }
-        if !reasons.is_empty() {
-            let payload = events::PrivilegedExecEvent {
-                process: p.clone(),
-                filename: filename.clone(),
-                reasons,
-            };
-            self.emit(
-                ev::PRIVILEGED_EXEC,
-                e.hdr.ktime_ns,
-                &payload,
-                Some(&p),
-                &[("process.executable.path", filename)],
+        let privileged = (!reasons.is_empty()).then(|| events::PrivilegedExecEvent {
+            process: payload.process.clone(),
+            filename: payload.filename.clone(),
+            reasons,
+        });
+        let command_line = payload.args.join(" ");
+        self.finish(
+            ev,
+            Some(payload.process),
+            [
+                ("process.executable.path", payload.filename),
+                ("process.command_line", command_line),
+            ],
+        );
+        if let Some(payload) = privileged {
+            let ev = self.event(ev::PRIVILEGED_EXEC, e.hdr.ktime_ns, &payload);
+            self.finish(
+                ev,
+                Some(payload.process),
+                [("process.executable.path", payload.filename)],
             );
         }
     }
 
-    fn tcp(&self, e: &types::tapio_tcp_event) {
+    fn tcp(&mut self, e: &types::tapio_tcp_event) {
         const OPS: [(&str, &str); 6] = [
             ("connect", ev::CONNECT),
             ("accept", ev::ACCEPT),
@@ -387,7 +482,6 @@ impl Converter {
             tracing::debug!(op = e.op, "unknown TCP op in kernel record");
             return;
         };
-        let p = (e.owner_known != 0).then(|| process(&e.task));
         let local = ip(e.family, &e.saddr);
         let remote = ip(e.family, &e.daddr);
         let direction = match op {
@@ -396,7 +490,7 @@ impl Converter {
             _ => None,
         };
         let payload = events::TcpEvent {
-            process: p.clone(),
+            process: (e.owner_known != 0).then(|| process(&e.task)),
             op: op.to_string(),
             direction,
             local_addr: local,
@@ -409,23 +503,26 @@ impl Converter {
             retransmits: e.retransmits,
             duration_ns: e.duration_ns,
         };
-        let extra = [
-            ("network.transport", "tcp".to_string()),
-            (
-                "network.type",
-                if local.is_ipv4() { "ipv4" } else { "ipv6" }.to_string(),
-            ),
-            ("network.local.address", local.to_string()),
-            ("network.local.port", e.sport.to_string()),
-            ("network.peer.address", remote.to_string()),
-            ("network.peer.port", e.dport.to_string()),
-        ];
-        self.emit(event_type, e.hdr.ktime_ns, &payload, p.as_ref(), &extra);
+        let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
+        self.finish(
+            ev,
+            payload.process,
+            [
+                ("network.transport", "tcp".to_string()),
+                (
+                    "network.type",
+                    if local.is_ipv4() { "ipv4" } else { "ipv6" }.to_string(),
+                ),
+                ("network.local.address", local.to_string()),
+                ("network.local.port", e.sport.to_string()),
+                ("network.peer.address", remote.to_string()),
+                ("network.peer.port", e.dport.to_string()),
+            ],
+        );
     }
 
-    fn file(&self, e: &types::tapio_file_event) {
+    fn file(&mut self, e: &types::tapio_file_event) {
         const O_CREAT: u32 = 0o100;
-        let p = process(&e.task);
         let (op, event_type) = match e.op {
             1 if e.flags & O_CREAT != 0 => ("create", ev::FILE_CREATE),
             1 => ("open", ev::FILE_OPEN),
@@ -439,11 +536,10 @@ impl Converter {
                 return;
             }
         };
-        let path = bpf::read_cstr(&e.path);
         let payload = events::FileEvent {
-            process: p.clone(),
+            process: process(&e.task),
             op: op.to_string(),
-            path: path.clone(),
+            path: bpf::read_cstr(&e.path),
             new_path: if op == "rename" {
                 opt_str(&e.path2)
             } else {
@@ -454,13 +550,8 @@ impl Converter {
             owner: (op == "chown").then_some((e.uid_arg, e.gid_arg)),
             result: e.ret,
         };
-        self.emit(
-            event_type,
-            e.hdr.ktime_ns,
-            &payload,
-            Some(&p),
-            &[("file.path", path)],
-        );
+        let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
+        self.finish(ev, Some(payload.process), [("file.path", payload.path)]);
     }
 }
 

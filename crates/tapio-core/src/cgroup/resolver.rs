@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -76,12 +76,30 @@ pub struct CgroupResolverStats {
     pub scan_errors: u64,
     /// Entries currently cached.
     pub entries: usize,
+    /// Cgroups added by [`CgroupResolver::learn`] (not already cached with
+    /// the same path).
+    pub learned: u64,
+    /// Cached cgroups marked by [`CgroupResolver::removed`].
+    pub removed: u64,
 }
 
 struct Entry {
     info: Arc<CgroupInfo>,
     /// Value of the resolver's miss clock when last used; orders evictions.
     last_used: AtomicU64,
+    /// The cgroup was reported removed ([`CgroupResolver::removed`]): still
+    /// resolvable, but evicted before any live entry.
+    removed: AtomicBool,
+}
+
+impl Entry {
+    fn new(info: Arc<CgroupInfo>, last_used: u64) -> Self {
+        Self {
+            info,
+            last_used: AtomicU64::new(last_used),
+            removed: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Resolves cgroup v2 ids (as returned by `bpf_get_current_cgroup_id` or
@@ -137,6 +155,8 @@ pub struct CgroupResolver {
     rescans: AtomicU64,
     rescans_rate_limited: AtomicU64,
     scan_errors: AtomicU64,
+    learned: AtomicU64,
+    removed: AtomicU64,
 }
 
 impl std::fmt::Debug for CgroupResolver {
@@ -201,6 +221,8 @@ impl CgroupResolver {
             rescans: AtomicU64::new(0),
             rescans_rate_limited: AtomicU64::new(0),
             scan_errors: AtomicU64::new(0),
+            learned: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
             root,
         };
         resolver.rescan()?;
@@ -294,15 +316,109 @@ impl CgroupResolver {
         let info = Arc::new(CgroupInfo::from_id_and_path(id, &normalized));
         let mut cache = self.cache.write();
         let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
-        cache.insert(
-            id,
-            Entry {
-                info: Arc::clone(&info),
-                last_used: AtomicU64::new(now),
-            },
-        );
+        cache.insert(id, Entry::new(Arc::clone(&info), now));
         self.evict_if_needed(&mut cache, Some(id), None);
         Some(info)
+    }
+
+    /// Caches that cgroup `id` has `path` (relative to the cgroup2
+    /// hierarchy's root, with a leading `/`, as the kernel's
+    /// `cgroup:cgroup_mkdir` tracepoint reports it), without touching the
+    /// file system, and returns its parsed identity.
+    ///
+    /// This is *eager learning*: a BPF program on `cgroup_mkdir` tells the
+    /// resolver about a cgroup as it is created, so events from it resolve
+    /// even when the cgroup is gone by the time they are decoded (a
+    /// container that lives for milliseconds). The entry is used as
+    /// recently as a lookup, is subject to the same capacity bound, and a
+    /// later walk that sees the directory under another path replaces it.
+    /// A path that is empty, not absolute or contains `..` or `.` components
+    /// is refused (`None`) and nothing is cached.
+    ///
+    /// The path must be relative to the root of the hierarchy the
+    /// resolver's [`root`](Self::root) mounts; with a bind mount of a
+    /// sub-tree (a cgroup namespace), kernel paths include the sub-tree's
+    /// prefix and do not match what a walk finds.
+    ///
+    /// ```
+    /// use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let resolver = CgroupResolver::new(CgroupResolverConfig {
+    ///     root: Some(dir.path().to_path_buf()),
+    ///     ..CgroupResolverConfig::default()
+    /// })?;
+    /// let cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    /// // Never created on disk: learned, not walked.
+    /// let info = resolver.learn(u64::MAX - 7, &format!("/default/{cid}")).unwrap();
+    /// assert_eq!(info.container_id.as_deref(), Some(cid));
+    /// assert_eq!(resolver.resolve(u64::MAX - 7).unwrap().path, format!("/default/{cid}"));
+    /// assert!(resolver.learn(1, "relative/path").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn learn(&self, id: u64, path: &str) -> Option<Arc<CgroupInfo>> {
+        let valid = path.starts_with('/')
+            && (path == "/"
+                || path[1..]
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != ".."));
+        if !valid {
+            return None;
+        }
+        let mut cache = self.cache.write();
+        let now = self.clock.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(entry) = cache.get(&id).filter(|e| e.info.path == path) {
+            entry.last_used.store(now, Ordering::Relaxed);
+            entry.removed.store(false, Ordering::Relaxed);
+            return Some(Arc::clone(&entry.info));
+        }
+        let info = Arc::new(CgroupInfo::from_id_and_path(id, path));
+        cache.insert(id, Entry::new(Arc::clone(&info), now));
+        self.learned.fetch_add(1, Ordering::Relaxed);
+        self.evict_if_needed(&mut cache, Some(id), None);
+        Some(info)
+    }
+
+    /// Notes that cgroup `id` was removed (`cgroup:cgroup_rmdir`). The entry
+    /// stays resolvable — events from the cgroup may still be queued — but
+    /// goes before every live entry when the cache must shrink. Returns
+    /// whether the id was cached.
+    ///
+    /// ```
+    /// use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let resolver = CgroupResolver::new(CgroupResolverConfig {
+    ///     root: Some(dir.path().to_path_buf()),
+    ///     ..CgroupResolverConfig::default()
+    /// })?;
+    /// resolver.learn(1 << 40, "/gone").unwrap();
+    /// assert!(resolver.removed(1 << 40));
+    /// assert_eq!(resolver.resolve(1 << 40).unwrap().path, "/gone");
+    /// assert!(!resolver.removed(1 << 41));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn removed(&self, id: u64) -> bool {
+        let cache = self.cache.read();
+        match cache.get(&id) {
+            Some(entry) => {
+                if !entry.removed.swap(true, Ordering::Relaxed) {
+                    self.removed.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `Some(true)` when `id` is cached and was reported
+    /// [`removed`](Self::removed), `Some(false)` when it is cached and not,
+    /// `None` when it is not cached. Looks only at the cache.
+    pub fn is_removed(&self, id: u64) -> Option<bool> {
+        self.cache
+            .read()
+            .get(&id)
+            .map(|e| e.removed.load(Ordering::Relaxed))
     }
 
     /// Resolves the cgroup v2 membership of process `pid` via
@@ -335,6 +451,8 @@ impl CgroupResolver {
             rescans_rate_limited: self.rescans_rate_limited.load(Ordering::Relaxed),
             scan_errors: self.scan_errors.load(Ordering::Relaxed),
             entries: self.cache.read().len(),
+            learned: self.learned.load(Ordering::Relaxed),
+            removed: self.removed.load(Ordering::Relaxed),
         }
     }
 
@@ -394,10 +512,7 @@ impl CgroupResolver {
                 let used = if Some(id) == wanted { now } else { 0 };
                 cache.insert(
                     id,
-                    Entry {
-                        info: Arc::new(CgroupInfo::from_id_and_path(id, &path)),
-                        last_used: AtomicU64::new(used),
-                    },
+                    Entry::new(Arc::new(CgroupInfo::from_id_and_path(id, &path)), used),
                 );
             }
         }
@@ -414,8 +529,8 @@ impl CgroupResolver {
 
     /// Brings the cache back under capacity, evicting a sixteenth more than
     /// strictly needed so that eviction work is amortised. Entries not in
-    /// `live` (deleted cgroups) go first, then least recently used; `keep`
-    /// is never evicted.
+    /// `live` (deleted cgroups) or marked removed go first, then least
+    /// recently used; `keep` is never evicted.
     fn evict_if_needed(
         &self,
         cache: &mut HashMap<u64, Entry>,
@@ -431,7 +546,9 @@ impl CgroupResolver {
             .iter()
             .filter(|(id, _)| Some(**id) != keep)
             .map(|(id, e)| {
-                let is_live = live.is_some_and(|l| l.contains(id));
+                // Without a walk's live set, only a removal notice tells.
+                let is_live =
+                    !e.removed.load(Ordering::Relaxed) && live.is_none_or(|l| l.contains(id));
                 (is_live, e.last_used.load(Ordering::Relaxed), *id)
             })
             .collect();
@@ -686,6 +803,61 @@ mod tests {
         assert!(cache.contains_key(&CgroupResolver::id_of(tmp.path())?));
         let stale_kept = old_ids.iter().filter(|id| cache.contains_key(id)).count();
         assert_eq!(stale_kept, 16 - 16 / 16 - 9);
+        Ok(())
+    }
+
+    #[test]
+    fn learned_cgroups_resolve_without_a_walk_and_removed_ones_go_first()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let tmp = tempfile::tempdir()?;
+        let resolver = CgroupResolver::new(config(tmp.path(), 16, Duration::from_secs(3600)))?;
+        let path = format!("/kubepods/besteffort/pod{UID}/{CID}");
+        let info = resolver.learn(1_000_001, &path).ok_or("learn")?;
+        assert_eq!(info.id, 1_000_001);
+        assert_eq!(info.pod_uid.as_deref(), Some(UID));
+        assert_eq!(info.container_id.as_deref(), Some(CID));
+        assert_eq!(resolver.resolve(1_000_001).ok_or("learned")?.path, path);
+        // Learning the same again changes nothing.
+        assert!(Arc::ptr_eq(
+            &resolver.learn(1_000_001, &path).ok_or("again")?,
+            &info
+        ));
+        let stats = resolver.stats();
+        assert_eq!((stats.rescans, stats.hits, stats.learned), (1, 1, 1));
+        assert_eq!(stats.entries, 2);
+
+        for bad in ["", "rel/x", "/a/../b", "/a//b", "/./a", "/a/"] {
+            assert!(resolver.learn(7, bad).is_none(), "{bad:?}");
+        }
+        assert!(!resolver.cache.read().contains_key(&7));
+        assert_eq!(resolver.learn(8, "/").ok_or("root path")?.path, "/");
+
+        assert_eq!(resolver.is_removed(1_000_001), Some(false));
+        assert!(resolver.removed(1_000_001));
+        assert!(resolver.removed(1_000_001), "idempotent");
+        assert_eq!(resolver.is_removed(1_000_001), Some(true));
+        assert_eq!(resolver.is_removed(42), None);
+        assert!(!resolver.removed(42), "unknown id");
+        assert_eq!(resolver.stats().removed, 1);
+        // Still resolvable after removal.
+        assert_eq!(resolver.resolve(1_000_001).ok_or("removed")?.path, path);
+
+        // root, 8, 1_000_001 + 14 more = 17 > 16: shrink to 15. The removed
+        // entry goes first although it was used last, then the least
+        // recently used live one (the walked root).
+        for i in 0..14u64 {
+            resolver
+                .learn(2_000_000 + i, &format!("/c{i}"))
+                .ok_or("fill")?;
+        }
+        let cache = resolver.cache.read();
+        assert_eq!(cache.len(), 15);
+        assert!(!cache.contains_key(&1_000_001));
+        assert!(!cache.contains_key(&CgroupResolver::id_of(tmp.path())?));
+        assert!(cache.contains_key(&8));
+        drop(cache);
+        assert_eq!(resolver.stats().evictions, 2);
+        assert_eq!(resolver.stats().learned, 16);
         Ok(())
     }
 
