@@ -74,12 +74,11 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
+use tapio_core::collector::TaskGroup;
 use tapio_core::resilience::CircuitBreaker;
 use tapio_core::{
     Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
 };
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 mod config;
 mod disk;
@@ -168,8 +167,7 @@ pub struct EtcdStats {
 }
 
 struct Running {
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: TaskGroup,
     disk: Option<RingBufReader>,
 }
 
@@ -377,8 +375,7 @@ impl EtcdCollector {
         let tls = self.tls_options()?;
         let auth = self.credentials()?;
         self.instruments();
-        let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let mut tasks = TaskGroup::default();
         if !self.config.endpoints.is_empty() {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let engine = Arc::new(Engine {
@@ -389,7 +386,7 @@ impl EtcdCollector {
                 counters: self.counters.clone(),
                 health: self.health.clone(),
                 current: Mutex::new(None),
-                cancel: cancel.clone(),
+                cancel: tasks.token(),
                 tls_client_cert: self
                     .config
                     .tls
@@ -411,10 +408,7 @@ impl EtcdCollector {
                     tracing::warn!(%reason, "etcd not reachable yet; retrying in the background");
                 }
                 Ok(Ok(Outcome::Fatal(err))) => {
-                    cancel.cancel();
-                    for task in tasks {
-                        let _ = task.await;
-                    }
+                    tasks.shutdown(NAME).await;
                     return Err(CollectorError::Peer {
                         collector: NAME.to_string(),
                         peer: err.endpoint().unwrap_or_default().to_string(),
@@ -429,18 +423,11 @@ impl EtcdCollector {
         let disk = match self.start_disk() {
             Ok(disk) => disk,
             Err(err) => {
-                cancel.cancel();
-                for task in tasks {
-                    let _ = task.await;
-                }
+                tasks.shutdown(NAME).await;
                 return Err(err);
             }
         };
-        Ok(Running {
-            cancel,
-            tasks,
-            disk,
-        })
+        Ok(Running { tasks, disk })
     }
 }
 
@@ -452,16 +439,9 @@ impl Collector for EtcdCollector {
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
         let keep = |running| *self.running.lock() = Some(running);
-        match self.base.start_with(&ctx, self.start_inner(), keep).await {
-            Ok(()) => {
-                self.health.go_live();
-                Ok(())
-            }
-            Err(err) => {
-                self.health.reset();
-                Err(err)
-            }
-        }
+        self.base
+            .start_with_parts(&ctx, &self.health, self.start_inner(), keep)
+            .await
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {
@@ -469,12 +449,7 @@ impl Collector for EtcdCollector {
             .stop_with(async {
                 let running = self.running.lock().take();
                 if let Some(running) = running {
-                    running.cancel.cancel();
-                    for task in running.tasks {
-                        if let Err(err) = task.await {
-                            tracing::error!(error = %err, "etcd task ended abnormally");
-                        }
-                    }
+                    running.tasks.shutdown(NAME).await;
                     if let Some(reader) = running.disk {
                         reader.stop_async(NAME).await?;
                     }

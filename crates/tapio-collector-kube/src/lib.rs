@@ -68,13 +68,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use tapio_core::collector::TaskGroup;
 use tapio_core::health::HealthParts;
 use tapio_core::resilience::CircuitBreaker;
 use tapio_core::{
     Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
 };
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 mod config;
 pub mod decode;
@@ -142,8 +141,7 @@ pub struct KubeStats {
 }
 
 struct Running {
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: TaskGroup,
 }
 
 /// The kube collector. See the crate docs.
@@ -295,8 +293,7 @@ impl KubeCollector {
             })?;
         ensure_crypto_provider();
         self.register_instruments();
-        let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
+        let mut tasks = TaskGroup::default();
         let emitter = self.base.emitter();
         let mut outcomes = None;
         if self.config.watch_api {
@@ -311,7 +308,7 @@ impl KubeCollector {
                 counters: self.counters.clone(),
                 cache: self.cache.clone(),
                 pods: emitter.pods().cloned(),
-                cancel: cancel.clone(),
+                cancel: tasks.token(),
             });
             let (tx, rx) = tokio::sync::mpsc::channel(self.config.resources.len().max(1));
             for &r in &self.config.resources {
@@ -331,7 +328,7 @@ impl KubeCollector {
                 retry: self.config.retry.policy(),
                 counters: self.kubelet_counters.clone(),
                 usage: self.usage.clone(),
-                cancel: cancel.clone(),
+                cancel: tasks.token(),
             };
             tasks.push(tokio::spawn(
                 poller.run(TransitionTracker::new(k.max_containers)),
@@ -350,10 +347,7 @@ impl KubeCollector {
                         fatal: true,
                         message,
                     })) => {
-                        cancel.cancel();
-                        for t in tasks {
-                            let _ = t.await;
-                        }
+                        tasks.shutdown(NAME).await;
                         return Err(self.peer_error("kube-apiserver", message));
                     }
                     Ok(Some(Outcome::Failed {
@@ -371,7 +365,7 @@ impl KubeCollector {
                 }
             }
         }
-        Ok(Running { cancel, tasks })
+        Ok(Running { tasks })
     }
 }
 
@@ -392,16 +386,9 @@ impl Collector for KubeCollector {
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
         let keep = |running| *self.running.lock() = Some(running);
-        match self.base.start_with(&ctx, self.start_inner(), keep).await {
-            Ok(()) => {
-                self.health.go_live();
-                Ok(())
-            }
-            Err(err) => {
-                self.health.reset();
-                Err(err)
-            }
-        }
+        self.base
+            .start_with_parts(&ctx, &self.health, self.start_inner(), keep)
+            .await
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {
@@ -409,12 +396,7 @@ impl Collector for KubeCollector {
             .stop_with(async {
                 let running = self.running.lock().take();
                 if let Some(running) = running {
-                    running.cancel.cancel();
-                    for task in running.tasks {
-                        if let Err(err) = task.await {
-                            tracing::error!(error = %err, "kube task ended abnormally");
-                        }
-                    }
+                    running.tasks.shutdown(NAME).await;
                 }
                 self.health.reset();
                 Ok(())

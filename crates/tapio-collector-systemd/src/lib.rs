@@ -377,16 +377,9 @@ impl Collector for SystemdCollector {
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
         let keep = |running| *self.running.lock() = Some(running);
-        match self.base.start_with(&ctx, self.start_inner(), keep).await {
-            Ok(()) => {
-                self.health.go_live();
-                Ok(())
-            }
-            Err(err) => {
-                self.health.reset();
-                Err(err)
-            }
-        }
+        self.base
+            .start_with_parts(&ctx, &self.health, self.start_inner(), keep)
+            .await
     }
 
     async fn stop(&self) -> Result<(), CollectorError> {

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::RawEvent;
 use crate::cgroup::CgroupResolver;
 use crate::channel::{self, EventReceiver, EventSender, OverflowPolicy, SendOutcome};
-use crate::health::{Health, HealthReport, HealthState};
+use crate::health::{Health, HealthParts, HealthReport, HealthState};
 use crate::pod::PodDirectory;
 use crate::stats::{DropStage, Stats, StatsSnapshot};
 use crate::telemetry::{Telemetry, noop_meter};
@@ -332,6 +332,25 @@ impl CollectorBase {
         }
     }
 
+    /// [`start_with`](Self::start_with) for a collector whose health is made
+    /// of [`HealthParts`]: they are published once the collector runs (a
+    /// problem seen while starting then shows as `Degraded`), and forgotten
+    /// when the start fails.
+    pub async fn start_with_parts<R>(
+        &self,
+        ctx: &CollectorContext,
+        parts: &HealthParts,
+        start: impl Future<Output = Result<R, CollectorError>>,
+        keep: impl FnOnce(R),
+    ) -> Result<(), CollectorError> {
+        let started = self.start_with(ctx, start, keep).await;
+        match &started {
+            Ok(()) => parts.go_live(),
+            Err(_) => parts.reset(),
+        }
+        started
+    }
+
     /// A whole stop: nothing when already stopped (stop is idempotent),
     /// else `release` and then `Stopped`. An error from `release` is
     /// returned and leaves the collector to be stopped again.
@@ -395,6 +414,48 @@ impl CollectorBase {
     /// A health report for [`Collector::health`].
     pub fn report(&self) -> HealthReport {
         self.health.report(&self.name, self.stats())
+    }
+}
+
+/// The tokio tasks of a running collector, stopped together: one
+/// cancellation token they all watch, and their handles to wait for.
+///
+/// ```
+/// use tapio_core::collector::TaskGroup;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let mut group = TaskGroup::default();
+/// let token = group.token();
+/// group.push(tokio::spawn(async move { token.cancelled().await }));
+/// group.shutdown("demo").await; // cancels, then waits for the task
+/// # });
+/// ```
+#[derive(Debug, Default)]
+pub struct TaskGroup {
+    cancel: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TaskGroup {
+    /// The token the tasks stop on.
+    pub fn token(&self) -> tokio_util::sync::CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Add a spawned task.
+    pub fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Cancel every task and wait for each; one that panicked is logged
+    /// under `collector`.
+    pub async fn shutdown(self, collector: &str) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            if let Err(err) = task.await {
+                tracing::error!(collector, error = %err, "task ended abnormally");
+            }
+        }
     }
 }
 
