@@ -437,7 +437,6 @@ struct Sink {
 /// Events built before the batch is queued even mid-batch (bounds memory).
 const MAX_BATCH: usize = 4096;
 
-
 /// Rendered metadata values that repeat from event to event: the last
 /// server address and port and client address seen (a node talks to few
 /// resolvers, and a busy client to one), rendered once and cloned.
