@@ -7,6 +7,12 @@
 #
 #   sudo bash benches/dns_load.sh [seconds per run, default 10]
 #
+# Environment: DNS_LOAD_RATES (default "10000 30000 max"); DNS_LOAD_BIN, a
+# prebuilt dns_load example to measure instead of building this checkout
+# (e.g. an older build, for a before/after table); DNS_LOAD_PRELOAD, a
+# malloc library to LD_PRELOAD into the collector process only (allocator
+# comparisons, e.g. /usr/lib/x86_64-linux-gnu/libjemalloc.so.2).
+#
 # Needs root (BPF), dnsmasq-base, dnsperf (scripts/install-deps) and cargo.
 # Only loopback traffic; every process started here is stopped on exit.
 set -euo pipefail
@@ -25,8 +31,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet -p tapio-collector-dns --example dns_load
-BIN="${CARGO_TARGET_DIR:-target}/release/examples/dns_load"
+if [ -n "${DNS_LOAD_BIN:-}" ]; then
+  BIN=$DNS_LOAD_BIN
+else
+  cargo build --release --quiet -p tapio-collector-dns --example dns_load
+  BIN="${CARGO_TARGET_DIR:-target}/release/examples/dns_load"
+fi
+PRELOAD=()
+[ -n "${DNS_LOAD_PRELOAD:-}" ] && PRELOAD=(env "LD_PRELOAD=$DNS_LOAD_PRELOAD")
 
 # A free port for dnsmasq (UDP).
 PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -67,7 +79,7 @@ measure() { # $1 rate, $2 mode (baseline|collector) -> one JSON line
   if [ "$mode" != baseline ]; then
     local extra=()
     [ "$mode" = responses-only ] && extra=(--no-query-events)
-    "$BIN" --port "$PORT" --seconds $((SECS + 2)) "${extra[@]}" >"$WORK/collector.out" 2>"$WORK/collector.err" &
+    "${PRELOAD[@]}" "$BIN" --port "$PORT" --seconds $((SECS + 2)) "${extra[@]}" >"$WORK/collector.out" 2>"$WORK/collector.err" &
     COLLECTOR_PID=$!
     for _ in $(seq 200); do grep -q ready "$WORK/collector.out" 2>/dev/null && break; sleep 0.05; done
     grep -q ready "$WORK/collector.out" || { cat "$WORK/collector.err" >&2; exit 1; }
@@ -111,7 +123,8 @@ print(json.dumps(out))
 EOF
 }
 
-echo "# dns_load: ${SECS}s per run, dnsmasq on 127.0.0.1:$PORT, kernel $(uname -r), $(nproc) CPUs"
+echo "# dns_load: ${SECS}s per run, dnsmasq on 127.0.0.1:$PORT, kernel $(uname -r), $(nproc) CPUs, collector $BIN${DNS_LOAD_PRELOAD:+ (LD_PRELOAD=$DNS_LOAD_PRELOAD)}"
+echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 RESULTS="$WORK/results.jsonl"
 # Modes: no collector; the collector with defaults (dns.query + dns.response
 # + dns.timeout events); the collector with emit_queries = false (responses
@@ -121,6 +134,7 @@ for rate in $RATES; do
     measure "$rate" "$mode" | tee -a "$RESULTS"
   done
 done
+echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$RESULTS" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -136,4 +150,11 @@ for i in range(0, len(rows), 3):
               f"{col['bpf_cpu_pct']:.1f} ({col['bpf_ns_per_run']:.0f} ns/packet) | "
               f"{col['match_rate_pct']:.2f} % ({col['matched']}/{col['completed']:.0f}) | "
               f"{col['timeouts']} / {col['dropped_kernel']}+{col['dropped_queue']} |")
+# Machine-readable summary (scripts/bench-all): bench, what, unit, tapio, baseline, baseline value, ratio.
+for i in range(0, len(rows), 3):
+    base = rows[i]
+    for col in rows[i + 1:i + 3]:
+        what = f"{col['rate']} qps target, {col['mode']}"
+        print(f"TAPIO-BENCH\tdns_load\t{what}: qps\tqps\t{col['qps']:.0f}\tdnsperf without collector\t{base['qps']:.0f}\t{col['qps'] / max(base['qps'], 1):.3f}")
+        print(f"TAPIO-BENCH\tdns_load\t{what}: machine CPU busy\t% of a core\t{col['system_busy_pct']:.1f}\tdnsperf without collector\t{base['system_busy_pct']:.1f}\t{col['system_busy_pct'] / max(base['system_busy_pct'], 0.1):.3f}")
 EOF

@@ -368,6 +368,13 @@ async fn report(
     );
     let lossless = ours.events == expected && out_of_order == 0 && stats.dropped_total() == 0;
     println!("    zero loss:            {lossless}");
+    // Machine-readable summary (scripts/bench-all).
+    println!(
+        "TAPIO-BENCH\tetcd_watch\t{scenario}\tevents/s\t{:.0}\tetcdctl watch\t{:.0}\t{:.3}",
+        ours.rate(),
+        theirs.rate(),
+        ours.rate() / theirs.rate().max(f64::MIN_POSITIVE)
+    );
     lossless
 }
 

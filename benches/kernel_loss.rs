@@ -176,6 +176,17 @@ fn main() {
         },
         loadavg()
     );
+    // Machine-readable summary (scripts/bench-all): delivered / produced.
+    for r in &results {
+        println!(
+            "TAPIO-BENCH\tkernel_loss\t{}: delivered (exact accounting: {})\tevents\t{}\tproduced\t{}\t{:.3}",
+            r.name,
+            if r.exact() { "yes" } else { "NO" },
+            r.delivered,
+            r.produced,
+            r.delivered as f64 / r.produced.max(1) as f64
+        );
+    }
     let inexact = results.iter().filter(|r| !r.exact()).count();
     assert_eq!(
         inexact, 0,

@@ -15,9 +15,13 @@
 //! - **off**: nothing loaded;
 //! - **collector**: `KernelCollector` (cgroup resolver included, as in
 //!   production), while a consumer thread drains its stream;
-//! - **bare**: the same BPF object and config read by the bare counting
-//!   consumer (`tapio_collector_kernel::bench::BareConsumer`): the kernel
-//!   side plus ring-buffer wake-ups, without the collector's userspace work;
+//! - **per-record**: the same collector with wake-up batching off
+//!   (`delivery.max_delay_ms = 0`: the ring buffer wakes the reader for
+//!   every record while it is caught up; the behaviour before batching);
+//! - **bare**: the same BPF object and config (batched wake-ups included)
+//!   read by the bare counting consumer
+//!   (`tapio_collector_kernel::bench::BareConsumer`): the kernel side plus
+//!   ring-buffer wake-ups, without the collector's userspace work;
 //! - **bpf-only**: the same object with a 256 MiB ring that is never read
 //!   during the workloads: the BPF programs alone (after the first record the
 //!   consumer is behind, so the kernel sends no wake-ups).
@@ -62,6 +66,7 @@ fn workloads(execs: u64, connects: u64) -> Times {
 enum Mode {
     Off,
     Collector,
+    PerRecord,
     Bare,
     BpfOnly,
 }
@@ -69,13 +74,20 @@ enum Mode {
 /// Thread name of `BareConsumer`'s loop.
 const BARE_THREAD: &str = "bare-ringbuf";
 
-const MODES: [Mode; 4] = [Mode::Off, Mode::Collector, Mode::Bare, Mode::BpfOnly];
+const MODES: [Mode; 5] = [
+    Mode::Off,
+    Mode::Collector,
+    Mode::PerRecord,
+    Mode::Bare,
+    Mode::BpfOnly,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
             Mode::Collector => "collector",
+            Mode::PerRecord => "per-record",
             Mode::Bare => "bare",
             Mode::BpfOnly => "bpf-only",
         }
@@ -115,8 +127,12 @@ fn measure(rt: &tokio::runtime::Runtime, mode: Mode, execs: u64, connects: u64) 
             times: workloads(execs, connects),
             ..Default::default()
         },
-        Mode::Collector => {
-            let running = start_collector(rt, config());
+        Mode::Collector | Mode::PerRecord => {
+            let mut c = config();
+            if mode == Mode::PerRecord {
+                c.delivery.max_delay_ms = 0;
+            }
+            let running = start_collector(rt, c);
             let (cpu0, runs0) = (process_cpu(), thread_runs(READER_THREAD));
             let times = workloads(execs, connects);
             let cpu = process_cpu().saturating_sub(cpu0);
@@ -179,13 +195,13 @@ fn main() {
     let _ = workloads(execs / 10, connects / 10);
     let _ = start_collector(&rt, config()).finish(&rt);
 
-    let mut all: Vec<(String, [Measured; 4])> = Vec::new();
+    let mut all: Vec<(String, [Measured; 5])> = Vec::new();
     for rep in 0..reps as usize {
         // Rotate the order so that each mode takes each position in turn.
         let order: Vec<Mode> = (0..MODES.len())
             .map(|i| MODES[(i + rep) % MODES.len()])
             .collect();
-        let mut got = [Measured::default(); 4];
+        let mut got = [Measured::default(); 5];
         for &mode in &order {
             let slot = MODES.iter().position(|m| *m == mode).unwrap_or(0);
             got[slot] = measure(&rt, mode, execs, connects);
@@ -208,26 +224,28 @@ fn main() {
         println!("{workload}: wall ms per mode, and ratios to off");
         println!();
         println!(
-            "| rep | order | off | collector | bare | bpf-only | collector/off | bare/off | bpf-only/off |"
+            "| rep | order | off | collector | per-record | bare | bpf-only | collector/off | per-record/off | bare/off | bpf-only/off |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
-        let mut ratios: [Vec<f64>; 3] = Default::default();
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut ratios: [Vec<f64>; 4] = Default::default();
         for (rep, (order, got)) in all.iter().enumerate() {
             let t: Vec<f64> = got.iter().map(|m| ms(pick(&m.times))).collect();
-            let r = [t[1] / t[0], t[2] / t[0], t[3] / t[0]];
+            let r = [t[1] / t[0], t[2] / t[0], t[3] / t[0], t[4] / t[0]];
             for (v, x) in ratios.iter_mut().zip(r) {
                 v.push(x);
             }
             println!(
-                "| {} | {order} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} |",
+                "| {} | {order} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} |",
                 rep + 1,
                 t[0],
                 t[1],
                 t[2],
                 t[3],
+                t[4],
                 r[0],
                 r[1],
-                r[2]
+                r[2],
+                r[3]
             );
         }
         let summary = |v: &[f64]| {
@@ -236,11 +254,31 @@ fn main() {
             format!("{:.3} ({lo:.3} – {hi:.3})", median(v))
         };
         println!(
-            "| median (range) | | | | | | {} | {} | {} |",
+            "| median (range) | | | | | | | {} | {} | {} | {} |",
             summary(&ratios[0]),
             summary(&ratios[1]),
-            summary(&ratios[2])
+            summary(&ratios[2]),
+            summary(&ratios[3])
         );
+        // Machine-readable summary (scripts/bench-all).
+        let med_ms = |i: usize| {
+            median(
+                &all.iter()
+                    .map(|(_, got)| ms(pick(&got[i].times)))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        for (i, mode, r) in [
+            (1, "collector", &ratios[0]),
+            (3, "bare consumer", &ratios[2]),
+        ] {
+            println!(
+                "TAPIO-BENCH\tkernel_overhead\t{workload} workload wall time, {mode}\tms\t{:.0}\tno BPF loaded\t{:.0}\t{:.3}",
+                med_ms(i),
+                med_ms(0),
+                median(r)
+            );
+        }
     }
 
     println!();
@@ -250,18 +288,21 @@ fn main() {
     );
     println!();
     println!(
-        "| rep | collector events | collector dropped | collector CPU s | collector reader wake-ups | bare events | bare dropped | bare CPU s | bare reader wake-ups | bpf-only records | bpf-only dropped | bpf-only reader wake-ups |"
+        "| rep | collector events | collector dropped | collector CPU s | collector reader wake-ups | per-record events | per-record CPU s | per-record reader wake-ups | bare events | bare dropped | bare CPU s | bare reader wake-ups | bpf-only records | bpf-only dropped | bpf-only reader wake-ups |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (rep, (_, got)) in all.iter().enumerate() {
-        let [_, col, bare, bpf] = got;
+        let [_, col, per, bare, bpf] = got;
         println!(
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.2} | {} | {} | {:.2} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
             rep + 1,
             col.events,
             col.dropped,
             col.cpu.as_secs_f64(),
             col.reader_runs,
+            per.events,
+            per.cpu.as_secs_f64(),
+            per.reader_runs,
             bare.events,
             bare.dropped,
             bare.cpu.as_secs_f64(),

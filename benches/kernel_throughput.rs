@@ -300,6 +300,13 @@ fn main() {
         median(&drain),
     );
     println!("load average at end {}", loadavg());
+    // Machine-readable summary (scripts/bench-all).
+    println!(
+        "TAPIO-BENCH\tkernel_throughput\tdelivered/s (median of rounds)\tevents/s\t{:.0}\tbare libbpf-rs ring-buffer consumer\t{:.0}\t{:.3}",
+        median(&rates(Consumer::Collector)),
+        median(&rates(Consumer::Bare)),
+        median(&live)
+    );
     let inexact = rows.iter().filter(|(_, r)| !r.exact()).count();
     assert_eq!(
         inexact, 0,

@@ -327,6 +327,12 @@ async fn journal_bench(dir: &Path) {
     print_row("tapio systemd collector (events as JSON lines)", &all_tapio);
     print_row("journalctl -o json", &all_jctl);
     println!("  ratio {:.2}x", all_tapio.rate() / all_jctl.rate());
+    println!(
+        "TAPIO-BENCH\tsystemd\tjournal, every entry\tentries/s\t{:.0}\tjournalctl -o json\t{:.0}\t{:.3}",
+        all_tapio.rate(),
+        all_jctl.rate(),
+        all_tapio.rate() / all_jctl.rate()
+    );
 
     let f_tapio = collector_run(&file, filtered, true).await;
     let f_jctl = journalctl_run(&file, filtered, true);
@@ -334,6 +340,12 @@ async fn journal_bench(dir: &Path) {
     print_row("tapio systemd collector", &f_tapio);
     print_row("journalctl -o json -p warning -u …", &f_jctl);
     println!("  ratio {:.2}x", f_tapio.rate() / f_jctl.rate());
+    println!(
+        "TAPIO-BENCH\tsystemd\tjournal, 3 units at warning+\tentries/s\t{:.0}\tjournalctl -o json -p warning -u\t{:.0}\t{:.3}",
+        f_tapio.rate(),
+        f_jctl.rate(),
+        f_tapio.rate() / f_jctl.rate()
+    );
 }
 
 /// First and last time something was seen, and how many.
@@ -556,6 +568,12 @@ async fn signal_bench(dir: &Path) {
         m.count,
         m.seconds(),
         m.count as f64 / m.seconds()
+    );
+    println!(
+        "TAPIO-BENCH\tsystemd\tunit signals (PropertiesChanged)\tsignals/s\t{:.0}\tdbus-monitor\t{:.0}\t{:.3}",
+        signals as f64 / span.seconds(),
+        m.count as f64 / m.seconds(),
+        (signals as f64 / span.seconds()) / (m.count as f64 / m.seconds())
     );
     assert_eq!(
         span.count as usize, expected_events,

@@ -1,9 +1,19 @@
 //! Helpers for collector test suites (feature `testing`): privilege gates that
 //! skip, or fail under `TAPIO_REQUIRE_PRIVILEGED=1`, and a way to re-run one
-//! test as an unprivileged user.
+//! test as an unprivileged user; real peers ([`Containerd`], [`Etcd`]); and
+//! the soak harness ([`soak`], [`Resources`]).
 
 use std::path::PathBuf;
 use std::process::Command;
+
+mod etcd;
+mod soak;
+
+pub use etcd::{ETCD, Etcd, EtcdTls, free_port, require_etcd};
+pub use soak::{
+    DEFAULT_RSS_GROWTH_LIMIT_KIB, DEFAULT_SOAK_CYCLES, Resources, SOAK_CYCLES_ENV, SoakConfig,
+    SoakReport, SoakTarget, Workload, soak, soak_lock,
+};
 
 /// Environment variable that turns privileged-test skips into failures.
 pub const REQUIRE_PRIVILEGED_ENV: &str = "TAPIO_REQUIRE_PRIVILEGED";

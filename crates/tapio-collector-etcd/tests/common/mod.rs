@@ -1,11 +1,10 @@
-//! A real etcd (`/usr/bin/etcd`, Debian etcd-server) on 127.0.0.1 with free
-//! ports and a temporary data dir, killed (only the pid it started) on drop.
+//! A real etcd (`tapio_core::testing::Etcd`: `/usr/bin/etcd`, Debian
+//! etcd-server, on 127.0.0.1 with free ports and a temporary data dir,
+//! killed on drop) plus an `etcd-client` connection to it, and helpers.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,133 +14,32 @@ use tapio_core::{EventReceiver, RawEvent};
 use tokio::net::{TcpListener as TokioListener, TcpStream};
 use tokio::sync::Notify;
 
-pub const ETCD: &str = "/usr/bin/etcd";
+#[allow(unused_imports)]
+pub use tapio_core::testing::{ETCD, EtcdTls as ServerTls, free_port, require_etcd};
 
-/// Fail (never skip) when etcd is missing: CI installs it.
-pub fn require_etcd() {
-    assert!(
-        Path::new(ETCD).exists(),
-        "{ETCD} is not installed: these tests run a real etcd. \
-         Install it with `sudo bash scripts/install-deps` (Debian package etcd-server)."
-    );
+/// [`tapio_core::testing::Etcd`] with an `etcd-client` connection helper.
+pub struct Etcd(tapio_core::testing::Etcd);
+
+impl Deref for Etcd {
+    type Target = tapio_core::testing::Etcd;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-/// TLS files for the server side.
-#[derive(Clone)]
-pub struct ServerTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-}
-
-pub struct Etcd {
-    child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    pub client_port: u16,
-    pub peer_port: u16,
-    tls: Option<ServerTls>,
+impl DerefMut for Etcd {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Etcd {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self(tapio_core::testing::Etcd::start())
     }
 
     pub fn start_with(tls: Option<ServerTls>) -> Self {
-        require_etcd();
-        let mut etcd = Self {
-            child: None,
-            dir: tempfile::tempdir().expect("temp dir"),
-            client_port: free_port(),
-            peer_port: free_port(),
-            tls,
-        };
-        etcd.spawn();
-        etcd
-    }
-
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
-    }
-
-    fn spawn(&mut self) {
-        let client_url = self.endpoint();
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("etcd.log"))
-            .expect("etcd log file");
-        let mut cmd = Command::new(ETCD);
-        cmd.arg("--name")
-            .arg("tapio-test")
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("tapio-test={peer_url}"))
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-outputs")
-            .arg("stderr")
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if let Some(tls) = &self.tls {
-            cmd.arg("--cert-file").arg(&tls.cert);
-            cmd.arg("--key-file").arg(&tls.key);
-            if let Some(ca) = &tls.client_ca {
-                cmd.arg("--trusted-ca-file").arg(ca);
-                cmd.arg("--client-cert-auth");
-            }
-        }
-        self.child = Some(cmd.spawn().expect("spawn etcd"));
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("etcd running").id()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL the etcd this harness started, and reap it.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Start again on the same data dir and ports.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart a killed etcd only");
-        self.spawn();
+        Self(tapio_core::testing::Etcd::start_with(tls))
     }
 
     /// A plain client, once etcd answers the status API.
@@ -167,12 +65,6 @@ impl Etcd {
             self.endpoint(),
             self.log()
         );
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
