@@ -262,3 +262,92 @@ async fn systemd_collector_soak() {
     check(&config, &report);
     drop(bus);
 }
+
+#[cfg(feature = "kube")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_collector_soak() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tapio::kube::testing::{FakeApiServer, FakeApiServerOptions, TestPki};
+    use tapio::kube::{KubeCollector, KubeConfig, WatchedResource};
+
+    // No privilege needed, but one soak at a time keeps the counts honest.
+    let _serial = soak_lock();
+    let config = SoakConfig::from_env();
+    // The protocol-faithful fake API server over HTTPS with a bearer token.
+    let server = Arc::new(
+        FakeApiServer::start(FakeApiServerOptions {
+            tls: Some(TestPki::generate().unwrap()),
+            token: Some("soak-token".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let kubeconfig =
+        std::env::temp_dir().join(format!("tapio-soak-kubeconfig-{}", std::process::id()));
+    server
+        .write_kubeconfig(&kubeconfig, Some("soak-token"))
+        .unwrap();
+    let kube_config_path = kubeconfig.clone();
+    let kube_config = KubeConfig {
+        kubeconfig: Some(kubeconfig),
+        resources: vec![WatchedResource::Pods],
+        ..Default::default()
+    };
+    let n = Arc::new(AtomicU64::new(0));
+    let target = SoakTarget::new(move || Box::new(KubeCollector::new(kube_config.clone())))
+        .with_workload(move || {
+            let (server, i) = (server.clone(), n.fetch_add(1, Ordering::Relaxed));
+            async move {
+                server.create(
+                    "pods",
+                    serde_json::json!({
+                        "metadata": {"name": format!("soak-{i}"), "namespace": "default"},
+                        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+                        "status": {"phase": "Pending"}
+                    }),
+                );
+            }
+        });
+    let report = soak(&config, target).await;
+    let _ = std::fs::remove_file(&kube_config_path);
+    check(&config, &report);
+}
+
+#[cfg(feature = "cni")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_collector_soak() {
+    use tapio::cni::{CniCollector, CniConfig};
+
+    if !require_root("cni_collector_soak") {
+        return;
+    }
+    let _serial = soak_lock();
+    let config = SoakConfig::from_env();
+    let plugin = "/usr/lib/cni/loopback";
+    assert!(
+        std::path::Path::new(plugin).exists(),
+        "{plugin} is missing: install containernetworking-plugins (scripts/install-deps)"
+    );
+    // The workload: a real CNI plugin exec (CNI_COMMAND=VERSION) under the
+    // watched bin dir, reported as a plugin invocation.
+    let target = SoakTarget::new(|| Box::new(CniCollector::new(CniConfig::default())))
+        .with_workload(move || async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(plugin)
+                    .env_clear()
+                    .env("CNI_COMMAND", "VERSION")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{plugin} VERSION: {out:?}");
+            })
+            .await
+            .unwrap();
+        });
+    let report = soak(&config, target).await;
+    check(&config, &report);
+    assert_holds_bpf(&report);
+}
