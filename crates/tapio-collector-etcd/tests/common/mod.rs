@@ -52,9 +52,11 @@ impl Etcd {
         let mut last = String::new();
         while Instant::now() < deadline {
             match Client::connect([self.endpoint()], options.clone()).await {
-                Ok(mut c) => match c.status().await {
-                    Ok(_) => return c,
-                    Err(e) => last = e.to_string(),
+                // A node without a leader never answers: bound each try.
+                Ok(mut c) => match tokio::time::timeout(Duration::from_secs(5), c.status()).await {
+                    Ok(Ok(_)) => return c,
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "status: no answer within 5 s".to_string(),
                 },
                 Err(e) => last = e.to_string(),
             }

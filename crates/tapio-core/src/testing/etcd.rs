@@ -149,16 +149,38 @@ impl Etcd {
         self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("spawn {ETCD}: {e}")));
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+            if self.ready() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "etcd did not listen on {} within 30 s; log:\n{}",
+            "etcd did not become ready on {} within 30 s; log:\n{}",
             self.endpoint(),
             self.log()
         );
+    }
+
+    /// Whether etcd serves requests: listening is not enough, it listens
+    /// before raft has bootstrapped, and a kill -9 in that window leaves a
+    /// data dir that never elects a leader again. Without TLS, `/health`
+    /// must say `"health":"true"`; with TLS, a listening port has to do.
+    fn ready(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        if self.tls.is_some() {
+            return true;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut response = String::new();
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .and_then(|()| stream.read_to_string(&mut response))
+            .is_ok()
+            && response.contains("\"health\":\"true\"")
     }
 
     /// Pid of the running etcd.
