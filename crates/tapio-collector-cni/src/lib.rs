@@ -498,3 +498,21 @@ impl Collector for CniCollector {
         self.base.report()
     }
 }
+
+/// Entry points of the fuzz targets (`fuzz/`) for decoders that are not
+/// public. **Not API**: they may change or go away in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    use tapio_core::bpf::Record as _;
+
+    use crate::kernel::{CniRecord, to_steps};
+
+    /// Decode one ring-buffer record as the reader does and turn it into
+    /// engine steps; the number of steps, or `None` when it is rejected.
+    pub fn decode_record(bytes: &[u8]) -> Option<usize> {
+        let record = CniRecord::decode(bytes).ok()?;
+        let mut steps = Vec::new();
+        to_steps(record, &mut steps);
+        Some(steps.len())
+    }
+}

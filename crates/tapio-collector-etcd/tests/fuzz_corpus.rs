@@ -11,19 +11,11 @@ use tapio_collector_etcd::fuzzing::{capture_value, decode_io_record};
 use tapio_collector_etcd::k8s::{ValueEncoding, decode_key, decode_value, semconv_stem};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let path = e.expect("entry").path();
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            (name, std::fs::read(&path).expect("read corpus file"))
-        })
-        .collect();
-    files.sort();
-    files
+    tapio_core::testing::corpus(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target),
+    )
 }
 
 fn value(data: &[u8]) -> Option<ValueEncoding> {
@@ -50,39 +42,6 @@ fn key(data: &[u8]) -> bool {
     any
 }
 
-/// xorshift64: a deterministic stream for the property tests.
-fn rng() -> impl FnMut() -> u64 {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    }
-}
-
-fn mutate_all(seeds: &[(String, Vec<u8>)], mut check: impl FnMut(&[u8])) {
-    let mut next = rng();
-    for _ in 0..2_000 {
-        let len = (next() % 600) as usize;
-        let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-        check(&data);
-    }
-    for (_, seed) in seeds {
-        for _ in 0..100 {
-            let mut m = seed.clone();
-            if m.is_empty() {
-                continue;
-            }
-            let i = (next() as usize) % m.len();
-            m[i] = next() as u8;
-            check(&m);
-            m.truncate(i);
-            check(&m);
-        }
-    }
-}
-
 #[test]
 fn value_corpus_decodes_or_errors_without_panicking() {
     let files = corpus("decode_value");
@@ -102,7 +61,7 @@ fn value_corpus_decodes_or_errors_without_panicking() {
             );
         }
     }
-    mutate_all(&files, |d| {
+    tapio_core::testing::mutations(&files, |d| {
         value(d);
     });
 }
@@ -113,7 +72,7 @@ fn key_corpus_decodes_or_is_rejected_without_panicking() {
     assert!(files.len() >= 10);
     let decoded = files.iter().filter(|(_, d)| key(d)).count();
     assert!(decoded >= 8, "only {decoded} keys decoded");
-    mutate_all(&files, |d| {
+    tapio_core::testing::mutations(&files, |d| {
         key(d);
     });
 }
@@ -129,7 +88,7 @@ fn io_record_corpus_decodes_or_is_rejected_without_panicking() {
             _ => {}
         }
     }
-    mutate_all(&files, |d| {
+    tapio_core::testing::mutations(&files, |d| {
         let _ = decode_io_record(d);
     });
 }

@@ -1,14 +1,17 @@
 //! Helpers for collector test suites (feature `testing`): privilege gates that
 //! skip, or fail under `TAPIO_REQUIRE_PRIVILEGED=1`, and a way to re-run one
 //! test as an unprivileged user; real peers ([`Containerd`], [`Etcd`]); and
-//! the soak harness ([`soak`], [`Resources`]).
+//! the soak harness ([`soak`], [`Resources`]); fuzz corpora replayed as
+//! tests ([`corpus`], [`mutations`]).
 
 use std::path::PathBuf;
 use std::process::Command;
 
+mod corpus;
 mod etcd;
 mod soak;
 
+pub use corpus::{corpus, mutations};
 pub use etcd::{ETCD, Etcd, EtcdTls, free_port, require_etcd};
 pub use soak::{
     DEFAULT_RSS_GROWTH_LIMIT_KIB, DEFAULT_SOAK_CYCLES, Resources, SOAK_CYCLES_ENV, SoakConfig,
