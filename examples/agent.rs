@@ -371,7 +371,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::pin!(deadline);
     let stdout = std::io::stdout();
     let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let mut written: BTreeMap<String, u64> = BTreeMap::new();
+    let mut written: BTreeMap<tapio::core::CompactString, u64> = BTreeMap::new();
     let mut stdout_open = config.stdout;
     let mut handle = |ev: tapio::RawEvent, out: &mut BufWriter<_>, open: &mut bool| {
         if let Some(exporter) = &exporter {
@@ -454,7 +454,7 @@ async fn run(args: Args) -> Result<(), String> {
             "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>8}",
             report.collector,
             s.processed,
-            written.get(&report.collector).copied().unwrap_or(0),
+            written.get(report.collector.as_str()).copied().unwrap_or(0),
             s.dropped_kernel,
             s.dropped_queue,
             export_dropped,

@@ -370,11 +370,7 @@ fn otlp_export_carries_events_metrics_and_spans_and_metrics_pass_promtool() {
             ev.trace_id
         );
         if ev.event_type == "kernel.process.exec"
-            && ev
-                .metadata
-                .get("process.executable.path")
-                .map(String::as_str)
-                == Some("/bin/true")
+            && ev.metadata.get("process.executable.path") == Some("/bin/true")
             && pids
                 .iter()
                 .any(|p| ev.metadata["process.pid"] == p.to_string())

@@ -162,7 +162,6 @@ impl OtlpLogExporter {
 
     /// Queue one event for export; never waits. Overflow is counted.
     pub fn submit(&self, event: &RawEvent) {
-        let source = event.source.clone();
         if matches!(
             self.sender.send(event.clone()),
             SendOutcome::Dropped | SendOutcome::Closed
@@ -171,7 +170,7 @@ impl OtlpLogExporter {
                 .counters
                 .dropped_by_source
                 .lock()
-                .entry(source)
+                .entry(event.source.to_string())
                 .or_default() += 1;
         }
     }
@@ -288,7 +287,7 @@ impl Worker {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut by_source = self.counters.dropped_by_source.lock();
         for ev in events {
-            *by_source.entry(ev.source.clone()).or_default() += 1;
+            *by_source.entry(ev.source.to_string()).or_default() += 1;
         }
     }
 
@@ -389,10 +388,10 @@ pub fn to_log_record(event: &RawEvent) -> LogRecord {
     let mut attributes: Vec<KeyValue> = event
         .metadata
         .iter()
-        .map(|(k, v)| kv(k, string(v.clone())))
+        .map(|(k, v)| kv(k, string(v.to_owned())))
         .collect();
-    attributes.push(kv("event.type", string(event.event_type.clone())));
-    attributes.push(kv("event.source", string(event.source.clone())));
+    attributes.push(kv("event.type", string(event.event_type.to_string())));
+    attributes.push(kv("event.source", string(event.source.to_string())));
     let time = event
         .timestamp
         .timestamp_nanos_opt()
@@ -408,7 +407,7 @@ pub fn to_log_record(event: &RawEvent) -> LogRecord {
         flags: 1, // sampled
         trace_id: event.trace_id.to_bytes().to_vec(),
         span_id: event.span_id.to_bytes().to_vec(),
-        event_name: event.event_type.clone(),
+        event_name: event.event_type.to_string(),
         ..Default::default()
     }
 }

@@ -28,7 +28,7 @@ fn config(network: &Network) -> CniConfig {
 }
 
 fn is(ev: &RawEvent, ty: &str, cid: &str) -> bool {
-    ev.event_type == ty && ev.metadata.get("container.id").map(String::as_str) == Some(cid)
+    ev.event_type == ty && ev.metadata.get("container.id") == Some(cid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,8 +107,7 @@ async fn add_and_del_are_correlated_with_exact_values() {
 
     let mut seen = Vec::new();
     let setup = wait_for(&mut rx, &mut seen, WAIT, "setup eth0", |e| {
-        is(e, types::SETUP, &cid)
-            && e.metadata.get("network.interface.name").map(String::as_str) == Some("eth0")
+        is(e, types::SETUP, &cid) && e.metadata.get("network.interface.name") == Some("eth0")
     })
     .await;
     let s: PodNetworkEvent = setup.payload().unwrap();
@@ -149,8 +148,7 @@ async fn add_and_del_are_correlated_with_exact_values() {
     assert_eq!(setup.metadata["k8s.namespace.name"], "tapio-ns");
 
     let lo_setup = wait_for(&mut rx, &mut seen, WAIT, "setup lo", |e| {
-        is(e, types::SETUP, &cid)
-            && e.metadata.get("network.interface.name").map(String::as_str) == Some("lo")
+        is(e, types::SETUP, &cid) && e.metadata.get("network.interface.name") == Some("lo")
     })
     .await;
     let l: PodNetworkEvent = lo_setup.payload().unwrap();

@@ -92,7 +92,6 @@
 //! | `dns_inflight_evictions_total` | counter, queries dropped from a full in-flight table |
 //! | `dns_malformed_packets_total` | counter, payloads on a DNS port that did not decode |
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
@@ -111,8 +110,9 @@ use serde::{Deserialize, Serialize};
 use tapio_core::bpf::{self, BpfProgram, Loaded, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, Emitter, EventReceiver,
-    HealthReport, OverflowPolicy, RawEvent, SpanId, TraceId,
+    Collector, CollectorBase, CollectorContext, CollectorError, CompactString, Emitter,
+    EventReceiver, HealthReport, Metadata, OverflowPolicy, RawEvent, SpanId, ToCompactString,
+    TraceId,
 };
 
 pub mod engine;
@@ -439,19 +439,23 @@ const MAX_BATCH: usize = 4096;
 
 /// Rendered metadata values that repeat from event to event: the last
 /// server address and port and client address seen (a node talks to few
-/// resolvers, and a busy client to one), rendered once and cloned.
+/// resolvers, and a busy client to one), rendered once and cloned (a copy:
+/// short values are stored inline).
 #[derive(Default)]
 struct TextCache {
-    server: Option<(std::net::IpAddr, String)>,
-    client: Option<(std::net::IpAddr, String)>,
-    server_port: Option<(u16, String)>,
+    server: Option<(std::net::IpAddr, CompactString)>,
+    client: Option<(std::net::IpAddr, CompactString)>,
+    server_port: Option<(u16, CompactString)>,
 }
 
-fn cached_ip(slot: &mut Option<(std::net::IpAddr, String)>, ip: std::net::IpAddr) -> String {
+fn cached_ip(
+    slot: &mut Option<(std::net::IpAddr, CompactString)>,
+    ip: std::net::IpAddr,
+) -> CompactString {
     match slot {
         Some((seen, text)) if *seen == ip => text.clone(),
         _ => {
-            let text = message::ip_text(ip);
+            let text = CompactString::from(message::ip_text(ip));
             *slot = Some((ip, text.clone()));
             text
         }
@@ -459,59 +463,60 @@ fn cached_ip(slot: &mut Option<(std::net::IpAddr, String)>, ip: std::net::IpAddr
 }
 
 impl TextCache {
-    /// The event's metadata. Entries are produced in key order, so the map
-    /// is bulk-built (`from_iter` sorts, linear on sorted input, then loads
-    /// the nodes) instead of searched once per key.
+    /// The event's metadata, inserted in key order (each insert appends).
     fn metadata(
         &mut self,
         c: &DnsConnection,
         msg: &DnsMessage,
         rcode: Option<&str>,
         k: Option<&KubernetesName>,
-    ) -> BTreeMap<String, String> {
-        let mut m: Vec<(String, String)> = Vec::with_capacity(12);
-        m.push((
-            "client.address".into(),
+    ) -> Metadata {
+        let mut m = Metadata::with_capacity(16);
+        m.insert(
+            "client.address",
             cached_ip(&mut self.client, c.client_address),
-        ));
-        m.push(("client.port".into(), c.client_port.to_string()));
+        );
+        m.insert("client.port", c.client_port.to_compact_string());
         if let Some(q) = msg.question() {
-            m.push(("dns.question.name".into(), q.name.clone()));
-            m.push(("dns.question.type".into(), q.qtype.to_string()));
+            m.insert("dns.question.name", q.name.as_str());
+            m.insert("dns.question.type", &*q.qtype);
         }
         if let Some(rcode) = rcode {
-            m.push(("dns.response.code".into(), rcode.to_string()));
+            m.insert("dns.response.code", rcode);
         }
         if let Some(k) = k {
             if let Some(service) = &k.service {
-                m.push(("k8s.service.name".into(), service.clone()));
+                m.insert("k8s.service.name", service.as_str());
             }
-            m.push(("k8s.service.namespace".into(), k.namespace.clone()));
+            m.insert("k8s.service.namespace", k.namespace.as_str());
         }
-        m.push(("network.transport".into(), c.transport.as_str().into()));
+        m.insert(
+            "network.transport",
+            CompactString::const_new(c.transport.as_str()),
+        );
         let network = if c.server_address.is_ipv4() {
             "ipv4"
         } else {
             "ipv6"
         };
-        m.push(("network.type".into(), network.into()));
+        m.insert("network.type", CompactString::const_new(network));
         if let Some(pid) = c.pid {
-            m.push(("process.pid".into(), pid.to_string()));
+            m.insert("process.pid", pid.to_compact_string());
         }
-        m.push((
-            "server.address".into(),
+        m.insert(
+            "server.address",
             cached_ip(&mut self.server, c.server_address),
-        ));
+        );
         let server_port = match &self.server_port {
             Some((port, text)) if *port == c.server_port => text.clone(),
             _ => {
-                let text = c.server_port.to_string();
+                let text = c.server_port.to_compact_string();
                 self.server_port = Some((c.server_port, text.clone()));
                 text
             }
         };
-        m.push(("server.port".into(), server_port));
-        m.into_iter().collect()
+        m.insert("server.port", server_port);
+        m
     }
 }
 
@@ -528,7 +533,7 @@ impl Sink {
     fn event(
         &self,
         emitter: &Emitter,
-        event_type: &str,
+        event_type: &'static str,
         ktime_ns: u64,
         payload: &impl serde::Serialize,
     ) -> RawEvent {
@@ -546,10 +551,10 @@ impl Sink {
         }
         RawEvent {
             timestamp: self.clock.to_wall(ktime_ns),
-            event_type: event_type.to_string(),
-            source: emitter.source().to_string(),
+            event_type: CompactString::const_new(event_type),
+            source: emitter.source().into(),
             data,
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
         }
@@ -982,7 +987,7 @@ mod tests {
             [QUERY_EVENT, RESPONSE_EVENT, QUERY_EVENT, RESPONSE_EVENT]
         );
         let expected = |server: &str, port: &str, rcode: Option<&str>| {
-            let mut m: BTreeMap<String, String> = [
+            let mut m: Metadata = [
                 ("client.address", "10.0.0.2"),
                 ("client.port", "40000"),
                 ("dns.question.name", "web.shop.svc.cluster.local"),
@@ -996,10 +1001,9 @@ mod tests {
                 ("server.port", port),
             ]
             .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
             if let Some(rcode) = rcode {
-                m.insert("dns.response.code".into(), rcode.into());
+                m.insert("dns.response.code", rcode);
             }
             m
         };

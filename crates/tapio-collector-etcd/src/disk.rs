@@ -404,12 +404,12 @@ pub(crate) fn handler(
                     let result = emitter.emit_payload(SLOW_SYNC_EVENT, &payload, |mut ev| {
                         ev.timestamp = clock.to_wall(rec.ktime_ns);
                         let m = &mut ev.metadata;
-                        m.insert(crate::watch::DB_SYSTEM.into(), "etcd".into());
-                        m.insert("process.pid".into(), rec.pid.to_string());
-                        m.insert("process.command".into(), rec.comm.clone());
-                        m.insert("etcd.disk.syscall".into(), syscall.as_str().into());
+                        m.insert(crate::watch::DB_SYSTEM, "etcd");
+                        m.insert("process.pid", rec.pid.to_string());
+                        m.insert("process.command", rec.comm.clone());
+                        m.insert("etcd.disk.syscall", syscall.as_str());
                         if let Some(p) = &path {
-                            m.insert("file.path".into(), p.to_string());
+                            m.insert("file.path", p.to_string());
                         }
                         ev
                     });

@@ -811,7 +811,7 @@ impl Engine {
         self.counters.gaps.fetch_add(1, Ordering::Relaxed);
         let result = self.emitter.emit_payload(GAP_EVENT, &gap, |mut ev| {
             base_metadata(&mut ev, conn, "watch");
-            ev.metadata.insert("etcd.prefix".into(), prefix);
+            ev.metadata.insert("etcd.prefix", prefix);
             ev
         });
         if let Err(err) = result {
@@ -1074,30 +1074,29 @@ fn prev_kv(p: &PbKeyValue) -> PrevKv {
 
 fn base_metadata(ev: &mut RawEvent, conn: &Connection, operation: &str) {
     let m = &mut ev.metadata;
-    m.insert(DB_SYSTEM.into(), "etcd".into());
-    m.insert(DB_SYSTEM_NAME.into(), "etcd".into());
-    m.insert("db.operation.name".into(), operation.into());
-    m.insert("server.address".into(), conn.address.clone());
+    m.insert(DB_SYSTEM, "etcd");
+    m.insert(DB_SYSTEM_NAME, "etcd");
+    m.insert("db.operation.name", operation);
+    m.insert("server.address", conn.address.clone());
     if let Some(port) = conn.port {
-        m.insert("server.port".into(), port.to_string());
+        m.insert("server.port", port.to_string());
     }
 }
 
 fn kv_metadata(ev: &mut RawEvent, key: &str, revision: i64) {
-    ev.metadata.insert("etcd.key".into(), key.to_string());
-    ev.metadata
-        .insert("etcd.revision".into(), revision.to_string());
+    ev.metadata.insert("etcd.key", key.to_string());
+    ev.metadata.insert("etcd.revision", revision.to_string());
 }
 
 fn k8s_metadata(ev: &mut RawEvent, info: &KubernetesInfo) {
     let m = &mut ev.metadata;
     let key: &KubernetesKey = &info.key;
-    m.insert("etcd.k8s.resource".into(), key.qualified_resource());
+    m.insert("etcd.k8s.resource", key.qualified_resource());
     if let Some(ns) = &key.namespace {
-        m.insert("k8s.namespace.name".into(), ns.clone());
+        m.insert("k8s.namespace.name", ns.clone());
     }
     if let Some(obj) = &info.object {
-        m.insert("etcd.k8s.kind".into(), obj.kind.clone());
+        m.insert("etcd.k8s.kind", obj.kind.clone());
     }
     if let Some(stem) = k8s::semconv_stem(key) {
         m.insert(format!("{stem}.name"), key.name.clone());

@@ -459,7 +459,7 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     let got = collect(&mut events, 8, WAIT, is_kv).await;
     let revisions: Vec<String> = got
         .iter()
-        .map(|e| e.metadata["etcd.revision"].clone())
+        .map(|e| e.metadata["etcd.revision"].to_string())
         .collect();
     assert_eq!(revisions, ["2", "3", "4", "5", "6", "7", "8", "9"]);
 
@@ -702,7 +702,7 @@ fn as_tuple(ev: &RawEvent) -> (String, String, i64, i64, i64) {
     if ev.event_type == PUT_EVENT {
         let p: EtcdPutEvent = ev.payload().expect("history event");
         (
-            ev.event_type.clone(),
+            ev.event_type.to_string(),
             p.key,
             p.revision,
             p.create_revision,
@@ -710,7 +710,7 @@ fn as_tuple(ev: &RawEvent) -> (String, String, i64, i64, i64) {
         )
     } else {
         let d: EtcdDeleteEvent = ev.payload().expect("history event");
-        (ev.event_type.clone(), d.key, d.revision, 0, 0)
+        (ev.event_type.to_string(), d.key, d.revision, 0, 0)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
 use tapio_core::clock::BootClock;
-use tapio_core::{Emitter, RawEvent};
+use tapio_core::{CompactString, Emitter, RawEvent, ToCompactString};
 
 use crate::events::{self, types as ev};
 use crate::skel::types;
@@ -211,8 +211,12 @@ impl Converter {
             return None;
         }
         Some(
-            RawEvent::from_json_bytes(event_type, self.emitter.source(), self.scratch.clone())
-                .with_timestamp(self.clock.to_wall(ktime_ns)),
+            RawEvent::from_json_bytes(
+                CompactString::const_new(event_type),
+                self.emitter.source(),
+                self.scratch.clone(),
+            )
+            .with_timestamp(self.clock.to_wall(ktime_ns)),
         )
     }
 
@@ -222,22 +226,23 @@ impl Converter {
         &mut self,
         event: Option<RawEvent>,
         process: Option<events::ProcessInfo>,
-        extra: [(&'static str, String); N],
+        extra: [(&'static str, CompactString); N],
     ) {
         let Some(mut ev) = event else {
             return;
         };
         if let Some(p) = process {
-            ev.metadata.insert("process.pid".into(), p.pid.to_string());
+            // Inserted in key order: appends, no search.
+            ev.metadata.insert("process.command", p.comm);
             ev.metadata
-                .insert("process.parent_pid".into(), p.ppid.to_string());
-            ev.metadata.insert("process.command".into(), p.comm);
+                .insert("process.parent_pid", p.ppid.to_compact_string());
+            ev.metadata.insert("process.pid", p.pid.to_compact_string());
             ev.metadata
-                .insert("process.user.id".into(), p.uid.to_string());
+                .insert("process.user.id", p.uid.to_compact_string());
             self.emitter.attach_cgroup(&mut ev, p.cgroup_id);
         }
         for (k, v) in extra {
-            ev.metadata.insert(k.into(), v);
+            ev.metadata.insert(k, v);
         }
         self.batch.push(ev);
     }
@@ -450,8 +455,8 @@ impl Converter {
             ev,
             Some(payload.process),
             [
-                ("process.executable.path", payload.filename),
-                ("process.command_line", command_line),
+                ("process.executable.path", payload.filename.into()),
+                ("process.command_line", command_line.into()),
             ],
         );
         if let Some(payload) = privileged {
@@ -459,7 +464,7 @@ impl Converter {
             self.finish(
                 ev,
                 Some(payload.process),
-                [("process.executable.path", payload.filename)],
+                [("process.executable.path", payload.filename.into())],
             );
         }
     }
@@ -508,15 +513,15 @@ impl Converter {
             ev,
             payload.process,
             [
-                ("network.transport", "tcp".to_string()),
+                ("network.transport", CompactString::const_new("tcp")),
                 (
                     "network.type",
-                    if local.is_ipv4() { "ipv4" } else { "ipv6" }.to_string(),
+                    CompactString::const_new(if local.is_ipv4() { "ipv4" } else { "ipv6" }),
                 ),
-                ("network.local.address", local.to_string()),
-                ("network.local.port", e.sport.to_string()),
-                ("network.peer.address", remote.to_string()),
-                ("network.peer.port", e.dport.to_string()),
+                ("network.local.address", local.to_compact_string()),
+                ("network.local.port", e.sport.to_compact_string()),
+                ("network.peer.address", remote.to_compact_string()),
+                ("network.peer.port", e.dport.to_compact_string()),
             ],
         );
     }
@@ -551,7 +556,11 @@ impl Converter {
             result: e.ret,
         };
         let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
-        self.finish(ev, Some(payload.process), [("file.path", payload.path)]);
+        self.finish(
+            ev,
+            Some(payload.process),
+            [("file.path", payload.path.into())],
+        );
     }
 }
 

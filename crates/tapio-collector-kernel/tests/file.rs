@@ -50,7 +50,7 @@ async fn create_chmod_rename_unlink_under_a_watched_prefix() {
     .await;
     let got: Vec<(String, FileEvent)> = events
         .iter()
-        .map(|e| (e.event_type.clone(), e.payload::<FileEvent>().unwrap()))
+        .map(|e| (e.event_type.to_string(), e.payload::<FileEvent>().unwrap()))
         .collect();
     let a_s = a.to_str().unwrap().to_string();
     let b_s = b.to_str().unwrap().to_string();

@@ -633,10 +633,10 @@ fn decorate(mut e: RawEvent, r: WatchedResource, snap: &ObjectSnapshot) -> RawEv
     e.metadata
         .insert(format!("k8s.{kind}.uid"), snap.uid.clone());
     if let Some(ns) = &snap.namespace {
-        e.metadata.insert("k8s.namespace.name".into(), ns.clone());
+        e.metadata.insert("k8s.namespace.name", ns.clone());
     }
     if let Some(node) = &snap.node {
-        e.metadata.insert("k8s.node.name".into(), node.clone());
+        e.metadata.insert("k8s.node.name", node.clone());
     }
     if let Some(obj) = &snap.involved_object {
         let k = obj.kind.to_lowercase();
@@ -646,7 +646,7 @@ fn decorate(mut e: RawEvent, r: WatchedResource, snap: &ObjectSnapshot) -> RawEv
         }
     }
     e.metadata
-        .insert("k8s.resource_version".into(), snap.resource_version.clone());
+        .insert("k8s.resource_version", snap.resource_version.clone());
     match &snap.traceparent {
         Some(tp) => e.with_traceparent(tp),
         None => e,

@@ -18,7 +18,7 @@ use tapio_core::{Collector, CollectorContext, HealthState};
 fn by_type(events: &[tapio_core::RawEvent]) -> BTreeMap<(String, String), tapio_core::RawEvent> {
     events
         .iter()
-        .map(|e| ((e.event_type.clone(), payload(e).name), e.clone()))
+        .map(|e| ((e.event_type.to_string(), payload(e).name), e.clone()))
         .collect()
 }
 
@@ -275,7 +275,7 @@ async fn relist_after_410_reports_only_real_changes() {
         .map(|e| {
             let p = payload(e);
             (
-                e.event_type.clone(),
+                e.event_type.to_string(),
                 p.name,
                 p.resource_version,
                 p.from_relist,
@@ -354,7 +354,7 @@ async fn resume_after_dropped_connection_loses_and_repeats_nothing() {
         .iter()
         .map(|e| {
             (
-                e.event_type.clone(),
+                e.event_type.to_string(),
                 payload(e).name,
                 payload(e).resource_version,
             )

@@ -93,7 +93,7 @@ async fn scripted_pods_sequence_yields_exact_transitions() {
     exactly(&mut rx, 0, 100).await; // same document again: nothing
     let got: Vec<(String, ContainerEvent)> = events
         .iter()
-        .map(|e| (e.event_type.clone(), e.payload().unwrap()))
+        .map(|e| (e.event_type.to_string(), e.payload().unwrap()))
         .collect();
     let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(

@@ -1,14 +1,16 @@
 //! [`RawEvent`], the one record every collector emits, and its W3C trace
 //! context ([`TraceId`], [`SpanId`], [`TraceParent`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use compact_str::{CompactString, ToCompactString};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
+
+use crate::Metadata;
 
 /// A W3C trace id: 16 bytes, printed as 32 lowercase hex digits, never all zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -287,14 +289,15 @@ pub const PARENT_SPAN_KEY: &str = "trace.parent_span_id";
 pub struct RawEvent {
     /// Wall-clock time of the observation (kernel boot-time stamps are converted).
     pub timestamp: DateTime<Utc>,
-    /// Dotted type, e.g. `kernel.process.exec`, `dns.response`, `etcd.put`.
-    pub event_type: String,
+    /// Dotted type, e.g. `kernel.process.exec`, `dns.response`, `etcd.put`
+    /// (short strings are stored inline: no allocation per event).
+    pub event_type: CompactString,
     /// Name of the collector that produced it.
-    pub source: String,
+    pub source: CompactString,
     /// JSON of the typed payload.
     pub data: Vec<u8>,
     /// String attributes; keys follow OpenTelemetry semantic conventions.
-    pub metadata: BTreeMap<String, String>,
+    pub metadata: Metadata,
     /// Trace the event belongs to (propagated from a `traceparent` when one was found).
     pub trace_id: TraceId,
     /// This event's span.
@@ -305,8 +308,8 @@ impl RawEvent {
     /// A new event stamped now, with fresh trace and span ids, whose `data`
     /// is the JSON of `payload`.
     pub fn new(
-        event_type: impl Into<String>,
-        source: impl Into<String>,
+        event_type: impl Into<CompactString>,
+        source: impl Into<CompactString>,
         payload: &impl Serialize,
     ) -> Result<Self, serde_json::Error> {
         Ok(Self::from_json_bytes(
@@ -318,8 +321,8 @@ impl RawEvent {
 
     /// A new event whose `data` is already-encoded JSON.
     pub fn from_json_bytes(
-        event_type: impl Into<String>,
-        source: impl Into<String>,
+        event_type: impl Into<CompactString>,
+        source: impl Into<CompactString>,
         data: Vec<u8>,
     ) -> Self {
         Self {
@@ -327,7 +330,7 @@ impl RawEvent {
             event_type: event_type.into(),
             source: source.into(),
             data,
-            metadata: BTreeMap::new(),
+            metadata: Metadata::new(),
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
         }
@@ -340,8 +343,12 @@ impl RawEvent {
     }
 
     /// Add one metadata attribute.
-    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+    pub fn with_metadata(
+        mut self,
+        key: impl Into<CompactString>,
+        value: impl Into<CompactString>,
+    ) -> Self {
+        self.metadata.insert(key, value);
         self
     }
 
@@ -352,7 +359,7 @@ impl RawEvent {
         self.trace_id = parent.trace_id;
         self.span_id = SpanId::random();
         self.metadata
-            .insert(PARENT_SPAN_KEY.to_string(), parent.parent_id.to_string());
+            .insert(PARENT_SPAN_KEY, parent.parent_id.to_compact_string());
         self
     }
 
@@ -390,7 +397,7 @@ struct WireOut<'a> {
     event_type: &'a str,
     source: &'a str,
     data: DataOut<'a>,
-    metadata: &'a BTreeMap<String, String>,
+    metadata: &'a Metadata,
     trace_id: TraceId,
     span_id: SpanId,
 }
@@ -435,11 +442,11 @@ impl Serialize for RawEvent {
 struct WireIn {
     timestamp: DateTime<Utc>,
     #[serde(rename = "type")]
-    event_type: String,
-    source: String,
+    event_type: CompactString,
+    source: CompactString,
     data: Box<RawValue>,
     #[serde(default)]
-    metadata: BTreeMap<String, String>,
+    metadata: Metadata,
     trace_id: TraceId,
     span_id: SpanId,
 }

@@ -63,6 +63,7 @@ pub mod clock;
 pub mod collector;
 pub mod event;
 pub mod health;
+pub mod metadata;
 pub mod peer;
 pub mod pod;
 pub mod registry;
@@ -76,10 +77,15 @@ pub mod testing;
 
 pub use tapio_resilience as resilience;
 
+/// The string type of event types, sources and metadata (inline up to 24
+/// bytes), re-exported so users need not depend on `compact_str`.
+pub use compact_str::{CompactString, ToCompactString};
+
 pub use channel::{EventReceiver, EventSender, OverflowPolicy, SendOutcome};
 pub use collector::{Collector, CollectorBase, CollectorContext, CollectorError, Emitter};
 pub use event::{RawEvent, SpanId, TraceContextError, TraceId, TraceParent};
 pub use health::{Health, HealthReport, HealthState};
+pub use metadata::Metadata;
 pub use registry::{HealthWatch, Registry, RegistryConfig, RegistryError, StartMode, StartReport};
 pub use stats::{DropStage, Stats, StatsSnapshot};
 pub use telemetry::Telemetry;

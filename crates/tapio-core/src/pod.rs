@@ -36,6 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
+use crate::Metadata;
+
 /// Event metadata key for the pod name (OpenTelemetry semantic convention).
 pub const KEY_POD_NAME: &str = "k8s.pod.name";
 /// Event metadata key for the pod's namespace.
@@ -153,15 +155,15 @@ impl PodDirectory {
         &self,
         uid: &str,
         container_id: Option<&str>,
-        metadata: &mut BTreeMap<String, String>,
+        metadata: &mut Metadata,
     ) -> bool {
         let Some(pod) = self.get(uid) else {
             return false;
         };
-        metadata.insert(KEY_POD_NAME.to_owned(), pod.name.clone());
-        metadata.insert(KEY_NAMESPACE.to_owned(), pod.namespace.clone());
+        metadata.insert(KEY_POD_NAME, pod.name.as_str());
+        metadata.insert(KEY_NAMESPACE, pod.namespace.as_str());
         if let Some(name) = container_id.and_then(|id| pod.container_name(id)) {
-            metadata.insert(KEY_CONTAINER_NAME.to_owned(), name.to_owned());
+            metadata.insert(KEY_CONTAINER_NAME, name);
         }
         true
     }
@@ -205,14 +207,14 @@ mod tests {
     fn writes_names_and_matching_container() {
         let dir = PodDirectory::new(4);
         dir.upsert(pod("u", "web"));
-        let mut m = BTreeMap::new();
+        let mut m = Metadata::new();
         assert!(dir.write_metadata("u", Some("c1"), &mut m));
         assert_eq!(m[KEY_POD_NAME], "web");
         assert_eq!(m[KEY_NAMESPACE], "ns");
         assert_eq!(m[KEY_CONTAINER_NAME], "app");
-        let mut m = BTreeMap::new();
+        let mut m = Metadata::new();
         assert!(dir.write_metadata("u", Some("other"), &mut m));
         assert!(!m.contains_key(KEY_CONTAINER_NAME));
-        assert!(!dir.write_metadata("missing", None, &mut BTreeMap::new()));
+        assert!(!dir.write_metadata("missing", None, &mut Metadata::new()));
     }
 }

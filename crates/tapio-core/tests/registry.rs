@@ -106,7 +106,11 @@ impl Probe {
     }
 
     fn event(&self, event_type: &str, n: u32) -> RawEvent {
-        RawEvent::from_json_bytes(event_type, self.source.clone(), n.to_string().into_bytes())
+        RawEvent::from_json_bytes(
+            event_type,
+            self.source.to_string(),
+            n.to_string().into_bytes(),
+        )
     }
 
     /// Emit `fake.tick` events numbered `range`.
@@ -318,7 +322,6 @@ fn num(e: &RawEvent) -> u32 {
 fn stamp(e: &RawEvent) -> &str {
     e.metadata
         .get(COLLECTOR_KEY)
-        .map(String::as_str)
         .expect("every merged event carries metadata[\"collector\"]")
 }
 

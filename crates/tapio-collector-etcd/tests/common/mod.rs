@@ -97,7 +97,7 @@ pub async fn collect(
         out.len(),
         out.iter()
             .map(|e| (
-                e.event_type.clone(),
+                e.event_type.to_string(),
                 String::from_utf8_lossy(&e.data).into_owned()
             ))
             .collect::<Vec<_>>()

@@ -115,7 +115,7 @@ pub fn summary(events: &[RawEvent]) -> Vec<(String, String)> {
                 .payload::<KubeObjectEvent>()
                 .map(|p| p.name)
                 .unwrap_or_default();
-            (e.event_type.clone(), name)
+            (e.event_type.to_string(), name)
         })
         .collect()
 }

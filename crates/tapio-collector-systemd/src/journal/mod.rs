@@ -658,22 +658,22 @@ impl Worker {
         }
         let m = &mut ev.metadata;
         if let Some(unit) = &entry.unit {
-            m.insert(keys::UNIT.into(), unit.clone());
+            m.insert(keys::UNIT, unit.clone());
         }
         if let Some(pid) = entry.pid {
-            m.insert(keys::PROCESS_PID.into(), pid.to_string());
+            m.insert(keys::PROCESS_PID, pid.to_string());
         }
         if let Some(comm) = fields.comm {
-            m.insert(keys::PROCESS_EXECUTABLE_NAME.into(), comm);
+            m.insert(keys::PROCESS_EXECUTABLE_NAME, comm);
         }
         if let Some(host) = fields.hostname {
-            m.insert(keys::HOST_NAME.into(), host);
+            m.insert(keys::HOST_NAME, host);
         }
         if let Some(id) = fields.machine_id {
-            m.insert(keys::HOST_ID.into(), id);
+            m.insert(keys::HOST_ID, id);
         }
         if let Some(boot) = fields.boot_id {
-            m.insert(keys::BOOT_ID.into(), boot);
+            m.insert(keys::BOOT_ID, boot);
         }
         if let Some(cgroup) = &fields.cgroup {
             let info = CgroupInfo::from_path(cgroup);

@@ -3,10 +3,13 @@
 //! Nothing in this module touches the file system: [`CgroupInfo::from_path`]
 //! is a total function over any string and never panics.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::{CompactString, ToCompactString};
+
 use serde::{Deserialize, Serialize};
+
+use crate::Metadata;
 
 /// OpenTelemetry semantic-convention key for the pod UID (`k8s.pod.uid`).
 pub const KEY_POD_UID: &str = "k8s.pod.uid";
@@ -247,45 +250,45 @@ impl CgroupInfo {
     /// assert_eq!(
     ///     pairs,
     ///     vec![
-    ///         ("k8s.pod.uid", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".to_string()),
-    ///         ("k8s.pod.qos_class", "besteffort".to_string()),
-    ///         ("cgroup.path", info.path.clone()),
-    ///         ("cgroup.id", "42".to_string()),
+    ///         ("k8s.pod.uid", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".into()),
+    ///         ("k8s.pod.qos_class", "besteffort".into()),
+    ///         ("cgroup.path", info.path.as_str().into()),
+    ///         ("cgroup.id", "42".into()),
     ///     ],
     /// );
     /// ```
-    pub fn metadata(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
-        let pod = self.pod_uid.as_ref().map(|v| (KEY_POD_UID, v.clone()));
+    pub fn metadata(&self) -> impl Iterator<Item = (&'static str, CompactString)> + '_ {
+        let pod = self.pod_uid.as_deref().map(|v| (KEY_POD_UID, v.into()));
         let qos = self
             .qos_class
-            .map(|q| (KEY_QOS_CLASS, q.as_str().to_owned()));
+            .map(|q| (KEY_QOS_CLASS, CompactString::const_new(q.as_str())));
         let cid = self
             .container_id
-            .as_ref()
-            .map(|v| (KEY_CONTAINER_ID, v.clone()));
+            .as_deref()
+            .map(|v| (KEY_CONTAINER_ID, v.into()));
         let rt = self
             .runtime
-            .map(|r| (KEY_CONTAINER_RUNTIME, r.as_str().to_owned()));
-        let path = (!self.path.is_empty()).then(|| (KEY_CGROUP_PATH, self.path.clone()));
-        let id = (self.id != 0).then(|| (KEY_CGROUP_ID, self.id.to_string()));
+            .map(|r| (KEY_CONTAINER_RUNTIME, CompactString::const_new(r.as_str())));
+        let path = (!self.path.is_empty()).then(|| (KEY_CGROUP_PATH, self.path.as_str().into()));
+        let id = (self.id != 0).then(|| (KEY_CGROUP_ID, self.id.to_compact_string()));
         [pod, qos, cid, rt, path, id].into_iter().flatten()
     }
 
     /// Inserts [`CgroupInfo::metadata`] into `map`, overwriting existing keys.
     ///
     /// ```
-    /// use std::collections::BTreeMap;
+    /// use tapio_core::Metadata;
     /// use tapio_core::cgroup::CgroupInfo;
     ///
-    /// let mut map = BTreeMap::new();
+    /// let mut map = Metadata::new();
     /// CgroupInfo::from_path("/docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
     ///     .write_metadata(&mut map);
     /// assert_eq!(map["container.runtime.name"], "docker");
     /// assert!(!map.contains_key("k8s.pod.uid"));
     /// ```
-    pub fn write_metadata(&self, map: &mut BTreeMap<String, String>) {
+    pub fn write_metadata(&self, map: &mut Metadata) {
         for (k, v) in self.metadata() {
-            map.insert(k.to_owned(), v);
+            map.insert(k, v);
         }
     }
 }
@@ -902,7 +905,7 @@ mod tests {
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/crio-{CID}.scope"
         ));
         info.id = 7;
-        let mut map = BTreeMap::new();
+        let mut map = Metadata::new();
         info.write_metadata(&mut map);
         assert_eq!(map.len(), 6);
         assert_eq!(map[KEY_POD_UID], UID);
