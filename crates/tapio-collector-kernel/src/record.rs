@@ -231,6 +231,8 @@ impl Converter {
         let Some(mut ev) = event else {
             return;
         };
+        // Process, cgroup/pod and extra attributes: one allocation.
+        ev.metadata.reserve(16 + N);
         if let Some(p) = process {
             // Inserted in key order: appends, no search.
             ev.metadata.insert("process.command", p.comm);

@@ -55,6 +55,11 @@ impl Metadata {
         }
     }
 
+    /// Make room for `additional` more attributes in one allocation.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+    }
+
     fn position(&self, key: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
