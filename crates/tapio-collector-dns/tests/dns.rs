@@ -20,7 +20,9 @@ use tapio_collector_dns::{
     RESPONSE_EVENT, Side, TIMEOUT_EVENT, Transport, attached_program_ids,
 };
 use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
-use tapio_core::testing::{require_root, run_test_as_user};
+use tapio_core::testing::{
+    assert_child_passes_unprivileged, assert_missing_privilege, require_root,
+};
 use tapio_core::{Collector, CollectorContext, CollectorError, HealthState, RawEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -723,14 +725,7 @@ async fn unprivileged_child() {
         .start(CollectorContext::default())
         .await
         .expect_err("loading BPF as uid 65534 must fail");
-    println!("unprivileged start error: {err}");
-    match &err {
-        CollectorError::MissingPrivilege { capability, .. } => {
-            assert!(capability.contains("CAP_BPF"), "{capability}");
-            assert!(capability.contains("CAP_NET_ADMIN"), "{capability}");
-        }
-        other => panic!("expected MissingPrivilege, got {other:?}"),
-    }
+    assert_missing_privilege(&err, &["CAP_BPF", "CAP_NET_ADMIN"]);
     assert_eq!(dns.health().state, HealthState::Failed);
 }
 
@@ -739,13 +734,5 @@ fn loading_without_privileges_names_the_capability() {
     if !require_root("loading_without_privileges_names_the_capability") {
         return;
     }
-    let out = run_test_as_user("unprivileged_child", 65534, 65534).expect("run child test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "child ran no test:\n{stdout}");
-    assert!(
-        stdout.contains("needs CAP_BPF and CAP_NET_ADMIN"),
-        "{stdout}"
-    );
+    assert_child_passes_unprivileged("unprivileged_child", "needs CAP_BPF and CAP_NET_ADMIN");
 }

@@ -15,8 +15,10 @@ use tapio_collector_etcd::{
     DiskConfig, DiskHook, DiskTarget, EtcdCollector, EtcdConfig, EtcdFileKind, EtcdSlowSyncEvent,
     SLOW_SYNC_EVENT, SyncSyscall,
 };
-use tapio_core::testing::{require_root, run_test_as_user};
-use tapio_core::{Collector, CollectorContext, CollectorError, HealthState};
+use tapio_core::testing::{
+    assert_child_passes_unprivileged, assert_missing_privilege, require_root,
+};
+use tapio_core::{Collector, CollectorContext, HealthState};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -193,14 +195,7 @@ async fn unprivileged_child() {
         .start(CollectorContext::default())
         .await
         .expect_err("loading BPF as uid 65534 must fail");
-    println!("required: {err}");
-    match &err {
-        CollectorError::MissingPrivilege { capability, .. } => {
-            assert!(capability.contains("CAP_BPF"), "{capability}");
-            assert!(capability.contains("CAP_PERFMON"), "{capability}");
-        }
-        other => panic!("expected MissingPrivilege, got {other:?}"),
-    }
+    assert_missing_privilege(&err, &["CAP_BPF", "CAP_PERFMON"]);
     // Best effort (the default): the watch part runs, health says why the
     // disk part does not.
     let port = common::free_port();
@@ -234,10 +229,5 @@ fn without_privileges_the_disk_part_names_the_capability() {
     if !require_root("without_privileges_the_disk_part_names_the_capability") {
         return;
     }
-    let out = run_test_as_user("unprivileged_child", 65534, 65534).expect("run child test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "child ran no test:\n{stdout}");
-    assert!(stdout.contains("needs CAP_BPF and CAP_PERFMON"), "{stdout}");
+    assert_child_passes_unprivileged("unprivileged_child", "needs CAP_BPF and CAP_PERFMON");
 }

@@ -79,6 +79,50 @@ pub fn run_test_as_user(
     output
 }
 
+/// The uid and gid of `nobody`, which unprivileged child tests run as.
+pub const NOBODY: u32 = 65534;
+
+/// Run the `#[ignore]`d test `test_name` of the current test binary as
+/// [`NOBODY`] (see [`run_test_as_user`]) and assert that it ran, passed, and
+/// printed `expected` (typically the error it observed, e.g. `needs CAP_BPF
+/// and CAP_PERFMON`). Panics with the child's output otherwise.
+pub fn assert_child_passes_unprivileged(test_name: &str, expected: &str) {
+    let out = run_test_as_user(test_name, NOBODY, NOBODY)
+        .unwrap_or_else(|err| panic!("running {test_name} as uid {NOBODY}: {err}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{test_name} failed as uid {NOBODY}:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test_name} did not run as uid {NOBODY}:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(expected),
+        "{test_name} as uid {NOBODY} did not print {expected:?}:\n{stdout}"
+    );
+}
+
+/// Assert that `err` is [`CollectorError::MissingPrivilege`] naming every
+/// capability in `capabilities`, and print it (so a parent running this test
+/// through [`assert_child_passes_unprivileged`] can check the message).
+pub fn assert_missing_privilege(err: &crate::CollectorError, capabilities: &[&str]) {
+    println!("unprivileged start error: {err}");
+    match err {
+        crate::CollectorError::MissingPrivilege { capability, .. } => {
+            for wanted in capabilities {
+                assert!(
+                    capability.contains(wanted),
+                    "{wanted} not in {capability:?}"
+                );
+            }
+        }
+        other => panic!("expected MissingPrivilege naming {capabilities:?}, got {other:?}"),
+    }
+}
+
 /// A private containerd (with runc) for tests: its own config, root, state
 /// and socket under a temporary directory, CRI disabled. Killed and cleaned
 /// up on drop, including the `default` namespace cgroups runc created when
