@@ -234,14 +234,15 @@ impl Converter {
         // Process, cgroup/pod and extra attributes: one allocation.
         ev.metadata.reserve(16 + N);
         if let Some(p) = process {
-            // Inserted in key order: appends, no search.
+            // Cgroup and pod keys sort before `process.*`: inserted in key
+            // order, each attribute is an append rather than a shift.
+            self.emitter.attach_cgroup(&mut ev, p.cgroup_id);
             ev.metadata.insert("process.command", p.comm);
             ev.metadata
                 .insert("process.parent_pid", p.ppid.to_compact_string());
             ev.metadata.insert("process.pid", p.pid.to_compact_string());
             ev.metadata
                 .insert("process.user.id", p.uid.to_compact_string());
-            self.emitter.attach_cgroup(&mut ev, p.cgroup_id);
         }
         for (k, v) in extra {
             ev.metadata.insert(k, v);

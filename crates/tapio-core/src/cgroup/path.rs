@@ -237,7 +237,8 @@ impl CgroupInfo {
     /// conventions where they exist: [`KEY_POD_UID`], [`KEY_CONTAINER_ID`],
     /// [`KEY_CONTAINER_RUNTIME`], and tapio-specific [`KEY_QOS_CLASS`],
     /// [`KEY_CGROUP_PATH`] (only when non-empty) and [`KEY_CGROUP_ID`] (only
-    /// when non-zero). Absent fields produce no pair.
+    /// when non-zero). Absent fields produce no pair. Pairs come in key
+    /// order, so inserting them into [`Metadata`] appends.
     ///
     /// ```
     /// use tapio_core::cgroup::CgroupInfo;
@@ -250,10 +251,10 @@ impl CgroupInfo {
     /// assert_eq!(
     ///     pairs,
     ///     vec![
-    ///         ("k8s.pod.uid", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".into()),
-    ///         ("k8s.pod.qos_class", "besteffort".into()),
-    ///         ("cgroup.path", info.path.as_str().into()),
     ///         ("cgroup.id", "42".into()),
+    ///         ("cgroup.path", info.path.as_str().into()),
+    ///         ("k8s.pod.qos_class", "besteffort".into()),
+    ///         ("k8s.pod.uid", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".into()),
     ///     ],
     /// );
     /// ```
@@ -271,7 +272,7 @@ impl CgroupInfo {
             .map(|r| (KEY_CONTAINER_RUNTIME, CompactString::const_new(r.as_str())));
         let path = (!self.path.is_empty()).then(|| (KEY_CGROUP_PATH, self.path.as_str().into()));
         let id = (self.id != 0).then(|| (KEY_CGROUP_ID, self.id.to_compact_string()));
-        [pod, qos, cid, rt, path, id].into_iter().flatten()
+        [id, path, cid, rt, qos, pod].into_iter().flatten()
     }
 
     /// Inserts [`CgroupInfo::metadata`] into `map`, overwriting existing keys.
