@@ -105,9 +105,11 @@ pub fn assert_child_passes_unprivileged(test_name: &str, expected: &str) {
     );
 }
 
-/// Assert that `err` is [`CollectorError::MissingPrivilege`] naming every
-/// capability in `capabilities`, and print it (so a parent running this test
-/// through [`assert_child_passes_unprivileged`] can check the message).
+/// Assert that `err` is
+/// [`CollectorError::MissingPrivilege`](crate::CollectorError::MissingPrivilege)
+/// naming every capability in `capabilities`, and print it (so a parent
+/// running this test through [`assert_child_passes_unprivileged`] can check
+/// the message).
 pub fn assert_missing_privilege(err: &crate::CollectorError, capabilities: &[&str]) {
     println!("unprivileged start error: {err}");
     match err {
