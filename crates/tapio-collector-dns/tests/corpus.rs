@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use tapio_collector_dns::message::{MAX_ANSWERS, decode, split_tcp};
+use tapio_core::testing::corpus;
 
 fn exercise(data: &[u8]) -> bool {
     let whole = decode(data, data.len());
@@ -34,14 +35,7 @@ fn every_corpus_file_decodes_or_errors_without_panicking() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
     let mut files = 0;
     let mut ok = 0;
-    for entry in std::fs::read_dir(&dir).expect("tests/corpus") {
-        let path = entry.expect("entry").path();
-        let data = std::fs::read(&path).expect("read corpus file");
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
+    for (name, data) in corpus(&dir) {
         let decoded = std::panic::catch_unwind(|| exercise(&data))
             .unwrap_or_else(|_| panic!("decoder panicked on {name}"));
         files += 1;
@@ -63,10 +57,7 @@ fn random_and_mutated_packets_never_panic() {
     // A deterministic property test on top of the fuzzer: random bytes and
     // single-byte mutations of every corpus seed.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .expect("tests/corpus")
-        .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
-        .collect();
+    let mut seeds: Vec<Vec<u8>> = corpus(&dir).into_iter().map(|(_, data)| data).collect();
     seeds.sort();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {

@@ -28,17 +28,7 @@ fn exercise(data: &[u8]) -> Option<bool> {
 #[test]
 fn record_corpus_decodes_or_is_rejected_without_panicking() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_record");
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("fuzz/corpus/decode_record")
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().to_string(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
+    let files = tapio_core::testing::corpus(&dir);
     assert!(files.len() >= 10);
     for (name, data) in &files {
         let got = std::panic::catch_unwind(|| exercise(data))

@@ -20,17 +20,9 @@ fn exercise(data: &[u8]) -> Option<usize> {
 }
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_record");
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("fuzz/corpus/decode_record")
-        .map(|e| {
-            let path = e.expect("entry").path();
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            (name, std::fs::read(&path).expect("read corpus file"))
-        })
-        .collect();
-    files.sort();
-    files
+    tapio_core::testing::corpus(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode_record"),
+    )
 }
 
 #[test]

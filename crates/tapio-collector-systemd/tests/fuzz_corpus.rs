@@ -26,17 +26,7 @@ fn exercise(data: &[u8]) -> Option<Result<(), FileProblem>> {
 #[test]
 fn header_corpus_verdicts_and_mutations_never_panic() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/check_header");
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .expect("fuzz/corpus/check_header")
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().to_string(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
+    let files = tapio_core::testing::corpus(&dir);
     assert!(files.len() >= 8);
     for (name, data) in &files {
         let verdict = exercise(data).unwrap();
