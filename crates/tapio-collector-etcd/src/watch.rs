@@ -842,6 +842,11 @@ impl Engine {
                 continue;
             }
             max_rev = max_rev.max(kv.mod_revision);
+            // Before the event is queued, like the processed counter: a
+            // consumer holding revision R reads a gauge of at least R.
+            self.counters
+                .revision
+                .fetch_max(kv.mod_revision, Ordering::Relaxed);
             match ev.r#type {
                 0 => self.emit_put(conn, prefix, kv, ev.prev_kv),
                 1 => self.emit_delete(conn, prefix, kv, ev.prev_kv),
@@ -857,7 +862,6 @@ impl Engine {
             c.delivered_below = max_rev + 1;
             c.next = Some(c.next.map_or(max_rev + 1, |n| n.max(max_rev + 1)));
             drop(cursors);
-            self.counters.revision.fetch_max(max_rev, Ordering::Relaxed);
         }
     }
 
