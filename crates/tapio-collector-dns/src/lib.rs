@@ -98,7 +98,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
@@ -395,12 +395,10 @@ struct DnsHandler {
     emitter: Emitter,
     engine: Engine,
     sink: Sink,
-    batch_started: Option<Instant>,
 }
 
 impl bpf::RecordHandler<Packet> for DnsHandler {
     fn record(&mut self, packet: Packet) {
-        self.batch_started.get_or_insert_with(Instant::now);
         let (sink, emitter) = (&mut self.sink, &self.emitter);
         self.engine
             .on_packet(&packet, &mut |out| sink.emit(emitter, out));
@@ -408,9 +406,6 @@ impl bpf::RecordHandler<Packet> for DnsHandler {
 
     fn batch_end(&mut self) {
         self.sink.flush(&self.emitter);
-        if let (Some(started), Some(t)) = (self.batch_started.take(), self.emitter.telemetry()) {
-            t.record_duration(started.elapsed());
-        }
     }
 
     fn tick(&mut self) {
@@ -782,6 +777,7 @@ impl DnsCollector {
             self.counters.clone(),
         );
         let batch_interval = Duration::from_millis(self.config.batch_interval_ms.clamp(1, 1000));
+        let timing = emitter.telemetry().cloned();
         let handler = DnsHandler {
             emitter,
             engine,
@@ -791,7 +787,6 @@ impl DnsCollector {
                 batch: Vec::new(),
                 text: TextCache::default(),
             },
-            batch_started: None,
         };
         let config = RingBufReaderConfig {
             thread_name: "tapio-dns".into(),
@@ -801,6 +796,7 @@ impl DnsCollector {
             tick_every: Some(Duration::from_millis(
                 (self.config.timeout_ms / 10).clamp(10, 1000),
             )),
+            timing,
             ..Default::default()
         };
         let stats = self.base.counters().clone();

@@ -624,6 +624,13 @@ async fn servfail_and_metrics() {
     assert_eq!(get("dns_responses_total", ""), 2.0);
     assert_eq!(get("dns_inflight_evictions_total", ""), 0.0);
     assert!(get("dns_events_processed_total", "") >= 4.0);
+    // The reader times each batch of records: at least one batch, and never
+    // more batches than records (every record here was a query or response).
+    let batches = get("dns_processing_duration_ms", "");
+    assert!(
+        (1.0..=get("dns_queries_total", "") + get("dns_responses_total", "")).contains(&batches),
+        "{batches} processing-time observations"
+    );
     dns.stop().await.expect("stop");
 }
 

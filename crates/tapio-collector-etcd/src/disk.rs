@@ -366,7 +366,6 @@ pub(crate) fn handler(
     let threshold_ns = (config.slow_sync_threshold_ms * 1e6) as u64;
     let mut paths = PathCache::default();
     move |rec: IoRecord| {
-        let started = std::time::Instant::now();
         let path = paths.resolve(rec.pid, rec.fd, rec.ino, rec.dev);
         let kind = file_kind(path.as_deref(), rec.mode);
         match rec.op {
@@ -418,9 +417,6 @@ pub(crate) fn handler(
                     }
                 }
             }
-        }
-        if let Some(t) = emitter.telemetry() {
-            t.record_duration(started.elapsed());
         }
     }
 }

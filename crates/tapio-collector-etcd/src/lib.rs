@@ -315,17 +315,15 @@ impl EtcdCollector {
             hook,
         };
         let instruments = self.instruments().clone();
-        let handler = disk::handler(
-            disk,
-            self.base.emitter(),
-            instruments,
-            self.disk_counters.clone(),
-        );
+        let emitter = self.base.emitter();
+        let timing = emitter.telemetry().cloned();
+        let handler = disk::handler(disk, emitter, instruments, self.disk_counters.clone());
         let span = tracing::info_span!("etcd.attach", hook = hook.name());
         let started = span.in_scope(|| {
             RingBufReader::spawn(
                 RingBufReaderConfig {
                     thread_name: "tapio-etcd-disk".into(),
+                    timing,
                     ..Default::default()
                 },
                 program,

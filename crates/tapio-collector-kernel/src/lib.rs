@@ -170,7 +170,9 @@ impl KernelCollector {
             page_size,
             learn_cgroups,
         };
-        let converter = Converter::new(BootClock::new(), page_size, self.base.emitter());
+        let emitter = self.base.emitter();
+        let timing = emitter.telemetry().cloned();
+        let converter = Converter::new(BootClock::new(), page_size, emitter);
         let span = tracing::info_span!("kernel.attach", hook = hook.exec_hook());
         let reader = span.in_scope(|| {
             RingBufReader::spawn(
@@ -178,6 +180,7 @@ impl KernelCollector {
                     thread_name: "tapio-kernel".into(),
                     // With batched wake-ups the reader drains on this timer.
                     poll_timeout: self.config.delivery.poll_timeout(),
+                    timing,
                     ..Default::default()
                 },
                 program,

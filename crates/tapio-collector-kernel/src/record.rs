@@ -3,8 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use std::time::Instant;
-
 use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
 use tapio_core::clock::BootClock;
 use tapio_core::{CompactString, Emitter, RawEvent, ToCompactString};
@@ -126,11 +124,7 @@ pub(crate) struct Converter {
 
 impl RecordHandler<KernelRecord> for Converter {
     fn record(&mut self, record: KernelRecord) {
-        let started = self.emitter.telemetry().map(|_| Instant::now());
         self.convert(record);
-        if let (Some(telemetry), Some(started)) = (self.emitter.telemetry(), started) {
-            telemetry.record_duration(started.elapsed());
-        }
         if self.batch.len() >= MAX_BATCH {
             self.flush();
         }

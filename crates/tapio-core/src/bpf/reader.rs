@@ -17,6 +17,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, OpenObject, RingBufferBuil
 use super::record::Record;
 use crate::CollectorError;
 use crate::stats::{DropStage, Stats};
+use crate::telemetry::Telemetry;
 
 /// Reader settings.
 #[derive(Debug, Clone)]
@@ -29,6 +30,13 @@ pub struct RingBufReaderConfig {
     pub drop_poll_every: Duration,
     /// How often [`RecordHandler::tick`] runs (timeouts, sweeps); `None`: never.
     pub tick_every: Option<Duration>,
+    /// Where each batch's processing time is recorded
+    /// (`{collector}_processing_duration_ms`, typically
+    /// [`Emitter::telemetry`](crate::Emitter::telemetry)): from the first
+    /// record of a poll to the end of [`RecordHandler::batch_end`]. One
+    /// observation per batch rather than per record: two clock reads per
+    /// record cost a busy reader about 5 % of its time. `None`: not timed.
+    pub timing: Option<Telemetry>,
 }
 
 impl Default for RingBufReaderConfig {
@@ -38,6 +46,7 @@ impl Default for RingBufReaderConfig {
             poll_timeout: Duration::from_millis(100),
             drop_poll_every: Duration::from_secs(1),
             tick_every: None,
+            timing: None,
         }
     }
 }
@@ -201,10 +210,17 @@ impl RingBufReader {
                     let cb_counters = stats.clone();
                     let handler = std::cell::RefCell::new(handler);
                     let cb_handler = &handler;
+                    // When the current batch's first record arrived (timing on).
+                    let batch_started = std::cell::Cell::new(None::<Instant>);
+                    let cb_batch_started = &batch_started;
+                    let timed = config.timing.is_some();
                     let mut builder = RingBufferBuilder::new();
                     let added = builder.add(&loaded.events, move |bytes: &[u8]| {
                         match P::Record::decode(bytes) {
                             Ok(record) => {
+                                if timed && cb_batch_started.get().is_none() {
+                                    cb_batch_started.set(Some(Instant::now()));
+                                }
                                 cb_stats.records.fetch_add(1, Ordering::Relaxed);
                                 cb_handler.borrow_mut().record(record);
                             }
@@ -230,6 +246,12 @@ impl RingBufReader {
                     let _ = ready_tx.send(Ok(loaded.details.clone()));
                     drop(ready_tx);
 
+                    let end_batch = || {
+                        handler.borrow_mut().batch_end();
+                        if let (Some(t), Some(started)) = (&config.timing, batch_started.take()) {
+                            t.record_duration(started.elapsed());
+                        }
+                    };
                     let mut last_kernel_total = 0u64;
                     let poll_drops = |last: &mut u64| {
                         if let Some(total) = loaded.drops.as_ref().and_then(read_percpu_total) {
@@ -253,7 +275,7 @@ impl RingBufReader {
                         // batched wakeups): those records are only seen by a consume.
                         let consumed = rb.consume_raw();
                         if rc > 0 || consumed > 0 {
-                            handler.borrow_mut().batch_end();
+                            end_batch();
                         }
                         if let Some(every) = config.tick_every
                             && last_tick.elapsed() >= every
@@ -268,7 +290,7 @@ impl RingBufReader {
                     }
                     // Deliver what is already in the buffer, then the final drop count.
                     let _ = rb.consume_raw();
-                    handler.borrow_mut().batch_end();
+                    end_batch();
                     poll_drops(&mut last_kernel_total);
                     // Explicit order: ring buffer, then links and skeleton, then storage.
                     drop(rb);
