@@ -154,6 +154,7 @@ fn add(n: u32, t: u64, out: &mut Vec<Step>) {
         kind: "veth".into(),
         master: Some(3),
         peer_netnsid: Some(n as i32),
+        existing: false,
     }));
     out.push(Step::PluginOutput {
         pid: bridge,
@@ -187,6 +188,7 @@ fn del(n: u32, t: u64, out: &mut Vec<Step>) {
         kind: "veth".into(),
         master: Some(3),
         peer_netnsid: Some(n as i32),
+        existing: false,
     }));
     out.push(exit(bridge, t, t + 3 * MS));
 }

@@ -807,6 +807,8 @@ impl Engine {
                 }
                 Some(_) => None,
             };
+            // Links present at start are learned, not reported as changes.
+            let event_type = event_type.filter(|_| !change.existing);
             let container_id = previous.and_then(|l| l.container_id.clone());
             if self.links.len() >= self.config.max_links
                 && previous.is_none()

@@ -94,7 +94,8 @@
 //!   the IPAM reservation).
 //! - The kernel offers no usable hook for a namespace's destruction here:
 //!   removal is seen for named namespaces (`/run/netns`) only.
-//! - Links existing before start are learnt from their first change.
+//! - Links existing before start are learnt from one `RTM_GETLINK` dump when
+//!   the collector starts, without events; their addresses are not dumped.
 //!
 //! # Errors and losses
 //!

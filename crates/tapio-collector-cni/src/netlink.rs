@@ -1,10 +1,14 @@
 //! [`RtnetlinkSource`]: veth/bridge links and addresses from the kernel's
-//! rtnetlink multicast groups (`netlink-packet-route` over `netlink-sys`).
+//! rtnetlink multicast groups (`netlink-packet-route` over `netlink-sys`),
+//! plus one `RTM_GETLINK` dump at start so that links created before the
+//! collector are known too.
 
 use std::io::ErrorKind;
 use std::net::IpAddr;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
@@ -19,11 +23,17 @@ pub const LINK_KINDS: &[&str] = &["veth", "bridge"];
 /// overrun it between polls.
 const RCVBUF_BYTES: usize = 4 << 20;
 
+/// Sequence number of the initial link dump request.
+const DUMP_SEQ: u32 = 1;
+
 /// A non-blocking rtnetlink socket subscribed to link and address changes.
 #[derive(Debug)]
 pub struct RtnetlinkSource {
     socket: Socket,
     buf: Vec<u8>,
+    /// This socket's netlink port id: replies to its dump are addressed to
+    /// it, change notifications to the requester that caused them.
+    port: u32,
 }
 
 fn io(context: &str, error: std::io::Error) -> SourceError {
@@ -35,8 +45,11 @@ fn io(context: &str, error: std::io::Error) -> SourceError {
 }
 
 impl RtnetlinkSource {
-    /// Open the socket and join `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR` and
-    /// `RTNLGRP_IPV6_IFADDR` (no privilege needed).
+    /// Open the socket, join `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR` and
+    /// `RTNLGRP_IPV6_IFADDR` (no privilege needed), then ask for a dump of
+    /// the existing links; its replies arrive through [`NetlinkSource::poll`]
+    /// like the notifications, which were already being queued, so no change
+    /// between the dump and the first poll is missed.
     pub fn open() -> Result<Self, SourceError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(|e| io("open rtnetlink socket", e))?;
         socket
@@ -58,15 +71,34 @@ impl RtnetlinkSource {
         socket
             .set_non_blocking(true)
             .map_err(|e| io("make rtnetlink socket non-blocking", e))?;
+        let mut address = SocketAddr::new(0, 0);
+        socket
+            .get_address(&mut address)
+            .map_err(|e| io("read the rtnetlink socket's port", e))?;
+        let mut request = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+        );
+        request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        request.header.sequence_number = DUMP_SEQ;
+        request.finalize();
+        let mut bytes = vec![0; request.buffer_len()];
+        request.serialize(&mut bytes);
+        socket
+            .send_to(&bytes, &SocketAddr::new(0, 0), 0)
+            .map_err(|e| io("request the rtnetlink link dump", e))?;
         Ok(Self {
             socket,
             buf: Vec::with_capacity(64 * 1024),
+            port: address.port_number(),
         })
     }
 }
 
-/// Parse one datagram of rtnetlink messages into steps.
-pub fn parse_datagram(bytes: &[u8], at_ns: u64, out: &mut Vec<Step>) {
+/// Parse one datagram of rtnetlink messages into steps. Links in replies to
+/// the dump request of the socket whose port is `dump_port` are reported as
+/// [`LinkChange::existing`] (0: none, everything is a change).
+pub fn parse_datagram(bytes: &[u8], at_ns: u64, dump_port: u32, out: &mut Vec<Step>) {
     let mut offset = 0usize;
     while offset < bytes.len() {
         let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[offset..]) {
@@ -80,10 +112,15 @@ pub fn parse_datagram(bytes: &[u8], at_ns: u64, out: &mut Vec<Step>) {
             }
         };
         let len = msg.header.length as usize;
+        let existing = dump_port != 0
+            && msg.header.port_number == dump_port
+            && msg.header.sequence_number == DUMP_SEQ;
         if let NetlinkPayload::InnerMessage(inner) = msg.payload {
             match inner {
-                RouteNetlinkMessage::NewLink(link) => link_step(&link, true, at_ns, out),
-                RouteNetlinkMessage::DelLink(link) => link_step(&link, false, at_ns, out),
+                RouteNetlinkMessage::NewLink(link) => {
+                    link_step(&link, true, existing, at_ns, out);
+                }
+                RouteNetlinkMessage::DelLink(link) => link_step(&link, false, false, at_ns, out),
                 RouteNetlinkMessage::NewAddress(addr) => addr_step(&addr, true, at_ns, out),
                 RouteNetlinkMessage::DelAddress(addr) => addr_step(&addr, false, at_ns, out),
                 _ => {}
@@ -97,7 +134,7 @@ pub fn parse_datagram(bytes: &[u8], at_ns: u64, out: &mut Vec<Step>) {
     }
 }
 
-fn link_step(link: &LinkMessage, added: bool, at_ns: u64, out: &mut Vec<Step>) {
+fn link_step(link: &LinkMessage, added: bool, existing: bool, at_ns: u64, out: &mut Vec<Step>) {
     let mut name = None;
     let mut kind = None;
     let mut master = None;
@@ -131,6 +168,7 @@ fn link_step(link: &LinkMessage, added: bool, at_ns: u64, out: &mut Vec<Step>) {
         kind,
         master,
         peer_netnsid,
+        existing,
     }));
 }
 
@@ -168,7 +206,7 @@ impl NetlinkSource for RtnetlinkSource {
                 Ok(0) => return Ok(()),
                 Ok(_) => {
                     let at_ns = tapio_core::clock::boot_time_ns();
-                    parse_datagram(&self.buf, at_ns, out);
+                    parse_datagram(&self.buf, at_ns, self.port, out);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -193,7 +231,7 @@ mod tests {
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let mut out = Vec::new();
-        parse_datagram(&[0xff; 7], 1, &mut out);
+        parse_datagram(&[0xff; 7], 1, 0, &mut out);
         assert!(matches!(
             out.as_slice(),
             [Step::Malformed {
@@ -206,7 +244,7 @@ mod tests {
         let mut bogus = vec![0u8; 16];
         bogus[0] = 200;
         bogus[4] = 16; // RTM_NEWLINK
-        parse_datagram(&bogus, 1, &mut out);
+        parse_datagram(&bogus, 1, 0, &mut out);
         assert_eq!(out.len(), 1);
     }
 }

@@ -127,6 +127,10 @@ pub struct LinkChange {
     pub master: Option<u32>,
     /// Peer namespace id (veth).
     pub peer_netnsid: Option<i32>,
+    /// The link was there when the collector started (a reply to its
+    /// initial link dump), not a change: it is learned without an event, so
+    /// that later changes, removals and pod teardowns know it.
+    pub existing: bool,
 }
 
 /// An address changed (rtnetlink).

@@ -250,6 +250,87 @@ async fn add_and_del_are_correlated_with_exact_values() {
     assert_eq!(collector.health().stats.dropped_total(), 0);
 }
 
+/// Links of the test's own (`ip link del` on drop; deleting a veth end
+/// deletes its peer).
+struct Links(Vec<String>);
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", name])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+fn ifindex(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .expect("ifindex")
+        .trim()
+        .parse()
+        .expect("numeric ifindex")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_created_before_start_are_known() {
+    if !tapio_core::testing::require_root("links_created_before_start_are_known") {
+        return;
+    }
+    let id = std::process::id() % 100_000;
+    let (veth, peer, bridge) = (format!("tpv{id}a"), format!("tpv{id}b"), format!("tpb{id}"));
+    let mut links = Links(vec![veth.clone()]);
+    ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+    let veth_index = ifindex(&veth);
+
+    let network = Network::new(14);
+    let collector = CniCollector::new(config(&network));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    links.0.push(bridge.clone());
+    ip(&["link", "add", &bridge, "type", "bridge"]);
+    let bridge_index = ifindex(&bridge);
+    ip(&["link", "set", &veth, "master", &bridge]);
+
+    let mut seen = Vec::new();
+    let named = |e: &RawEvent, ty: &str, name: &str| {
+        e.event_type == ty && e.payload::<LinkEvent>().is_ok_and(|l| l.name == name)
+    };
+    let changed = wait_for(&mut rx, &mut seen, WAIT, "veth enslaved", |e| {
+        named(e, types::LINK_CHANGED, &veth)
+    })
+    .await;
+    let changed: LinkEvent = changed.payload().unwrap();
+    assert_eq!(
+        (changed.kind.as_str(), changed.ifindex, changed.master),
+        ("veth", veth_index, Some(bridge_index))
+    );
+    // The bridge is new; the veth was learned from the dump at start, so its
+    // enslavement is a change and it was never reported as added.
+    wait_for(&mut rx, &mut seen, WAIT, "bridge added", |e| {
+        named(e, types::LINK_ADDED, &bridge)
+    })
+    .await;
+    assert!(
+        !seen.iter().any(|e| named(e, types::LINK_ADDED, &veth)),
+        "pre-existing veth reported as added"
+    );
+    assert!(
+        !seen.iter().any(|e| named(e, types::LINK_ADDED, &peer)),
+        "pre-existing peer reported as added"
+    );
+    collector.stop().await.unwrap();
+    drop(links);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_add_reports_the_plugin_error() {
     if !tapio_core::testing::require_root("failing_add_reports_the_plugin_error") {

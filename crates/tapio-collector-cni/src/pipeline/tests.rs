@@ -225,6 +225,7 @@ fn link(added: bool, at: u64, index: u32, name: &str) -> Step {
         kind: "veth".into(),
         master: Some(3),
         peer_netnsid: Some(index as i32),
+        existing: false,
     })
 }
 
@@ -272,6 +273,34 @@ fn config() -> EngineConfig {
         step_timeout_ms: 1_000,
         operation_timeout_ms: 10_000,
         ..Default::default()
+    }
+}
+
+#[test]
+fn links_present_at_start_are_learned_without_an_event() {
+    let mut h = Harness::new(config());
+    let t = h.at();
+    let Step::Link(mut existing) = link(true, t, 1009, "veth9") else {
+        unreachable!("link() builds a link step")
+    };
+    existing.existing = true;
+    existing.master = None;
+    h.netlink(vec![Step::Link(existing.clone())]);
+    h.drain_and_wait(1);
+    assert!(h.outputs.is_empty(), "{:?}", h.outputs);
+    assert_eq!(h.pipeline.sizes().links, 1);
+
+    // Enslaved later: a change of a known link, not a new one.
+    h.netlink(vec![link(true, t + MS, 1009, "veth9")]);
+    h.drain_and_wait(1);
+    let types_seen: Vec<&str> = h.outputs.iter().map(Output::event_type).collect();
+    assert_eq!(types_seen, vec![types::LINK_CHANGED]);
+    match &h.outputs[0] {
+        Output::Link { event, .. } => {
+            assert_eq!((event.name.as_str(), event.ifindex), ("veth9", 1009));
+            assert_eq!(event.master, Some(3));
+        }
+        other => panic!("{other:?}"),
     }
 }
 
