@@ -59,7 +59,8 @@ use crate::resources::WatchedResource;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Test PKI: a CA and a server certificate for `localhost` / `127.0.0.1`.
+/// Test PKI: a CA, a server certificate for `localhost` / `127.0.0.1` and
+/// a client certificate (`CN=tapio-node`), both issued by the CA.
 #[derive(Clone)]
 pub struct TestPki {
     /// CA certificate (PEM).
@@ -68,6 +69,10 @@ pub struct TestPki {
     pub cert_pem: String,
     /// Server key (PEM).
     pub key_pem: String,
+    /// Client certificate (PEM), for servers that require one.
+    pub client_cert_pem: String,
+    /// Client key (PEM).
+    pub client_key_pem: String,
 }
 
 impl std::fmt::Debug for TestPki {
@@ -77,7 +82,7 @@ impl std::fmt::Debug for TestPki {
 }
 
 impl TestPki {
-    /// A fresh CA and server certificate.
+    /// A fresh CA with a server and a client certificate.
     pub fn generate() -> Result<Self, rcgen::Error> {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -98,10 +103,19 @@ impl TestPki {
             .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &issuer)?;
+        let client_key = KeyPair::generate()?;
+        let mut client_params = CertificateParams::new(Vec::<String>::new())?;
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "tapio-node");
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &issuer)?;
         Ok(Self {
             ca_pem: ca.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
         })
     }
 }
@@ -113,6 +127,9 @@ pub struct FakeApiServerOptions {
     pub tls: Option<TestPki>,
     /// Require `Authorization: Bearer <token>` (`None`: no auth).
     pub token: Option<String>,
+    /// With `tls`: require a client certificate issued by the test CA
+    /// (mutual TLS, like a kubelet started with `--client-ca-file`).
+    pub require_client_cert: bool,
     /// Changes kept for watch replay; older ones are compacted away.
     pub history: usize,
 }
@@ -122,6 +139,7 @@ impl Default for FakeApiServerOptions {
         Self {
             tls: None,
             token: None,
+            require_client_cert: false,
             history: 100_000,
         }
     }
@@ -335,7 +353,7 @@ impl FakeApiServer {
             active_watches: Default::default(),
         });
         let acceptor = match &options.tls {
-            Some(pki) => Some(tls_acceptor(pki)?),
+            Some(pki) => Some(tls_acceptor(pki, options.require_client_cert)?),
             None => None,
         };
         let cancel = CancellationToken::new();
@@ -620,7 +638,10 @@ fn base64_encode(data: &[u8]) -> String {
     out
 }
 
-fn tls_acceptor(pki: &TestPki) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    pki: &TestPki,
+    require_client_cert: bool,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> =
@@ -629,14 +650,28 @@ fn tls_acceptor(pki: &TestPki) -> std::io::Result<tokio_rustls::TlsAcceptor> {
             .map_err(std::io::Error::other)?;
     let key =
         PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).map_err(std::io::Error::other)?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(std::io::Error::other)?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(std::io::Error::other)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?;
+    let builder = if require_client_cert {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+            roots
+                .add(ca.map_err(std::io::Error::other)?)
+                .map_err(std::io::Error::other)?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(std::io::Error::other)?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(std::io::Error::other)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

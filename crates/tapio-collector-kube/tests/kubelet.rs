@@ -231,6 +231,82 @@ async fn kubelet_wrong_token_and_untrusted_ca_degrade_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_client_certificate_authenticates() {
+    use tapio_collector_kube::testing::{FakeApiServer, FakeApiServerOptions, TestPki};
+    let pki = TestPki::generate().expect("test PKI");
+    // Mutual TLS and no token: the certificate is the only credential.
+    let server = FakeApiServer::start(FakeApiServerOptions {
+        tls: Some(pki.clone()),
+        require_client_cert: true,
+        ..Default::default()
+    })
+    .await
+    .expect("fake kubelet");
+    server.set_kubelet_pods(doc(json!({"name": "api", "ready": true, "restartCount": 0,
+        "state": {"waiting": {"reason": "ContainerCreating"}}})));
+    server.set_stats_summary(json!({"node": {"nodeName": "node-a"}, "pods": []}));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &pki.ca_pem),
+        file("node.pem", &pki.client_cert_pem),
+        file("node-key.pem", &pki.client_key_pem),
+    );
+    let config = |with_cert: bool| KubeConfig {
+        watch_api: false,
+        kubelet: Some(KubeletConfig {
+            url: server.url(),
+            ca_file: Some(ca.clone()),
+            cert_file: with_cert.then(|| cert.clone()),
+            key_file: with_cert.then(|| key.clone()),
+            poll_interval_ms: 50,
+            request_timeout_ms: 2_000,
+            ..Default::default()
+        }),
+        retry: fast_retry(),
+        ..Default::default()
+    };
+
+    let authenticated = KubeCollector::new(config(true));
+    let mut rx = authenticated.events().unwrap();
+    authenticated
+        .start(CollectorContext::default())
+        .await
+        .unwrap();
+    let events = exactly(&mut rx, 1, 300).await;
+    assert_eq!(events[0].event_type, "kubelet.container.waiting");
+    let waiting: ContainerEvent = events[0].payload().unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
+    assert_eq!(
+        authenticated.health().state,
+        HealthState::Healthy,
+        "{:?}",
+        authenticated.health()
+    );
+    stop(&authenticated).await;
+
+    // Without the certificate the server ends the handshake: no request
+    // gets through, and health says why.
+    let anonymous = KubeCollector::new(config(false));
+    let mut rx = anonymous.events().unwrap();
+    let before = server.requests().len();
+    anonymous.start(CollectorContext::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let report = anonymous.health();
+    assert_eq!(report.state, HealthState::Degraded);
+    let message = report.message.unwrap();
+    assert!(message.starts_with("kubelet: "), "{message}");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    assert_eq!(server.requests().len(), before, "nothing got through TLS");
+    exactly(&mut rx, 0, 50).await;
+    stop(&anonymous).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_summary_becomes_usage_gauges() {
     use opentelemetry::metrics::MeterProvider as _;
     use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
