@@ -387,15 +387,10 @@ async fn run(args: Args) -> Result<(), String> {
         if !*open {
             return;
         }
-        match ev.to_json_line() {
-            Ok(line) => {
-                if writeln!(out, "{line}").is_err() {
-                    // stdout closed (e.g. piped into `head`): keep running, stop writing.
-                    *open = false;
-                    return;
-                }
-                *written.entry(ev.source).or_default() += 1;
-            }
+        match ev.write_json_line(&mut *out) {
+            Ok(()) => *written.entry(ev.source).or_default() += 1,
+            // stdout closed (e.g. piped into `head`): keep running, stop writing.
+            Err(err) if err.is_io() => *open = false,
             Err(err) => tracing::warn!(error = %err, "event not serializable"),
         }
     };

@@ -122,9 +122,41 @@ impl SpanId {
     }
 }
 
+/// `N` lowercase hex digits on the stack: ids are rendered for every event
+/// written, and the formatting machinery of `{:032x}` costs several times
+/// more than a table lookup per byte.
+struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    /// `bytes` must be `N / 2` long (both callers pass fixed-size arrays).
+    fn of(bytes: &[u8]) -> Self {
+        let mut out = [b'0'; N];
+        // Only fails on a length mismatch, which the callers rule out.
+        let _ = hex::encode_to_slice(bytes, &mut out);
+        Self(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl TraceId {
+    fn hex(self) -> Hex<32> {
+        Hex::of(&self.to_bytes())
+    }
+}
+
+impl SpanId {
+    fn hex(self) -> Hex<16> {
+        Hex::of(&self.to_bytes())
+    }
+}
+
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 impl fmt::Debug for TraceId {
@@ -134,7 +166,7 @@ impl fmt::Debug for TraceId {
 }
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 impl fmt::Debug for SpanId {
@@ -164,7 +196,7 @@ macro_rules! serde_via_str {
     ($t:ty) => {
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                s.serialize_str(self.hex().as_str())
             }
         }
         impl<'de> Deserialize<'de> for $t {
@@ -384,6 +416,29 @@ impl RawEvent {
         serde_json::to_string(self)
     }
 
+    /// [`to_json_line`](Self::to_json_line) and a newline, written straight
+    /// into `writer` (no intermediate `String`): JSON Lines output. An I/O
+    /// failure is an error whose [`classify`](serde_json::Error::classify)
+    /// is `Io`; a line may then be partly written.
+    ///
+    /// ```
+    /// use tapio_core::RawEvent;
+    ///
+    /// let ev = RawEvent::new("demo.tick", "demo", &serde_json::json!({"n": 1}))?;
+    /// let mut out = Vec::new();
+    /// ev.write_json_line(&mut out)?;
+    /// assert!(out.ends_with(b"\n"));
+    /// assert_eq!(RawEvent::from_json_line(std::str::from_utf8(&out)?.trim_end())?, ev);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_json_line<W: std::io::Write>(
+        &self,
+        mut writer: W,
+    ) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(&mut writer, self)?;
+        writer.write_all(b"\n").map_err(serde_json::Error::io)
+    }
+
     /// Parse one line written by [`RawEvent::to_json_line`].
     pub fn from_json_line(line: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(line)
@@ -494,6 +549,30 @@ mod tests {
         );
         assert!(TraceId::from_u128(0).is_none());
         assert!(SpanId::from_u64(0).is_none());
+    }
+
+    #[test]
+    fn ids_render_as_fixed_width_lowercase_hex_everywhere() {
+        let traces = [
+            1,
+            0xab,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ];
+        for v in traces {
+            let id = TraceId::from_u128(v).unwrap();
+            let hex = format!("{v:032x}");
+            assert_eq!(id.to_string(), hex);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{hex}\""));
+            assert_eq!(hex.parse::<TraceId>().unwrap(), id);
+        }
+        for v in [1, 0xab, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let id = SpanId::from_u64(v).unwrap();
+            let hex = format!("{v:016x}");
+            assert_eq!(id.to_string(), hex);
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{hex}\""));
+            assert_eq!(hex.parse::<SpanId>().unwrap(), id);
+        }
     }
 
     #[test]
