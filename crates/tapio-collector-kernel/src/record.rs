@@ -227,19 +227,21 @@ impl Converter {
         };
         // Process, cgroup/pod and extra attributes: one allocation.
         ev.metadata.reserve(16 + N);
+        // Inserted close to key order, so that most inserts append rather
+        // than shift: cgroup/pod keys (`container.*`, `k8s.*`), then the
+        // extras (`network.*`, `file.path`, `process.command_line`, …),
+        // then the process's own `process.*` keys.
+        let process = process.inspect(|p| self.emitter.attach_cgroup(&mut ev, p.cgroup_id));
+        for (k, v) in extra {
+            ev.metadata.insert(k, v);
+        }
         if let Some(p) = process {
-            // Cgroup and pod keys sort before `process.*`: inserted in key
-            // order, each attribute is an append rather than a shift.
-            self.emitter.attach_cgroup(&mut ev, p.cgroup_id);
             ev.metadata.insert("process.command", p.comm);
             ev.metadata
                 .insert("process.parent_pid", p.ppid.to_compact_string());
             ev.metadata.insert("process.pid", p.pid.to_compact_string());
             ev.metadata
                 .insert("process.user.id", p.uid.to_compact_string());
-        }
-        for (k, v) in extra {
-            ev.metadata.insert(k, v);
         }
         self.batch.push(ev);
     }
