@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Netns, Network, bridge_ports, run_plugin, wait_for};
+use common::{Links, Netns, Network, bridge_ports, ifindex, ip, run_plugin, wait_for};
 use tapio_collector_cni::{
     CniCollector, CniConfig, EngineConfig, IpamEvent, LinkEvent, NetnsEvent, PluginInvocationEvent,
     PodNetworkEvent, types,
@@ -248,36 +248,6 @@ async fn add_and_del_are_correlated_with_exact_values() {
         "{counters:?}"
     );
     assert_eq!(collector.health().stats.dropped_total(), 0);
-}
-
-/// Links of the test's own (`ip link del` on drop; deleting a veth end
-/// deletes its peer).
-struct Links(Vec<String>);
-
-impl Drop for Links {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", name])
-                .status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run ip");
-    assert!(status.success(), "ip {args:?} failed");
-}
-
-fn ifindex(name: &str) -> u32 {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
-        .expect("ifindex")
-        .trim()
-        .parse()
-        .expect("numeric ifindex")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

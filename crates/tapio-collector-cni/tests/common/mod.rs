@@ -31,11 +31,7 @@ pub struct Netns {
 impl Netns {
     pub fn new() -> Self {
         let name = format!("tapio-cni-{}", unique());
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip");
-        assert!(status.success(), "ip netns add {name} failed");
+        ip(&["netns", "add", &name]);
         Self { name }
     }
 
@@ -54,6 +50,36 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// Run `ip` with `args`; panics when it fails.
+pub fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+/// The interface index of link `name`.
+pub fn ifindex(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .expect("ifindex")
+        .trim()
+        .parse()
+        .expect("numeric ifindex")
+}
+
+/// Links of the test's own, deleted on drop (deleting a veth end deletes
+/// its peer).
+pub struct Links(pub Vec<String>);
+
+impl Drop for Links {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip")
+                .args(["link", "del", name])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
