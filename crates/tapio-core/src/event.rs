@@ -130,6 +130,7 @@ struct Hex<const N: usize>([u8; N]);
 impl<const N: usize> Hex<N> {
     /// `bytes` must be `N / 2` long (both callers pass fixed-size arrays).
     fn of(bytes: &[u8]) -> Self {
+        debug_assert_eq!(bytes.len() * 2, N, "hex buffer size");
         let mut out = [b'0'; N];
         // Only fails on a length mismatch, which the callers rule out.
         let _ = hex::encode_to_slice(bytes, &mut out);
