@@ -61,14 +61,6 @@ impl Default for CniConfig {
     }
 }
 
-/// Ring buffers must be a power-of-two multiple of the page size.
-pub(crate) fn ring_size(requested: u32) -> u32 {
-    requested
-        .max(4096)
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31)
-}
-
 /// A bin dir as the kernel filter compares it: no trailing slash.
 pub(crate) fn normalize_dir(dir: &str) -> String {
     let trimmed = dir.trim_end_matches('/');
@@ -167,7 +159,6 @@ mod tests {
         };
         assert!(env.validate().unwrap_err().contains("env_bytes"));
         assert_eq!(normalize_dir("/opt/cni/bin/"), "/opt/cni/bin");
-        assert_eq!(ring_size(5000), 8192);
         let parsed: CniConfig =
             serde_json::from_str(r#"{"bin_dirs":["/x"],"engine":{"settle_ms":5}}"#).unwrap();
         assert_eq!(parsed.engine.settle_ms, 5);

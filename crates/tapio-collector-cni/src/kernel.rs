@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
+use libbpf_rs::OpenObject;
 use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
-use libbpf_rs::{Link, OpenObject};
 use tapio_core::bpf::{self, BpfProgram, DecodeError, Loaded, Record, RecordHandler};
 use tapio_core::{CollectorError, DropStage, Emitter};
 
 use crate::NAME;
 use crate::cni::CniEnv;
-use crate::skel::{CniSkel, CniSkelBuilder, types};
+use crate::skel::{CniSkelBuilder, types};
 use crate::source::{
     ExecSource, NetnsChange, NetnsVia, PluginExit, PluginStart, SourceError, Step,
 };
@@ -177,18 +177,6 @@ pub(crate) struct CniProgram {
     pub output_bytes: u32,
 }
 
-fn copy_cstr(dst: &mut [i8], src: &str) {
-    for (d, s) in dst.iter_mut().zip(src.bytes().chain(std::iter::once(0))) {
-        *d = i8::from_ne_bytes([s]);
-    }
-}
-
-struct Attached<'obj> {
-    // Field order is drop order: links detach before the skeleton closes.
-    _links: Vec<Link>,
-    _skel: CniSkel<'obj>,
-}
-
 /// Programs that need only BTF (always attached) and the classic syscall
 /// tracepoints (attached when tracefs allows; their absence is reported).
 const REQUIRED: &[&str] = &["tapio_cni_exec", "tapio_cni_exit", "tapio_cni_fork"];
@@ -204,24 +192,16 @@ impl BpfProgram for CniProgram {
         let mut open = CniSkelBuilder::default()
             .open(storage)
             .map_err(err("open BPF object"))?;
-        let ring = crate::config::ring_size(self.ring_buffer_bytes);
+        let ring = bpf::ring_buffer_size(self.ring_buffer_bytes);
         open.maps
             .tapio_events
             .set_max_entries(ring)
             .map_err(err("size ring buffer"))?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| CollectorError::Bpf {
-                collector: NAME.to_string(),
-                operation: "configure BPF object".to_string(),
-                source: "the object's .rodata is not memory-mapped".into(),
-            })?;
+        let rodata = bpf::rodata(open.maps.rodata_data.as_deref_mut(), NAME)?;
         let dirs: Vec<&String> = self.bin_dirs.iter().take(MAX_BIN_DIRS).collect();
         rodata.cfg_n_prefixes = dirs.len() as u32;
         for (i, dir) in dirs.iter().enumerate() {
-            copy_cstr(&mut rodata.cfg_prefixes[i], dir);
+            bpf::write_cstr(&mut rodata.cfg_prefixes[i], dir);
             rodata.cfg_prefix_lens[i] = dir.len() as u32;
         }
         rodata.cfg_env_len = self.env_bytes.clamp(1, MAX_ENV_BYTES);
@@ -252,19 +232,7 @@ impl BpfProgram for CniProgram {
         if !unavailable.is_empty() {
             details.push(("programs_unavailable".to_string(), unavailable.join(",")));
         }
-        let events =
-            bpf::map_handle(skel.object(), bpf::EVENTS_MAP).map_err(err("open ring buffer"))?;
-        let drops =
-            bpf::map_handle(skel.object(), bpf::DROPS_MAP).map_err(err("open drop counter"))?;
-        Ok(Loaded {
-            events,
-            drops: Some(drops),
-            details,
-            keep: Box::new(Attached {
-                _links: links,
-                _skel: skel,
-            }),
-        })
+        Loaded::attached(skel, links, details).map_err(err("open ring buffer and drop counter"))
     }
 }
 

@@ -101,7 +101,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
+use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
 use libbpf_rs::{Link, OpenObject};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
@@ -244,14 +244,6 @@ impl DnsConfig {
     }
 }
 
-/// Ring buffers must be a power-of-two multiple of the page size.
-fn ring_size(requested: u32) -> u32 {
-    requested
-        .max(4096)
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31)
-}
-
 /// IDs of the BPF programs attached to `cgroup` for `cgroup_skb` egress and
 /// ingress (every program, not only this collector's), for diagnostics and
 /// for checking that [`Collector::stop`] detached everything.
@@ -300,12 +292,6 @@ struct DnsProgram {
     cgroup: PathBuf,
 }
 
-struct Attached<'obj> {
-    // Field order is drop order: links detach before the skeleton closes.
-    _links: Vec<Link>,
-    _skel: skel::DnsSkel<'obj>,
-}
-
 /// libbpf errors as collector errors naming what cgroup_skb programs need.
 fn load_error(operation: &str, err: libbpf_rs::Error) -> CollectorError {
     bpf::load_error_needing(NAME, operation, err, bpf::Capabilities::CgroupNetwork)
@@ -319,7 +305,7 @@ impl BpfProgram for DnsProgram {
         storage: &'obj mut MaybeUninit<OpenObject>,
     ) -> Result<Loaded<'obj>, CollectorError> {
         let err = |op: &'static str| move |e| load_error(op, e);
-        let ring = ring_size(self.ring_buffer_bytes);
+        let ring = bpf::ring_buffer_size(self.ring_buffer_bytes);
         let mut open = DnsSkelBuilder::default()
             .open(storage)
             .map_err(err("open BPF object"))?;
@@ -327,15 +313,7 @@ impl BpfProgram for DnsProgram {
             .tapio_events
             .set_max_entries(ring)
             .map_err(err("size ring buffer"))?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| CollectorError::Bpf {
-                collector: NAME.to_string(),
-                operation: "configure BPF object".to_string(),
-                source: "the BPF object has no .rodata section".into(),
-            })?;
+        let rodata = bpf::rodata(open.maps.rodata_data.as_deref_mut(), NAME)?;
         rodata.capture_len = self.capture_bytes;
         rodata.observe_client = u8::from(self.observe_client);
         rodata.observe_server = u8::from(self.observe_server);
@@ -372,19 +350,8 @@ impl BpfProgram for DnsProgram {
             ("ingress_prog_id".to_string(), prog_id(&ingress)),
             ("ring_buffer_bytes".to_string(), ring.to_string()),
         ];
-        let events =
-            bpf::map_handle(skel.object(), bpf::EVENTS_MAP).map_err(err("open ring buffer"))?;
-        let drops =
-            bpf::map_handle(skel.object(), bpf::DROPS_MAP).map_err(err("open drop counter"))?;
-        Ok(Loaded {
-            events,
-            drops: Some(drops),
-            details,
-            keep: Box::new(Attached {
-                _links: vec![egress, ingress],
-                _skel: skel,
-            }),
-        })
+        Loaded::attached(skel, vec![egress, ingress], details)
+            .map_err(err("open ring buffer and drop counter"))
     }
 }
 
@@ -1020,12 +987,6 @@ mod tests {
         assert_eq!(r.latency_us, Some(0));
         assert_eq!(r.response.answers[0].data, "10.96.0.10");
         assert_eq!(r.query.unwrap().id, 8);
-    }
-
-    #[test]
-    fn ring_size_is_power_of_two_pages() {
-        assert_eq!(ring_size(0), 4096);
-        assert_eq!(ring_size(5000), 8192);
     }
 
     #[test]

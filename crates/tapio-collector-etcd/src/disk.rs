@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
-use libbpf_rs::{Link, MapCore as _, OpenObject};
+use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
+use libbpf_rs::{MapCore as _, OpenObject};
 use opentelemetry::KeyValue;
 use tapio_core::bpf::{self, BpfProgram, DecodeError, Loaded, Record};
 use tapio_core::clock::BootClock;
@@ -155,12 +155,6 @@ pub(crate) struct DiskProgram {
     pub hook: SyscallHook,
 }
 
-struct Attached<'obj> {
-    // Field order is drop order: links detach before the skeleton closes.
-    _links: Vec<Link>,
-    _skel: crate::skel::EtcdSkel<'obj>,
-}
-
 impl BpfProgram for DiskProgram {
     type Record = IoRecord;
 
@@ -174,25 +168,15 @@ impl BpfProgram for DiskProgram {
             .map_err(err("open BPF object"))?;
         open.maps
             .tapio_events
-            .set_max_entries(ring_size(self.ring_buffer_bytes))
+            .set_max_entries(bpf::ring_buffer_size(self.ring_buffer_bytes))
             .map_err(err("size ring buffer"))?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| CollectorError::Bpf {
-                collector: NAME.to_string(),
-                operation: "set the target process".to_string(),
-                source: "BPF object has no read-only data section".into(),
-            })?;
+        let rodata = bpf::rodata(open.maps.rodata_data.as_deref_mut(), NAME)?;
         match &self.target {
             DiskTarget::Pid(pid) => rodata.target_tgid = *pid,
             DiskTarget::Comm(comm) => {
                 rodata.target_tgid = 0;
-                // Validated to 1..=15 bytes, so a NUL always follows.
-                for (dst, src) in rodata.target_comm.iter_mut().zip(comm.bytes().take(15)) {
-                    *dst = i8::from_ne_bytes([src]);
-                }
+                // Validated to 1..=15 bytes, so the NUL fits.
+                bpf::write_cstr(&mut rodata.target_comm, comm);
             }
         }
         let tp = self.hook == SyscallHook::Tracepoints;
@@ -272,31 +256,12 @@ impl BpfProgram for DiskProgram {
             ]
         };
         let ring_bytes = skel.maps.tapio_events.max_entries();
-        let events =
-            bpf::map_handle(skel.object(), bpf::EVENTS_MAP).map_err(err("open ring buffer"))?;
-        let drops =
-            bpf::map_handle(skel.object(), bpf::DROPS_MAP).map_err(err("open drop counter"))?;
-        Ok(Loaded {
-            events,
-            drops: Some(drops),
-            details: vec![
-                ("disk_hook".to_string(), self.hook.name().to_string()),
-                ("disk_ring_buffer_bytes".to_string(), ring_bytes.to_string()),
-            ],
-            keep: Box::new(Attached {
-                _links: links,
-                _skel: skel,
-            }),
-        })
+        let details = vec![
+            ("disk_hook".to_string(), self.hook.name().to_string()),
+            ("disk_ring_buffer_bytes".to_string(), ring_bytes.to_string()),
+        ];
+        Loaded::attached(skel, links, details).map_err(err("open ring buffer and drop counter"))
     }
-}
-
-/// Ring buffers must be a power-of-two multiple of the page size.
-fn ring_size(requested: u32) -> u32 {
-    requested
-        .max(4096)
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31)
 }
 
 /// Classify an etcd file by its path (and the mode the kernel reported).
@@ -509,6 +474,5 @@ mod tests {
             EtcdFileKind::Directory
         );
         assert_eq!(file_kind(None, reg), EtcdFileKind::Other);
-        assert_eq!(ring_size(5000), 8192);
     }
 }

@@ -111,14 +111,6 @@ pub const NAME: &str = "kernel";
 /// Event type of a process execution (see [`events::types`] for all).
 pub const EXEC_EVENT: &str = events::types::EXEC;
 
-/// Ring buffers must be a power-of-two multiple of the page size.
-pub(crate) fn ring_size(requested: u32) -> u32 {
-    requested
-        .max(4096)
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31)
-}
-
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -461,17 +453,5 @@ pub mod bench {
                 let _ = thread.join();
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_size_is_power_of_two_pages() {
-        assert_eq!(ring_size(0), 4096);
-        assert_eq!(ring_size(5000), 8192);
-        assert_eq!(ring_size(1 << 20), 1 << 20);
     }
 }

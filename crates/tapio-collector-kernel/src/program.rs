@@ -4,14 +4,14 @@ use std::mem::MaybeUninit;
 use std::path::Path;
 
 use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
-use libbpf_rs::{Link, MapCore as _, OpenObject};
+use libbpf_rs::{MapCore as _, OpenObject};
 use tapio_core::CollectorError;
 use tapio_core::bpf::{self, BpfProgram, Loaded};
 
 use crate::NAME;
 use crate::config::{self, HookMode, KernelConfig};
 use crate::record::KernelRecord;
-use crate::skel::{KernelSkel, KernelSkelBuilder};
+use crate::skel::KernelSkelBuilder;
 
 /// Sub-collector a BPF program belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,18 +188,6 @@ impl KernelProgram {
     }
 }
 
-fn copy_cstr(dst: &mut [i8], src: &str) {
-    for (d, s) in dst.iter_mut().zip(src.bytes().chain(std::iter::once(0))) {
-        *d = i8::from_ne_bytes([s]);
-    }
-}
-
-struct Attached<'obj> {
-    // Field order is drop order: links detach before the skeleton closes.
-    _links: Vec<Link>,
-    _skel: KernelSkel<'obj>,
-}
-
 impl BpfProgram for KernelProgram {
     type Record = KernelRecord;
 
@@ -211,21 +199,13 @@ impl BpfProgram for KernelProgram {
         let mut open = KernelSkelBuilder::default()
             .open(storage)
             .map_err(err("open BPF object"))?;
-        let ring_bytes = crate::ring_size(self.config.ring_buffer_bytes);
+        let ring_bytes = bpf::ring_buffer_size(self.config.ring_buffer_bytes);
         open.maps
             .tapio_events
             .set_max_entries(ring_bytes)
             .map_err(err("size ring buffer"))?;
         let c = &self.config;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .ok_or_else(|| CollectorError::Bpf {
-                collector: NAME.to_string(),
-                operation: "configure BPF object".to_string(),
-                source: "the object's .rodata is not memory-mapped".into(),
-            })?;
+        let rodata = bpf::rodata(open.maps.rodata_data.as_deref_mut(), NAME)?;
         rodata.cfg_self_pid = if c.filter.exclude_self {
             self.self_pid
         } else {
@@ -233,7 +213,7 @@ impl BpfProgram for KernelProgram {
         };
         rodata.cfg_filter_pid = c.filter.pid.unwrap_or(0);
         rodata.cfg_filter_cgroup = c.filter.cgroup_id.unwrap_or(0);
-        copy_cstr(
+        bpf::write_cstr(
             &mut rodata.cfg_filter_comm,
             c.filter.comm.as_deref().unwrap_or(""),
         );
@@ -248,7 +228,7 @@ impl BpfProgram for KernelProgram {
             .collect();
         rodata.cfg_n_prefixes = prefixes.len() as u32;
         for (i, prefix) in prefixes.iter().enumerate() {
-            copy_cstr(&mut rodata.cfg_prefixes[i], prefix);
+            bpf::write_cstr(&mut rodata.cfg_prefixes[i], prefix);
             rodata.cfg_prefix_lens[i] = prefix.len() as u32;
         }
         rodata.cfg_rate_per_sec = c.rate_limit.events_per_sec;
@@ -288,19 +268,7 @@ impl BpfProgram for KernelProgram {
                     .unwrap_or_else(|e| format!("unknown: {e}")),
             ),
         ];
-        let events =
-            bpf::map_handle(skel.object(), bpf::EVENTS_MAP).map_err(err("open ring buffer"))?;
-        let drops =
-            bpf::map_handle(skel.object(), bpf::DROPS_MAP).map_err(err("open drop counter"))?;
-        Ok(Loaded {
-            events,
-            drops: Some(drops),
-            details,
-            keep: Box::new(Attached {
-                _links: links,
-                _skel: skel,
-            }),
-        })
+        Loaded::attached(skel, links, details).map_err(err("open ring buffer and drop counter"))
     }
 }
 

@@ -6,9 +6,11 @@
 //! which defines the `tapio_events` ring buffer and the `tapio_drops` per-CPU
 //! counter of reserve failures; [`RingBufReader`] reads both.
 
+mod load;
 mod reader;
 mod record;
 
+pub use load::{ring_buffer_size, rodata, write_cstr};
 pub use reader::{
     BpfProgram, KeepAlive, Loaded, ReaderStats, RecordHandler, RingBufReader, RingBufReaderConfig,
     map_handle,

@@ -69,15 +69,23 @@ pub fn decode_pod<T: plain::Plain + Copy + Default>(bytes: &[u8]) -> Result<T, D
 pub trait CChar: Copy {
     /// The byte value.
     fn byte(self) -> u8;
+    /// The `char` holding `byte`.
+    fn from_byte(byte: u8) -> Self;
 }
 impl CChar for u8 {
     fn byte(self) -> u8 {
         self
     }
+    fn from_byte(byte: u8) -> Self {
+        byte
+    }
 }
 impl CChar for i8 {
     fn byte(self) -> u8 {
         self.to_ne_bytes()[0]
+    }
+    fn from_byte(byte: u8) -> Self {
+        i8::from_ne_bytes([byte])
     }
 }
 
