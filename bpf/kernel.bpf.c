@@ -283,11 +283,22 @@ struct {
 	__type(value, struct tapio_sock_owner);
 } sock_owners SEC(".maps");
 
-/* (family << 16 | local port) of a listening socket -> owner, for accepts in softirq. */
+/*
+ * Listening socket -> owner, for accepts in softirq, keyed by the network
+ * namespace, family and local port an accepted socket shares with its
+ * listener: on a Kubernetes node many pods listen on the same port, each in
+ * its own namespace.
+ */
+struct tapio_listener_key {
+	__u32 netns; /* inode number of the socket's network namespace */
+	__u16 family;
+	__u16 port;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__type(key, struct tapio_listener_key);
 	__type(value, struct tapio_task);
 } listeners SEC(".maps");
 
@@ -648,9 +659,15 @@ static __always_inline void emit_tcp(const struct sock *sk, __u32 op, struct tap
 	tapio_submit(e, sizeof(*e));
 }
 
-static __always_inline __u32 listener_key(__u16 family, __u16 port)
+static __always_inline struct tapio_listener_key listener_key(const struct sock *sk, __u16 family)
 {
-	return ((__u32)family << 16) | port;
+	struct tapio_listener_key key = {
+		.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
+		.family = family,
+		.port = sk->__sk_common.skc_num,
+	};
+
+	return key;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -673,14 +690,14 @@ int BPF_PROG(tapio_sock_state, const struct sock *sk, const int oldstate, const 
 		if (newstate == TCP_SYN_SENT) {
 			bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		} else {
-			__u32 lk = listener_key(family, sk->__sk_common.skc_num);
+			struct tapio_listener_key lk = listener_key(sk, family);
 
 			bpf_map_update_elem(&listeners, &lk, &owner.task, BPF_ANY);
 		}
 		return 0;
 	}
 	if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
-		__u32 lk = listener_key(family, sk->__sk_common.skc_num);
+		struct tapio_listener_key lk = listener_key(sk, family);
 
 		bpf_map_delete_elem(&listeners, &lk);
 		return 0;
@@ -695,7 +712,7 @@ int BPF_PROG(tapio_sock_state, const struct sock *sk, const int oldstate, const 
 	}
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
 		/* Softirq: attribute to the process that listens on the port. */
-		__u32 lk = listener_key(family, sk->__sk_common.skc_num);
+		struct tapio_listener_key lk = listener_key(sk, family);
 		struct tapio_task *listener = bpf_map_lookup_elem(&listeners, &lk);
 
 		if (!listener)

@@ -35,8 +35,10 @@
 //! TCP accepts and closes run in softirq, where the current task is
 //! arbitrary; the collector records the owner of each socket at `connect()`
 //! / `listen()` (process context) in a socket → owner map and attributes
-//! later events to it. The 4-tuple is captured while established, since the
-//! kernel releases the local port before the final state change.
+//! later events to it; an accepted connection goes to the process listening
+//! on its port in its own network namespace (pods on one node commonly
+//! listen on the same port). The 4-tuple is captured while established,
+//! since the kernel releases the local port before the final state change.
 //!
 //! Controls: every sub-collector can be switched off (its programs are not
 //! even loaded); filters on pid, cgroup and comm run in the kernel; a

@@ -134,3 +134,77 @@ async fn refused_connection_reports_the_reset_and_no_connection() {
     assert_eq!(reset.process.as_ref().unwrap().pid, std::process::id());
     k.collector.stop().await.unwrap();
 }
+
+/// On a Kubernetes node many pods listen on the same port, each in its own
+/// network namespace. Two threads, each in a network namespace of its own
+/// (gone when the thread exits), listen on one port number; both listen
+/// before either accepts. Every accept is attributed to the thread that
+/// listens in that namespace, not to whichever listened last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_on_one_port_in_two_network_namespaces_go_to_their_own_listener() {
+    if !require_root("accepts_on_one_port_in_two_network_namespaces_go_to_their_own_listener") {
+        return;
+    }
+    const PORT: u16 = 47_123;
+    let mut k = start(only(false, true, false, false, false)).await;
+    let both_listening = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let both_listening = both_listening.clone();
+            std::thread::spawn(move || {
+                // SAFETY: plain syscalls; unshare(CLONE_NEWNET) moves only
+                // the calling thread (and the processes it spawns).
+                let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+                let tid = u32::try_from(unsafe { libc::gettid() }).unwrap();
+                let up = std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .unwrap();
+                assert!(up.success(), "ip link set lo up: {up}");
+                let listener = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+                both_listening.wait();
+                let client = TcpStream::connect(("127.0.0.1", PORT)).unwrap();
+                let client_port = client.local_addr().unwrap().port();
+                let (conn, _) = listener.accept().unwrap();
+                drop((conn, client));
+                (tid, client_port)
+            })
+        })
+        .collect();
+    let listeners: Vec<(u32, u16)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let client_ports: Vec<u16> = listeners.iter().map(|&(_, port)| port).collect();
+
+    let events = collect(
+        &mut k.events,
+        Duration::from_secs(10),
+        |ev| {
+            ev.event_type == types::ACCEPT
+                && ev
+                    .payload::<TcpEvent>()
+                    .is_ok_and(|t| t.local_port == PORT && client_ports.contains(&t.remote_port))
+        },
+        |got| got.len() >= 2,
+    )
+    .await;
+    let accepts: Vec<TcpEvent> = events.iter().map(|e| e.payload().unwrap()).collect();
+    let mut accepted_by: Vec<u32> = accepts
+        .iter()
+        .map(|a| a.process.as_ref().expect("accept without owner").tid)
+        .collect();
+    let mut listening: Vec<u32> = listeners.iter().map(|&(tid, _)| tid).collect();
+    accepted_by.sort_unstable();
+    listening.sort_unstable();
+    assert_eq!(accepted_by, listening, "{accepts:#?}");
+    // Where the two clients got different ports, each accept names its own thread.
+    if client_ports[0] != client_ports[1] {
+        for (tid, client_port) in &listeners {
+            let accept = accepts
+                .iter()
+                .find(|a| a.remote_port == *client_port)
+                .unwrap();
+            assert_eq!(accept.process.as_ref().unwrap().tid, *tid, "{accept:#?}");
+        }
+    }
+    k.collector.stop().await.unwrap();
+}
