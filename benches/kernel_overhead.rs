@@ -33,6 +33,15 @@
 //! hits all of them; the headline is the median of the per-repetition ratios
 //! collector / off.
 //!
+//! Beside wall time, each workload's CPU is accounted per operation: the load
+//! process's own CPU (`getrusage` in the child; the BPF programs and softirq
+//! work that run in its context are part of it), this process's CPU (the
+//! collector's reader and the consumer), and the in-kernel run time of the
+//! `tapio_*` BPF programs (BPF run-time statistics are on for the whole run,
+//! in every mode, which adds two clock reads to each program run). On a
+//! shared two-vCPU machine the wall time of the same workload swings by tens
+//! of percent between runs; CPU time much less.
+//!
 //! ```text
 //! sudo cargo bench --bench kernel_overhead
 //! TAPIO_BENCH_REPS=11 TAPIO_BENCH_ONLY=network cargo bench --bench kernel_overhead
@@ -46,19 +55,49 @@ use kernel_support::*;
 use tapio::kernel::KernelConfig;
 use tapio::kernel::bench::BareConsumer;
 
+/// One workload run: its wall time, and where CPU went meanwhile.
+#[derive(Default, Clone, Copy)]
+struct Run {
+    wall: Duration,
+    /// CPU of the load process (every thread; includes the BPF programs and
+    /// softirq work that ran in its context).
+    load_cpu: Duration,
+    /// CPU of this process: the collector or consumer threads.
+    own_cpu: Duration,
+    /// In-kernel run time of the tapio BPF programs, wherever they ran.
+    bpf: Duration,
+}
+
+impl Run {
+    /// CPU of the load and of the observer together.
+    fn cpu(&self) -> Duration {
+        self.load_cpu + self.own_cpu
+    }
+}
+
 #[derive(Default, Clone, Copy)]
 struct Times {
-    exec: Duration,
-    connect: Duration,
+    exec: Run,
+    connect: Run,
+}
+
+fn run(kind: &str, count: u64) -> Run {
+    let ns = |v: u128| Duration::from_nanos(u64::try_from(v).unwrap_or(u64::MAX));
+    let (own0, bpf0) = (process_cpu(), bpf_run_time());
+    let m = run_child(kind, &[("count", count.to_string())]);
+    let (own1, bpf1) = (process_cpu(), bpf_run_time());
+    Run {
+        wall: ns(m["ns"]),
+        load_cpu: ns(m["cpu_ns"]),
+        own_cpu: own1.saturating_sub(own0),
+        bpf: bpf1.saturating_sub(bpf0),
+    }
 }
 
 fn workloads(execs: u64, connects: u64) -> Times {
-    let ns = |m: std::collections::BTreeMap<String, u128>| {
-        Duration::from_nanos(u64::try_from(m["ns"]).unwrap_or(u64::MAX))
-    };
     Times {
-        exec: ns(run_child("exec", &[("count", execs.to_string())])),
-        connect: ns(run_child("connect", &[("count", connects.to_string())])),
+        exec: run("exec", execs),
+        connect: run("connect", connects),
     }
 }
 
@@ -177,10 +216,65 @@ fn measure(rt: &tokio::runtime::Runtime, mode: Mode, execs: u64, connects: u64) 
     }
 }
 
+/// Where the CPU went in one workload, per operation (median of the
+/// repetitions), and the CPU ratio to off: wall time on a shared two-vCPU
+/// machine swings by tens of percent from run to run, CPU time much less.
+fn cpu_table(
+    workload: &str,
+    count: u64,
+    all: &[(String, [Measured; 5])],
+    run_of: fn(&Times) -> Run,
+) {
+    let per_op = |d: Duration| d.as_secs_f64() * 1e6 / count.max(1) as f64;
+    let med = |i: usize, f: &dyn Fn(&Run) -> Duration| {
+        median(
+            &all.iter()
+                .map(|(_, got)| per_op(f(&run_of(&got[i].times))))
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!();
+    println!(
+        "{workload}: CPU µs per operation (medians): the load (its BPF programs and in-context \
+         softirq included), this process (collector or consumer), the tapio BPF programs alone; \
+         load + this process as a ratio to off (median of per-repetition ratios)"
+    );
+    println!();
+    println!("| mode | load CPU | this process CPU | BPF run time | (load + this) / off |");
+    println!("|---|---|---|---|---|");
+    for (i, mode) in MODES.iter().enumerate() {
+        let ratios: Vec<f64> = all
+            .iter()
+            .map(|(_, got)| {
+                let off = run_of(&got[0].times).cpu().as_secs_f64();
+                run_of(&got[i].times).cpu().as_secs_f64() / off.max(f64::MIN_POSITIVE)
+            })
+            .collect();
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            mode.name(),
+            med(i, &|r| r.load_cpu),
+            med(i, &|r| r.own_cpu),
+            med(i, &|r| r.bpf),
+            median(&ratios)
+        );
+        if *mode == Mode::Collector {
+            println!(
+                "TAPIO-BENCH\tkernel_overhead\t{workload} workload CPU, collector\tµs/op\t{:.2}\tno BPF loaded\t{:.2}\t{:.3}",
+                med(i, &|r| r.cpu()),
+                med(0, &|r| r.cpu()),
+                median(&ratios)
+            );
+        }
+    }
+}
+
 fn main() {
     if child_main() || !should_run("kernel_overhead") {
         return;
     }
+    // Kept open for the whole run: BPF run-time statistics stay on.
+    let _stats = enable_bpf_stats();
     let reps = env_or("TAPIO_BENCH_REPS", 7).max(1);
     let execs = env_or("TAPIO_BENCH_EXECS", 2000);
     let connects = env_or("TAPIO_BENCH_CONNECTS", 20_000);
@@ -216,10 +310,11 @@ fn main() {
     }
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    for (workload, pick) in [
-        ("exec", (|t: &Times| t.exec) as fn(&Times) -> Duration),
-        ("connect", |t: &Times| t.connect),
+    for (workload, count, run_of) in [
+        ("exec", execs, (|t: &Times| t.exec) as fn(&Times) -> Run),
+        ("connect", connects, |t: &Times| t.connect),
     ] {
+        let pick = |t: &Times| run_of(t).wall;
         println!();
         println!("{workload}: wall ms per mode, and ratios to off");
         println!();
@@ -279,6 +374,7 @@ fn main() {
                 median(r)
             );
         }
+        cpu_table(workload, count, &all, run_of);
     }
 
     println!();

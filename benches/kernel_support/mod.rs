@@ -144,7 +144,9 @@ pub fn child_main() -> bool {
         "connect" => connect_load(num("count")),
         other => panic!("unknown child load {other}"),
     };
-    println!("{result}");
+    // The load's own CPU (every thread, user + system: the BPF programs that
+    // run in its context included).
+    println!("{result} cpu_ns={}", process_cpu().as_nanos());
     true
 }
 
@@ -491,19 +493,41 @@ pub fn si(x: f64) -> String {
     }
 }
 
-/// CPU time (user + system) this process has used so far.
+/// CPU time (user + system) this process has used so far, all threads
+/// (exited ones included), in microseconds' resolution.
 pub fn process_cpu() -> Duration {
-    // /proc/self/stat fields 14 and 15 (utime, stime) in clock ticks; the
-    // `comm` field may contain spaces, so count from the closing paren.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    // USER_HZ is 100 on every Linux ABI tapio supports.
-    Duration::from_millis(ticks * 10)
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF cannot fail.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Turn on the kernel's BPF run-time statistics for as long as the returned
+/// fd stays open (the kernel reverts when it closes); `None` if refused.
+pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    use tapio::core::bpf::libbpf_rs::libbpf_sys;
+    // SAFETY: plain syscall wrapper; a non-negative result is a new fd we own.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    // SAFETY: `fd` was just returned to us and is owned by nobody else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// In-kernel run time so far of every loaded BPF program whose name starts
+/// with `tapio_` (counted only while [`enable_bpf_stats`] is in force).
+pub fn bpf_run_time() -> Duration {
+    use tapio::core::bpf::libbpf_rs::query::ProgInfoIter;
+    let ns = ProgInfoIter::default()
+        .filter(|p| p.name.as_encoded_bytes().starts_with(b"tapio_"))
+        .map(|p| p.run_time_ns)
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// Field `field` of `/proc/self/task/*/schedstat`, summed over this
