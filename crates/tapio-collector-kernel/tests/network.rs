@@ -152,10 +152,11 @@ async fn accepts_on_one_port_in_two_network_namespaces_go_to_their_own_listener(
         .map(|_| {
             let both_listening = both_listening.clone();
             std::thread::spawn(move || {
-                // SAFETY: plain syscalls; unshare(CLONE_NEWNET) moves only
-                // the calling thread (and the processes it spawns).
+                // SAFETY: plain syscall; unshare(CLONE_NEWNET) moves only the
+                // calling thread (and the processes it spawns).
                 let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
                 assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+                // SAFETY: gettid has no preconditions.
                 let tid = u32::try_from(unsafe { libc::gettid() }).unwrap();
                 let up = std::process::Command::new("ip")
                     .args(["link", "set", "lo", "up"])
