@@ -3,7 +3,10 @@
 //! Sending never blocks and never waits on the consumer: when the queue is
 //! full the [`OverflowPolicy`] decides which event is lost, and every loss is
 //! counted in [`ChannelStats`]. So `sent == delivered + dropped + queued`
-//! holds at every moment.
+//! holds at every moment. A channel made with [`bounded_with`] also hands
+//! every lost event to an [`OnDrop`] hook, which is how a collector's queue
+//! and the registry's merge queue charge each loss to the collector whose
+//! event it was, at its stage.
 //!
 //! ```
 //! use tapio_core::{RawEvent, channel::{self, OverflowPolicy, SendOutcome}};
@@ -74,8 +77,13 @@ pub struct ChannelStats {
     pub capacity: u64,
 }
 
+/// Called once for every event a channel loses (overflow, eviction, a
+/// closed or dropped receiver), outside the channel's lock.
+pub type OnDrop = Arc<dyn Fn(&RawEvent) + Send + Sync>;
+
 struct Shared {
     queue: Mutex<State>,
+    on_drop: Option<OnDrop>,
     notify: Arc<Notify>,
     capacity: usize,
     policy: OverflowPolicy,
@@ -93,8 +101,43 @@ struct State {
 /// A bounded channel of [`RawEvent`]s with the given capacity (at least 1)
 /// and overflow policy.
 pub fn bounded(capacity: usize, policy: OverflowPolicy) -> (EventSender, EventReceiver) {
+    make(capacity, policy, None)
+}
+
+/// [`bounded`], and `on_drop` sees every event the channel loses.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use tapio_core::{RawEvent, channel::{self, OverflowPolicy}};
+///
+/// let lost = Arc::new(AtomicU64::new(0));
+/// let seen = lost.clone();
+/// let (tx, rx) = channel::bounded_with(1, OverflowPolicy::DropOldest, Arc::new(move |_: &RawEvent| {
+///     seen.fetch_add(1, Ordering::Relaxed);
+/// }));
+/// tx.send(RawEvent::from_json_bytes("first", "s", b"{}".to_vec()));
+/// tx.send(RawEvent::from_json_bytes("second", "s", b"{}".to_vec())); // evicts "first"
+/// assert_eq!(lost.load(Ordering::Relaxed), 1);
+/// drop(rx); // "second" is lost with the receiver, and counted
+/// assert_eq!((lost.load(Ordering::Relaxed), tx.stats().dropped), (2, 2));
+/// ```
+pub fn bounded_with(
+    capacity: usize,
+    policy: OverflowPolicy,
+    on_drop: OnDrop,
+) -> (EventSender, EventReceiver) {
+    make(capacity, policy, Some(on_drop))
+}
+
+fn make(
+    capacity: usize,
+    policy: OverflowPolicy,
+    on_drop: Option<OnDrop>,
+) -> (EventSender, EventReceiver) {
     let capacity = capacity.max(1);
     let shared = Arc::new(Shared {
+        on_drop,
         queue: Mutex::new(State {
             // Allocate lazily beyond a modest start: large bounds stay cheap when idle.
             events: VecDeque::with_capacity(capacity.min(1024)),
@@ -120,6 +163,12 @@ pub fn bounded(capacity: usize, policy: OverflowPolicy) -> (EventSender, EventRe
 }
 
 impl Shared {
+    fn lost(&self, event: &RawEvent) {
+        if let Some(hook) = &self.on_drop {
+            hook(event);
+        }
+    }
+
     fn stats(&self) -> ChannelStats {
         let queued = self.queue.lock().events.len() as u64;
         ChannelStats {
@@ -168,33 +217,33 @@ impl EventSender {
     pub fn send(&self, event: RawEvent) -> SendOutcome {
         let shared = &*self.shared;
         shared.sent.fetch_add(1, Ordering::Relaxed);
-        let outcome = {
+        let (outcome, lost) = {
             let mut state = shared.queue.lock();
             if !state.receiver_alive {
-                SendOutcome::Closed
+                (SendOutcome::Closed, Some(event))
             } else if state.events.len() < shared.capacity {
                 state.events.push_back(event);
-                SendOutcome::Queued
+                (SendOutcome::Queued, None)
             } else {
                 match shared.policy {
-                    OverflowPolicy::DropNewest => SendOutcome::Dropped,
+                    OverflowPolicy::DropNewest => (SendOutcome::Dropped, Some(event)),
                     OverflowPolicy::DropOldest => {
-                        state.events.pop_front();
+                        let evicted = state.events.pop_front();
                         state.events.push_back(event);
-                        SendOutcome::QueuedEvictedOldest
+                        (SendOutcome::QueuedEvictedOldest, evicted)
                     }
                 }
             }
         };
-        match outcome {
-            SendOutcome::Queued => shared.notify.notify_one(),
-            SendOutcome::QueuedEvictedOldest => {
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
-                shared.notify.notify_one();
-            }
-            SendOutcome::Dropped | SendOutcome::Closed => {
-                shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(lost) = &lost {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.lost(lost);
+        }
+        if matches!(
+            outcome,
+            SendOutcome::Queued | SendOutcome::QueuedEvictedOldest
+        ) {
+            shared.notify.notify_one();
         }
         outcome
     }
@@ -206,24 +255,38 @@ impl EventSender {
     pub fn send_batch(&self, events: impl IntoIterator<Item = RawEvent>) -> u64 {
         let shared = &*self.shared;
         let (mut sent, mut dropped, mut queued) = (0u64, 0u64, 0u64);
+        // Lost events are handed to the hook after the lock is released;
+        // without a hook they are dropped in place.
+        let mut lost = Vec::new();
+        let keep_lost = shared.on_drop.is_some();
         {
             let mut state = shared.queue.lock();
             for event in events {
                 sent += 1;
-                if !state.receiver_alive {
-                    dropped += 1;
+                let loss = if !state.receiver_alive {
+                    Some(event)
                 } else if state.events.len() < shared.capacity {
                     state.events.push_back(event);
                     queued += 1;
+                    None
                 } else if shared.policy == OverflowPolicy::DropOldest {
-                    state.events.pop_front();
+                    let evicted = state.events.pop_front();
                     state.events.push_back(event);
                     queued += 1;
-                    dropped += 1;
+                    evicted
                 } else {
+                    Some(event)
+                };
+                if let Some(event) = loss {
                     dropped += 1;
+                    if keep_lost {
+                        lost.push(event);
+                    }
                 }
             }
+        }
+        for event in &lost {
+            shared.lost(event);
         }
         shared.sent.fetch_add(sent, Ordering::Relaxed);
         shared.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -260,12 +323,18 @@ impl std::fmt::Debug for EventReceiver {
 
 impl Drop for EventReceiver {
     fn drop(&mut self) {
-        let mut state = self.shared.queue.lock();
-        state.receiver_alive = false;
+        let lost = {
+            let mut state = self.shared.queue.lock();
+            state.receiver_alive = false;
+            std::mem::take(&mut state.events)
+        };
         // Whatever is still queued will never be delivered: count it.
-        let lost = state.events.len() as u64;
-        state.events.clear();
-        self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+        self.shared
+            .dropped
+            .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        for event in &lost {
+            self.shared.lost(event);
+        }
     }
 }
 
@@ -334,11 +403,48 @@ mod tests {
     use futures::StreamExt;
 
     fn ev(n: u32) -> RawEvent {
-        RawEvent::from_json_bytes("t", "s", n.to_string().into_bytes())
+        RawEvent::new("t", "s", n)
     }
 
     fn num(e: &RawEvent) -> u32 {
-        std::str::from_utf8(&e.data).unwrap().parse().unwrap()
+        *e.payload_ref::<u32>().unwrap()
+    }
+
+    fn recording() -> (OnDrop, Arc<Mutex<Vec<u32>>>) {
+        let lost = Arc::new(Mutex::new(Vec::new()));
+        let seen = lost.clone();
+        (Arc::new(move |e: &RawEvent| seen.lock().push(num(e))), lost)
+    }
+
+    #[test]
+    fn hook_sees_exactly_the_lost_events_at_every_loss_point() {
+        // Overflow, newest dropped (send and batch).
+        let (hook, lost) = recording();
+        let (tx, rx) = bounded_with(2, OverflowPolicy::DropNewest, hook);
+        tx.send(ev(0));
+        tx.send(ev(1));
+        tx.send(ev(2));
+        assert_eq!(tx.send_batch((3..5).map(ev)), 2);
+        assert_eq!(*lost.lock(), [2, 3, 4]);
+        // The receiver goes away with two queued: both lost, then a closed send.
+        drop(rx);
+        tx.send(ev(5));
+        assert_eq!(*lost.lock(), [2, 3, 4, 0, 1, 5]);
+        assert_eq!(tx.stats().dropped, 6);
+
+        // Eviction: the hook sees the evicted (oldest) events.
+        let (hook, lost) = recording();
+        let (tx, mut rx) = bounded_with(2, OverflowPolicy::DropOldest, hook);
+        tx.send(ev(0));
+        tx.send(ev(1));
+        tx.send(ev(2));
+        assert_eq!(tx.send_batch((3..5).map(ev)), 2);
+        assert_eq!(*lost.lock(), [0, 1, 2]);
+        let got: Vec<u32> = std::iter::from_fn(|| rx.try_recv())
+            .map(|e| num(&e))
+            .collect();
+        assert_eq!(got, [3, 4]);
+        assert_eq!(tx.stats().dropped, lost.lock().len() as u64);
     }
 
     #[tokio::test]

@@ -1,6 +1,13 @@
-//! The [`Collector`] trait every collector implements, the context it is
-//! started with, its error type, and [`CollectorBase`]: the lifecycle,
-//! channel, counters, health and telemetry plumbing every collector shares.
+//! The [`Collector`] trait, the context a collector is started with, its
+//! error type, and the one lifecycle every collector shares:
+//!
+//! - an [`Observer`] is what differs between collectors: it builds its
+//!   running parts (BPF programs and their reader, watch tasks, …) and tears
+//!   them down;
+//! - [`Managed`] turns an observer into a [`Collector`]: state machine,
+//!   health, telemetry, event queue and drop accounting live there, once.
+//!
+//! Collector crates name the result: `pub type KernelCollector = Managed<Kernel>;`.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -12,9 +19,10 @@ use parking_lot::Mutex;
 use crate::RawEvent;
 use crate::cgroup::CgroupResolver;
 use crate::channel::{self, EventReceiver, EventSender, OverflowPolicy, SendOutcome};
+use crate::error::ErrorChain;
 use crate::health::{Health, HealthParts, HealthReport, HealthState};
 use crate::pod::PodDirectory;
-use crate::stats::{DropStage, Stats, StatsSnapshot};
+use crate::stats::{DropStage, Stats};
 use crate::telemetry::{Telemetry, noop_meter};
 
 /// Default bound of a collector's event queue.
@@ -46,6 +54,12 @@ pub trait Collector: Send + Sync {
 
     /// Health, counters and details.
     fn health(&self) -> HealthReport;
+
+    /// The live counters: events produced, errors, and losses by stage.
+    /// Stages after the collector (the registry's merge queue, an exporter)
+    /// add their losses here too, so that the metric, the health report and
+    /// a summary read one set of numbers.
+    fn stats(&self) -> &Stats;
 
     /// Whether the collector is running and unimpaired.
     fn is_healthy(&self) -> bool {
@@ -104,7 +118,7 @@ pub enum CollectorError {
         collector: String,
     },
     /// The process lacks a capability the operation needs.
-    #[error("{collector}: {operation} needs {capability}: {source}")]
+    #[error("{collector}: {operation} needs {capability}")]
     MissingPrivilege {
         /// Collector name.
         collector: String,
@@ -126,7 +140,7 @@ pub enum CollectorError {
         reason: String,
     },
     /// A BPF operation failed for another reason.
-    #[error("{collector}: {operation} failed: {source}")]
+    #[error("{collector}: {operation} failed")]
     Bpf {
         /// Collector name.
         collector: String,
@@ -144,7 +158,7 @@ pub enum CollectorError {
         message: String,
     },
     /// A network peer (etcd, kube API, D-Bus …) could not be reached or used.
-    #[error("{collector}: peer {peer}: {source}")]
+    #[error("{collector}: peer {peer}")]
     Peer {
         /// Collector name.
         collector: String,
@@ -154,7 +168,7 @@ pub enum CollectorError {
         source: BoxError,
     },
     /// An I/O operation failed.
-    #[error("{collector}: {context}: {source}")]
+    #[error("{collector}: {context}")]
     Io {
         /// Collector name.
         collector: String,
@@ -162,6 +176,17 @@ pub enum CollectorError {
         context: String,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// A task or thread of the collector ended abnormally (panicked or was
+    /// cancelled) while doing `operation`.
+    #[error("{collector}: {operation} ended abnormally")]
+    Task {
+        /// Collector name.
+        collector: String,
+        /// What the task was doing.
+        operation: String,
+        /// The underlying error.
+        source: BoxError,
     },
 }
 
@@ -172,9 +197,10 @@ enum Lifecycle {
     Running,
 }
 
-/// The plumbing every collector shares: lifecycle guard, bounded event
-/// channel, counters, health and telemetry. Embed one in a collector and
-/// implement [`Collector`] by delegating to it.
+/// The plumbing of one collector: lifecycle guard, bounded event queue
+/// (whose losses are counted as [`DropStage::Queue`]), counters, health and
+/// telemetry. [`Managed`] owns one; a collector that implements
+/// [`Collector`] by hand can embed one too.
 ///
 /// ```
 /// use tapio_core::{CollectorBase, CollectorContext, RawEvent};
@@ -186,7 +212,7 @@ enum Lifecycle {
 /// let emitter = base.emitter();
 /// emitter.emit(RawEvent::from_json_bytes("demo.tick", "demo", b"{}".to_vec()));
 /// assert_eq!(events.try_recv().unwrap().event_type, "demo.tick");
-/// assert_eq!(base.stats().processed, 1);
+/// assert_eq!(base.stats().snapshot().processed, 1);
 /// assert!(base.begin_stop());
 /// base.finish_stop();
 /// assert!(!base.begin_stop()); // idempotent
@@ -208,20 +234,27 @@ impl std::fmt::Debug for CollectorBase {
         f.debug_struct("CollectorBase")
             .field("name", &self.name)
             .field("lifecycle", &*self.lifecycle.lock())
-            .field("stats", &self.stats())
+            .field("stats", &self.stats.snapshot())
             .finish_non_exhaustive()
     }
 }
 
 impl CollectorBase {
-    /// A stopped collector named `name` whose queue holds `capacity` events.
+    /// A stopped collector named `name` whose queue holds `capacity` events;
+    /// what the queue loses is counted at [`DropStage::Queue`].
     pub fn new(name: &str, capacity: usize, policy: OverflowPolicy) -> Self {
-        let (sender, receiver) = channel::bounded(capacity, policy);
+        let stats = Stats::default();
+        let counted = stats.clone();
+        let (sender, receiver) = channel::bounded_with(
+            capacity,
+            policy,
+            Arc::new(move |_: &RawEvent| counted.add_dropped(DropStage::Queue, 1)),
+        );
         Self {
             name: Arc::from(name),
             sender,
             receiver: Mutex::new(Some(receiver)),
-            stats: Stats::default(),
+            stats,
             health: Health::default(),
             telemetry: OnceLock::new(),
             cgroups: Mutex::new(None),
@@ -266,11 +299,13 @@ impl CollectorBase {
         self.health.set(HealthState::Healthy, None);
     }
 
-    /// Back to `Stopped` after a failed start; the error is the health message.
+    /// Back to `Stopped` after a failed start; the error (with its causes)
+    /// is the health message.
     pub fn fail_start(&self, err: &CollectorError) {
         *self.lifecycle.lock() = Lifecycle::Stopped;
         self.stats.add_errors(1);
-        self.health.set(HealthState::Failed, Some(err.to_string()));
+        self.health
+            .set(HealthState::Failed, Some(ErrorChain(err).to_string()));
     }
 
     /// Whether a stop has work to do (`false` when already stopped: stop is
@@ -284,86 +319,6 @@ impl CollectorBase {
         *self.lifecycle.lock() = Lifecycle::Stopped;
         self.health.set(HealthState::Stopped, None);
         self.health.clear_details();
-    }
-
-    /// A whole start: [`begin_start`](Self::begin_start), then `start`; on
-    /// success `keep` takes what it produced (the running tasks, reader, …)
-    /// before the collector reports `Running`; on failure the error is
-    /// logged, becomes the health message and is returned.
-    ///
-    /// ```
-    /// use tapio_core::{CollectorBase, CollectorContext, CollectorError, HealthState};
-    ///
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let base = CollectorBase::new("demo", 8, Default::default());
-    /// let mut kept = None;
-    /// base.start_with(&CollectorContext::default(), async { Ok(7) }, |n| kept = Some(n)).await?;
-    /// assert_eq!((kept, base.is_running()), (Some(7), true));
-    /// base.stop_with(async { Ok(()) }).await?;
-    ///
-    /// let failed = base
-    ///     .start_with(&CollectorContext::default(), async {
-    ///         Err::<(), _>(CollectorError::Config { collector: "demo".into(), message: "bad".into() })
-    ///     }, |_| ())
-    ///     .await;
-    /// assert!(failed.is_err());
-    /// assert_eq!(base.report().state, HealthState::Failed);
-    /// # Ok::<(), CollectorError>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn start_with<R>(
-        &self,
-        ctx: &CollectorContext,
-        start: impl Future<Output = Result<R, CollectorError>>,
-        keep: impl FnOnce(R),
-    ) -> Result<(), CollectorError> {
-        self.begin_start(ctx)?;
-        match start.await {
-            Ok(running) => {
-                keep(running);
-                self.finish_start();
-                Ok(())
-            }
-            Err(err) => {
-                tracing::error!(collector = %self.name, error = %err, "start failed");
-                self.fail_start(&err);
-                Err(err)
-            }
-        }
-    }
-
-    /// [`start_with`](Self::start_with) for a collector whose health is made
-    /// of [`HealthParts`]: they are published once the collector runs (a
-    /// problem seen while starting then shows as `Degraded`), and forgotten
-    /// when the start fails.
-    pub async fn start_with_parts<R>(
-        &self,
-        ctx: &CollectorContext,
-        parts: &HealthParts,
-        start: impl Future<Output = Result<R, CollectorError>>,
-        keep: impl FnOnce(R),
-    ) -> Result<(), CollectorError> {
-        let started = self.start_with(ctx, start, keep).await;
-        match &started {
-            Ok(()) => parts.go_live(),
-            Err(_) => parts.reset(),
-        }
-        started
-    }
-
-    /// A whole stop: nothing when already stopped (stop is idempotent),
-    /// else `release` and then `Stopped`. An error from `release` is
-    /// returned and leaves the collector to be stopped again.
-    pub async fn stop_with(
-        &self,
-        release: impl Future<Output = Result<(), CollectorError>>,
-    ) -> Result<(), CollectorError> {
-        if !self.begin_stop() {
-            return Ok(());
-        }
-        release.await?;
-        self.finish_stop();
-        Ok(())
     }
 
     /// Whether the collector is started.
@@ -399,22 +354,236 @@ impl CollectorBase {
         &self.health
     }
 
-    /// Counters; `dropped_queue` includes the channel's overflow drops.
-    pub fn stats(&self) -> StatsSnapshot {
-        let mut snap = self.stats.snapshot();
-        snap.dropped_queue += self.sender.stats().dropped;
-        snap
-    }
-
-    /// The live counters.
-    pub fn counters(&self) -> &Stats {
+    /// The live counters (every stage's losses included).
+    pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
     /// A health report for [`Collector::health`].
     pub fn report(&self) -> HealthReport {
-        self.health.report(&self.name, self.stats())
+        self.health.report(&self.name, self.stats.snapshot())
     }
+}
+
+/// What differs between collectors: how to start observing and how to
+/// stop. [`Managed`] runs the rest (state machine, health, telemetry, event
+/// queue, drop accounting) the same way for every collector.
+///
+/// Blocking work — loading and verifying BPF objects, joining threads — goes
+/// through [`blocking`], never onto an async worker.
+///
+/// ```
+/// use tapio_core::{Collector, CollectorContext, CollectorError, Managed, Observer, OverflowPolicy};
+/// use tapio_core::collector::Started;
+///
+/// #[derive(Debug)]
+/// struct Ticker { every_ms: u64 }
+///
+/// impl Observer for Ticker {
+///     const NAME: &'static str = "ticker";
+///     type Config = u64;
+///     type Running = tokio::task::JoinHandle<()>;
+///
+///     fn new(every_ms: u64) -> Self { Ticker { every_ms } }
+///     fn queue(_: &u64) -> (usize, OverflowPolicy) { (16, OverflowPolicy::DropNewest) }
+///
+///     async fn start(&self, cx: Started) -> Result<Self::Running, CollectorError> {
+///         let every = std::time::Duration::from_millis(self.every_ms);
+///         Ok(tokio::spawn(async move {
+///             loop {
+///                 cx.emitter.emit(tapio_core::RawEvent::new("ticker.tick", Self::NAME, 1u32));
+///                 tokio::time::sleep(every).await;
+///             }
+///         }))
+///     }
+///
+///     async fn stop(&self, task: Self::Running) -> Result<(), CollectorError> {
+///         task.abort();
+///         Ok(())
+///     }
+/// }
+///
+/// pub type TickerCollector = Managed<Ticker>;
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let ticker: Box<dyn Collector> = Box::new(TickerCollector::new(5));
+/// let mut events = ticker.events()?;
+/// ticker.start(CollectorContext::default()).await?;
+/// assert_eq!(events.recv().await.unwrap().payload_ref::<u32>(), Some(&1));
+/// assert!(ticker.start(CollectorContext::default()).await.is_err()); // already running
+/// ticker.stop().await?;
+/// ticker.stop().await?; // idempotent
+/// ticker.start(CollectorContext::default()).await?; // restart after stop
+/// ticker.stop().await?;
+/// # Ok::<(), CollectorError>(())
+/// # }).unwrap();
+/// ```
+pub trait Observer: std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// The collector's name: the `source` of its events and the prefix of
+    /// its metrics.
+    const NAME: &'static str;
+    /// The settings it is made from.
+    type Config;
+    /// What a running collector holds (threads, tasks, attached programs);
+    /// handed back to [`stop`](Self::stop).
+    type Running: Send + 'static;
+
+    /// Make the observer (nothing is started yet).
+    fn new(config: Self::Config) -> Self;
+
+    /// Bound and overflow policy of the collector's event queue.
+    fn queue(config: &Self::Config) -> (usize, OverflowPolicy);
+
+    /// Start observing: build the running parts. Returns once the collector
+    /// observes (programs attached, peers connected or being retried).
+    fn start(
+        &self,
+        cx: Started,
+    ) -> impl Future<Output = Result<Self::Running, CollectorError>> + Send;
+
+    /// Stop observing: detach every BPF link, close every fd, end every task
+    /// and thread of `running`.
+    fn stop(
+        &self,
+        running: Self::Running,
+    ) -> impl Future<Output = Result<(), CollectorError>> + Send;
+}
+
+/// What an [`Observer`] is started with.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The application's meter and shared metadata resolvers.
+    pub ctx: CollectorContext,
+    /// Emits events into the collector's queue and counts them.
+    pub emitter: Emitter,
+    /// The collector's health, made of parts (a peer, a stream …); a problem
+    /// reported while starting shows as `Degraded` once the collector runs.
+    pub health: Arc<HealthParts>,
+}
+
+/// An [`Observer`] run as a [`Collector`]: the one lifecycle of every
+/// collector. Starting twice is [`CollectorError::AlreadyRunning`]; stop is
+/// idempotent; start after stop restarts, and the event stream survives
+/// restarts.
+pub struct Managed<O: Observer> {
+    base: CollectorBase,
+    health: Arc<HealthParts>,
+    observer: O,
+    running: Mutex<Option<O::Running>>,
+}
+
+impl<O: Observer> std::fmt::Debug for Managed<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Managed")
+            .field("observer", &self.observer)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O: Observer> Managed<O> {
+    /// A stopped collector made from `config`.
+    pub fn new(config: O::Config) -> Self {
+        let (capacity, policy) = O::queue(&config);
+        let base = CollectorBase::new(O::NAME, capacity, policy);
+        let health = Arc::new(HealthParts::new(base.health_cell().clone()));
+        Self {
+            base,
+            health,
+            observer: O::new(config),
+            running: Mutex::new(None),
+        }
+    }
+
+    /// The observer: the collector's own settings and accessors.
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    /// Whether the collector is running.
+    pub fn is_running(&self) -> bool {
+        self.base.is_running()
+    }
+}
+
+#[async_trait]
+impl<O: Observer> Collector for Managed<O> {
+    fn name(&self) -> &str {
+        O::NAME
+    }
+
+    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
+        self.base.begin_start(&ctx)?;
+        let started = Started {
+            ctx,
+            emitter: self.base.emitter(),
+            health: self.health.clone(),
+        };
+        match self.observer.start(started).await {
+            Ok(running) => {
+                *self.running.lock() = Some(running);
+                self.base.finish_start();
+                self.health.go_live();
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!(collector = O::NAME, error = %ErrorChain(&err), "start failed");
+                self.health.reset();
+                self.base.fail_start(&err);
+                Err(err)
+            }
+        }
+    }
+
+    async fn stop(&self) -> Result<(), CollectorError> {
+        if !self.base.begin_stop() {
+            return Ok(());
+        }
+        let running = self.running.lock().take();
+        if let Some(running) = running {
+            self.observer.stop(running).await?;
+        }
+        self.health.reset();
+        self.base.finish_stop();
+        Ok(())
+    }
+
+    fn events(&self) -> Result<EventReceiver, CollectorError> {
+        self.base.take_events()
+    }
+
+    fn health(&self) -> HealthReport {
+        self.base.report()
+    }
+
+    fn stats(&self) -> &Stats {
+        self.base.stats()
+    }
+}
+
+/// Run blocking `work` (loading and verifying a BPF object, joining a
+/// reader thread) on tokio's blocking pool, so that it never holds an
+/// async worker; `operation` names it in the error when the work panics.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let n = tapio_core::collector::blocking("demo", "count", || Ok(41 + 1)).await?;
+/// assert_eq!(n, 42);
+/// # Ok::<(), tapio_core::CollectorError>(())
+/// # }).unwrap();
+/// ```
+pub async fn blocking<R: Send + 'static>(
+    collector: &str,
+    operation: &str,
+    work: impl FnOnce() -> Result<R, CollectorError> + Send + 'static,
+) -> Result<R, CollectorError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| CollectorError::Task {
+            collector: collector.to_string(),
+            operation: operation.to_string(),
+            source: Box::new(err),
+        })?
 }
 
 /// The tokio tasks of a running collector, stopped together: one
@@ -485,7 +654,8 @@ impl Emitter {
         &self.source
     }
 
-    /// Count and queue one event. Queue overflow is counted by the channel.
+    /// Count and queue one event. A loss in the queue is counted at
+    /// [`DropStage::Queue`].
     pub fn emit(&self, event: RawEvent) -> SendOutcome {
         self.stats.add_processed(1);
         self.sender.send(event)
@@ -507,7 +677,7 @@ impl Emitter {
     ///
     /// let base = CollectorBase::new("demo", 8, OverflowPolicy::DropNewest);
     /// let mut rx = base.take_events().unwrap();
-    /// let mut batch = vec![RawEvent::new("demo.tick", "demo", &1).unwrap()];
+    /// let mut batch = vec![RawEvent::new("demo.tick", "demo", 1u32)];
     /// assert_eq!(base.emitter().emit_drain(&mut batch), 0);
     /// assert!(batch.is_empty() && batch.capacity() >= 1);
     /// assert_eq!(rx.try_recv().unwrap().event_type, "demo.tick");
@@ -517,21 +687,20 @@ impl Emitter {
         self.sender.send_batch(events.drain(..))
     }
 
-    /// Build an event from a typed payload and emit it; a payload that fails
-    /// to serialize is counted as an error and returned.
-    pub fn emit_payload(
+    /// An event of this collector stamped now, carrying `payload`.
+    pub fn event(&self, event_type: &str, payload: impl crate::event::Payload) -> RawEvent {
+        RawEvent::new(event_type, &*self.source, payload)
+    }
+
+    /// An event of this collector observed at `timestamp` (no clock read),
+    /// carrying `payload`.
+    pub fn event_at(
         &self,
+        timestamp: chrono::DateTime<chrono::Utc>,
         event_type: &str,
-        payload: &impl serde::Serialize,
-        decorate: impl FnOnce(RawEvent) -> RawEvent,
-    ) -> Result<SendOutcome, serde_json::Error> {
-        match RawEvent::new(event_type, &*self.source, payload) {
-            Ok(ev) => Ok(self.emit(decorate(ev))),
-            Err(err) => {
-                self.stats.add_errors(1);
-                Err(err)
-            }
-        }
+        payload: impl crate::event::Payload,
+    ) -> RawEvent {
+        RawEvent::at(timestamp, event_type, &*self.source, payload)
     }
 
     /// Run `work` (processing one record or batch) and record its duration

@@ -1,11 +1,13 @@
 //! [`RawEvent`], the one record every collector emits, and its W3C trace
 //! context ([`TraceId`], [`SpanId`], [`TraceParent`]).
 
+use std::any::Any;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use compact_str::{CompactString, ToCompactString};
+use compact_str::CompactString;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -294,16 +296,178 @@ impl FromStr for TraceParent {
     }
 }
 
-/// Metadata key under which an event records the span id of the
-/// `traceparent` it was propagated from.
-pub const PARENT_SPAN_KEY: &str = "trace.parent_span_id";
+/// A collector's typed event payload: any `Serialize + Debug + Send + Sync`
+/// type. It travels inside the [`RawEvent`] as it was built; a consumer
+/// reads it with [`RawEvent::payload_ref`] without decoding anything, and a
+/// sink serializes it (to JSON with [`RawEvent::write_json_line`], to an
+/// OTLP `AnyValue`, …) only when it needs bytes.
+pub trait Payload: erased_serde::Serialize + Any + Send + Sync + fmt::Debug {}
+
+impl<T: Serialize + Any + Send + Sync + fmt::Debug> Payload for T {}
+
+erased_serde::serialize_trait_object!(Payload);
+
+/// The `data` of a [`RawEvent`]: the collector's typed payload, or JSON
+/// bytes that came from elsewhere (a JSON line, a test fixture).
+///
+/// The JSON of a typed payload is produced lazily: a sink that writes JSON
+/// streams the payload straight into its output, and [`EventData::json`]
+/// encodes it once and keeps the bytes for later calls.
+///
+/// ```
+/// use tapio_core::event::EventData;
+///
+/// #[derive(serde::Serialize, Debug)]
+/// struct Tick { n: u32 }
+///
+/// let typed = EventData::typed(Tick { n: 1 });
+/// assert_eq!(typed.downcast_ref::<Tick>().unwrap().n, 1);
+/// assert_eq!(typed.json()?, br#"{"n":1}"#);
+///
+/// let bytes = EventData::from_json(br#"{"n":2}"#.to_vec());
+/// assert!(bytes.downcast_ref::<Tick>().is_none());
+/// assert_eq!(bytes.decode::<serde_json::Value>()?["n"], 2);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct EventData {
+    repr: Repr,
+    /// JSON of a typed payload, once someone asked for it.
+    json: OnceLock<Box<[u8]>>,
+}
+
+#[derive(Clone)]
+enum Repr {
+    Typed(Arc<dyn Payload>),
+    Bytes(Box<[u8]>),
+}
+
+impl EventData {
+    /// A typed payload.
+    pub fn typed(payload: impl Payload) -> Self {
+        Self {
+            repr: Repr::Typed(Arc::new(payload)),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// Already-encoded JSON (from a JSON line, a file, a peer).
+    pub fn from_json(bytes: Vec<u8>) -> Self {
+        Self {
+            repr: Repr::Bytes(bytes.into_boxed_slice()),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The typed payload, when this data is one.
+    pub fn payload(&self) -> Option<&dyn Payload> {
+        match &self.repr {
+            Repr::Typed(p) => Some(&**p),
+            Repr::Bytes(_) => None,
+        }
+    }
+
+    /// The payload as a `T`, when it is one (no decoding).
+    pub fn downcast_ref<T: Payload>(&self) -> Option<&T> {
+        let any: &dyn Any = self.payload()?;
+        any.downcast_ref::<T>()
+    }
+
+    /// The JSON bytes: encoded on the first call for a typed payload (and
+    /// kept), as given for bytes from elsewhere.
+    pub fn json(&self) -> Result<&[u8], serde_json::Error> {
+        match &self.repr {
+            Repr::Bytes(bytes) => Ok(bytes),
+            Repr::Typed(payload) => {
+                if let Some(json) = self.json.get() {
+                    return Ok(json);
+                }
+                let encoded = serde_json::to_vec(&**payload)?.into_boxed_slice();
+                Ok(self.json.get_or_init(|| encoded))
+            }
+        }
+    }
+
+    /// Decode the JSON as `T`: the path for bytes that came from elsewhere
+    /// (a typed payload is encoded first; prefer [`downcast_ref`](Self::downcast_ref)).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(self.json()?)
+    }
+}
+
+impl fmt::Debug for EventData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Typed(p) => p.fmt(f),
+            Repr::Bytes(b) => write!(f, "Json({})", String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+impl PartialEq for EventData {
+    /// Equal when both encode to the same JSON.
+    fn eq(&self, other: &Self) -> bool {
+        match (self.json(), other.json()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Serialize for EventData {
+    /// A typed payload serializes itself (no intermediate JSON); bytes are
+    /// embedded as JSON when valid, otherwise as a JSON string of their
+    /// lossy UTF-8, so that one bad payload never breaks the output stream.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = match (&self.repr, self.json.get()) {
+            (Repr::Typed(payload), None) => return payload.serialize(s),
+            (Repr::Typed(_), Some(json)) => json,
+            (Repr::Bytes(bytes), _) => bytes,
+        };
+        match std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+        {
+            Some(raw) => raw.serialize(s),
+            None => s.serialize_str(&String::from_utf8_lossy(bytes)),
+        }
+    }
+}
+
+/// Where an event's trace context comes from, which decides whether a sink
+/// may present it as part of a trace.
+///
+/// Every event has a trace id and a span id (the seed's contract). Only a
+/// trace that exists outside this one event is worth pointing at: one
+/// propagated from a W3C `traceparent` on the source object, or (with
+/// correlation) a causal chain the agent exports as a trace. An event that
+/// belongs to no such trace has [`TraceOrigin::Event`]: its ids identify the
+/// event alone, and the OTLP exporter sends them as the `tapio.event.id`
+/// attribute instead of as trace context, so that no backend is sent to
+/// look for a trace that was never exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TraceOrigin {
+    /// The event is a trace of its own: nobody exports that trace.
+    #[default]
+    Event,
+    /// Continued from a `traceparent` found on the source object.
+    Propagated {
+        /// The span of the caller that wrote the `traceparent`.
+        parent: SpanId,
+        /// The `traceparent`'s sampled flag.
+        sampled: bool,
+    },
+}
 
 /// One observation from a collector.
 ///
-/// `data` holds the JSON of the collector's typed payload (each collector
-/// crate exports its payload types so consumers can decode them with
-/// [`RawEvent::payload`]). `metadata` keys follow OpenTelemetry semantic
-/// conventions (`k8s.pod.uid`, `process.pid`, …).
+/// `data` holds the collector's typed payload (each collector crate exports
+/// its payload types): read it with [`payload_ref`](RawEvent::payload_ref),
+/// no decoding involved; a sink encodes it only when it needs bytes.
+/// `metadata` keys and value types follow OpenTelemetry semantic conventions
+/// (`k8s.pod.uid`, `process.pid` as an integer, …); keys of our own carry a
+/// `tapio.` prefix.
 ///
 /// ```
 /// use tapio_core::RawEvent;
@@ -311,11 +475,12 @@ pub const PARENT_SPAN_KEY: &str = "trace.parent_span_id";
 /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
 /// struct Exec { pid: u32, filename: String }
 ///
-/// let ev = RawEvent::new("kernel.process.exec", "kernel", &Exec { pid: 42, filename: "/bin/sh".into() })?
-///     .with_metadata("process.pid", "42");
+/// let ev = RawEvent::new("kernel.process.exec", "kernel", Exec { pid: 42, filename: "/bin/sh".into() })
+///     .with_metadata("process.pid", 42u32);
+/// assert_eq!(ev.payload_ref::<Exec>().unwrap().pid, 42);
 /// assert_eq!(ev.payload::<Exec>()?, Exec { pid: 42, filename: "/bin/sh".into() });
 /// let line = ev.to_json_line()?;
-/// assert!(line.contains(r#""data":{"pid":42,"filename":"/bin/sh"}"#));
+/// assert!(line.contains(r#""data":{"pid":42,"filename":"/bin/sh"},"metadata":{"process.pid":42}"#));
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -327,45 +492,64 @@ pub struct RawEvent {
     pub event_type: CompactString,
     /// Name of the collector that produced it.
     pub source: CompactString,
-    /// JSON of the typed payload.
-    pub data: Vec<u8>,
-    /// String attributes; keys follow OpenTelemetry semantic conventions.
+    /// The typed payload (or JSON bytes from elsewhere).
+    pub data: EventData,
+    /// Typed attributes; keys follow OpenTelemetry semantic conventions.
     pub metadata: Metadata,
-    /// Trace the event belongs to (propagated from a `traceparent` when one was found).
+    /// Trace the event belongs to; see [`TraceOrigin`] for when that trace
+    /// exists beyond this event.
     pub trace_id: TraceId,
     /// This event's span.
     pub span_id: SpanId,
+    /// Where the trace context comes from.
+    pub trace_origin: TraceOrigin,
 }
 
 impl RawEvent {
-    /// A new event stamped now, with fresh trace and span ids, whose `data`
-    /// is the JSON of `payload`.
+    /// A new event observed at `timestamp` (no clock is read), a trace of
+    /// its own, carrying `payload`.
+    pub fn at(
+        timestamp: DateTime<Utc>,
+        event_type: impl Into<CompactString>,
+        source: impl Into<CompactString>,
+        payload: impl Payload,
+    ) -> Self {
+        Self::with_data(timestamp, event_type, source, EventData::typed(payload))
+    }
+
+    /// [`RawEvent::at`] stamped now.
     pub fn new(
         event_type: impl Into<CompactString>,
         source: impl Into<CompactString>,
-        payload: &impl Serialize,
-    ) -> Result<Self, serde_json::Error> {
-        Ok(Self::from_json_bytes(
-            event_type,
-            source,
-            serde_json::to_vec(payload)?,
-        ))
+        payload: impl Payload,
+    ) -> Self {
+        Self::at(Utc::now(), event_type, source, payload)
     }
 
-    /// A new event whose `data` is already-encoded JSON.
+    /// A new event stamped now whose `data` is already-encoded JSON.
     pub fn from_json_bytes(
         event_type: impl Into<CompactString>,
         source: impl Into<CompactString>,
         data: Vec<u8>,
     ) -> Self {
+        Self::with_data(Utc::now(), event_type, source, EventData::from_json(data))
+    }
+
+    fn with_data(
+        timestamp: DateTime<Utc>,
+        event_type: impl Into<CompactString>,
+        source: impl Into<CompactString>,
+        data: EventData,
+    ) -> Self {
         Self {
-            timestamp: Utc::now(),
+            timestamp,
             event_type: event_type.into(),
             source: source.into(),
             data,
             metadata: Metadata::new(),
             trace_id: TraceId::random(),
             span_id: SpanId::random(),
+            trace_origin: TraceOrigin::Event,
         }
     }
 
@@ -379,35 +563,60 @@ impl RawEvent {
     pub fn with_metadata(
         mut self,
         key: impl Into<CompactString>,
-        value: impl Into<CompactString>,
+        value: impl Into<crate::metadata::Value>,
     ) -> Self {
         self.metadata.insert(key, value);
         self
     }
 
     /// Continue the trace of a `traceparent` found on the source object: the
-    /// trace id is kept, this event gets its own span id, and the parent span
-    /// id is recorded under [`PARENT_SPAN_KEY`].
+    /// trace id is kept, this event keeps its own span id, and the parent
+    /// span and sampled flag are recorded in [`trace_origin`](Self::trace_origin).
     pub fn with_traceparent(mut self, parent: &TraceParent) -> Self {
         self.trace_id = parent.trace_id;
-        self.span_id = SpanId::random();
-        self.metadata
-            .insert(PARENT_SPAN_KEY, parent.parent_id.to_compact_string());
+        self.trace_origin = TraceOrigin::Propagated {
+            parent: parent.parent_id,
+            sampled: parent.sampled(),
+        };
         self
+    }
+
+    /// The parent span, when the event continues a trace.
+    pub fn parent_span_id(&self) -> Option<SpanId> {
+        match self.trace_origin {
+            TraceOrigin::Propagated { parent, .. } => Some(parent),
+            TraceOrigin::Event => None,
+        }
+    }
+
+    /// Whether the event belongs to a trace beyond itself (one a sink may
+    /// present as trace context).
+    pub fn in_trace(&self) -> bool {
+        !matches!(self.trace_origin, TraceOrigin::Event)
     }
 
     /// This event as a `traceparent` for whatever it causes downstream.
     pub fn traceparent(&self) -> TraceParent {
+        let sampled = match self.trace_origin {
+            TraceOrigin::Propagated { sampled, .. } => sampled,
+            TraceOrigin::Event => true,
+        };
         TraceParent {
             trace_id: self.trace_id,
             parent_id: self.span_id,
-            flags: 1,
+            flags: u8::from(sampled),
         }
     }
 
-    /// Decode `data` as the collector's payload type.
+    /// The typed payload as a `T`, when it is one: no decoding.
+    pub fn payload_ref<T: Payload>(&self) -> Option<&T> {
+        self.data.downcast_ref()
+    }
+
+    /// Decode the payload's JSON as `T`: the path for events read back
+    /// from bytes (see [`EventData::decode`]).
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.data)
+        self.data.decode()
     }
 
     /// One JSON object on one line (no trailing newline), the agent's output
@@ -418,14 +627,15 @@ impl RawEvent {
     }
 
     /// [`to_json_line`](Self::to_json_line) and a newline, written straight
-    /// into `writer` (no intermediate `String`): JSON Lines output. An I/O
-    /// failure is an error whose [`classify`](serde_json::Error::classify)
-    /// is `Io`; a line may then be partly written.
+    /// into `writer` (no intermediate `String`; a typed payload is encoded
+    /// straight into it too): JSON Lines output. An I/O failure is an error
+    /// whose [`classify`](serde_json::Error::classify) is `Io`; a line may
+    /// then be partly written.
     ///
     /// ```
     /// use tapio_core::RawEvent;
     ///
-    /// let ev = RawEvent::new("demo.tick", "demo", &serde_json::json!({"n": 1}))?;
+    /// let ev = RawEvent::new("demo.tick", "demo", serde_json::json!({"n": 1}));
     /// let mut out = Vec::new();
     /// ev.write_json_line(&mut out)?;
     /// assert!(out.ends_with(b"\n"));
@@ -452,43 +662,25 @@ struct WireOut<'a> {
     #[serde(rename = "type")]
     event_type: &'a str,
     source: &'a str,
-    data: DataOut<'a>,
+    data: &'a EventData,
     metadata: &'a Metadata,
     trace_id: TraceId,
     span_id: SpanId,
-}
-
-/// `data` as embedded JSON when it is valid, otherwise as a JSON string of
-/// its lossy UTF-8 so that one bad payload never breaks the output stream.
-enum DataOut<'a> {
-    Json(&'a RawValue),
-    Text(std::borrow::Cow<'a, str>),
-}
-
-impl Serialize for DataOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            DataOut::Json(raw) => raw.serialize(s),
-            DataOut::Text(text) => s.serialize_str(text),
-        }
-    }
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_span_id: Option<SpanId>,
 }
 
 impl Serialize for RawEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let data = std::str::from_utf8(&self.data)
-            .ok()
-            .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
-            .map(DataOut::Json)
-            .unwrap_or_else(|| DataOut::Text(String::from_utf8_lossy(&self.data)));
         WireOut {
             timestamp: self.timestamp.to_rfc3339_opts(SecondsFormat::Nanos, true),
             event_type: &self.event_type,
             source: &self.source,
-            data,
+            data: &self.data,
             metadata: &self.metadata,
             trace_id: self.trace_id,
             span_id: self.span_id,
+            parent_span_id: self.parent_span_id(),
         }
         .serialize(s)
     }
@@ -505,19 +697,30 @@ struct WireIn {
     metadata: Metadata,
     trace_id: TraceId,
     span_id: SpanId,
+    #[serde(default)]
+    parent_span_id: Option<SpanId>,
 }
 
 impl<'de> Deserialize<'de> for RawEvent {
+    /// A line read back: the trace context is `Propagated` (sampled) when
+    /// the line names a parent span, else the event's own.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = WireIn::deserialize(d)?;
         Ok(Self {
             timestamp: w.timestamp,
             event_type: w.event_type,
             source: w.source,
-            data: w.data.get().as_bytes().to_vec(),
+            data: EventData::from_json(w.data.get().as_bytes().to_vec()),
             metadata: w.metadata,
             trace_id: w.trace_id,
             span_id: w.span_id,
+            trace_origin: match w.parent_span_id {
+                Some(parent) => TraceOrigin::Propagated {
+                    parent,
+                    sampled: true,
+                },
+                None => TraceOrigin::Event,
+            },
         })
     }
 }
@@ -636,12 +839,29 @@ mod tests {
         let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
             .parse()
             .unwrap();
-        let ev = RawEvent::from_json_bytes("t", "s", b"{}".to_vec()).with_traceparent(&tp);
+        let own = RawEvent::from_json_bytes("t", "s", b"{}".to_vec());
+        assert!(!own.in_trace());
+        assert_eq!(own.parent_span_id(), None);
+        let ev = own.with_traceparent(&tp);
+        assert!(ev.in_trace());
         assert_eq!(ev.trace_id, tp.trace_id);
         assert_ne!(ev.span_id, tp.parent_id);
-        assert_eq!(ev.metadata[PARENT_SPAN_KEY], "00f067aa0ba902b7");
+        assert_eq!(ev.parent_span_id(), Some(tp.parent_id));
         assert_eq!(ev.traceparent().trace_id, tp.trace_id);
         assert_eq!(ev.traceparent().parent_id, ev.span_id);
+        assert!(ev.traceparent().sampled());
+        let line = ev.to_json_line().unwrap();
+        assert!(
+            line.ends_with(r#","parent_span_id":"00f067aa0ba902b7"}"#),
+            "{line}"
+        );
+        assert_eq!(RawEvent::from_json_line(&line).unwrap(), ev);
+
+        let unsampled: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+            .parse()
+            .unwrap();
+        let ev = RawEvent::from_json_bytes("t", "s", b"{}".to_vec()).with_traceparent(&unsampled);
+        assert!(!ev.traceparent().sampled());
     }
 
     #[test]
@@ -649,17 +869,42 @@ mod tests {
         let ts = DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456789Z")
             .unwrap()
             .with_timezone(&Utc);
-        let ev = RawEvent::new("dns.query", "dns", &serde_json::json!({"qname": "a.b."}))
-            .unwrap()
-            .with_timestamp(ts)
-            .with_metadata("dns.question.name", "a.b.");
+        let ev = RawEvent::at(ts, "dns.query", "dns", serde_json::json!({"qname": "a.b."}))
+            .with_metadata("dns.question.name", "a.b.")
+            .with_metadata("server.port", 53u16);
         let line = ev.to_json_line().unwrap();
         assert!(
-            line.starts_with(r#"{"timestamp":"2026-11-25T10:00:00.123456789Z","type":"dns.query","source":"dns","data":{"qname":"a.b."},"metadata":{"dns.question.name":"a.b."},"trace_id":""#),
+            line.starts_with(r#"{"timestamp":"2026-11-25T10:00:00.123456789Z","type":"dns.query","source":"dns","data":{"qname":"a.b."},"metadata":{"dns.question.name":"a.b.","server.port":53},"trace_id":""#),
             "{line}"
         );
         assert!(!line.contains('\n'));
-        assert_eq!(RawEvent::from_json_line(&line).unwrap(), ev);
+        assert!(!line.contains("parent_span_id"));
+        let back = RawEvent::from_json_line(&line).unwrap();
+        assert_eq!(back, ev);
+        assert!(back.payload_ref::<serde_json::Value>().is_none());
+        assert_eq!(back.data.json().unwrap(), br#"{"qname":"a.b."}"#);
+    }
+
+    #[test]
+    fn typed_payload_is_read_without_decoding_and_encoded_at_most_once() {
+        #[derive(Debug)]
+        struct Probe(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+        impl Serialize for Probe {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                s.serialize_u32(7)
+            }
+        }
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ev = RawEvent::new("t", "s", Probe(count.clone()));
+        assert!(ev.payload_ref::<Probe>().is_some());
+        assert!(ev.payload_ref::<u32>().is_none());
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(ev.data.json().unwrap(), b"7");
+        assert_eq!(ev.data.json().unwrap(), b"7");
+        assert_eq!(ev.payload::<u32>().unwrap(), 7);
+        assert!(ev.to_json_line().unwrap().contains(r#""data":7,"#));
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

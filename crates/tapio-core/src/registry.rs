@@ -23,15 +23,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::RawEvent;
 use crate::channel::{self, EventReceiver, EventSender, OverflowPolicy};
 use crate::collector::{Collector, CollectorContext, CollectorError};
+use crate::error::ErrorChain;
 use crate::health::{HealthReport, HealthState};
 use crate::resilience::{
     BreakerError, CircuitBreaker, CircuitBreakerConfig, RetryError, RetryPolicy,
 };
-
-/// Metadata key the registry stamps with the producing collector's name.
-pub const COLLECTOR_KEY: &str = "collector";
+use crate::stats::{DropStage, Stats};
+use parking_lot::RwLock;
 
 /// What to do when a collector fails to start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,7 +88,7 @@ pub enum RegistryError {
     #[error("the registry was already started")]
     AlreadyStarted,
     /// A collector failed to start; those started before it were stopped again.
-    #[error("starting {collector} failed (rolled back {rolled_back:?}): {source}")]
+    #[error("starting {collector} failed (rolled back {rolled_back:?})")]
     StartFailed {
         /// The collector that failed.
         collector: String,
@@ -97,8 +98,8 @@ pub enum RegistryError {
         source: Box<CollectorError>,
     },
     /// A collector's event stream could not be taken.
-    #[error("taking the event stream failed: {0}")]
-    Stream(CollectorError),
+    #[error("taking the event stream failed")]
+    Stream(#[source] CollectorError),
 }
 
 /// Reports the health of a registry's collectors; see [`Registry::health_watch`].
@@ -144,6 +145,9 @@ pub struct Registry {
     config: RegistryConfig,
     entries: Vec<Entry>,
     merged_tx: Option<EventSender>,
+    /// Each registered collector's counters by name: where the merge
+    /// queue charges a lost event.
+    by_source: Arc<RwLock<Vec<(String, Stats)>>>,
     merged_rx: Option<EventReceiver>,
     /// Forwarders, one per running collector.
     tasks: Vec<JoinHandle<()>>,
@@ -167,11 +171,23 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// An empty registry.
     pub fn new(config: RegistryConfig) -> Self {
-        let (tx, rx) = channel::bounded(config.queue_capacity, config.overflow);
+        let by_source: Arc<RwLock<Vec<(String, Stats)>>> = Arc::default();
+        let charged = by_source.clone();
+        let (tx, rx) = channel::bounded_with(
+            config.queue_capacity,
+            config.overflow,
+            Arc::new(move |event: &RawEvent| {
+                let sources = charged.read();
+                if let Some((_, stats)) = sources.iter().find(|(name, _)| *name == *event.source) {
+                    stats.add_dropped(DropStage::Merge, 1);
+                }
+            }),
+        );
         Self {
             config,
             entries: Vec::new(),
             merged_tx: Some(tx),
+            by_source,
             merged_rx: Some(rx),
             tasks: Vec::new(),
             supervisor: None,
@@ -191,6 +207,9 @@ impl Registry {
             return Err(RegistryError::Duplicate(name));
         }
         let breaker = CircuitBreaker::new(self.config.restart_breaker);
+        self.by_source
+            .write()
+            .push((name.clone(), collector.stats().clone()));
         self.entries.push(Entry {
             collector: Arc::from(collector),
             breaker,
@@ -198,6 +217,17 @@ impl Registry {
             restarts: Default::default(),
         });
         Ok(())
+    }
+
+    /// The live counters of the collector named `name`: where a stage after
+    /// the registry (an exporter) charges what it loses, with
+    /// [`DropStage::Export`], so that every loss shows in the collector's
+    /// `events_dropped_total` metric and health report.
+    pub fn stats(&self, name: &str) -> Option<Stats> {
+        self.entries
+            .iter()
+            .find(|e| e.collector.name() == name)
+            .map(|e| e.collector.stats().clone())
     }
 
     /// Names of the registered collectors, in registration order.
@@ -239,14 +269,14 @@ impl Registry {
                     report.started.push(name);
                 }
                 Err(err) if self.config.start_mode == StartMode::BestEffort => {
-                    warn!(collector = %name, error = %err, "skipped: failed to start");
+                    warn!(collector = %name, error = %ErrorChain(&err), "skipped: failed to start");
                     report.skipped.push((name, err));
                 }
                 Err(err) => {
                     let mut rolled_back = Vec::new();
                     for entry in self.entries[..i].iter_mut().filter(|e| e.running).rev() {
                         if let Err(stop_err) = entry.collector.stop().await {
-                            warn!(collector = entry.collector.name(), error = %stop_err, "stop during rollback failed");
+                            warn!(collector = entry.collector.name(), error = %ErrorChain(&stop_err), "stop during rollback failed");
                         }
                         entry.running = false;
                         rolled_back.push(entry.collector.name().to_string());
@@ -273,7 +303,6 @@ impl Registry {
         for entry in self.entries.iter().filter(|e| e.running) {
             let mut rx = entry.collector.events().map_err(RegistryError::Stream)?;
             let tx = merged.clone();
-            let name = entry.collector.name().to_string();
             let cancel = self.forwarding.clone();
             self.tasks.push(tokio::spawn(async move {
                 loop {
@@ -285,10 +314,7 @@ impl Registry {
                             rx.try_recv()
                         }
                     };
-                    let Some(mut event) = event else { break };
-                    event
-                        .metadata
-                        .insert(COLLECTOR_KEY.to_string(), name.clone());
+                    let Some(event) = event else { break };
                     tx.send(event);
                 }
             }));
@@ -329,7 +355,7 @@ impl Registry {
                             info!(collector = collector.name(), "restarted after failure");
                         }
                         Err(err) => {
-                            warn!(collector = collector.name(), error = %err, "restart failed")
+                            warn!(collector = collector.name(), error = %ErrorChain(&err), "restart failed")
                         }
                     }
                 }
@@ -367,12 +393,12 @@ impl Registry {
         if let Some(supervisor) = self.supervisor.take()
             && let Err(err) = supervisor.await
         {
-            warn!(error = %err, "registry supervisor ended abnormally");
+            warn!(error = %ErrorChain(&err), "registry supervisor ended abnormally");
         }
         for entry in self.entries.iter_mut().rev() {
             if entry.running {
                 if let Err(err) = entry.collector.stop().await {
-                    warn!(collector = entry.collector.name(), error = %err, "stop failed");
+                    warn!(collector = entry.collector.name(), error = %ErrorChain(&err), "stop failed");
                 }
                 entry.running = false;
             }
@@ -382,7 +408,7 @@ impl Registry {
         self.forwarding.cancel();
         for task in self.tasks.drain(..) {
             if let Err(err) = task.await {
-                warn!(error = %err, "registry task ended abnormally");
+                warn!(error = %ErrorChain(&err), "registry task ended abnormally");
             }
         }
         self.merged_tx = None;

@@ -1,5 +1,8 @@
-//! Per-collector counters, including the three points where events can be
-//! lost: in the kernel, in the userspace queue, and at export.
+//! Per-collector counters, including the four points where events can be
+//! lost: in the kernel, in the collector's queue, in the registry's merge
+//! queue, and at export. These counters are the one truth about losses: the
+//! `{collector}_events_dropped_total{stage}` metric, the health report and
+//! an agent's summary all read them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,22 +13,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum DropStage {
     /// In the kernel: BPF ring-buffer reserve failures, kernel rate limits.
     Kernel,
-    /// In userspace: the bounded event queue overflowed, or a record could
-    /// not be decoded.
+    /// In the collector: its bounded event queue overflowed (or its
+    /// consumer went away), or a record could not be decoded.
     Queue,
-    /// At export: an exporter's queue or a failed export.
+    /// In the registry: the merged queue of all collectors overflowed.
+    Merge,
+    /// At export: an exporter's queue overflowed, or events were still
+    /// unsent when it shut down.
     Export,
 }
 
 impl DropStage {
     /// Every stage, in pipeline order.
-    pub const ALL: [DropStage; 3] = [DropStage::Kernel, DropStage::Queue, DropStage::Export];
+    pub const ALL: [DropStage; 4] = [
+        DropStage::Kernel,
+        DropStage::Queue,
+        DropStage::Merge,
+        DropStage::Export,
+    ];
 
     /// The stage's name (the `stage` attribute of `*_events_dropped_total`).
     pub fn as_str(self) -> &'static str {
         match self {
             DropStage::Kernel => "kernel",
             DropStage::Queue => "queue",
+            DropStage::Merge => "merge",
             DropStage::Export => "export",
         }
     }
@@ -43,6 +55,7 @@ struct Counters {
     errors: AtomicU64,
     dropped_kernel: AtomicU64,
     dropped_queue: AtomicU64,
+    dropped_merge: AtomicU64,
     dropped_export: AtomicU64,
 }
 
@@ -57,6 +70,8 @@ pub struct StatsSnapshot {
     pub dropped_kernel: u64,
     /// Events lost in the userspace queue.
     pub dropped_queue: u64,
+    /// Lost in the registry's merged queue.
+    pub dropped_merge: u64,
     /// Events lost at export.
     pub dropped_export: u64,
 }
@@ -64,7 +79,7 @@ pub struct StatsSnapshot {
 impl StatsSnapshot {
     /// All losses together.
     pub fn dropped_total(&self) -> u64 {
-        self.dropped_kernel + self.dropped_queue + self.dropped_export
+        self.dropped_kernel + self.dropped_queue + self.dropped_merge + self.dropped_export
     }
 }
 
@@ -83,6 +98,7 @@ impl Stats {
         match stage {
             DropStage::Kernel => &self.inner.dropped_kernel,
             DropStage::Queue => &self.inner.dropped_queue,
+            DropStage::Merge => &self.inner.dropped_merge,
             DropStage::Export => &self.inner.dropped_export,
         }
     }
@@ -111,6 +127,7 @@ impl Stats {
             errors: c.errors.load(Ordering::Relaxed),
             dropped_kernel: c.dropped_kernel.load(Ordering::Relaxed),
             dropped_queue: c.dropped_queue.load(Ordering::Relaxed),
+            dropped_merge: c.dropped_merge.load(Ordering::Relaxed),
             dropped_export: c.dropped_export.load(Ordering::Relaxed),
         }
     }

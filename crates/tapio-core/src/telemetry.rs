@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `{collector}_events_processed_total` | counter | [`Stats`] |
 //! | `{collector}_errors_total` | counter | [`Stats`] |
-//! | `{collector}_events_dropped_total{stage=kernel\|queue\|export}` | counter | [`Stats`] |
+//! | `{collector}_events_dropped_total{stage=kernel\|queue\|merge\|export}` | counter | [`Stats`] |
 //! | `{collector}_collector_healthy` | gauge (1/0) | [`Health`] |
 //! | `{collector}_processing_duration_ms` | histogram | [`Telemetry::record_duration`] |
 //!
@@ -72,7 +72,7 @@ impl Telemetry {
         let s = stats;
         meter
             .u64_observable_counter(name("events_dropped_total"))
-            .with_description("Events lost, by stage: kernel, queue, export")
+            .with_description("Events lost, by stage: kernel, queue, merge, export")
             .with_callback(move |o| {
                 for stage in DropStage::ALL {
                     o.observe(s.dropped(stage), &[KeyValue::new("stage", stage.as_str())]);
@@ -177,6 +177,7 @@ mod tests {
         stats.add_errors(2);
         stats.add_dropped(DropStage::Kernel, 3);
         stats.add_dropped(DropStage::Queue, 4);
+        stats.add_dropped(DropStage::Merge, 5);
         health.set(HealthState::Healthy, None);
         t.record_duration(Duration::from_micros(1500));
         t.record_duration(Duration::from_micros(500));
@@ -199,6 +200,7 @@ mod tests {
             vec![
                 ("stage=export".to_string(), 0.0),
                 ("stage=kernel".to_string(), 3.0),
+                ("stage=merge".to_string(), 5.0),
                 ("stage=queue".to_string(), 4.0)
             ]
         );

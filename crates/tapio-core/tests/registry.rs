@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tapio_core::registry::COLLECTOR_KEY;
 use tapio_core::resilience::{CircuitBreakerConfig, RetryPolicy};
 use tapio_core::{
     Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
@@ -106,11 +105,7 @@ impl Probe {
     }
 
     fn event(&self, event_type: &str, n: u32) -> RawEvent {
-        RawEvent::from_json_bytes(
-            event_type,
-            self.source.to_string(),
-            n.to_string().into_bytes(),
-        )
+        RawEvent::new(event_type, self.source.to_string(), n)
     }
 
     /// Emit `fake.tick` events numbered `range`.
@@ -160,6 +155,10 @@ struct FakeCollector(Arc<Probe>);
 impl Collector for FakeCollector {
     fn name(&self) -> &str {
         self.0.name()
+    }
+
+    fn stats(&self) -> &tapio_core::Stats {
+        self.0.base.stats()
     }
 
     async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
@@ -217,7 +216,7 @@ impl Collector for FakeCollector {
 fn fake_in(name: &str, journal: &Journal) -> (Box<dyn Collector>, Arc<Probe>) {
     let probe = Arc::new(Probe {
         base: CollectorBase::new(name, 1024, OverflowPolicy::DropNewest),
-        source: format!("{name}-src"),
+        source: name.to_string(),
         starts: AtomicUsize::new(0),
         stops: AtomicUsize::new(0),
         effective_stops: AtomicUsize::new(0),
@@ -316,13 +315,13 @@ async fn read_to_end(rx: &mut EventReceiver) -> Vec<RawEvent> {
 }
 
 fn num(e: &RawEvent) -> u32 {
-    std::str::from_utf8(&e.data).unwrap().parse().unwrap()
+    *e.payload_ref::<u32>()
+        .expect("a fake event carries its number")
 }
 
+/// The producing collector: an event's `source` is its collector's name.
 fn stamp(e: &RawEvent) -> &str {
-    e.metadata
-        .get(COLLECTOR_KEY)
-        .expect("every merged event carries metadata[\"collector\"]")
+    &e.source
 }
 
 /// Numbers of the `fake.tick` events stamped with `collector`, in arrival order.
@@ -343,7 +342,7 @@ fn names(v: &[&str]) -> Vec<String> {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn merged_stream_delivers_every_event_stamped_with_its_producer() {
+async fn merged_stream_delivers_every_event_of_every_producer_unchanged() {
     const N: u32 = 50;
     let (a, pa) = fake("alpha");
     let (b, pb) = fake("beta");
@@ -368,13 +367,12 @@ async fn merged_stream_delivers_every_event_stamped_with_its_producer() {
         let mine: Vec<&RawEvent> = got.iter().filter(|e| stamp(e) == p.name()).collect();
         assert_eq!(mine.len(), N as usize, "events of {}", p.name());
         for e in &mine {
-            assert_eq!(e.source, format!("{}-src", p.name()), "source untouched");
             assert_eq!(e.event_type, "fake.tick");
-            assert_eq!(e.metadata.len(), 1, "only the collector stamp was added");
+            assert!(e.metadata.is_empty(), "the registry adds nothing per event");
         }
         // Order within one producer is preserved.
         assert_eq!(ticks_of(&got, p.name()), (0..N).collect::<Vec<_>>());
-        assert_eq!(p.base.stats().processed, u64::from(N));
+        assert_eq!(p.base.stats().snapshot().processed, u64::from(N));
     }
     let s = registry.queue_stats().unwrap();
     assert_eq!((s.sent, s.delivered, s.dropped, s.queued), (150, 150, 0, 0));
@@ -383,25 +381,25 @@ async fn merged_stream_delivers_every_event_stamped_with_its_producer() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn stamp_overwrites_a_producer_supplied_collector_key_and_keeps_other_metadata() {
+async fn merge_passes_an_event_through_as_its_collector_built_it() {
     let (a, pa) = fake("alpha");
     let mut registry = registry_with(config(), vec![a]);
     let mut events = registry.events().unwrap();
     registry.start(CollectorContext::default()).await.unwrap();
 
-    pa.base.emitter().emit(
-        pa.event("fake.tick", 7)
-            .with_metadata(COLLECTOR_KEY, "spoofed")
-            .with_metadata("k8s.pod.name", "web-0"),
-    );
+    let sent = pa
+        .event("fake.tick", 7)
+        .with_metadata("k8s.pod.name", "web-0")
+        .with_metadata("process.pid", 42u32);
+    pa.base.emitter().emit(sent.clone());
     settle().await;
     let got = drain(&mut events);
-    assert_eq!(got.len(), 1);
+    assert_eq!(got, std::slice::from_ref(&sent));
     assert_eq!(got[0].metadata.len(), 2);
-    assert_eq!(got[0].metadata[COLLECTOR_KEY], "alpha");
-    assert_eq!(got[0].metadata["k8s.pod.name"], "web-0");
-    assert_eq!(got[0].source, "alpha-src");
-    assert_eq!(num(&got[0]), 7);
+    assert_eq!(got[0].metadata["process.pid"], 42);
+    assert_eq!(got[0].source, "alpha");
+    // Still the same typed payload: nothing was encoded on the way.
+    assert_eq!(got[0].payload_ref::<u32>(), Some(&7));
     registry.stop().await;
 }
 
@@ -530,8 +528,13 @@ async fn all_or_nothing_rolls_back_in_reverse_start_order() {
         }
         other => panic!("expected StartFailed, got {other:?}"),
     }
+    // The message names the step; the cause is in source(), once.
     assert_eq!(
         err.to_string(),
+        "starting C failed (rolled back [\"B\", \"A\"])"
+    );
+    assert_eq!(
+        tapio_core::ErrorChain(&err).to_string(),
         "starting C failed (rolled back [\"B\", \"A\"]): C: invalid configuration: bad config"
     );
     assert_eq!(
@@ -632,8 +635,9 @@ async fn best_effort_skips_the_failing_collector_and_runs_the_rest() {
             if collector == "C" && peer == "127.0.0.1:2379"),
         "{why:?}"
     );
+    assert_eq!(why.to_string(), "C: peer 127.0.0.1:2379");
     assert_eq!(
-        why.to_string(),
+        tapio_core::ErrorChain(why).to_string(),
         "C: peer 127.0.0.1:2379: connection refused"
     );
     assert_eq!(
@@ -718,7 +722,6 @@ async fn supervisor_restarts_a_failed_collector_onto_the_same_stream() {
     let got = drain(&mut events);
     assert_eq!(ticks_of(&got, "x"), [3, 4, 5]);
     assert_eq!(ticks_of(&got, "y"), [0]);
-    assert!(got.iter().all(|e| e.source == format!("{}-src", stamp(e))));
 
     // Healthy again: no further restarts.
     tokio::time::sleep_until(t0 + secs(10)).await;
@@ -995,8 +998,8 @@ async fn stop_forwards_events_collectors_emit_while_stopping() {
         .collect();
     assert_eq!(flushed, ["B", "A"], "each stop's flush, in stop order");
     assert_eq!(got.len(), 8);
-    assert_eq!(pa.base.stats().processed, 4);
-    assert_eq!(pb.base.stats().processed, 4);
+    assert_eq!(pa.base.stats().snapshot().processed, 4);
+    assert_eq!(pb.base.stats().snapshot().processed, 4);
     let s = events.stats();
     assert_eq!((s.sent, s.delivered, s.dropped, s.queued), (8, 8, 0, 0));
 }
@@ -1041,9 +1044,14 @@ async fn overflow(policy: OverflowPolicy) -> (Registry, EventReceiver, Arc<Probe
         (100, 0, 96, 4, 4)
     );
     assert_eq!(s.sent, s.delivered + s.dropped + s.queued);
-    // The loss is the registry's, not the collector's.
-    let own = pa.base.stats();
-    assert_eq!((own.processed, own.dropped_queue), (100, 0));
+    // The loss is the registry's merge stage, charged to the collector whose
+    // events were lost: the same number in its counters as in the queue's.
+    let own = pa.base.stats().snapshot();
+    assert_eq!(
+        (own.processed, own.dropped_queue, own.dropped_merge),
+        (100, 0, 96)
+    );
+    assert_eq!(registry.stats("A").unwrap().snapshot(), own);
     (registry, events, pa)
 }
 

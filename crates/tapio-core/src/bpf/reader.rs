@@ -335,17 +335,35 @@ impl RingBufReader {
         &self.stats
     }
 
+    /// [`spawn`](Self::spawn) for async callers: waiting for the program to
+    /// load, verify and attach is blocking work, so it runs on tokio's
+    /// blocking pool instead of an async worker. Errors name `collector`.
+    pub async fn spawn_async<P, H>(
+        collector: &str,
+        config: RingBufReaderConfig,
+        program: P,
+        stats: Stats,
+        handler: H,
+    ) -> Result<Self, CollectorError>
+    where
+        P: BpfProgram,
+        H: RecordHandler<P::Record>,
+    {
+        crate::collector::blocking(collector, "load and attach BPF object", move || {
+            Self::spawn(config, program, stats, handler)
+        })
+        .await
+    }
+
     /// [`stop`](Self::stop) for async callers: joining the session thread
     /// detaches the links and closes the object, so it runs on a blocking
     /// thread instead of stalling an async worker. Errors name `collector`.
     pub async fn stop_async(mut self, collector: &str) -> Result<(), CollectorError> {
-        tokio::task::spawn_blocking(move || self.stop())
-            .await
-            .map_err(|err| CollectorError::Bpf {
-                collector: collector.to_string(),
-                operation: "stop ring buffer reader".to_string(),
-                source: Box::new(err),
-            })
+        crate::collector::blocking(collector, "stop ring buffer reader", move || {
+            self.stop();
+            Ok(())
+        })
+        .await
     }
 
     /// Stop reading, drain what is buffered, and join the thread.

@@ -5,11 +5,12 @@
 
 use std::fmt;
 
-use compact_str::{CompactString, ToCompactString};
+use compact_str::CompactString;
 
 use serde::{Deserialize, Serialize};
 
 use crate::Metadata;
+use crate::metadata::Value;
 
 /// OpenTelemetry semantic-convention key for the pod UID (`k8s.pod.uid`).
 pub const KEY_POD_UID: &str = "k8s.pod.uid";
@@ -18,12 +19,12 @@ pub const KEY_CONTAINER_ID: &str = "container.id";
 /// OpenTelemetry semantic-convention key for the container runtime
 /// (`container.runtime.name`; it replaced the deprecated `container.runtime`).
 pub const KEY_CONTAINER_RUNTIME: &str = "container.runtime.name";
-/// Tapio-specific key for the pod QoS class (`k8s.pod.qos_class`).
-pub const KEY_QOS_CLASS: &str = "k8s.pod.qos_class";
-/// Tapio-specific key for the cgroup v2 path (`cgroup.path`).
-pub const KEY_CGROUP_PATH: &str = "cgroup.path";
-/// Tapio-specific key for the cgroup v2 id, in decimal (`cgroup.id`).
-pub const KEY_CGROUP_ID: &str = "cgroup.id";
+/// Tapio-specific key for the pod QoS class (`tapio.k8s.pod.qos_class`).
+pub const KEY_QOS_CLASS: &str = "tapio.k8s.pod.qos_class";
+/// Tapio-specific key for the cgroup v2 path (`tapio.cgroup.path`).
+pub const KEY_CGROUP_PATH: &str = "tapio.cgroup.path";
+/// Tapio-specific key for the cgroup v2 id, an integer (`tapio.cgroup.id`).
+pub const KEY_CGROUP_ID: &str = "tapio.cgroup.id";
 
 /// Kubernetes pod QoS class, as encoded in the kubelet's cgroup layout.
 ///
@@ -251,28 +252,34 @@ impl CgroupInfo {
     /// assert_eq!(
     ///     pairs,
     ///     vec![
-    ///         ("cgroup.id", "42".into()),
-    ///         ("cgroup.path", info.path.as_str().into()),
-    ///         ("k8s.pod.qos_class", "besteffort".into()),
     ///         ("k8s.pod.uid", "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".into()),
+    ///         ("tapio.cgroup.id", 42u64.into()),
+    ///         ("tapio.cgroup.path", info.path.as_str().into()),
+    ///         ("tapio.k8s.pod.qos_class", "besteffort".into()),
     ///     ],
     /// );
     /// ```
-    pub fn metadata(&self) -> impl Iterator<Item = (&'static str, CompactString)> + '_ {
+    pub fn metadata(&self) -> impl Iterator<Item = (&'static str, Value)> + '_ {
         let pod = self.pod_uid.as_deref().map(|v| (KEY_POD_UID, v.into()));
-        let qos = self
-            .qos_class
-            .map(|q| (KEY_QOS_CLASS, CompactString::const_new(q.as_str())));
+        let qos = self.qos_class.map(|q| {
+            (
+                KEY_QOS_CLASS,
+                Value::String(CompactString::const_new(q.as_str())),
+            )
+        });
         let cid = self
             .container_id
             .as_deref()
             .map(|v| (KEY_CONTAINER_ID, v.into()));
-        let rt = self
-            .runtime
-            .map(|r| (KEY_CONTAINER_RUNTIME, CompactString::const_new(r.as_str())));
+        let rt = self.runtime.map(|r| {
+            (
+                KEY_CONTAINER_RUNTIME,
+                Value::String(CompactString::const_new(r.as_str())),
+            )
+        });
         let path = (!self.path.is_empty()).then(|| (KEY_CGROUP_PATH, self.path.as_str().into()));
-        let id = (self.id != 0).then(|| (KEY_CGROUP_ID, self.id.to_compact_string()));
-        [id, path, cid, rt, qos, pod].into_iter().flatten()
+        let id = (self.id != 0).then(|| (KEY_CGROUP_ID, self.id.into()));
+        [cid, rt, pod, id, path, qos].into_iter().flatten()
     }
 
     /// Inserts [`CgroupInfo::metadata`] into `map`, overwriting existing keys.
@@ -913,8 +920,8 @@ mod tests {
         assert_eq!(map[KEY_QOS_CLASS], "besteffort");
         assert_eq!(map[KEY_CONTAINER_ID], CID);
         assert_eq!(map[KEY_CONTAINER_RUNTIME], "cri-o");
-        assert_eq!(map[KEY_CGROUP_PATH], info.path);
-        assert_eq!(map[KEY_CGROUP_ID], "7");
+        assert_eq!(map[KEY_CGROUP_PATH], info.path.as_str());
+        assert_eq!(map[KEY_CGROUP_ID], 7);
 
         let empty = CgroupInfo::default();
         assert_eq!(empty.metadata().count(), 0);
