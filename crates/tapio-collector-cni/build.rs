@@ -2,6 +2,9 @@
 
 fn main() {
     if let Err(err) = tapio_bpf_build::Skeleton::new("cni", "src/bpf/cni.bpf.c").build() {
-        panic!("building the CNI collector's BPF object failed: {err}");
+        panic!(
+            "building the CNI collector's BPF object failed: {}",
+            err.chain()
+        );
     }
 }

@@ -2,6 +2,6 @@
 
 fn main() {
     if let Err(err) = tapio_bpf_build::Skeleton::new("dns", "src/bpf/dns.bpf.c").build() {
-        panic!("building the dns collector's BPF object failed: {err}");
+        panic!("building the dns collector's BPF object failed: {}", err.chain());
     }
 }

@@ -48,14 +48,15 @@ const SHARED_HEADERS: &[(&str, &str)] = &[
     ("tapio/prefix.h", include_str!("../include/tapio/prefix.h")),
 ];
 
-/// Why building a BPF skeleton failed.
+/// Why building a BPF skeleton failed. `Display` names the failed step;
+/// the cause is in `source()`, and [`BuildError::chain`] prints both.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A variable cargo sets for build scripts is missing: not run from `build.rs`.
     #[error("environment variable {0} is not set; call tapio-bpf-build from a build script")]
     NotInBuildScript(&'static str),
     /// The `vmlinux.h` named by [`VMLINUX_ENV`] could not be read.
-    #[error("cannot read {VMLINUX_ENV}={path}: {source}")]
+    #[error("cannot read {VMLINUX_ENV}={path}")]
     VmlinuxOverride {
         /// The path given.
         path: PathBuf,
@@ -82,7 +83,7 @@ pub enum BuildError {
         errno: i32,
     },
     /// Writing a generated file failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -97,6 +98,30 @@ pub enum BuildError {
         /// libbpf-cargo's error chain, including clang's diagnostics.
         message: String,
     },
+}
+
+impl BuildError {
+    /// The message followed by each cause, joined by `": "`: what a build
+    /// script prints when it fails.
+    ///
+    /// ```
+    /// let err = tapio_bpf_build::BuildError::Write {
+    ///     path: "/x/vmlinux.h".into(),
+    ///     source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    /// };
+    /// assert_eq!(err.to_string(), "cannot write /x/vmlinux.h");
+    /// assert_eq!(err.chain(), "cannot write /x/vmlinux.h: permission denied");
+    /// ```
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(err) = cause {
+            out.push_str(": ");
+            out.push_str(&err.to_string());
+            cause = err.source();
+        }
+        out
+    }
 }
 
 /// One BPF object to compile into a Rust skeleton.

@@ -53,7 +53,7 @@ pub enum CgroupError {
         searched: PathBuf,
     },
     /// Reading a file or directory failed.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         /// The path that could not be read.
         path: PathBuf,
