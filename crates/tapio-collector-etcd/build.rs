@@ -3,6 +3,9 @@
 
 fn main() {
     if let Err(err) = tapio_bpf_build::Skeleton::new("etcd", "src/bpf/etcd.bpf.c").build() {
-        panic!("building the etcd collector's BPF object failed: {}", err.chain());
+        panic!(
+            "building the etcd collector's BPF object failed: {}",
+            err.chain()
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tapio_core::OverflowPolicy;
 
-use crate::engine::EngineConfig;
+use crate::correlator::CorrelatorConfig;
 use crate::kernel::{MAX_BIN_DIR_LEN, MAX_BIN_DIRS, MAX_ENV_BYTES, MAX_OUTPUT_BYTES};
 
 /// Settings of the CNI collector.
@@ -34,12 +34,14 @@ pub struct CniConfig {
     pub netns_dirs: Vec<PathBuf>,
     /// Watch links and addresses over rtnetlink.
     pub netlink: bool,
-    /// Bound of the queue between the BPF reader and the engine.
+    /// Bound of the queue between the BPF reader and the correlator.
     pub step_queue_capacity: usize,
-    /// How often the engine polls its sources and sweeps timeouts.
+    /// How often the correlator polls its sources and sweeps timeouts.
     pub poll_interval_ms: u64,
     /// Correlation limits and timeouts.
-    pub engine: EngineConfig,
+    /// (TOML table `correlator`; `engine`, its former name, is accepted.)
+    #[serde(alias = "engine")]
+    pub correlator: CorrelatorConfig,
 }
 
 impl Default for CniConfig {
@@ -56,7 +58,7 @@ impl Default for CniConfig {
             netlink: true,
             step_queue_capacity: 65_536,
             poll_interval_ms: 10,
-            engine: EngineConfig::default(),
+            correlator: CorrelatorConfig::default(),
         }
     }
 }
@@ -114,7 +116,7 @@ impl CniConfig {
                 self.output_bytes
             ));
         }
-        let e = &self.engine;
+        let e = &self.correlator;
         if e.max_operations == 0
             || e.max_plugins == 0
             || e.max_pods == 0
@@ -122,11 +124,11 @@ impl CniConfig {
             || e.max_named_netns == 0
             || e.max_early == 0
         {
-            return Err("engine table capacities must be positive".into());
+            return Err("correlator table capacities must be positive".into());
         }
         if e.operation_timeout_ms == 0 || e.step_timeout_ms < e.settle_ms {
             return Err(
-                "engine timeouts: operation_timeout_ms must be positive and step_timeout_ms >= settle_ms"
+                "correlator timeouts: operation_timeout_ms must be positive and step_timeout_ms >= settle_ms"
                     .into(),
             );
         }
@@ -160,8 +162,14 @@ mod tests {
         assert!(env.validate().unwrap_err().contains("env_bytes"));
         assert_eq!(normalize_dir("/opt/cni/bin/"), "/opt/cni/bin");
         let parsed: CniConfig =
-            serde_json::from_str(r#"{"bin_dirs":["/x"],"engine":{"settle_ms":5}}"#).unwrap();
-        assert_eq!(parsed.engine.settle_ms, 5);
-        assert_eq!(parsed.engine.max_pods, EngineConfig::default().max_pods);
+            serde_json::from_str(r#"{"bin_dirs":["/x"],"correlator":{"settle_ms":5}}"#).unwrap();
+        assert_eq!(parsed.correlator.settle_ms, 5);
+        assert_eq!(
+            parsed.correlator.max_pods,
+            CorrelatorConfig::default().max_pods
+        );
+        // The table's former name still reads.
+        let old: CniConfig = serde_json::from_str(r#"{"engine":{"settle_ms":7}}"#).unwrap();
+        assert_eq!(old.correlator.settle_ms, 7);
     }
 }

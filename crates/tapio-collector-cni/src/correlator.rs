@@ -1,4 +1,4 @@
-//! The correlation engine: turns [`Step`]s into one outcome per CNI
+//! The [`Correlator`]: turns [`Step`]s into one outcome per CNI
 //! operation plus the raw step events, with bounded tables and timeouts.
 //!
 //! An *operation* is keyed by (`CNI_CONTAINERID`, `CNI_IFNAME`,
@@ -6,11 +6,11 @@
 //! chained plugins a runtime runs one after another and the plugins they
 //! delegate to (IPAM), recognised by their parent being a tracked plugin.
 //! The operation completes when no plugin of it is running and
-//! [`EngineConfig::settle_ms`] has passed without another one starting
+//! [`CorrelatorConfig::settle_ms`] has passed without another one starting
 //! (the runtime's next chained plugin), and the expected enrichment steps
-//! (result, IPAM) are in — or [`EngineConfig::step_timeout_ms`] has passed,
+//! (result, IPAM) are in — or [`CorrelatorConfig::step_timeout_ms`] has passed,
 //! in which case the outcome lists them in `missing`. A plugin that never
-//! exits within [`EngineConfig::operation_timeout_ms`], or an exit whose
+//! exits within [`CorrelatorConfig::operation_timeout_ms`], or an exit whose
 //! exec was never seen, becomes `cni.pod_network.incomplete`, naming the
 //! missing steps. Every table is bounded; when one is full the oldest entry
 //! is evicted and counted.
@@ -33,10 +33,10 @@ use crate::source::{
 /// Plugin types whose reservations show up in the host-local state directory.
 const HOST_LOCAL: &str = "host-local";
 
-/// Engine limits and timeouts.
+/// Correlator limits and timeouts (TOML table `[cni.correlator]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct EngineConfig {
+pub struct CorrelatorConfig {
     /// Quiet time after the last plugin exit before an operation completes
     /// (the runtime's next chained plugin would start within it).
     pub settle_ms: u64,
@@ -66,7 +66,7 @@ pub struct EngineConfig {
     pub emit_steps: bool,
 }
 
-impl Default for EngineConfig {
+impl Default for CorrelatorConfig {
     fn default() -> Self {
         Self {
             settle_ms: 100,
@@ -84,9 +84,10 @@ impl Default for EngineConfig {
     }
 }
 
-/// Counters of the engine, shared with the collector.
+/// Live counters of the correlator, shared with the collector (read them
+/// as [`CniStats`] with [`snapshot`](Self::snapshot)).
 #[derive(Debug, Default)]
-pub struct EngineCounters {
+pub struct CorrelatorCounters {
     /// Steps consumed.
     pub steps: AtomicU64,
     /// Outcomes emitted (setup / teardown / check).
@@ -111,15 +112,15 @@ pub struct EngineCounters {
     pub source_errors: AtomicU64,
 }
 
-impl EngineCounters {
+impl CorrelatorCounters {
     fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A plain snapshot.
-    pub fn snapshot(&self) -> CounterSnapshot {
+    pub fn snapshot(&self) -> CniStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CounterSnapshot {
+        CniStats {
             steps: get(&self.steps),
             outcomes: get(&self.outcomes),
             failures: get(&self.failures),
@@ -135,10 +136,11 @@ impl EngineCounters {
     }
 }
 
-/// A point-in-time copy of [`EngineCounters`].
+/// What the correlator counted, as read by [`Cni::stats`](crate::Cni::stats):
+/// a point-in-time copy of [`CorrelatorCounters`] (same fields).
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct CounterSnapshot {
+pub struct CniStats {
     pub steps: u64,
     pub outcomes: u64,
     pub failures: u64,
@@ -152,7 +154,7 @@ pub struct CounterSnapshot {
     pub source_errors: u64,
 }
 
-/// Sizes of the engine's tables (for leak checks and health details).
+/// Sizes of the correlator's tables (for leak checks and health details).
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TableSizes {
@@ -178,7 +180,7 @@ impl TableSizes {
     }
 }
 
-/// What the engine produces: typed payloads with the boot-time stamp they
+/// What the correlator produces: typed payloads with the boot-time stamp they
 /// happened at.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -304,31 +306,37 @@ struct LinkState {
     seen_ns: u64,
 }
 
-/// The correlation engine. Single-threaded: feed it steps with
+/// Correlates the plugin processes of one CNI operation (a runtime's
+/// chained plugins and the IPAM plugins they delegate to, keyed by
+/// container id, interface and command) with the netns, link, address and
+/// IPAM steps around them into one pod-network outcome. It holds the
+/// operations in flight, the tracked plugin processes, the pods set up (for
+/// teardown enrichment), links, named namespaces and early steps, every
+/// table bounded. Single-threaded: feed it steps with
 /// [`on_step`](Self::on_step) and call [`sweep`](Self::sweep) regularly.
 ///
 /// ```
 /// use tapio_collector_cni::cni::CniEnv;
-/// use tapio_collector_cni::engine::{Engine, EngineConfig, Output};
+/// use tapio_collector_cni::correlator::{Correlator, CorrelatorConfig, Output};
 /// use tapio_collector_cni::source::{PluginExit, PluginStart, Step};
 ///
-/// let config = EngineConfig { settle_ms: 10, ..Default::default() };
-/// let mut engine = Engine::new(config, Default::default());
+/// let config = CorrelatorConfig { settle_ms: 10, ..Default::default() };
+/// let mut correlator = Correlator::new(config, Default::default());
 /// let env = CniEnv { command: "DEL".into(), container_id: "c1".into(), ifname: "eth0".into(),
 ///                    ..Default::default() };
 /// let mut out = Vec::new();
 /// let wall = |_| chrono::Utc::now();
-/// engine.on_step(Step::PluginStart(Box::new(PluginStart { pid: 7, ppid: 1, at_ns: 1_000, path: "/opt/cni/bin/bridge".into(),
+/// correlator.on_step(Step::PluginStart(Box::new(PluginStart { pid: 7, ppid: 1, at_ns: 1_000, path: "/opt/cni/bin/bridge".into(),
 ///     cgroup_id: 0, env: Some(env), netns_inode: None, own_netns_inode: None })), &wall, &mut |o| out.push(o));
-/// engine.on_step(Step::PluginExit(PluginExit { pid: 7, at_ns: 5_000, start_ns: 1_000, exit_code: 0, signal: 0 }),
+/// correlator.on_step(Step::PluginExit(PluginExit { pid: 7, at_ns: 5_000, start_ns: 1_000, exit_code: 0, signal: 0 }),
 ///     &wall, &mut |o| out.push(o));
-/// engine.sweep(20_000_000, &wall, &mut |o| out.push(o)); // 20 ms later: settled
+/// correlator.sweep(20_000_000, &wall, &mut |o| out.push(o)); // 20 ms later: settled
 /// assert!(out.iter().any(|o| o.event_type() == "cni.pod_network.teardown"));
-/// assert_eq!(engine.sizes().total(), 0);
+/// assert_eq!(correlator.sizes().total(), 0);
 /// ```
-pub struct Engine {
-    config: EngineConfig,
-    counters: Arc<EngineCounters>,
+pub struct Correlator {
+    config: CorrelatorConfig,
+    counters: Arc<CorrelatorCounters>,
     plugins: HashMap<u32, Tracked>,
     ops: HashMap<OpKey, Operation>,
     pods: HashMap<String, PodState>,
@@ -346,9 +354,9 @@ struct Early {
     exit: Option<PluginExit>,
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for Correlator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
+        f.debug_struct("Correlator")
             .field("sizes", &self.sizes())
             .finish_non_exhaustive()
     }
@@ -385,9 +393,9 @@ fn evict_oldest<K: Clone + Eq + std::hash::Hash, V>(
     }
 }
 
-impl Engine {
-    /// An empty engine.
-    pub fn new(config: EngineConfig, counters: Arc<EngineCounters>) -> Self {
+impl Correlator {
+    /// An empty correlator.
+    pub fn new(config: CorrelatorConfig, counters: Arc<CorrelatorCounters>) -> Self {
         Self {
             config,
             counters,
@@ -402,7 +410,7 @@ impl Engine {
     }
 
     /// The counters.
-    pub fn counters(&self) -> &Arc<EngineCounters> {
+    pub fn counters(&self) -> &Arc<CorrelatorCounters> {
         &self.counters
     }
 
@@ -420,7 +428,7 @@ impl Engine {
     }
 
     fn evicted(&self) {
-        EngineCounters::inc(&self.counters.evictions);
+        CorrelatorCounters::inc(&self.counters.evictions);
     }
 
     /// Consume one step. `wall` converts boot-time ns to wall-clock time.
@@ -430,7 +438,7 @@ impl Engine {
         wall: &dyn Fn(u64) -> chrono::DateTime<chrono::Utc>,
         out: &mut dyn FnMut(Output),
     ) {
-        EngineCounters::inc(&self.counters.steps);
+        CorrelatorCounters::inc(&self.counters.steps);
         match step {
             Step::PluginStart(start) => self.plugin_start(*start, wall, out),
             Step::PluginOutput {
@@ -472,7 +480,7 @@ impl Engine {
             }
             Step::Ipam(change) => self.ipam(change, out),
             Step::Malformed { source_name, error } => {
-                EngineCounters::inc(&self.counters.malformed);
+                CorrelatorCounters::inc(&self.counters.malformed);
                 tracing::debug!(source = source_name, %error, "malformed CNI input");
             }
         }
@@ -484,7 +492,7 @@ impl Engine {
         wall: &dyn Fn(u64) -> chrono::DateTime<chrono::Utc>,
         out: &mut dyn FnMut(Output),
     ) {
-        EngineCounters::inc(&self.counters.plugins);
+        CorrelatorCounters::inc(&self.counters.plugins);
         if self.plugins.len() >= self.config.max_plugins
             && !self.plugins.contains_key(&start.pid)
             && evict_oldest(&mut self.plugins, |t| t.start_ns)
@@ -502,7 +510,7 @@ impl Engine {
             ..Default::default()
         };
         let Some(env) = start.env else {
-            EngineCounters::inc(&self.counters.non_cni_execs);
+            CorrelatorCounters::inc(&self.counters.non_cni_execs);
             // Still tracked, so that its exit is recognised and not an orphan.
             self.plugins.insert(
                 start.pid,
@@ -660,8 +668,8 @@ impl Engine {
             match cni::parse_output(&tracked.stdout) {
                 Ok(output) => Some(output),
                 Err(err) => {
-                    EngineCounters::inc(&self.counters.malformed_output);
-                    EngineCounters::inc(&self.counters.malformed);
+                    CorrelatorCounters::inc(&self.counters.malformed_output);
+                    CorrelatorCounters::inc(&self.counters.malformed);
                     tracing::debug!(pid = exit.pid, plugin = %tracked.run.plugin, error = %err,
                         truncated = tracked.stdout_truncated, "plugin output is not CNI JSON");
                     if let Some(op) = tracked.key.as_ref().and_then(|k| self.ops.get_mut(k)) {
@@ -897,7 +905,7 @@ impl Engine {
         // A release whose container is remembered but whose DEL is not seen
         // (yet) is held like a reservation before its ADD.
         if change.container_id.is_none() {
-            EngineCounters::inc(&self.counters.unmatched);
+            CorrelatorCounters::inc(&self.counters.unmatched);
             return;
         }
         if self.early_ipam.len() >= self.config.max_early {
@@ -989,11 +997,11 @@ impl Engine {
             };
             if early.exit.is_none() {
                 // Output only, never an exec or exit: nothing to report on.
-                EngineCounters::inc(&self.counters.unmatched);
+                CorrelatorCounters::inc(&self.counters.unmatched);
                 continue;
             }
             if let Some(exit) = early.exit {
-                EngineCounters::inc(&self.counters.incomplete);
+                CorrelatorCounters::inc(&self.counters.incomplete);
                 out(Output::PodNetwork {
                     event_type: types::INCOMPLETE,
                     event: Box::new(PodNetworkEvent {
@@ -1265,12 +1273,12 @@ impl Engine {
             );
         }
         let event_type = if incomplete {
-            EngineCounters::inc(&self.counters.incomplete);
+            CorrelatorCounters::inc(&self.counters.incomplete);
             types::INCOMPLETE
         } else {
-            EngineCounters::inc(&self.counters.outcomes);
+            CorrelatorCounters::inc(&self.counters.outcomes);
             if !event.success {
-                EngineCounters::inc(&self.counters.failures);
+                CorrelatorCounters::inc(&self.counters.failures);
             }
             match key.command.as_str() {
                 "ADD" => types::SETUP,

@@ -237,7 +237,7 @@ impl BpfProgram for CniProgram {
 }
 
 /// Ring-buffer handler: converts records to steps and queues them, bounded,
-/// for the engine thread. A full queue drops the step and counts it.
+/// for the correlator thread. A full queue drops the step and counts it.
 pub(crate) struct StepForwarder {
     pub tx: SyncSender<Step>,
     pub emitter: Emitter,

@@ -14,8 +14,18 @@
 //! | `cni.link.{added,removed}`, `cni.address.{added,removed}` | [`LinkEvent`], [`AddressEvent`] | veth/bridge links and addresses over rtnetlink |
 //! | `cni.ipam.{allocated,released}` | [`IpamEvent`] | host-local reservations (its state directory) |
 //!
-//! Outcome metadata: `container.id`, `k8s.pod.name`, `k8s.namespace.name`,
-//! `k8s.pod.uid`, `network.interface.name`, `cni.operation`.
+//! Payloads travel typed inside the event: read them with
+//! [`RawEvent::payload_ref`] (no decoding).
+//!
+//! Metadata, typed as OpenTelemetry semantic conventions type them:
+//!
+//! | event | keys |
+//! |---|---|
+//! | outcomes | `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid` (from `CNI_ARGS`), `network.interface.name`, `tapio.cni.operation` (`setup`/`teardown`/`check`/…), `tapio.cni.success` (bool) |
+//! | `cni.plugin.invocation` | `container.id`, `process.executable.path`, `process.pid`, `process.parent_pid` (ints) |
+//! | `cni.netns.*` | `process.pid` (int, when a process did it) |
+//! | `cni.link.*` | `network.interface.name`, `container.id` (when known) |
+//! | `cni.ipam.*` | `container.id` (when known) |
 //!
 //! # How
 //!
@@ -36,10 +46,12 @@
 //!   inotify on [`CniConfig::netns_dirs`] (`/run/netns`).
 //! - **Links and addresses**: rtnetlink multicast (`netlink-packet-route`).
 //! - **IPAM**: inotify on host-local's state directories.
-//! - **Correlation**: the [`engine`] groups plugin processes by
-//!   (container id, interface, command) — chained plugins and the plugins
-//!   they delegate to — and completes an operation after a settle time,
-//!   with bounded tables and timeouts (see [`engine::EngineConfig`]).
+//! - **Correlation**: the [`Correlator`](correlator::Correlator) groups
+//!   plugin processes by (container id, interface, command) — chained
+//!   plugins and the plugins they delegate to — and completes an operation
+//!   after a settle time, with bounded tables and timeouts (see
+//!   [`CorrelatorConfig`]). It runs on its own thread, fed by the BPF
+//!   reader through a bounded step queue.
 //!
 //! ```no_run
 //! use tapio_collector_cni::{CniCollector, CniConfig, PodNetworkEvent, types};
@@ -51,11 +63,12 @@
 //! cni.start(CollectorContext::default()).await?; // needs CAP_BPF + CAP_PERFMON
 //! while let Some(event) = events.recv().await {
 //!     if event.event_type == types::SETUP {
-//!         let setup: PodNetworkEvent = event.payload()?;
+//!         let setup = event.payload_ref::<PodNetworkEvent>().expect("typed payload");
 //!         println!("{} {:?} {:?} in {} ms", setup.container_id, setup.pod.name, setup.ips,
 //!                  setup.duration_ns / 1_000_000);
 //!     }
 //! }
+//! println!("{:?}", cni.observer().stats());
 //! # Ok(()) }
 //! ```
 //!
@@ -70,10 +83,10 @@
 //!    plugins and real netlink prove that the hooks fire, that the
 //!    environment is where the collector reads it, and that stdout capture
 //!    catches what Go plugins print.
-//! 2. **Mocked** (unit tests of [`pipeline`]): the engine sits behind
+//! 2. **Mocked** (unit tests of [`pipeline`]): the correlator sits behind
 //!    small traits ([`source::ExecSource`], [`source::NetlinkSource`],
 //!    [`source::IpamSource`], [`source::Clock`]) with `mockall` mocks
-//!    (feature `mocks` exports them). They inject what a real system
+//!    (feature `testing` exports them). They inject what a real system
 //!    produces only rarely and never on cue: source errors, latency and
 //!    clock jumps, reordered and missing steps, namespace and container-id
 //!    reuse, thousands of pods created and deleted rapidly, full tables —
@@ -100,7 +113,7 @@
 //! # Errors and losses
 //!
 //! Malformed environments, non-JSON plugin output, undecodable netlink
-//! messages and unknown plugins are counted ([`CniCollector::counters`],
+//! messages and unknown plugins are counted ([`Cni::stats`],
 //! `cni_errors_total`) and never stop the collector. Ring-buffer reserve
 //! failures count as kernel drops, a full step queue as queue drops; a
 //! source failure degrades health with its part named (`exec`, `netlink`,
@@ -111,18 +124,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
+use tapio_core::collector::{Started, blocking};
 use tapio_core::health::HealthParts;
 use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, Emitter, EventReceiver,
-    HealthReport, RawEvent,
+    CollectorError, Emitter, ErrorChain, Managed, Metadata, Observer, OverflowPolicy, Payload,
 };
+
+#[cfg(doc)]
+use tapio_core::RawEvent;
 
 pub mod cni;
 pub mod config;
-pub mod engine;
+pub mod correlator;
 pub mod event;
 pub mod kernel;
 pub mod netlink;
@@ -144,13 +159,13 @@ mod skel {
 }
 
 pub use config::CniConfig;
-pub use engine::{CounterSnapshot, EngineConfig, TableSizes};
+pub use correlator::{CniStats, CorrelatorConfig, TableSizes};
 pub use event::{
     AddressEvent, HostVeth, IpamEvent, LinkEvent, NetnsEvent, NetnsRef, PluginInvocationEvent,
     PluginRun, PodNetworkEvent, PodRef, types,
 };
 
-use engine::{EngineCounters, Output};
+use correlator::{CorrelatorCounters, Output};
 use kernel::{BpfExecSource, CniProgram, StepForwarder};
 use pipeline::Pipeline;
 use source::{IpamSource, NetlinkSource, SystemClock};
@@ -158,144 +173,248 @@ use source::{IpamSource, NetlinkSource, SystemClock};
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "cni";
 
-struct Running {
-    parts: Arc<HealthParts>,
+/// What a running CNI collector holds: the BPF reader and the correlator
+/// thread (handed back to [`Cni::stop`](Observer::stop)).
+pub struct Running {
     reader: RingBufReader,
     stop: Arc<AtomicBool>,
-    engine: JoinHandle<()>,
+    correlator: JoinHandle<()>,
 }
 
-/// The CNI collector. See the crate docs.
-pub struct CniCollector {
-    base: CollectorBase,
-    config: CniConfig,
-    counters: Arc<EngineCounters>,
-    sizes: Arc<Mutex<TableSizes>>,
-    running: Mutex<Option<Running>>,
-}
-
-impl std::fmt::Debug for CniCollector {
+impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CniCollector")
-            .field("config", &self.config)
-            .field("base", &self.base)
-            .finish()
+        f.debug_struct("Running")
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
     }
 }
 
-/// Turns engine outputs into events.
+/// The CNI observer: what [`CniCollector`] runs (see the crate docs). It
+/// holds the settings, the correlator's counters and its table sizes,
+/// which outlive a run.
+#[derive(Debug)]
+pub struct Cni {
+    config: CniConfig,
+    counters: Arc<CorrelatorCounters>,
+    sizes: Arc<Mutex<TableSizes>>,
+}
+
+/// The CNI collector: [`Cni`] run by tapio-core's one lifecycle.
+/// `CniCollector::new(config)` makes a stopped collector;
+/// `collector.observer().stats()` reads the correlator's counters.
+pub type CniCollector = Managed<Cni>;
+
+/// Turns correlator outputs into events: the payload is moved into the
+/// event as is, stamped with the time it happened; metadata is typed.
 pub(crate) fn emit(emitter: &Emitter, clock: &SystemClock, output: Output) {
     let event_type = output.event_type();
-    let mut meta: Vec<(&str, String)> = Vec::new();
-    let (at_ns, result) = match output {
+    match output {
         Output::PodNetwork { event, at_ns, .. } => {
-            meta.push(("container.id", event.container_id.clone()));
-            meta.push(("network.interface.name", event.interface.clone()));
-            meta.push(("cni.operation", event.operation.clone()));
-            if let Some(v) = &event.pod.name {
-                meta.push(("k8s.pod.name", v.clone()));
-            }
+            let event = *event;
+            let mut m = Metadata::with_capacity(7);
+            m.insert("container.id", event.container_id.as_str());
             if let Some(v) = &event.pod.namespace {
-                meta.push(("k8s.namespace.name", v.clone()));
+                m.insert("k8s.namespace.name", v.as_str());
+            }
+            if let Some(v) = &event.pod.name {
+                m.insert("k8s.pod.name", v.as_str());
             }
             if let Some(v) = &event.pod.uid {
-                meta.push(("k8s.pod.uid", v.clone()));
+                m.insert("k8s.pod.uid", v.as_str());
             }
-            (
-                at_ns,
-                encode(emitter, event_type, &*event, at_ns, clock, &meta),
-            )
+            m.insert("network.interface.name", event.interface.as_str());
+            m.insert("tapio.cni.operation", event.operation.as_str());
+            m.insert("tapio.cni.success", event.success);
+            send(emitter, clock, event_type, at_ns, event, m);
         }
         Output::Plugin { event, at_ns, .. } => {
-            meta.push(("process.pid", event.run.pid.to_string()));
-            meta.push(("process.executable.path", event.run.path.clone()));
-            meta.push(("container.id", event.container_id.clone()));
-            (
-                at_ns,
-                encode(emitter, event_type, &*event, at_ns, clock, &meta),
-            )
+            let event = *event;
+            let mut m = Metadata::with_capacity(4);
+            m.insert("container.id", event.container_id.as_str());
+            m.insert("process.executable.path", event.run.path.as_str());
+            m.insert("process.parent_pid", event.run.ppid);
+            m.insert("process.pid", event.run.pid);
+            send(emitter, clock, event_type, at_ns, event, m);
         }
         Output::Netns { event, at_ns, .. } => {
+            let mut m = Metadata::new();
             if let Some(pid) = event.pid {
-                meta.push(("process.pid", pid.to_string()));
+                m.insert("process.pid", pid);
             }
-            (
-                at_ns,
-                encode(emitter, event_type, &event, at_ns, clock, &meta),
-            )
+            send(emitter, clock, event_type, at_ns, event, m);
         }
         Output::Link { event, at_ns, .. } => {
-            meta.push(("network.interface.name", event.name.clone()));
+            let mut m = Metadata::with_capacity(2);
             if let Some(cid) = &event.container_id {
-                meta.push(("container.id", cid.clone()));
+                m.insert("container.id", cid.as_str());
             }
-            (
-                at_ns,
-                encode(emitter, event_type, &event, at_ns, clock, &meta),
-            )
+            m.insert("network.interface.name", event.name.as_str());
+            send(emitter, clock, event_type, at_ns, event, m);
         }
-        Output::Address { event, at_ns, .. } => (
-            at_ns,
-            encode(emitter, event_type, &event, at_ns, clock, &meta),
-        ),
+        Output::Address { event, at_ns, .. } => {
+            send(emitter, clock, event_type, at_ns, event, Metadata::new());
+        }
         Output::Ipam { event, at_ns, .. } => {
+            let mut m = Metadata::new();
             if let Some(cid) = &event.container_id {
-                meta.push(("container.id", cid.clone()));
+                m.insert("container.id", cid.as_str());
             }
-            (
-                at_ns,
-                encode(emitter, event_type, &event, at_ns, clock, &meta),
-            )
+            send(emitter, clock, event_type, at_ns, event, m);
         }
-    };
-    if let Err(err) = result {
-        tracing::warn!(event_type, at_ns, error = %err, "encoding CNI event failed");
     }
 }
 
-fn encode<P: serde::Serialize>(
+/// Queue one event; a loss in the queue is counted by the queue itself.
+fn send(
     emitter: &Emitter,
-    event_type: &str,
-    payload: &P,
-    at_ns: u64,
     clock: &SystemClock,
-    meta: &[(&str, String)],
-) -> Result<tapio_core::SendOutcome, serde_json::Error> {
+    event_type: &'static str,
+    at_ns: u64,
+    payload: impl Payload,
+    metadata: Metadata,
+) {
     use source::Clock as _;
-    emitter.emit_payload(event_type, payload, |mut ev: RawEvent| {
-        ev.timestamp = clock.wall(at_ns);
-        for (k, v) in meta {
-            ev.metadata.insert((*k).to_string(), v.clone());
-        }
-        ev
-    })
+    let mut ev = emitter.event_at(clock.wall(at_ns), event_type, payload);
+    ev.metadata = metadata;
+    emitter.emit(ev);
 }
 
-impl CniCollector {
-    /// A stopped collector with `config`.
-    pub fn new(config: CniConfig) -> Self {
-        Self {
-            base: CollectorBase::new(NAME, config.queue_capacity, config.overflow),
-            config,
-            counters: Arc::new(EngineCounters::default()),
-            sizes: Arc::new(Mutex::new(TableSizes::default())),
-            running: Mutex::new(None),
-        }
+impl Cni {
+    /// The settings.
+    pub fn config(&self) -> &CniConfig {
+        &self.config
     }
 
-    /// Correlation counters (malformed input, unmatched steps, evictions …).
-    pub fn counters(&self) -> CounterSnapshot {
+    /// Correlation counters (malformed input, unmatched steps, evictions …);
+    /// they add up across restarts.
+    pub fn stats(&self) -> CniStats {
         self.counters.snapshot()
     }
 
-    /// Sizes of the engine's tables, as of its last round.
+    /// Sizes of the correlator's tables, as of its last round.
     pub fn table_sizes(&self) -> TableSizes {
         *self.sizes.lock()
     }
 
-    /// Load and attach the BPF program, open the sources and start the
-    /// engine thread; on error, everything opened so far is released.
-    fn start_inner(&self) -> Result<Running, CollectorError> {
+    /// Start the correlator thread over `pipeline`: a round every
+    /// `poll_interval_ms`, and a last round that drains and flushes after
+    /// `stop` is set.
+    fn spawn_correlator(
+        &self,
+        mut pipeline: Pipeline,
+        emitter: Emitter,
+        health: Arc<HealthParts>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>, CollectorError> {
+        let interval = Duration::from_millis(self.config.poll_interval_ms);
+        let sizes = self.sizes.clone();
+        let counters = self.counters.clone();
+        let clock = SystemClock::default();
+        std::thread::Builder::new()
+            .name("tapio-cni-corr".into())
+            .spawn(move || {
+                let mut last_details = Instant::now();
+                let mut errors_reported = 0u64;
+                loop {
+                    // Read the flag first: the last round after a stop
+                    // still drains what the reader delivered.
+                    let stopping = stop.load(Ordering::Acquire);
+                    let started = Instant::now();
+                    let report = pipeline.run_once(&mut |o| emit(&emitter, &clock, o));
+                    if report.steps > 0
+                        && let Some(t) = emitter.telemetry()
+                    {
+                        t.record_duration(started.elapsed());
+                    }
+                    *sizes.lock() = pipeline.sizes();
+                    // Malformed input and source failures are errors in
+                    // `cni_errors_total` too.
+                    let c = counters.snapshot();
+                    let errors = c.malformed + c.source_errors;
+                    if errors > errors_reported {
+                        emitter.stats().add_errors(errors - errors_reported);
+                        errors_reported = errors;
+                    }
+                    if last_details.elapsed() >= Duration::from_secs(1) {
+                        publish_details(&health, &counters.snapshot(), &pipeline.sizes());
+                        last_details = Instant::now();
+                    }
+                    if stopping {
+                        // Nothing in flight is dropped silently.
+                        pipeline.flush(&mut |o| emit(&emitter, &clock, o));
+                        *sizes.lock() = pipeline.sizes();
+                        break;
+                    }
+                    std::thread::sleep(interval);
+                }
+            })
+            .map_err(|source| CollectorError::Io {
+                collector: NAME.to_string(),
+                context: "spawn correlator thread".to_string(),
+                source,
+            })
+    }
+}
+
+/// The optional sources beside BPF: rtnetlink, and the state directories.
+type Sources = (Option<Box<dyn NetlinkSource>>, Option<Box<dyn IpamSource>>);
+
+/// Open the rtnetlink and state-directory sources (socket set-up, a link
+/// dump, inotify watches: blocking work). A source that fails to open is a
+/// health problem of its part, not a failed start.
+fn open_sources(config: &CniConfig, health: &HealthParts) -> Sources {
+    let netlink: Option<Box<dyn NetlinkSource>> = if config.netlink {
+        match netlink::RtnetlinkSource::open() {
+            Ok(source) => Some(Box::new(source)),
+            Err(err) => {
+                health.problem(pipeline::parts::NETLINK, ErrorChain(&err).to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let ipam: Option<Box<dyn IpamSource>> =
+        match statedir::StateDirWatcher::new(config.ipam_dirs.clone(), config.netns_dirs.clone()) {
+            Ok(watcher) => Some(Box::new(watcher)),
+            Err(err) => {
+                health.problem(pipeline::parts::IPAM, ErrorChain(&err).to_string());
+                None
+            }
+        };
+    (netlink, ipam)
+}
+
+fn publish_details(parts: &HealthParts, counters: &CniStats, sizes: &TableSizes) {
+    parts.detail("operations_in_flight", sizes.operations.to_string());
+    parts.detail("pods_tracked", sizes.pods.to_string());
+    parts.detail("outcomes", counters.outcomes.to_string());
+    parts.detail("incomplete", counters.incomplete.to_string());
+    parts.detail("malformed", counters.malformed.to_string());
+    parts.detail("evictions", counters.evictions.to_string());
+}
+
+impl Observer for Cni {
+    const NAME: &'static str = NAME;
+    type Config = CniConfig;
+    type Running = Running;
+
+    fn new(config: CniConfig) -> Self {
+        Self {
+            config,
+            counters: Arc::new(CorrelatorCounters::default()),
+            sizes: Arc::new(Mutex::new(TableSizes::default())),
+        }
+    }
+
+    fn queue(config: &CniConfig) -> (usize, OverflowPolicy) {
+        (config.queue_capacity, config.overflow)
+    }
+
+    /// Load and attach the BPF program and open the sources (on the
+    /// blocking pool), then start the correlator thread; on error,
+    /// everything opened so far is released.
+    async fn start(&self, cx: Started) -> Result<Running, CollectorError> {
         if let Err(message) = self.config.validate() {
             return Err(CollectorError::Config {
                 collector: NAME.to_string(),
@@ -303,8 +422,7 @@ impl CniCollector {
             });
         }
         bpf::route_libbpf_logs();
-        let parts = Arc::new(HealthParts::new(self.base.health_cell().clone()));
-        let emitter = self.base.emitter();
+        let emitter = cx.emitter;
         let (tx, rx) = std::sync::mpsc::sync_channel(self.config.step_queue_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let program = CniProgram {
@@ -324,179 +442,77 @@ impl CniCollector {
             dropped: dropped.clone(),
             buf: Vec::with_capacity(4),
         };
-        let span = tracing::info_span!("cni.attach");
-        let reader = span.in_scope(|| {
-            RingBufReader::spawn(
-                RingBufReaderConfig {
-                    thread_name: "tapio-cni".into(),
-                    ..Default::default()
-                },
-                program,
-                self.base.counters().clone(),
-                forwarder,
-            )
-        });
-        let reader = match reader {
-            Ok(reader) => reader,
+        let reader = RingBufReader::spawn_async(
+            NAME,
+            RingBufReaderConfig {
+                thread_name: "tapio-cni".into(),
+                ..Default::default()
+            },
+            program,
+            emitter.stats().clone(),
+            forwarder,
+        )
+        .await?;
+        for (key, value) in reader.details() {
+            cx.health.detail(key, value.clone());
+        }
+        let sources = {
+            let config = self.config.clone();
+            let health = cx.health.clone();
+            blocking(NAME, "open netlink and IPAM sources", move || {
+                Ok(open_sources(&config, &health))
+            })
+            .await
+        };
+        let (netlink, ipam) = match sources {
+            Ok(sources) => sources,
             Err(err) => {
-                tracing::error!(parent: &span, error = %err, "attach failed");
+                reader.stop_async(NAME).await?;
                 return Err(err);
             }
         };
-        for (key, value) in reader.details() {
-            parts.detail(key, value.clone());
-        }
-        let netlink: Option<Box<dyn NetlinkSource>> = if self.config.netlink {
-            match netlink::RtnetlinkSource::open() {
-                Ok(source) => Some(Box::new(source)),
-                Err(err) => {
-                    parts.problem(pipeline::parts::NETLINK, err.to_string());
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let ipam: Option<Box<dyn IpamSource>> = match statedir::StateDirWatcher::new(
-            self.config.ipam_dirs.clone(),
-            self.config.netns_dirs.clone(),
-        ) {
-            Ok(watcher) => Some(Box::new(watcher)),
-            Err(err) => {
-                parts.problem(pipeline::parts::IPAM, err.to_string());
-                None
-            }
-        };
-        let clock = SystemClock::default();
-        let mut pipeline = Pipeline::with_counters(
-            self.config.engine.clone(),
+        let pipeline = Pipeline::with_counters(
+            self.config.correlator.clone(),
             self.counters.clone(),
             Box::new(BpfExecSource::new(rx, dropped)),
             netlink,
             ipam,
-            Box::new(clock),
+            Box::new(SystemClock::default()),
         )
-        .with_health(parts.clone());
+        .with_health(cx.health.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let interval = Duration::from_millis(self.config.poll_interval_ms);
-        let engine_thread = {
-            let stop = stop.clone();
-            let sizes = self.sizes.clone();
-            let counters = self.counters.clone();
-            let detail_parts = parts.clone();
-            std::thread::Builder::new()
-                .name("tapio-cni-engine".into())
-                .spawn(move || {
-                    let mut last_details = Instant::now();
-                    let mut errors_reported = 0u64;
-                    loop {
-                        // Read the flag first: the last round after a stop
-                        // still drains what the reader delivered.
-                        let stopping = stop.load(Ordering::Acquire);
-                        let started = Instant::now();
-                        let report = pipeline.run_once(&mut |o| emit(&emitter, &clock, o));
-                        if report.steps > 0
-                            && let Some(t) = emitter.telemetry()
-                        {
-                            t.record_duration(started.elapsed());
-                        }
-                        *sizes.lock() = pipeline.sizes();
-                        // Malformed input and source failures are errors in
-                        // `cni_errors_total` too.
-                        let c = counters.snapshot();
-                        let errors = c.malformed + c.source_errors;
-                        if errors > errors_reported {
-                            emitter.stats().add_errors(errors - errors_reported);
-                            errors_reported = errors;
-                        }
-                        if last_details.elapsed() >= Duration::from_secs(1) {
-                            publish_details(&detail_parts, &counters.snapshot(), &pipeline.sizes());
-                            last_details = Instant::now();
-                        }
-                        if stopping {
-                            // Nothing in flight is dropped silently.
-                            pipeline.flush(&mut |o| emit(&emitter, &clock, o));
-                            *sizes.lock() = pipeline.sizes();
-                            break;
-                        }
-                        std::thread::sleep(interval);
-                    }
-                })
-                .map_err(|source| CollectorError::Io {
-                    collector: NAME.to_string(),
-                    context: "spawn engine thread".to_string(),
-                    source,
-                })
-        };
-        let engine_thread = match engine_thread {
-            Ok(t) => t,
+        match self.spawn_correlator(pipeline, emitter, cx.health, stop.clone()) {
+            Ok(correlator) => Ok(Running {
+                reader,
+                stop,
+                correlator,
+            }),
             Err(err) => {
-                drop(reader);
-                return Err(err);
+                reader.stop_async(NAME).await?;
+                Err(err)
             }
-        };
-        Ok(Running {
-            parts,
+        }
+    }
+
+    async fn stop(&self, running: Running) -> Result<(), CollectorError> {
+        let Running {
             reader,
             stop,
-            engine: engine_thread,
+            correlator,
+        } = running;
+        // Reader first (it drains the ring buffer into the step queue),
+        // then the correlator's last round; the correlator stops even when
+        // the reader's thread ended abnormally.
+        let stopped = reader.stop_async(NAME).await;
+        stop.store(true, Ordering::Release);
+        blocking(NAME, "join correlator thread", move || {
+            if correlator.join().is_err() {
+                tracing::error!(collector = NAME, "CNI correlator thread panicked");
+            }
+            Ok(())
         })
-    }
-}
-
-fn publish_details(parts: &HealthParts, counters: &CounterSnapshot, sizes: &TableSizes) {
-    parts.detail("operations_in_flight", sizes.operations.to_string());
-    parts.detail("pods_tracked", sizes.pods.to_string());
-    parts.detail("outcomes", counters.outcomes.to_string());
-    parts.detail("incomplete", counters.incomplete.to_string());
-    parts.detail("malformed", counters.malformed.to_string());
-    parts.detail("evictions", counters.evictions.to_string());
-}
-
-#[async_trait]
-impl Collector for CniCollector {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        let keep = |running| *self.running.lock() = Some(running);
-        self.base
-            .start_with(&ctx, async { self.start_inner() }, keep)
-            .await?;
-        // Publish the parts' problems only now: `finish_start` reports healthy.
-        if let Some(running) = self.running.lock().as_ref() {
-            running.parts.go_live();
-        }
-        Ok(())
-    }
-
-    async fn stop(&self) -> Result<(), CollectorError> {
-        self.base
-            .stop_with(async {
-                let running = self.running.lock().take();
-                if let Some(running) = running {
-                    running.parts.reset();
-                    // Reader first (it drains the ring buffer into the step
-                    // queue), then the engine's last round.
-                    running.reader.stop_async(NAME).await?;
-                    running.stop.store(true, Ordering::Release);
-                    let joined = tokio::task::spawn_blocking(move || running.engine.join()).await;
-                    if !matches!(joined, Ok(Ok(()))) {
-                        tracing::error!("CNI engine thread panicked");
-                    }
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    fn events(&self) -> Result<EventReceiver, CollectorError> {
-        self.base.take_events()
-    }
-
-    fn health(&self) -> HealthReport {
-        self.base.report()
+        .await?;
+        stopped
     }
 }
 
@@ -515,5 +531,131 @@ pub mod fuzzing {
         let mut steps = Vec::new();
         to_steps(record, &mut steps);
         Some(steps.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tapio_core::metadata::Value;
+    use tapio_core::{CollectorBase, RawEvent};
+
+    use super::*;
+    use crate::source::Clock as _;
+
+    /// Outputs become events with the payload moved in as is (read back
+    /// without decoding), the time they happened, and typed metadata.
+    #[test]
+    fn outputs_become_typed_events() {
+        let base = CollectorBase::new(NAME, 16, OverflowPolicy::DropNewest);
+        let mut rx = base.take_events().unwrap();
+        let emitter = base.emitter();
+        let clock = SystemClock::default();
+        let setup = PodNetworkEvent {
+            operation: "setup".into(),
+            container_id: "c0ffee".into(),
+            pod: PodRef {
+                namespace: Some("shop".into()),
+                name: Some("web-0".into()),
+                uid: Some("8d6f-uid".into()),
+            },
+            interface: "eth0".into(),
+            ips: vec!["10.22.0.5/16".into()],
+            success: true,
+            ..Default::default()
+        };
+        emit(
+            &emitter,
+            &clock,
+            Output::PodNetwork {
+                event_type: types::SETUP,
+                event: Box::new(setup.clone()),
+                at_ns: 5_000,
+            },
+        );
+        let invocation = PluginInvocationEvent {
+            run: PluginRun {
+                plugin: "bridge".into(),
+                path: "/opt/cni/bin/bridge".into(),
+                pid: 4242,
+                ppid: 4000,
+                ..Default::default()
+            },
+            command: "ADD".into(),
+            container_id: "c0ffee".into(),
+            ..Default::default()
+        };
+        emit(
+            &emitter,
+            &clock,
+            Output::Plugin {
+                event: Box::new(invocation.clone()),
+                at_ns: 4_000,
+                cgroup_id: 1,
+            },
+        );
+        emit(
+            &emitter,
+            &clock,
+            Output::Netns {
+                event_type: types::NETNS_CREATED,
+                event: NetnsEvent {
+                    inode: 4026532000,
+                    via: "unshare".into(),
+                    pid: Some(77),
+                    ..Default::default()
+                },
+                at_ns: 3_000,
+            },
+        );
+        let events: Vec<RawEvent> = std::iter::from_fn(|| rx.try_recv()).collect();
+        assert_eq!(events.len(), 3);
+
+        let ev = &events[0];
+        assert_eq!(ev.event_type, types::SETUP);
+        assert_eq!(ev.source, NAME);
+        assert_eq!(ev.timestamp, clock.wall(5_000));
+        assert_eq!(ev.payload_ref::<PodNetworkEvent>(), Some(&setup));
+        let mut expected = Metadata::new();
+        expected.insert("container.id", "c0ffee");
+        expected.insert("k8s.namespace.name", "shop");
+        expected.insert("k8s.pod.name", "web-0");
+        expected.insert("k8s.pod.uid", "8d6f-uid");
+        expected.insert("network.interface.name", "eth0");
+        expected.insert("tapio.cni.operation", "setup");
+        expected.insert("tapio.cni.success", true);
+        assert_eq!(ev.metadata, expected);
+        assert_eq!(
+            ev.metadata.get("tapio.cni.success"),
+            Some(&Value::Bool(true))
+        );
+
+        let ev = &events[1];
+        assert_eq!(ev.event_type, types::PLUGIN);
+        assert_eq!(ev.payload_ref::<PluginInvocationEvent>(), Some(&invocation));
+        assert_eq!(ev.metadata.get("process.pid"), Some(&Value::Int(4242)));
+        assert_eq!(
+            ev.metadata.get("process.parent_pid"),
+            Some(&Value::Int(4000))
+        );
+        assert_eq!(
+            ev.metadata["process.executable.path"],
+            "/opt/cni/bin/bridge"
+        );
+        assert_eq!(ev.metadata["container.id"], "c0ffee");
+        assert_eq!(ev.metadata.len(), 4);
+
+        let ev = &events[2];
+        assert_eq!(ev.event_type, types::NETNS_CREATED);
+        assert_eq!(ev.payload_ref::<NetnsEvent>().unwrap().inode, 4026532000);
+        assert_eq!(ev.metadata.get("process.pid"), Some(&Value::Int(77)));
+        assert_eq!(ev.metadata.len(), 1);
+        // JSON only on demand, exactly serde's.
+        assert_eq!(
+            ev.data.json().unwrap(),
+            serde_json::to_vec(ev.payload_ref::<NetnsEvent>().unwrap())
+                .unwrap()
+                .as_slice()
+        );
+        assert_eq!(base.stats().snapshot().processed, 3);
     }
 }

@@ -1,11 +1,12 @@
-//! The driver: pulls steps from the sources, feeds the [`Engine`], sweeps
+//! The driver: pulls steps from the sources, feeds the [`Correlator`], sweeps
 //! timeouts on the [`Clock`], reports source trouble as health problems.
 
 use std::sync::Arc;
 
+use tapio_core::ErrorChain;
 use tapio_core::health::HealthParts;
 
-use crate::engine::{Engine, EngineConfig, EngineCounters, Output, TableSizes};
+use crate::correlator::{Correlator, CorrelatorConfig, CorrelatorCounters, Output, TableSizes};
 use crate::source::{Clock, ExecSource, IpamSource, NetlinkSource, SourceError, Step};
 
 /// Health part names.
@@ -29,10 +30,10 @@ pub struct RunReport {
     pub source_errors: usize,
 }
 
-/// Sources + engine + clock.
+/// Sources + [`Correlator`] + clock.
 ///
 /// ```
-/// use tapio_collector_cni::engine::EngineConfig;
+/// use tapio_collector_cni::correlator::CorrelatorConfig;
 /// use tapio_collector_cni::pipeline::Pipeline;
 /// use tapio_collector_cni::source::{ExecSource, SourceError, Step, SystemClock};
 ///
@@ -40,13 +41,13 @@ pub struct RunReport {
 /// impl ExecSource for Nothing {
 ///     fn poll(&mut self, _: &mut Vec<Step>) -> Result<(), SourceError> { Ok(()) }
 /// }
-/// let mut pipeline = Pipeline::new(EngineConfig::default(), Box::new(Nothing), None, None,
+/// let mut pipeline = Pipeline::new(CorrelatorConfig::default(), Box::new(Nothing), None, None,
 ///                                  Box::new(SystemClock::default()));
 /// let report = pipeline.run_once(&mut |_| {});
 /// assert_eq!(report.steps, 0);
 /// ```
 pub struct Pipeline {
-    engine: Engine,
+    correlator: Correlator,
     exec: Box<dyn ExecSource>,
     netlink: Option<Box<dyn NetlinkSource>>,
     ipam: Option<Box<dyn IpamSource>>,
@@ -58,7 +59,7 @@ pub struct Pipeline {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("engine", &self.engine)
+            .field("correlator", &self.correlator)
             .finish_non_exhaustive()
     }
 }
@@ -66,7 +67,7 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// A pipeline over the given sources.
     pub fn new(
-        config: EngineConfig,
+        config: CorrelatorConfig,
         exec: Box<dyn ExecSource>,
         netlink: Option<Box<dyn NetlinkSource>>,
         ipam: Option<Box<dyn IpamSource>>,
@@ -74,7 +75,7 @@ impl Pipeline {
     ) -> Self {
         Self::with_counters(
             config,
-            Arc::new(EngineCounters::default()),
+            Arc::new(CorrelatorCounters::default()),
             exec,
             netlink,
             ipam,
@@ -84,15 +85,15 @@ impl Pipeline {
 
     /// [`new`](Self::new) with counters shared with the caller.
     pub fn with_counters(
-        config: EngineConfig,
-        counters: Arc<EngineCounters>,
+        config: CorrelatorConfig,
+        counters: Arc<CorrelatorCounters>,
         exec: Box<dyn ExecSource>,
         netlink: Option<Box<dyn NetlinkSource>>,
         ipam: Option<Box<dyn IpamSource>>,
         clock: Box<dyn Clock>,
     ) -> Self {
         Self {
-            engine: Engine::new(config, counters),
+            correlator: Correlator::new(config, counters),
             exec,
             netlink,
             ipam,
@@ -108,14 +109,14 @@ impl Pipeline {
         self
     }
 
-    /// The engine's table sizes.
+    /// The correlator's table sizes.
     pub fn sizes(&self) -> TableSizes {
-        self.engine.sizes()
+        self.correlator.sizes()
     }
 
-    /// The engine's counters.
-    pub fn counters(&self) -> &Arc<EngineCounters> {
-        self.engine.counters()
+    /// The correlator's counters.
+    pub fn counters(&self) -> &Arc<CorrelatorCounters> {
+        self.correlator.counters()
     }
 
     fn note(&self, part: &'static str, result: &Result<(), SourceError>) -> bool {
@@ -129,13 +130,14 @@ impl Pipeline {
                 false
             }
             Err(err) => {
-                self.engine
+                self.correlator
                     .counters()
                     .source_errors
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(part, error = %err, "CNI collector source failed");
+                let message = ErrorChain(err).to_string();
+                tracing::warn!(part, error = %message, "CNI collector source failed");
                 if let Some(h) = &self.health {
-                    h.problem(part, err.to_string());
+                    h.problem(part, message);
                 }
                 true
             }
@@ -143,7 +145,7 @@ impl Pipeline {
     }
 
     /// Poll every source once (steps each delivered even when another
-    /// source fails), feed the engine, then sweep timeouts.
+    /// source fails), feed the correlator, then sweep timeouts.
     pub fn run_once(&mut self, out: &mut dyn FnMut(Output)) -> RunReport {
         let mut report = RunReport::default();
         self.buf.clear();
@@ -166,18 +168,18 @@ impl Pipeline {
             out(o)
         };
         for step in self.buf.drain(..) {
-            self.engine.on_step(step, &wall, &mut counted);
+            self.correlator.on_step(step, &wall, &mut counted);
         }
-        self.engine.sweep(clock.now_ns(), &wall, &mut counted);
+        self.correlator.sweep(clock.now_ns(), &wall, &mut counted);
         report.outputs = outputs;
         report
     }
 
-    /// Finish every open operation (see [`Engine::flush`]).
+    /// Finish every open operation (see [`Correlator::flush`]).
     pub fn flush(&mut self, out: &mut dyn FnMut(Output)) {
         let clock = &self.clock;
         let wall = |ns: u64| clock.wall(ns);
-        self.engine.flush(clock.now_ns(), &wall, out);
+        self.correlator.flush(clock.now_ns(), &wall, out);
     }
 
     /// Feed steps directly (benchmarks, replay), without polling sources.
@@ -185,7 +187,7 @@ impl Pipeline {
         let clock = &self.clock;
         let wall = |ns: u64| clock.wall(ns);
         for step in steps {
-            self.engine.on_step(step, &wall, out);
+            self.correlator.on_step(step, &wall, out);
         }
     }
 
@@ -193,7 +195,7 @@ impl Pipeline {
     pub fn sweep_at(&mut self, now_ns: u64, out: &mut dyn FnMut(Output)) {
         let clock = &self.clock;
         let wall = |ns: u64| clock.wall(ns);
-        self.engine.sweep(now_ns, &wall, out);
+        self.correlator.sweep(now_ns, &wall, out);
     }
 }
 

@@ -1,8 +1,8 @@
-//! What the correlation engine consumes: [`Step`]s, pulled from small
+//! What the correlator consumes: [`Step`]s, pulled from small
 //! source traits ([`ExecSource`], [`NetlinkSource`], [`IpamSource`]) on a
 //! [`Clock`]. The collector's real sources are BPF (plugin exec/exit/stdout,
 //! netns syscalls), rtnetlink and the host-local state directory; tests put
-//! `mockall` mocks (feature `mocks`) or scripted sources behind the same
+//! `mockall` mocks (feature `testing`) or scripted sources behind the same
 //! traits to inject errors, latency, reordering and losses.
 
 use chrono::{DateTime, Utc};
@@ -14,13 +14,14 @@ use crate::cni::CniEnv;
 #[non_exhaustive]
 pub enum SourceError {
     /// Reading the source failed (a socket, a watch).
-    #[error("{source_name}: {context}: {error}")]
+    #[error("{source_name}: {context}")]
     Io {
         /// The source (`exec`, `netlink`, `ipam`).
         source_name: &'static str,
         /// What was attempted.
         context: String,
-        /// The I/O error.
+        /// The I/O error (the cause: see `ErrorChain` for the whole message).
+        #[source]
         error: std::io::Error,
     },
     /// The source lost events (socket buffer overrun, queue overflow) and
@@ -176,7 +177,7 @@ pub struct NetnsPathChange {
     pub inode: Option<u64>,
 }
 
-/// One observation handed to the engine.
+/// One observation handed to the correlator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// A plugin exec.
@@ -215,14 +216,14 @@ pub enum Step {
 }
 
 /// Plugin processes: exec, exit, stdout, namespace syscalls (BPF in the collector).
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
 pub trait ExecSource: Send {
     /// Append the steps available now to `out` without blocking.
     fn poll(&mut self, out: &mut Vec<Step>) -> Result<(), SourceError>;
 }
 
 /// Link and address changes (rtnetlink in the collector).
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
 pub trait NetlinkSource: Send {
     /// Append the steps available now to `out` without blocking.
     fn poll(&mut self, out: &mut Vec<Step>) -> Result<(), SourceError>;
@@ -230,14 +231,14 @@ pub trait NetlinkSource: Send {
 
 /// IPAM reservations and named namespaces (host-local state directory and
 /// the netns directory in the collector).
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
 pub trait IpamSource: Send {
     /// Append the steps available now to `out` without blocking.
     fn poll(&mut self, out: &mut Vec<Step>) -> Result<(), SourceError>;
 }
 
 /// Time for timeouts and wall-clock stamps.
-#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[cfg_attr(any(test, feature = "testing"), mockall::automock)]
 pub trait Clock: Send {
     /// Now, in boot-time ns (the clock BPF stamps records with).
     fn now_ns(&self) -> u64;
@@ -258,5 +259,26 @@ impl Clock for SystemClock {
 
     fn wall(&self, boot_ns: u64) -> DateTime<Utc> {
         self.boot.to_wall(boot_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_names_the_step_and_keeps_the_cause_in_source() {
+        let err = SourceError::Io {
+            source_name: "netlink",
+            context: "receive".into(),
+            error: std::io::Error::from_raw_os_error(libc::ENOBUFS),
+        };
+        assert_eq!(err.to_string(), "netlink: receive");
+        let cause = std::io::Error::from_raw_os_error(libc::ENOBUFS).to_string();
+        assert_eq!(
+            tapio_core::ErrorChain(&err).to_string(),
+            format!("netlink: receive: {cause}")
+        );
+        assert!(std::error::Error::source(&err).is_some());
     }
 }

@@ -69,7 +69,7 @@ fn notify_err(context: &str, err: notify::Error) -> SourceError {
     SourceError::Io {
         source_name: "ipam",
         context: context.to_string(),
-        error: std::io::Error::other(err.to_string()),
+        error: std::io::Error::other(err),
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{Links, Netns, Network, bridge_ports, ifindex, ip, run_plugin, wait_for};
 use tapio_collector_cni::{
-    CniCollector, CniConfig, EngineConfig, IpamEvent, LinkEvent, NetnsEvent, PluginInvocationEvent,
-    PodNetworkEvent, types,
+    CniCollector, CniConfig, CorrelatorConfig, IpamEvent, LinkEvent, NetnsEvent,
+    PluginInvocationEvent, PodNetworkEvent, types,
 };
 use tapio_core::{Collector, CollectorContext, HealthState, RawEvent};
 
@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn config(network: &Network) -> CniConfig {
     CniConfig {
         ipam_dirs: vec![network.data_dir.clone()],
-        engine: EngineConfig {
+        correlator: CorrelatorConfig {
             // Generous: the chained plugin below is spawned by this test on
             // a loaded machine.
             settle_ms: 500,
@@ -28,7 +28,7 @@ fn config(network: &Network) -> CniConfig {
 }
 
 fn is(ev: &RawEvent, ty: &str, cid: &str) -> bool {
-    ev.event_type == ty && ev.metadata.get("container.id") == Some(cid)
+    ev.event_type == ty && ev.metadata.get_str("container.id") == Some(cid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,10 +107,12 @@ async fn add_and_del_are_correlated_with_exact_values() {
 
     let mut seen = Vec::new();
     let setup = wait_for(&mut rx, &mut seen, WAIT, "setup eth0", |e| {
-        is(e, types::SETUP, &cid) && e.metadata.get("network.interface.name") == Some("eth0")
+        is(e, types::SETUP, &cid) && e.metadata.get_str("network.interface.name") == Some("eth0")
     })
     .await;
-    let s: PodNetworkEvent = setup.payload().unwrap();
+    let s = setup
+        .payload_ref::<PodNetworkEvent>()
+        .expect("typed payload");
     assert_eq!(s.operation, "setup");
     assert_eq!(s.container_id, cid);
     assert_eq!(s.pod.namespace.as_deref(), Some("tapio-ns"));
@@ -146,12 +148,24 @@ async fn add_and_del_are_correlated_with_exact_values() {
     assert!(s.missing.is_empty(), "{:?}", s.missing);
     assert_eq!(setup.metadata["k8s.pod.name"], "web-0");
     assert_eq!(setup.metadata["k8s.namespace.name"], "tapio-ns");
+    assert_eq!(
+        setup.metadata["k8s.pod.uid"],
+        "1f0e2d3c-aaaa-bbbb-cccc-123456789abc"
+    );
+    assert_eq!(setup.metadata["container.id"], cid.as_str());
+    assert_eq!(setup.metadata["network.interface.name"], "eth0");
+    assert_eq!(setup.metadata["tapio.cni.operation"], "setup");
+    assert_eq!(setup.metadata["tapio.cni.success"], true);
+    assert_eq!(setup.metadata.len(), 7, "{:?}", setup.metadata);
+    assert_eq!(setup.source, "cni");
 
     let lo_setup = wait_for(&mut rx, &mut seen, WAIT, "setup lo", |e| {
-        is(e, types::SETUP, &cid) && e.metadata.get("network.interface.name") == Some("lo")
+        is(e, types::SETUP, &cid) && e.metadata.get_str("network.interface.name") == Some("lo")
     })
     .await;
-    let l: PodNetworkEvent = lo_setup.payload().unwrap();
+    let l = lo_setup
+        .payload_ref::<PodNetworkEvent>()
+        .expect("typed payload");
     assert_eq!(l.chain, vec!["loopback".to_string()]);
     assert!(l.success);
 
@@ -160,32 +174,54 @@ async fn add_and_del_are_correlated_with_exact_values() {
         is(e, types::IPAM_ALLOCATED, &cid)
     })
     .await;
-    let a: IpamEvent = alloc.payload().unwrap();
+    let a = alloc.payload_ref::<IpamEvent>().expect("typed payload");
     assert_eq!(format!("{}/24", a.ip), ip);
     assert_eq!(a.network, network.name);
     assert_eq!(a.interface.as_deref(), Some("eth0"));
     let inv = wait_for(&mut rx, &mut seen, WAIT, "bridge invocation", |e| {
         is(e, types::PLUGIN, &cid)
-            && e.payload::<PluginInvocationEvent>()
-                .is_ok_and(|p| p.run.plugin == "bridge")
+            && e.payload_ref::<PluginInvocationEvent>()
+                .is_some_and(|p| p.run.plugin == "bridge")
     })
     .await;
-    let inv: PluginInvocationEvent = inv.payload().unwrap();
+    let inv = inv
+        .payload_ref::<PluginInvocationEvent>()
+        .expect("typed payload");
     assert_eq!((inv.command.as_str(), inv.run.exit_code), ("ADD", Some(0)));
+    let inv_ev = seen
+        .iter()
+        .find(|e| e.payload_ref::<PluginInvocationEvent>() == Some(inv))
+        .expect("the invocation event");
+    assert_eq!(inv_ev.metadata["process.pid"], i64::from(inv.run.pid));
+    assert_eq!(
+        inv_ev.metadata["process.parent_pid"],
+        i64::from(inv.run.ppid)
+    );
+    assert_eq!(
+        inv_ev.metadata["process.executable.path"],
+        inv.run.path.as_str()
+    );
+    assert!(inv.run.path.ends_with("/bridge"), "{}", inv.run.path);
     let link = wait_for(&mut rx, &mut seen, WAIT, "veth link", |e| {
-        e.event_type == types::LINK_ADDED && e.payload::<LinkEvent>().is_ok_and(|l| l.name == veth)
+        e.event_type == types::LINK_ADDED
+            && e.payload_ref::<LinkEvent>().is_some_and(|l| l.name == veth)
     })
     .await;
-    let link: LinkEvent = link.payload().unwrap();
+    let link = link.payload_ref::<LinkEvent>().expect("typed payload");
     assert_eq!((link.kind.as_str(), link.ifindex), ("veth", veth_index));
+    let link_ev = seen
+        .iter()
+        .find(|e| e.payload_ref::<LinkEvent>() == Some(link))
+        .expect("the link event");
+    assert_eq!(link_ev.metadata["network.interface.name"], veth.as_str());
     // Enslaved to the bridge, peer in the pod's namespace.
     let changed = wait_for(&mut rx, &mut seen, WAIT, "veth enslaved", |e| {
         e.event_type == types::LINK_CHANGED
-            && e.payload::<LinkEvent>()
-                .is_ok_and(|l| l.name == veth && l.master.is_some())
+            && e.payload_ref::<LinkEvent>()
+                .is_some_and(|l| l.name == veth && l.master.is_some())
     })
     .await;
-    let changed: LinkEvent = changed.payload().unwrap();
+    let changed = changed.payload_ref::<LinkEvent>().expect("typed payload");
     assert_eq!(changed.master, host.master);
     assert_eq!(changed.peer_netnsid, host.peer_netnsid);
     assert!(host.peer_netnsid.is_some(), "{host:?}");
@@ -215,7 +251,9 @@ async fn add_and_del_are_correlated_with_exact_values() {
         is(e, types::TEARDOWN, &cid)
     })
     .await;
-    let t: PodNetworkEvent = teardown.payload().unwrap();
+    let t = teardown
+        .payload_ref::<PodNetworkEvent>()
+        .expect("typed payload");
     assert_eq!(t.operation, "teardown");
     assert_eq!(t.chain, vec!["tuning".to_string(), "bridge".to_string()]);
     assert_eq!(t.container_id, cid);
@@ -235,13 +273,13 @@ async fn add_and_del_are_correlated_with_exact_values() {
         is(e, types::IPAM_RELEASED, &cid)
     })
     .await;
-    assert_eq!(released.payload::<IpamEvent>().unwrap().ip, a.ip);
+    assert_eq!(released.payload_ref::<IpamEvent>().unwrap().ip, a.ip);
 
     collector.stop().await.unwrap();
     // Every collector sees every plugin on the host (the other tests' too,
     // whose malformed environments are counted on purpose): only what this
     // test's plugins produced is asserted.
-    let counters = collector.counters();
+    let counters = collector.observer().stats();
     assert_eq!(
         (counters.malformed_output, counters.incomplete),
         (0, 0),
@@ -272,13 +310,13 @@ async fn links_created_before_start_are_known() {
 
     let mut seen = Vec::new();
     let named = |e: &RawEvent, ty: &str, name: &str| {
-        e.event_type == ty && e.payload::<LinkEvent>().is_ok_and(|l| l.name == name)
+        e.event_type == ty && e.payload_ref::<LinkEvent>().is_some_and(|l| l.name == name)
     };
     let changed = wait_for(&mut rx, &mut seen, WAIT, "veth enslaved", |e| {
         named(e, types::LINK_CHANGED, &veth)
     })
     .await;
-    let changed: LinkEvent = changed.payload().unwrap();
+    let changed = changed.payload_ref::<LinkEvent>().expect("typed payload");
     assert_eq!(
         (changed.kind.as_str(), changed.ifindex, changed.master),
         ("veth", veth_index, Some(bridge_index))
@@ -332,15 +370,17 @@ async fn failing_add_reports_the_plugin_error() {
         is(e, types::SETUP, &cid)
     })
     .await;
-    let s: PodNetworkEvent = ev.payload().unwrap();
+    let s = ev.payload_ref::<PodNetworkEvent>().expect("typed payload");
     assert!(!s.success);
-    let err = s.error.expect("plugin error");
+    let err = s.error.as_ref().expect("plugin error");
     assert_eq!((err.code, err.msg.as_str()), (code, msg.as_str()));
+    assert_eq!(ev.metadata["tapio.cni.success"], false);
+    assert_eq!(ev.metadata["k8s.pod.name"], "broken");
     assert_eq!(s.failed_exit_code, Some(add.exit_code));
     assert_eq!(s.pod.name.as_deref(), Some("broken"));
     assert!(s.ips.is_empty());
     collector.stop().await.unwrap();
-    assert_eq!(collector.counters().failures, 1);
+    assert_eq!(collector.observer().stats().failures, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,32 +398,34 @@ async fn netns_lifecycle_and_malformed_env() {
     let inode = netns.inode();
     let created = wait_for(&mut rx, &mut seen, WAIT, "netns created", |e| {
         e.event_type == types::NETNS_CREATED
-            && e.payload::<NetnsEvent>().is_ok_and(|n| n.inode == inode)
+            && e.payload_ref::<NetnsEvent>()
+                .is_some_and(|n| n.inode == inode)
     })
     .await;
-    let c: NetnsEvent = created.payload().unwrap();
+    let c = created.payload_ref::<NetnsEvent>().expect("typed payload");
     assert_eq!((c.via.as_str(), c.comm.as_deref()), ("unshare", Some("ip")));
     let mounted = wait_for(&mut rx, &mut seen, WAIT, "netns mounted", |e| {
         e.event_type == types::NETNS_MOUNTED
-            && e.payload::<NetnsEvent>().is_ok_and(|n| n.inode == inode)
+            && e.payload_ref::<NetnsEvent>()
+                .is_some_and(|n| n.inode == inode)
     })
     .await;
     assert_eq!(
-        mounted.payload::<NetnsEvent>().unwrap().path,
+        mounted.payload_ref::<NetnsEvent>().unwrap().path,
         Some(netns.path())
     );
     let path = netns.path();
     drop(netns);
     let removed = wait_for(&mut rx, &mut seen, WAIT, "netns removed", |e| {
         e.event_type == types::NETNS_REMOVED
-            && e.payload::<NetnsEvent>()
-                .is_ok_and(|n| n.path.as_deref() == Some(path.as_str()))
+            && e.payload_ref::<NetnsEvent>()
+                .is_some_and(|n| n.path.as_deref() == Some(path.as_str()))
     })
     .await;
-    assert_eq!(removed.payload::<NetnsEvent>().unwrap().inode, inode);
+    assert_eq!(removed.payload_ref::<NetnsEvent>().unwrap().inode, inode);
 
     // A malformed CNI environment (ADD without a container id) is counted.
-    let before = collector.counters().malformed;
+    let before = collector.observer().stats().malformed;
     let run = run_plugin(
         "loopback",
         "ADD",
@@ -395,12 +437,12 @@ async fn netns_lifecycle_and_malformed_env() {
     );
     assert_ne!(run.exit_code, 0);
     for _ in 0..100 {
-        if collector.counters().malformed > before {
+        if collector.observer().stats().malformed > before {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(collector.counters().malformed, before + 1);
+    assert_eq!(collector.observer().stats().malformed, before + 1);
 
     // A malformed CNI_ARGS entry is counted, and the operation still reported.
     let netns = Netns::new();
@@ -423,12 +465,14 @@ async fn netns_lifecycle_and_malformed_env() {
         |e| is(e, types::SETUP, &cid),
     )
     .await;
-    let s: PodNetworkEvent = setup.payload().unwrap();
+    let s = setup
+        .payload_ref::<PodNetworkEvent>()
+        .expect("typed payload");
     assert_eq!(s.pod.name.as_deref(), Some("still-here"));
     assert!(s.success);
-    assert_eq!(collector.counters().malformed, before + 2);
+    assert_eq!(collector.observer().stats().malformed, before + 2);
     collector.stop().await.unwrap();
-    let c = collector.counters();
+    let c = collector.observer().stats();
     assert_eq!(
         collector.health().stats.errors,
         c.malformed + c.source_errors

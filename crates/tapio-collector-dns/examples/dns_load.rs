@@ -12,10 +12,9 @@
 //! Prints `ready` on stdout once attached, then the summary.
 
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tapio_collector_dns::{DnsCollector, DnsConfig, QUERY_EVENT, RESPONSE_EVENT, TIMEOUT_EVENT};
+use tapio_collector_dns::{DnsCollector, DnsConfig, types};
 use tapio_core::{Collector, CollectorContext};
 
 fn cpu_seconds() -> f64 {
@@ -81,18 +80,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         match tokio::time::timeout(left, events.recv()).await {
             Ok(Some(ev)) => match ev.event_type.as_str() {
-                QUERY_EVENT => queries += 1,
-                RESPONSE_EVENT => {
+                types::QUERY => queries += 1,
+                types::RESPONSE => {
                     responses += 1;
                     if responses == 1000 {
-                        eprintln!(
-                            "sample response event ({} bytes of data): {}",
-                            ev.data.len(),
-                            ev.to_json_line()?
-                        );
+                        eprintln!("sample response event: {}", ev.to_json_line()?);
                     }
                 }
-                TIMEOUT_EVENT => timeouts += 1,
+                types::TIMEOUT => timeouts += 1,
                 _ => {}
             },
             Ok(None) | Err(_) => break,
@@ -104,9 +99,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     dns.stop().await?;
     while let Some(ev) = events.try_recv() {
         match ev.event_type.as_str() {
-            QUERY_EVENT => queries += 1,
-            RESPONSE_EVENT => responses += 1,
-            TIMEOUT_EVENT => timeouts += 1,
+            types::QUERY => queries += 1,
+            types::RESPONSE => responses += 1,
+            types::TIMEOUT => timeouts += 1,
             _ => {}
         }
     }
@@ -114,7 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: our own fd from bpf_enable_stats.
         unsafe { libc::close(stats_fd) };
     }
-    let c = dns.counters();
+    let c = dns.observer().stats();
     let stats = dns.health().stats;
     println!(
         "{{\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"bpf_run_ns\":{},\"bpf_runs\":{},\
@@ -123,11 +118,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          \"dropped_kernel\":{},\"dropped_queue\":{},\"errors\":{}}}",
         bpf_ns1.saturating_sub(bpf_ns0),
         bpf_cnt1.saturating_sub(bpf_cnt0),
-        c.matched.load(Ordering::Relaxed),
-        c.unmatched.load(Ordering::Relaxed),
-        c.timeouts.load(Ordering::Relaxed),
-        c.evictions.load(Ordering::Relaxed),
-        c.malformed.load(Ordering::Relaxed),
+        c.matched,
+        c.unmatched,
+        c.timeouts,
+        c.evictions,
+        c.malformed,
         stats.dropped_kernel,
         stats.dropped_queue,
         stats.errors,

@@ -1,7 +1,15 @@
-//! Typed payloads of the collector's events (`RawEvent::data` is their
-//! JSON; decode with [`RawEvent::payload`](tapio_core::RawEvent::payload)).
+//! Typed payloads of the collector's events. They travel inside the
+//! [`RawEvent`](tapio_core::RawEvent) as built: read them with
+//! [`RawEvent::payload_ref`](tapio_core::RawEvent::payload_ref) (no
+//! decoding); a sink serializes them only when it needs bytes.
+//!
+//! The query message is shared ([`Arc`]) between the in-flight table, the
+//! `dns.query` event and the `dns.response` or `dns.timeout` event that
+//! closes the transaction: it is decoded once and never copied. It
+//! serializes as the message itself.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,12 +17,18 @@ use crate::k8s::KubernetesName;
 use crate::message::DnsMessage;
 use crate::record::Transport;
 
-/// Event type of a query sent (client side) or received (server side).
-pub const QUERY_EVENT: &str = "dns.query";
-/// Event type of a response, with latency and the matched query.
-pub const RESPONSE_EVENT: &str = "dns.response";
-/// Event type of a query left unanswered for the configured timeout.
-pub const TIMEOUT_EVENT: &str = "dns.timeout";
+/// The collector's event types.
+pub mod types {
+    /// A query sent (client side) or received (server side); payload
+    /// [`DnsQueryEvent`](super::DnsQueryEvent).
+    pub const QUERY: &str = "dns.query";
+    /// A response, with latency and the matched query; payload
+    /// [`DnsResponseEvent`](super::DnsResponseEvent).
+    pub const RESPONSE: &str = "dns.response";
+    /// A query left unanswered for the configured timeout; payload
+    /// [`DnsTimeoutEvent`](super::DnsTimeoutEvent).
+    pub const TIMEOUT: &str = "dns.timeout";
+}
 
 /// From whose socket a transaction was observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -57,8 +71,9 @@ pub struct DnsConnection {
 pub struct DnsQueryEvent {
     /// Endpoints and socket.
     pub connection: DnsConnection,
-    /// The query.
-    pub query: DnsMessage,
+    /// The query (shared with the in-flight table and the event that
+    /// closes the transaction).
+    pub query: Arc<DnsMessage>,
     /// 1 for the first transmission, 2+ for retransmissions with the same id.
     pub attempt: u32,
     /// The question name split per the Kubernetes DNS schema, if it is one.
@@ -76,7 +91,7 @@ pub struct DnsResponseEvent {
     /// The matched query, `None` for a response to no query seen (sent
     /// before the collector started, evicted, or already timed out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query: Option<DnsMessage>,
+    pub query: Option<Arc<DnsMessage>>,
     /// Microseconds from the first transmission of the query to the
     /// response, both stamped in the kernel; `None` when unmatched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +111,7 @@ pub struct DnsTimeoutEvent {
     /// Endpoints and socket.
     pub connection: DnsConnection,
     /// The unanswered query.
-    pub query: DnsMessage,
+    pub query: Arc<DnsMessage>,
     /// Transmissions of the query seen.
     pub attempts: u32,
     /// Microseconds waited since the first transmission.

@@ -5,20 +5,30 @@
 //!
 //! | event type | payload | when |
 //! |---|---|---|
-//! | [`dns.query`](QUERY_EVENT) | [`DnsQueryEvent`] | a query leaves a local socket (each transmission) |
-//! | [`dns.response`](RESPONSE_EVENT) | [`DnsResponseEvent`] | a response reaches the querying socket: rcode, answers, latency in µs and the matched query |
-//! | [`dns.timeout`](TIMEOUT_EVENT) | [`DnsTimeoutEvent`] | no response within [`DnsConfig::timeout_ms`] |
+//! | [`dns.query`](types::QUERY) | [`DnsQueryEvent`] | a query leaves a local socket (each transmission) |
+//! | [`dns.response`](types::RESPONSE) | [`DnsResponseEvent`] | a response reaches the querying socket: rcode, answers, latency in µs and the matched query |
+//! | [`dns.timeout`](types::TIMEOUT) | [`DnsTimeoutEvent`] | no response within [`DnsConfig::timeout_ms`] |
 //!
-//! Metadata keys follow OpenTelemetry semantic conventions:
-//! `dns.question.name`, `dns.question.type`, `dns.response.code` (responses),
-//! `server.address`, `server.port`, `client.address`, `client.port`,
-//! `network.transport` (`udp`/`tcp`), `network.type` (`ipv4`/`ipv6`),
-//! `process.pid` (when the kernel saw the sender in process context), and
-//! the querier's `cgroup.id`, `k8s.pod.uid`, `container.id` … through the
-//! cgroup resolver of the [`CollectorContext`]. Names under
-//! `*.svc.<cluster domain>` add `k8s.service.name` and
-//! `k8s.service.namespace` (the *target* service's namespace;
-//! `k8s.namespace.name` stays the querier's).
+//! The payload travels in the event as built: read it with
+//! [`RawEvent::payload_ref`] (no decoding).
+//!
+//! Metadata, typed as OpenTelemetry semantic conventions type them:
+//!
+//! | key | value |
+//! |---|---|
+//! | `dns.question.name` | string, no trailing dot |
+//! | `server.address`, `client.address` | string |
+//! | `server.port`, `client.port` | integer |
+//! | `network.transport` | `udp` / `tcp` |
+//! | `network.type` | `ipv4` / `ipv6` |
+//! | `process.pid` | integer, when the kernel saw the sender in process context |
+//! | `tapio.dns.question.type` | string, e.g. `A` |
+//! | `tapio.dns.rcode` | string, e.g. `NXDOMAIN` (responses) |
+//! | `tapio.dns.latency_us` | integer, µs (matched responses) |
+//! | `tapio.dns.service.name`, `tapio.dns.service.namespace` | strings: the *target* service of a `*.svc.<cluster domain>` name (`k8s.namespace.name` stays the querier's) |
+//!
+//! and the querier's `tapio.cgroup.id`, `k8s.pod.uid`, `container.id` …
+//! through the cgroup resolver of the [`CollectorContext`].
 //!
 //! # Capture: why `cgroup_skb` on the cgroup v2 root
 //!
@@ -61,7 +71,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use tapio_collector_dns::{DnsCollector, DnsConfig, DnsResponseEvent, RESPONSE_EVENT};
+//! use tapio_collector_dns::{DnsCollector, DnsConfig, DnsResponseEvent, types};
 //! use tapio_core::{Collector, CollectorContext};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -69,11 +79,12 @@
 //! let mut events = dns.events()?;
 //! dns.start(CollectorContext::default()).await?; // needs CAP_BPF + CAP_NET_ADMIN
 //! while let Some(event) = events.recv().await {
-//!     if event.event_type == RESPONSE_EVENT {
-//!         let r: DnsResponseEvent = event.payload()?;
+//!     if let Some(r) = event.payload_ref::<DnsResponseEvent>() {
 //!         println!("{} {} {:?} µs", event.metadata["dns.question.name"], r.response.rcode_name, r.latency_us);
 //!     }
+//!     assert!([types::QUERY, types::RESPONSE, types::TIMEOUT].contains(&event.event_type.as_str()));
 //! }
+//! println!("{:?}", dns.observer().stats());
 //! # Ok(()) }
 //! ```
 //!
@@ -100,37 +111,34 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
 use libbpf_rs::{Link, OpenObject};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tapio_core::bpf::{self, BpfProgram, Loaded, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
+use tapio_core::collector::Started;
 use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, CompactString, Emitter,
-    EventReceiver, HealthReport, Metadata, OverflowPolicy, RawEvent, SpanId, ToCompactString,
-    TraceId,
+    CollectorError, CompactString, Emitter, Managed, Metadata, Observer, OverflowPolicy, RawEvent,
 };
 
-pub mod engine;
+#[cfg(doc)]
+use tapio_core::{Collector, CollectorContext};
+
 pub mod event;
 pub mod k8s;
+pub mod matcher;
 pub mod message;
 pub mod record;
 
-pub use engine::DnsCounters;
-pub use event::{
-    DnsConnection, DnsQueryEvent, DnsResponseEvent, DnsTimeoutEvent, QUERY_EVENT, RESPONSE_EVENT,
-    Side, TIMEOUT_EVENT,
-};
+pub use event::{DnsConnection, DnsQueryEvent, DnsResponseEvent, DnsTimeoutEvent, Side, types};
 pub use k8s::{KubernetesName, KubernetesNameKind};
+pub use matcher::DnsStats;
 pub use message::{DnsAnswer, DnsEdns, DnsFlags, DnsMessage, DnsQuestion, MessageError};
 pub use record::{Direction, MAX_CAPTURE, Packet, Transport};
 
-use engine::{Engine, EngineConfig, Output};
+use matcher::{DnsCounters, Matcher, MatcherConfig, Output};
 
 #[allow(
     missing_docs,
@@ -356,18 +364,18 @@ impl BpfProgram for DnsProgram {
 }
 
 /// Handles the session's records on the shared reader's thread: feeds the
-/// matching engine (no lock needed: one thread), queues the events a batch
+/// [`Matcher`] (no lock needed: one thread), queues the events a batch
 /// produced with one wake-up, sweeps timeouts on the reader's tick.
 struct DnsHandler {
     emitter: Emitter,
-    engine: Engine,
+    matcher: Matcher,
     sink: Sink,
 }
 
 impl bpf::RecordHandler<Packet> for DnsHandler {
     fn record(&mut self, packet: Packet) {
         let (sink, emitter) = (&mut self.sink, &self.emitter);
-        self.engine
+        self.matcher
             .on_packet(&packet, &mut |out| sink.emit(emitter, out));
     }
 
@@ -378,12 +386,16 @@ impl bpf::RecordHandler<Packet> for DnsHandler {
     fn tick(&mut self) {
         let now = tapio_core::clock::boot_time_ns();
         let (sink, emitter) = (&mut self.sink, &self.emitter);
-        self.engine.sweep(now, &mut |out| sink.emit(emitter, out));
+        self.matcher.sweep(now, &mut |out| sink.emit(emitter, out));
         self.sink.flush(&self.emitter);
     }
 }
 
-/// Turns engine outputs into `RawEvent`s and records the latency histogram.
+/// Turns matcher outputs into `RawEvent`s and records the latency histogram.
+///
+/// Per event: the payload is moved into the event (one `Arc`), the
+/// metadata is built in one vector with integers as integers, and repeating
+/// address strings come from [`TextCache`]; nothing is serialized.
 ///
 /// Events are built while a ring-buffer batch is processed and queued
 /// together afterwards ([`Sink::flush`]): a consumer parked on the event
@@ -399,15 +411,35 @@ struct Sink {
 /// Events built before the batch is queued even mid-batch (bounds memory).
 const MAX_BATCH: usize = 4096;
 
-/// Rendered metadata values that repeat from event to event: the last
-/// server address and port and client address seen (a node talks to few
-/// resolvers, and a busy client to one), rendered once and cloned (a copy:
-/// short values are stored inline).
+/// Metadata keys of this collector, in the order they are inserted (sorted,
+/// so that each insert appends). Built without allocating.
+mod keys {
+    use tapio_core::CompactString;
+
+    pub const CLIENT_ADDRESS: CompactString = CompactString::const_new("client.address");
+    pub const CLIENT_PORT: CompactString = CompactString::const_new("client.port");
+    pub const QUESTION_NAME: CompactString = CompactString::const_new("dns.question.name");
+    pub const NETWORK_TRANSPORT: CompactString = CompactString::const_new("network.transport");
+    pub const NETWORK_TYPE: CompactString = CompactString::const_new("network.type");
+    pub const PROCESS_PID: CompactString = CompactString::const_new("process.pid");
+    pub const SERVER_ADDRESS: CompactString = CompactString::const_new("server.address");
+    pub const SERVER_PORT: CompactString = CompactString::const_new("server.port");
+    pub const LATENCY_US: CompactString = CompactString::const_new("tapio.dns.latency_us");
+    pub const QUESTION_TYPE: CompactString = CompactString::const_new("tapio.dns.question.type");
+    pub const RCODE: CompactString = CompactString::const_new("tapio.dns.rcode");
+    pub const SERVICE_NAME: CompactString = CompactString::const_new("tapio.dns.service.name");
+    pub const SERVICE_NAMESPACE: CompactString =
+        CompactString::const_new("tapio.dns.service.namespace");
+}
+
+/// Rendered address strings that repeat from event to event: the last
+/// server and client address seen (a node talks to few resolvers, and a
+/// busy client to one), rendered once and cloned (a copy: IPv4 addresses
+/// are stored inline).
 #[derive(Default)]
 struct TextCache {
     server: Option<(std::net::IpAddr, CompactString)>,
     client: Option<(std::net::IpAddr, CompactString)>,
-    server_port: Option<(u16, CompactString)>,
 }
 
 fn cached_ip(
@@ -424,36 +456,34 @@ fn cached_ip(
     }
 }
 
+/// What a response adds to the metadata.
+struct ResponseFacts<'a> {
+    rcode: &'a str,
+    latency_us: Option<u64>,
+}
+
 impl TextCache {
     /// The event's metadata, inserted in key order (each insert appends).
     fn metadata(
         &mut self,
         c: &DnsConnection,
         msg: &DnsMessage,
-        rcode: Option<&str>,
+        response: Option<ResponseFacts<'_>>,
         k: Option<&KubernetesName>,
     ) -> Metadata {
-        let mut m = Metadata::with_capacity(16);
+        // Room for ours (13 at most) and the cgroup resolver's.
+        let mut m = Metadata::with_capacity(20);
         m.insert(
-            "client.address",
+            keys::CLIENT_ADDRESS,
             cached_ip(&mut self.client, c.client_address),
         );
-        m.insert("client.port", c.client_port.to_compact_string());
-        if let Some(q) = msg.question() {
-            m.insert("dns.question.name", q.name.as_str());
-            m.insert("dns.question.type", &*q.qtype);
-        }
-        if let Some(rcode) = rcode {
-            m.insert("dns.response.code", rcode);
-        }
-        if let Some(k) = k {
-            if let Some(service) = &k.service {
-                m.insert("k8s.service.name", service.as_str());
-            }
-            m.insert("k8s.service.namespace", k.namespace.as_str());
+        m.insert(keys::CLIENT_PORT, c.client_port);
+        let question = msg.question();
+        if let Some(q) = question {
+            m.insert(keys::QUESTION_NAME, q.name.as_str());
         }
         m.insert(
-            "network.transport",
+            keys::NETWORK_TRANSPORT,
             CompactString::const_new(c.transport.as_str()),
         );
         let network = if c.server_address.is_ipv4() {
@@ -461,23 +491,30 @@ impl TextCache {
         } else {
             "ipv6"
         };
-        m.insert("network.type", CompactString::const_new(network));
+        m.insert(keys::NETWORK_TYPE, CompactString::const_new(network));
         if let Some(pid) = c.pid {
-            m.insert("process.pid", pid.to_compact_string());
+            m.insert(keys::PROCESS_PID, pid);
         }
         m.insert(
-            "server.address",
+            keys::SERVER_ADDRESS,
             cached_ip(&mut self.server, c.server_address),
         );
-        let server_port = match &self.server_port {
-            Some((port, text)) if *port == c.server_port => text.clone(),
-            _ => {
-                let text = c.server_port.to_compact_string();
-                self.server_port = Some((c.server_port, text.clone()));
-                text
+        m.insert(keys::SERVER_PORT, c.server_port);
+        if let Some(us) = response.as_ref().and_then(|r| r.latency_us) {
+            m.insert(keys::LATENCY_US, us);
+        }
+        if let Some(q) = question {
+            m.insert(keys::QUESTION_TYPE, &*q.qtype);
+        }
+        if let Some(r) = &response {
+            m.insert(keys::RCODE, r.rcode);
+        }
+        if let Some(k) = k {
+            if let Some(service) = &k.service {
+                m.insert(keys::SERVICE_NAME, service.as_str());
             }
-        };
-        m.insert("server.port", server_port);
+            m.insert(keys::SERVICE_NAMESPACE, k.namespace.as_str());
+        }
         m
     }
 }
@@ -487,38 +524,6 @@ impl Sink {
     fn flush(&mut self, emitter: &Emitter) {
         if !self.batch.is_empty() {
             emitter.emit_drain(&mut self.batch);
-        }
-    }
-
-    /// The event with `payload` as its data, stamped with the kernel time
-    /// (no clock read: the record carries it).
-    fn event(
-        &self,
-        emitter: &Emitter,
-        event_type: &'static str,
-        ktime_ns: u64,
-        payload: &impl serde::Serialize,
-    ) -> RawEvent {
-        // Sized for a typical response with its query (~800 bytes) and kept
-        // below glibc's large-bin threshold (1008 bytes), whose allocations
-        // consolidate the heap: measurably slower at 10k+ events/s.
-        let mut data = Vec::with_capacity(1000);
-        if let Err(err) = serde_json::to_writer(&mut data, payload) {
-            // The payloads are plain structs of strings and numbers; a
-            // failure here is a bug, counted and visible in the event.
-            emitter.error();
-            tracing::error!(error = %err, event_type, "dns payload did not serialise");
-            data.clear();
-            data.extend_from_slice(b"null");
-        }
-        RawEvent {
-            timestamp: self.clock.to_wall(ktime_ns),
-            event_type: CompactString::const_new(event_type),
-            source: emitter.source().into(),
-            data,
-            metadata: Metadata::new(),
-            trace_id: TraceId::random(),
-            span_id: SpanId::random(),
         }
     }
 
@@ -532,18 +537,21 @@ impl Sink {
         }
     }
 
-    fn emit(&mut self, emitter: &Emitter, out: Output<'_>) {
-        let ev = match out {
+    fn emit(&mut self, emitter: &Emitter, out: Output) {
+        // Metadata first (it borrows the payload), then the payload moves
+        // into the event, stamped with the kernel time (no clock read).
+        let (mut ev, cgroup_id) = match out {
             Output::Query { ktime_ns, event } => {
-                let mut ev = self.event(emitter, QUERY_EVENT, ktime_ns, &event);
-                ev.metadata = self.text.metadata(
+                let metadata = self.text.metadata(
                     &event.connection,
                     &event.query,
                     None,
                     event.kubernetes.as_ref(),
                 );
-                emitter.attach_cgroup(&mut ev, event.connection.cgroup_id);
-                ev
+                let cgroup_id = event.connection.cgroup_id;
+                let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::QUERY, event);
+                ev.metadata = metadata;
+                (ev, cgroup_id)
             }
             Output::Response { ktime_ns, event } => {
                 if let (Some(h), Some(us)) = (&self.latency, event.latency_us) {
@@ -553,29 +561,35 @@ impl Sink {
                     };
                     h.record(us as f64, &[rcode]);
                 }
-                let mut ev = self.event(emitter, RESPONSE_EVENT, ktime_ns, &event);
-                let msg = event.query.as_ref().unwrap_or(&event.response);
-                ev.metadata = self.text.metadata(
+                let msg = event.query.as_deref().unwrap_or(&event.response);
+                let metadata = self.text.metadata(
                     &event.connection,
                     msg,
-                    Some(&event.response.rcode_name),
+                    Some(ResponseFacts {
+                        rcode: &event.response.rcode_name,
+                        latency_us: event.latency_us,
+                    }),
                     event.kubernetes.as_ref(),
                 );
-                emitter.attach_cgroup(&mut ev, event.connection.cgroup_id);
-                ev
+                let cgroup_id = event.connection.cgroup_id;
+                let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::RESPONSE, event);
+                ev.metadata = metadata;
+                (ev, cgroup_id)
             }
             Output::Timeout { ktime_ns, event } => {
-                let mut ev = self.event(emitter, TIMEOUT_EVENT, ktime_ns, &event);
-                ev.metadata = self.text.metadata(
+                let metadata = self.text.metadata(
                     &event.connection,
                     &event.query,
                     None,
                     event.kubernetes.as_ref(),
                 );
-                emitter.attach_cgroup(&mut ev, event.connection.cgroup_id);
-                ev
+                let cgroup_id = event.connection.cgroup_id;
+                let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::TIMEOUT, event);
+                ev.metadata = metadata;
+                (ev, cgroup_id)
             }
         };
+        emitter.attach_cgroup(&mut ev, cgroup_id);
         self.push(emitter, ev);
     }
 }
@@ -665,39 +679,38 @@ fn register_metrics(emitter: &Emitter, counters: &Arc<DnsCounters>) -> Option<Hi
     )
 }
 
-/// The DNS collector. See the crate docs.
-pub struct DnsCollector {
-    base: CollectorBase,
+/// The DNS observer: what [`DnsCollector`] runs (see the crate docs). It
+/// holds the settings and the matcher's counters, which outlive a run.
+pub struct Dns {
     config: DnsConfig,
     counters: Arc<DnsCounters>,
     latency: OnceLock<Option<Histogram<f64>>>,
-    reader: Mutex<Option<RingBufReader>>,
 }
 
-impl std::fmt::Debug for DnsCollector {
+impl std::fmt::Debug for Dns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DnsCollector")
+        f.debug_struct("Dns")
             .field("config", &self.config)
-            .field("base", &self.base)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
-impl DnsCollector {
-    /// A stopped collector with `config`.
-    pub fn new(config: DnsConfig) -> Self {
-        Self {
-            base: CollectorBase::new(NAME, config.queue_capacity, config.overflow),
-            config,
-            counters: Arc::default(),
-            latency: OnceLock::new(),
-            reader: Mutex::new(None),
-        }
+/// The DNS collector: [`Dns`] run by tapio-core's one lifecycle.
+/// `DnsCollector::new(config)` makes a stopped collector;
+/// `collector.observer().stats()` reads the matcher's counters.
+pub type DnsCollector = Managed<Dns>;
+
+impl Dns {
+    /// The settings.
+    pub fn config(&self) -> &DnsConfig {
+        &self.config
     }
 
-    /// The matching engine's counters (also exported as metrics).
-    pub fn counters(&self) -> &DnsCounters {
-        &self.counters
+    /// The matcher's counters now (also exported as metrics); they add up
+    /// across restarts, except `inflight`.
+    pub fn stats(&self) -> DnsStats {
+        self.counters.snapshot()
     }
 
     fn cgroup_path(&self) -> Result<PathBuf, CollectorError> {
@@ -712,12 +725,30 @@ impl DnsCollector {
             }
         }
     }
+}
 
-    async fn try_start(&self) -> Result<RingBufReader, CollectorError> {
+impl Observer for Dns {
+    const NAME: &'static str = NAME;
+    type Config = DnsConfig;
+    type Running = RingBufReader;
+
+    fn new(config: DnsConfig) -> Self {
+        Self {
+            config,
+            counters: Arc::default(),
+            latency: OnceLock::new(),
+        }
+    }
+
+    fn queue(config: &DnsConfig) -> (usize, OverflowPolicy) {
+        (config.queue_capacity, config.overflow)
+    }
+
+    async fn start(&self, cx: Started) -> Result<RingBufReader, CollectorError> {
         self.config.validate()?;
         let cgroup = self.cgroup_path()?;
         bpf::route_libbpf_logs();
-        let emitter = self.base.emitter();
+        let emitter = cx.emitter;
         let latency = self
             .latency
             .get_or_init(|| register_metrics(&emitter, &self.counters))
@@ -730,8 +761,8 @@ impl DnsCollector {
             observe_server: self.config.observe_server,
             cgroup: cgroup.clone(),
         };
-        let engine = Engine::new(
-            EngineConfig {
+        let matcher = Matcher::new(
+            MatcherConfig {
                 timeout_ns: self.config.timeout_ms.saturating_mul(1_000_000),
                 slow_ns: self.config.slow_query_ms.saturating_mul(1_000_000),
                 max_inflight: self.config.max_inflight,
@@ -745,9 +776,10 @@ impl DnsCollector {
         );
         let batch_interval = Duration::from_millis(self.config.batch_interval_ms.clamp(1, 1000));
         let timing = emitter.telemetry().cloned();
+        let stats = emitter.stats().clone();
         let handler = DnsHandler {
             emitter,
-            engine,
+            matcher,
             sink: Sink {
                 clock: BootClock::new(),
                 latency,
@@ -766,22 +798,12 @@ impl DnsCollector {
             timing,
             ..Default::default()
         };
-        let stats = self.base.counters().clone();
-        let span = tracing::info_span!("dns.attach", cgroup = %cgroup.display());
-        let reader = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| RingBufReader::spawn(config, program, stats, handler))
-        })
-        .await
-        .map_err(|err| CollectorError::Bpf {
-            collector: NAME.to_string(),
-            operation: "start the dns session".to_string(),
-            source: Box::new(err),
-        })??;
-        let health = self.base.health_cell();
+        let reader = RingBufReader::spawn_async(NAME, config, program, stats, handler).await?;
+        tracing::debug!(collector = NAME, cgroup = %cgroup.display(), "cgroup_skb programs attached");
         for (key, value) in reader.details() {
-            health.set_detail(key.clone(), value.clone());
+            cx.health.detail(key, value.clone());
         }
-        health.set_detail(
+        cx.health.detail(
             "ports",
             self.config
                 .ports
@@ -792,38 +814,11 @@ impl DnsCollector {
         );
         Ok(reader)
     }
-}
 
-#[async_trait]
-impl Collector for DnsCollector {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        let keep = |reader| *self.reader.lock() = Some(reader);
-        self.base.start_with(&ctx, self.try_start(), keep).await
-    }
-
-    async fn stop(&self) -> Result<(), CollectorError> {
-        self.base
-            .stop_with(async {
-                let reader = self.reader.lock().take();
-                if let Some(reader) = reader {
-                    reader.stop_async(NAME).await?;
-                }
-                self.counters.inflight.store(0, Ordering::Relaxed);
-                Ok(())
-            })
-            .await
-    }
-
-    fn events(&self) -> Result<EventReceiver, CollectorError> {
-        self.base.take_events()
-    }
-
-    fn health(&self) -> HealthReport {
-        self.base.report()
+    async fn stop(&self, reader: RingBufReader) -> Result<(), CollectorError> {
+        reader.stop_async(NAME).await?;
+        self.counters.inflight.store(0, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -860,20 +855,23 @@ mod tests {
         assert_eq!(toml_like.capture_bytes, 512);
     }
 
-    /// Packets through the engine and the sink, as the reader thread runs
-    /// them: exact metadata (built in key order, cached values refreshed
-    /// when the server changes) and payloads identical to serde's JSON.
+    /// Packets through the matcher and the sink, as the reader thread runs
+    /// them: exact typed metadata (built in key order, cached addresses
+    /// refreshed when the server changes), typed payloads moved into the
+    /// events (the query shared, not copied), and JSON only on demand.
     #[test]
-    fn events_carry_exact_metadata_and_serde_identical_payloads() {
+    fn events_carry_exact_typed_metadata_and_payloads() {
         use hickory_proto::op::{Message, Query, ResponseCode};
         use hickory_proto::rr::rdata::A;
         use hickory_proto::rr::{Name, RData, Record, RecordType};
+        use tapio_core::CollectorBase;
+        use tapio_core::metadata::Value;
 
         let base = CollectorBase::new(NAME, 64, OverflowPolicy::DropNewest);
         let mut rx = base.take_events().unwrap();
         let emitter = base.emitter();
-        let mut engine = Engine::new(
-            EngineConfig {
+        let mut matcher = Matcher::new(
+            MatcherConfig {
                 timeout_ns: 5_000_000_000,
                 slow_ns: 0,
                 max_inflight: 16,
@@ -892,14 +890,14 @@ mod tests {
             text: TextCache::default(),
         };
         let name = "web.shop.svc.cluster.local.";
-        let packet = |dir: Direction, server: &str, data: Vec<u8>| {
+        let packet = |dir: Direction, server: &str, ktime_ns: u64, data: Vec<u8>| {
             let (client, server) = ("10.0.0.2:40000".parse().unwrap(), server.parse().unwrap());
             let (src, dst) = match dir {
                 Direction::Egress => (client, server),
                 Direction::Ingress => (server, client),
             };
             Packet {
-                ktime_ns: 1_000,
+                ktime_ns,
                 socket_cookie: 9,
                 cgroup_id: 3,
                 pid: (dir == Direction::Egress).then_some(4242),
@@ -911,7 +909,7 @@ mod tests {
                 data,
             }
         };
-        for (id, server) in [(7u16, "10.0.0.10:53"), (8, "10.0.0.11:5353")] {
+        for (id, server) in [(7u16, "10.0.0.10:53"), (8, "[fd00::10]:5353")] {
             let mut q = Message::query();
             q.metadata.id = id;
             q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
@@ -924,69 +922,85 @@ mod tests {
                 RData::A(A::new(10, 96, 0, 10)),
             ));
             for p in [
-                packet(Direction::Egress, server, q.to_vec().unwrap()),
-                packet(Direction::Ingress, server, r.to_vec().unwrap()),
+                packet(Direction::Egress, server, 1_000, q.to_vec().unwrap()),
+                packet(Direction::Ingress, server, 3_500, r.to_vec().unwrap()),
             ] {
-                engine.on_packet(&p, &mut |out| {
-                    let json = match &out {
-                        Output::Query { event, .. } => serde_json::to_vec(event).unwrap(),
-                        Output::Response { event, .. } => serde_json::to_vec(event).unwrap(),
-                        Output::Timeout { event, .. } => serde_json::to_vec(event).unwrap(),
-                    };
-                    sink.emit(&emitter, out);
-                    assert_eq!(
-                        String::from_utf8(sink.batch.last().unwrap().data.clone()).unwrap(),
-                        String::from_utf8(json).unwrap()
-                    );
-                });
+                matcher.on_packet(&p, &mut |out| sink.emit(&emitter, out));
             }
         }
         sink.flush(&emitter);
         assert!(sink.batch.is_empty());
         let events: Vec<RawEvent> = std::iter::from_fn(|| rx.try_recv()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(
-            types,
-            [QUERY_EVENT, RESPONSE_EVENT, QUERY_EVENT, RESPONSE_EVENT]
+            kinds,
+            [types::QUERY, types::RESPONSE, types::QUERY, types::RESPONSE]
         );
-        let expected = |server: &str, port: &str, rcode: Option<&str>| {
-            let mut m: Metadata = [
-                ("client.address", "10.0.0.2"),
-                ("client.port", "40000"),
-                ("dns.question.name", "web.shop.svc.cluster.local"),
-                ("dns.question.type", "A"),
-                ("k8s.service.name", "web"),
-                ("k8s.service.namespace", "shop"),
-                ("network.transport", "udp"),
-                ("network.type", "ipv4"),
-                ("process.pid", "4242"),
-                ("server.address", server),
-                ("server.port", port),
-            ]
-            .into_iter()
-            .collect();
-            if let Some(rcode) = rcode {
-                m.insert("dns.response.code", rcode);
+        let expected = |server: &str, port: i64, network: &str, response: bool| {
+            let mut m = Metadata::new();
+            m.insert("client.address", "10.0.0.2");
+            m.insert("client.port", 40000u16);
+            m.insert("dns.question.name", "web.shop.svc.cluster.local");
+            m.insert("network.transport", "udp");
+            m.insert("network.type", network);
+            m.insert("process.pid", 4242u32);
+            m.insert("server.address", server);
+            m.insert("server.port", port);
+            m.insert("tapio.dns.question.type", "A");
+            m.insert("tapio.dns.service.name", "web");
+            m.insert("tapio.dns.service.namespace", "shop");
+            if response {
+                m.insert("tapio.dns.rcode", "NOERROR");
+                m.insert("tapio.dns.latency_us", 3u64); // 2.5 µs rounded up
             }
             m
         };
-        assert_eq!(events[0].metadata, expected("10.0.0.10", "53", None));
+        assert_eq!(events[0].metadata, expected("10.0.0.10", 53, "ipv4", false));
+        assert_eq!(events[1].metadata, expected("10.0.0.10", 53, "ipv4", true));
         assert_eq!(
-            events[1].metadata,
-            expected("10.0.0.10", "53", Some("NOERROR"))
+            events[2].metadata,
+            expected("fd00::10", 5353, "ipv6", false)
         );
-        assert_eq!(events[2].metadata, expected("10.0.0.11", "5353", None));
-        assert_eq!(
-            events[3].metadata,
-            expected("10.0.0.11", "5353", Some("NOERROR"))
+        assert_eq!(events[3].metadata, expected("fd00::10", 5353, "ipv6", true));
+        // Numbers are integers, names strings: no text rendering of numbers.
+        let m = &events[3].metadata;
+        assert_eq!(m.get("server.port"), Some(&Value::Int(5353)));
+        assert_eq!(m.get("client.port"), Some(&Value::Int(40000)));
+        assert_eq!(m.get("process.pid"), Some(&Value::Int(4242)));
+        assert_eq!(m.get("tapio.dns.latency_us"), Some(&Value::Int(3)));
+        assert_eq!(m.get_str("tapio.dns.rcode"), Some("NOERROR"));
+        assert!(
+            m.keys()
+                .all(|k| !k.starts_with("dns.") || k == "dns.question.name")
         );
         assert!(events.iter().all(|e| e.source == NAME));
         // The kernel time (1 µs after boot) is the timestamp.
         assert_eq!(events[0].timestamp, sink.clock.to_wall(1_000));
-        let r: DnsResponseEvent = events[3].payload().unwrap();
-        assert_eq!(r.latency_us, Some(0));
+        assert_eq!(events[1].timestamp, sink.clock.to_wall(3_500));
+
+        let q = events[2]
+            .payload_ref::<DnsQueryEvent>()
+            .expect("typed query");
+        assert_eq!(q.attempt, 1);
+        assert_eq!(q.query.id, 8);
+        assert_eq!(q.connection.pid, Some(4242));
+        assert_eq!(q.connection.server_port, 5353);
+        let r = events[3]
+            .payload_ref::<DnsResponseEvent>()
+            .expect("typed response");
+        assert_eq!(r.latency_us, Some(3));
         assert_eq!(r.response.answers[0].data, "10.96.0.10");
-        assert_eq!(r.query.unwrap().id, 8);
+        assert_eq!(r.query.as_ref().unwrap().id, 8);
+        // One query message, shared by the query and the response event.
+        assert!(Arc::ptr_eq(r.query.as_ref().unwrap(), &q.query));
+        assert!(events[3].payload_ref::<DnsQueryEvent>().is_none());
+        // Bytes only on demand, and exactly serde's.
+        assert_eq!(
+            events[3].data.json().unwrap(),
+            serde_json::to_vec(r).unwrap().as_slice()
+        );
+        let decoded: DnsResponseEvent = events[3].payload().unwrap();
+        assert_eq!(&decoded, r);
     }
 
     #[test]

@@ -15,15 +15,16 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use support::*;
+use tapio_collector_dns::types::{QUERY, RESPONSE, TIMEOUT};
 use tapio_collector_dns::{
-    DnsCollector, DnsConfig, DnsQueryEvent, DnsResponseEvent, DnsTimeoutEvent, QUERY_EVENT,
-    RESPONSE_EVENT, Side, TIMEOUT_EVENT, Transport, attached_program_ids,
+    DnsCollector, DnsConfig, DnsQueryEvent, DnsResponseEvent, DnsTimeoutEvent, Side, Transport,
+    attached_program_ids,
 };
 use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
 use tapio_core::testing::{
     assert_child_passes_unprivileged, assert_missing_privilege, require_root,
 };
-use tapio_core::{Collector, CollectorContext, CollectorError, HealthState, RawEvent};
+use tapio_core::{Collector, CollectorContext, CollectorError, ErrorChain, HealthState, RawEvent};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -56,8 +57,10 @@ fn resolver() -> Arc<CgroupResolver> {
 }
 
 /// Check the response of one dig run and return the payload.
-fn check_response(ev: &RawEvent, dig: &DigRun, rcode: &str) -> DnsResponseEvent {
-    let r: DnsResponseEvent = ev.payload().expect("response payload");
+fn check_response<'a>(ev: &'a RawEvent, dig: &DigRun, rcode: &str) -> &'a DnsResponseEvent {
+    let r = ev
+        .payload_ref::<DnsResponseEvent>()
+        .expect("typed response payload");
     assert_eq!(r.response.rcode_name, rcode);
     assert!(r.response.flags.response);
     let query = r.query.as_ref().expect("matched query");
@@ -72,8 +75,17 @@ fn check_response(ev: &RawEvent, dig: &DigRun, rcode: &str) -> DnsResponseEvent 
     );
     assert_eq!(r.connection.side, Side::Client);
     assert_eq!(r.attempts, 1);
-    assert_eq!(ev.metadata["dns.response.code"], rcode);
-    assert_eq!(ev.metadata["process.pid"], dig.pid.to_string());
+    assert_eq!(ev.metadata["tapio.dns.rcode"], rcode);
+    assert_eq!(ev.metadata["tapio.dns.latency_us"], latency as i64);
+    assert_eq!(ev.metadata["process.pid"], i64::from(dig.pid));
+    assert_eq!(
+        ev.metadata["client.port"],
+        i64::from(r.connection.client_port)
+    );
+    assert_eq!(
+        ev.metadata["server.port"],
+        i64::from(r.connection.server_port)
+    );
     r
 }
 
@@ -99,9 +111,11 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
     let d = dig(None, "127.0.0.1", port, "www.tapio.test", "A", &[]);
     assert!(d.stdout.contains("status: NOERROR"), "{}", d.stdout);
     let q = seen
-        .find(WAIT, "A query", is(QUERY_EVENT, "www.tapio.test", port))
+        .find(WAIT, "A query", is(QUERY, "www.tapio.test", port))
         .await;
-    let qp: DnsQueryEvent = q.payload().unwrap();
+    let qp = q
+        .payload_ref::<DnsQueryEvent>()
+        .expect("typed query payload");
     assert_eq!(qp.query.questions[0].qtype, "A");
     assert_eq!(qp.query.questions[0].class, "IN");
     assert_eq!(qp.connection.transport, Transport::Udp);
@@ -117,23 +131,22 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
     assert_eq!(qp.connection.cgroup_id, my_cgroup);
     assert!(qp.query.flags.recursion_desired);
     assert!(qp.query.edns.is_some(), "dig sends EDNS by default");
-    assert_eq!(q.metadata["dns.question.type"], "A");
+    assert_eq!(q.metadata["tapio.dns.question.type"], "A");
     assert_eq!(q.metadata["server.address"], "127.0.0.1");
     assert_eq!(q.metadata["client.address"], "127.0.0.1");
     assert_eq!(
         q.metadata["client.port"],
-        qp.connection.client_port.to_string()
+        i64::from(qp.connection.client_port)
     );
+    assert_eq!(q.metadata["server.port"], i64::from(port));
+    assert_eq!(q.metadata["process.pid"], i64::from(d.pid));
+    assert!(q.metadata.get("tapio.dns.rcode").is_none());
     assert_eq!(q.metadata["network.transport"], "udp");
     assert_eq!(q.metadata["network.type"], "ipv4");
-    assert_eq!(q.metadata["cgroup.id"], my_cgroup.to_string());
+    assert_eq!(q.metadata["tapio.cgroup.id"], my_cgroup as i64);
     assert_eq!(q.source, "dns");
     let r = seen
-        .find(
-            WAIT,
-            "A response",
-            is(RESPONSE_EVENT, "www.tapio.test", port),
-        )
+        .find(WAIT, "A response", is(RESPONSE, "www.tapio.test", port))
         .await;
     let rp = check_response(&r, &d, "NOERROR");
     assert_eq!(rp.query.as_ref().unwrap().id, qp.query.id);
@@ -154,8 +167,8 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
     assert!(d.stdout.contains("fd00::53:7"), "{}", d.stdout);
     let r = seen
         .find(WAIT, "AAAA response", |e| {
-            is(RESPONSE_EVENT, "www.tapio.test", port)(e)
-                && e.metadata["dns.question.type"] == "AAAA"
+            is(RESPONSE, "www.tapio.test", port)(e)
+                && e.metadata["tapio.dns.question.type"] == "AAAA"
         })
         .await;
     let rp = check_response(&r, &d, "NOERROR");
@@ -169,7 +182,7 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
     // NXDOMAIN, REFUSED, CNAME chain, SRV.
     let d = dig(None, "127.0.0.1", port, "nx.tapio.test", "A", &[]);
     let r = seen
-        .find(WAIT, "NXDOMAIN", is(RESPONSE_EVENT, "nx.tapio.test", port))
+        .find(WAIT, "NXDOMAIN", is(RESPONSE, "nx.tapio.test", port))
         .await;
     let rp = check_response(&r, &d, "NXDOMAIN");
     assert_eq!(rp.response.rcode, 3);
@@ -177,17 +190,13 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
 
     let d = dig(None, "127.0.0.1", port, "elsewhere.example", "A", &[]);
     let r = seen
-        .find(
-            WAIT,
-            "REFUSED",
-            is(RESPONSE_EVENT, "elsewhere.example", port),
-        )
+        .find(WAIT, "REFUSED", is(RESPONSE, "elsewhere.example", port))
         .await;
     assert_eq!(check_response(&r, &d, "REFUSED").response.rcode, 5);
 
     let d = dig(None, "127.0.0.1", port, "alias.tapio.test", "A", &[]);
     let r = seen
-        .find(WAIT, "CNAME", is(RESPONSE_EVENT, "alias.tapio.test", port))
+        .find(WAIT, "CNAME", is(RESPONSE, "alias.tapio.test", port))
         .await;
     let rp = check_response(&r, &d, "NOERROR");
     let answers: Vec<(&str, &str)> = rp
@@ -203,11 +212,7 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
 
     let d = dig(None, "127.0.0.1", port, "_http._tcp.tapio.test", "SRV", &[]);
     let r = seen
-        .find(
-            WAIT,
-            "SRV",
-            is(RESPONSE_EVENT, "_http._tcp.tapio.test", port),
-        )
+        .find(WAIT, "SRV", is(RESPONSE, "_http._tcp.tapio.test", port))
         .await;
     let rp = check_response(&r, &d, "NOERROR");
     assert_eq!(rp.response.answers[0].data, "1 2 8080 www.tapio.test");
@@ -225,24 +230,19 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
         .find(
             WAIT,
             "k8s",
-            is(RESPONSE_EVENT, "web.shop.svc.cluster.local", port),
+            is(RESPONSE, "web.shop.svc.cluster.local", port),
         )
         .await;
     let rp = check_response(&r, &d, "NOERROR");
-    assert_eq!(r.metadata["k8s.service.name"], "web");
-    assert_eq!(r.metadata["k8s.service.namespace"], "shop");
-    let k = rp.kubernetes.expect("kubernetes name");
+    assert_eq!(r.metadata["tapio.dns.service.name"], "web");
+    assert_eq!(r.metadata["tapio.dns.service.namespace"], "shop");
+    let k = rp.kubernetes.as_ref().expect("kubernetes name");
     assert_eq!(
         (k.service.as_deref(), k.namespace.as_str()),
         (Some("web"), "shop")
     );
 
-    assert_eq!(
-        dns.counters()
-            .unmatched
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(dns.observer().stats().unmatched, 0);
     dns.stop().await.expect("stop");
 }
 
@@ -273,12 +273,11 @@ async fn tcp_fallback_for_large_txt() {
     assert!(d.stdout.contains("status: NOERROR"), "{}", d.stdout);
     let is_txt = |transport: &'static str| {
         move |e: &RawEvent| {
-            is(RESPONSE_EVENT, "big.tapio.test", port)(e)
-                && e.metadata["network.transport"] == transport
+            is(RESPONSE, "big.tapio.test", port)(e) && e.metadata["network.transport"] == transport
         }
     };
     let udp = seen.find(WAIT, "UDP TXT response", is_txt("udp")).await;
-    let up: DnsResponseEvent = udp.payload().unwrap();
+    let up = udp.payload_ref::<DnsResponseEvent>().unwrap();
     assert!(up.response.flags.truncated, "UDP answer must have TC set");
     assert!(up.response.size <= 512);
     assert!(up.query.as_ref().unwrap().edns.is_none());
@@ -310,11 +309,11 @@ async fn tcp_fallback_for_large_txt() {
     assert_ne!(up.connection.socket_cookie, tp.connection.socket_cookie);
     let tq = seen
         .find(WAIT, "TCP TXT query", |e| {
-            is(QUERY_EVENT, "big.tapio.test", port)(e) && e.metadata["network.transport"] == "tcp"
+            is(QUERY, "big.tapio.test", port)(e) && e.metadata["network.transport"] == "tcp"
         })
         .await;
     assert_eq!(
-        tq.payload::<DnsQueryEvent>().unwrap().query.questions[0].qtype,
+        tq.payload_ref::<DnsQueryEvent>().unwrap().query.questions[0].qtype,
         "TXT"
     );
     dns.stop().await.expect("stop");
@@ -350,27 +349,23 @@ async fn timeout_when_the_server_drops_queries() {
         d.stdout
     );
     let t = seen
-        .find(WAIT, "timeout", is(TIMEOUT_EVENT, "lost.drop.test", port))
+        .find(WAIT, "timeout", is(TIMEOUT, "lost.drop.test", port))
         .await;
-    let tp: DnsTimeoutEvent = t.payload().unwrap();
+    let tp = t.payload_ref::<DnsTimeoutEvent>().unwrap();
     assert_eq!(tp.query.questions[0].name, "lost.drop.test");
     assert_eq!(tp.attempts, 1);
     assert!(tp.waited_us >= 300_000, "waited {} µs", tp.waited_us);
     assert_eq!(tp.connection.pid, Some(d.pid));
-    assert_eq!(t.metadata["process.pid"], d.pid.to_string());
+    assert_eq!(t.metadata["process.pid"], i64::from(d.pid));
+    assert!(t.metadata.get("tapio.dns.latency_us").is_none());
     let responses = seen
         .collect_for(
             Duration::from_millis(200),
-            is(RESPONSE_EVENT, "lost.drop.test", port),
+            is(RESPONSE, "lost.drop.test", port),
         )
         .await;
     assert!(responses.is_empty(), "{responses:?}");
-    assert!(
-        dns.counters()
-            .timeouts
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(dns.observer().stats().timeouts >= 1);
     dns.stop().await.expect("stop");
 }
 
@@ -393,17 +388,17 @@ async fn server_side_observes_the_local_resolver() {
     assert!(d.stdout.contains("NOERROR"), "{}", d.stdout);
     let side = |want: &'static str| {
         move |e: &RawEvent| {
-            is(RESPONSE_EVENT, "alias.tapio.test", port)(e)
-                && e.payload::<DnsResponseEvent>()
-                    .is_ok_and(|r| format!("{:?}", r.connection.side).eq_ignore_ascii_case(want))
+            is(RESPONSE, "alias.tapio.test", port)(e)
+                && e.payload_ref::<DnsResponseEvent>()
+                    .is_some_and(|r| format!("{:?}", r.connection.side).eq_ignore_ascii_case(want))
         }
     };
     // The same transaction, once from dig's socket and once from dnsmasq's.
     let client = seen.find(WAIT, "client side", side("client")).await;
     check_response(&client, &d, "NOERROR");
     let server = seen.find(WAIT, "server side", side("server")).await;
-    let sp: DnsResponseEvent = server.payload().unwrap();
-    let cp: DnsResponseEvent = client.payload().unwrap();
+    let sp = server.payload_ref::<DnsResponseEvent>().unwrap();
+    let cp = client.payload_ref::<DnsResponseEvent>().unwrap();
     assert_eq!(sp.response.id, cp.response.id);
     assert_eq!(sp.connection.client_port, cp.connection.client_port);
     assert_eq!(sp.connection.server_port, port);
@@ -472,13 +467,9 @@ async fn rust_resolver_and_dig_in_a_netns() {
     .expect("resolver thread");
     assert_eq!(addrs, vec!["10.53.0.7".parse::<IpAddr>().unwrap()]);
     let r = seen
-        .find(
-            WAIT,
-            "hickory response",
-            is(RESPONSE_EVENT, "www.tapio.test", 53),
-        )
+        .find(WAIT, "hickory response", is(RESPONSE, "www.tapio.test", 53))
         .await;
-    let rp: DnsResponseEvent = r.payload().unwrap();
+    let rp = r.payload_ref::<DnsResponseEvent>().unwrap();
     assert_eq!(rp.response.answer_ips(), addrs);
     assert_eq!(rp.connection.pid, Some(std::process::id()));
     let latency = rp.latency_us.expect("matched");
@@ -493,7 +484,7 @@ async fn rust_resolver_and_dig_in_a_netns() {
         .find(
             WAIT,
             "dig NXDOMAIN in netns",
-            is(RESPONSE_EVENT, "nx.tapio.test", 53),
+            is(RESPONSE, "nx.tapio.test", 53),
         )
         .await;
     check_response(&r, &d, "NXDOMAIN");
@@ -595,13 +586,13 @@ async fn servfail_and_metrics() {
         .find(
             WAIT,
             "SERVFAIL",
-            is(RESPONSE_EVENT, "broken.tapio.test", stub.port()),
+            is(RESPONSE, "broken.tapio.test", stub.port()),
         )
         .await;
     assert_eq!(check_response(&r, &d, "SERVFAIL").response.rcode, 2);
     let d = dig(None, "127.0.0.1", port, "nx.tapio.test", "A", &[]);
     let r = seen
-        .find(WAIT, "NXDOMAIN", is(RESPONSE_EVENT, "nx.tapio.test", port))
+        .find(WAIT, "NXDOMAIN", is(RESPONSE, "nx.tapio.test", port))
         .await;
     check_response(&r, &d, "NXDOMAIN");
 
@@ -667,8 +658,8 @@ async fn stop_detaches_and_restart_observes_again() {
         let d = dig(None, "127.0.0.1", port, &name, "A", &[]);
         let r = seen
             .find(WAIT, "response", |ev| {
-                is(RESPONSE_EVENT, &name, port)(ev)
-                    && ev.metadata.get("process.pid") == Some(&d.pid.to_string())
+                is(RESPONSE, &name, port)(ev)
+                    && ev.metadata.get_i64("process.pid") == Some(i64::from(d.pid))
             })
             .await;
         check_response(&r, &d, "NOERROR");
@@ -717,7 +708,7 @@ async fn stop_detaches_and_restart_observes_again() {
     let after = seen
         .collect_for(
             Duration::from_millis(300),
-            is(QUERY_EVENT, "alias.tapio.test", port),
+            is(QUERY, "alias.tapio.test", port),
         )
         .await;
     assert!(after.is_empty(), "{after:?}");
@@ -742,4 +733,34 @@ fn loading_without_privileges_names_the_capability() {
         return;
     }
     assert_child_passes_unprivileged("unprivileged_child", "needs CAP_BPF and CAP_NET_ADMIN");
+}
+
+/// A failed start names the failed step in its message and keeps the cause
+/// in `source()`: the health message shows the whole chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attach_names_the_step_and_chains_the_cause() {
+    if !require_root("failed_attach_names_the_step_and_chains_the_cause") {
+        return;
+    }
+    let missing = std::env::temp_dir().join(unique("no-such-cgroup"));
+    let dns = DnsCollector::new(DnsConfig {
+        cgroup_path: Some(missing.clone()),
+        ..config(&[free_port()])
+    });
+    let err = dns
+        .start(CollectorContext::default())
+        .await
+        .expect_err("no such cgroup");
+    let step = format!("dns: open cgroup {}", missing.display());
+    assert!(matches!(err, CollectorError::Io { .. }), "{err:?}");
+    assert_eq!(err.to_string(), step);
+    let cause = std::io::Error::from_raw_os_error(libc::ENOENT).to_string();
+    assert_eq!(ErrorChain(&err).to_string(), format!("{step}: {cause}"));
+    let health = dns.health();
+    assert_eq!(health.state, HealthState::Failed);
+    assert_eq!(
+        health.message.as_deref(),
+        Some(format!("{step}: {cause}").as_str())
+    );
+    assert_eq!(dns.stats().snapshot().errors, 1);
 }

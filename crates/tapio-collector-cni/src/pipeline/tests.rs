@@ -1,4 +1,4 @@
-//! Tier 2: the engine behind `mockall` mocks of its sources and clock.
+//! Tier 2: the correlator behind `mockall` mocks of its sources and clock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
@@ -9,7 +9,7 @@ use tapio_core::{Health, HealthState};
 
 use super::*;
 use crate::cni::CniEnv;
-use crate::engine::EngineConfig;
+use crate::correlator::CorrelatorConfig;
 use crate::event::{PodNetworkEvent, types};
 use crate::source::{
     IpamChange, LinkChange, MockClock, MockExecSource, MockIpamSource, MockNetlinkSource,
@@ -56,7 +56,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(config: EngineConfig) -> Self {
+    fn new(config: CorrelatorConfig) -> Self {
         let (exec, netlink, ipam): (Script, Script, Script) = Default::default();
         let now = Arc::new(AtomicU64::new(1_000 * MS));
         let mut exec_mock = MockExecSource::new();
@@ -267,8 +267,8 @@ fn del_steps(n: u32, t: u64) -> (Vec<Step>, Vec<Step>, Vec<Step>) {
     )
 }
 
-fn config() -> EngineConfig {
-    EngineConfig {
+fn config() -> CorrelatorConfig {
+    CorrelatorConfig {
         settle_ms: 50,
         step_timeout_ms: 1_000,
         operation_timeout_ms: 10_000,
@@ -370,8 +370,10 @@ fn source_errors_degrade_health_and_lose_nothing_else() {
     assert_eq!(report.steps, 1, "the netlink step still went through");
     assert_eq!(h.health.state(), HealthState::Degraded);
     let message = h.health.report("cni", Default::default()).message.unwrap();
+    // Each part's problem is the source error with its cause.
     assert!(
-        message.contains("exec:") && message.contains("ipam:"),
+        message.contains("exec: injected: injected failure")
+            && message.contains("ipam: injected: injected failure"),
         "{message}"
     );
     h.exec(e);
@@ -626,12 +628,12 @@ fn thousands_of_pods_churned_rapidly_leave_no_state() {
     assert!(h.outcomes(types::INCOMPLETE).is_empty());
     let c = h.pipeline.counters().snapshot();
     assert_eq!((c.evictions, c.unmatched, c.malformed), (0, 0, 0), "{c:?}");
-    assert_eq!(h.pipeline.sizes(), crate::engine::TableSizes::default());
+    assert_eq!(h.pipeline.sizes(), crate::correlator::TableSizes::default());
 }
 
 #[test]
 fn full_tables_evict_and_count() {
-    let cfg = EngineConfig {
+    let cfg = CorrelatorConfig {
         max_operations: 10,
         max_plugins: 20,
         ..config()

@@ -244,7 +244,7 @@ pub async fn wait_for(
                         format!(
                             "{} {}",
                             e.event_type,
-                            e.metadata.get("container.id").unwrap_or_default()
+                            e.metadata.get_str("container.id").unwrap_or_default()
                         )
                     })
                     .collect();

@@ -281,8 +281,8 @@ pub fn is(kind: &'static str, name: &str, port: u16) -> impl Fn(&RawEvent) -> bo
     let name = name.to_string();
     move |e: &RawEvent| {
         e.event_type == kind
-            && e.metadata.get("dns.question.name") == Some(name.as_str())
-            && e.metadata.get("server.port") == Some(port.to_string().as_str())
+            && e.metadata.get_str("dns.question.name") == Some(name.as_str())
+            && e.metadata.get_i64("server.port") == Some(i64::from(port))
     }
 }
 

@@ -2,43 +2,62 @@
 //! and timeout sweep. Pure logic over [`Packet`]s and kernel timestamps, so
 //! it is tested without BPF.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::event::{DnsConnection, DnsResponseEvent, DnsTimeoutEvent, Side};
+use crate::event::{DnsConnection, DnsQueryEvent, DnsResponseEvent, DnsTimeoutEvent, Side};
 use crate::k8s::{self, KubernetesName};
 use crate::message::{self, DnsMessage};
 use crate::record::{Direction, Packet, Transport};
 
-/// Counters of the matching engine, shared with the metric callbacks.
-#[derive(Debug, Default)]
-pub struct DnsCounters {
+/// What the matcher counted, as read by [`Dns::stats`](crate::Dns::stats)
+/// (the same figures are exported as metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DnsStats {
     /// `dns.query` events (one per transmission).
-    pub queries: AtomicU64,
+    pub queries: u64,
     /// `dns.response` events.
-    pub responses: AtomicU64,
+    pub responses: u64,
     /// Responses matched to a query.
-    pub matched: AtomicU64,
+    pub matched: u64,
     /// Responses to no known query.
-    pub unmatched: AtomicU64,
+    pub unmatched: u64,
     /// `dns.timeout` events.
-    pub timeouts: AtomicU64,
+    pub timeouts: u64,
     /// Queries evicted from a full in-flight table (never matched nor timed out).
-    pub evictions: AtomicU64,
+    pub evictions: u64,
     /// Payloads on a DNS port that did not decode as DNS.
-    pub malformed: AtomicU64,
+    pub malformed: u64,
     /// Responses with rcode NXDOMAIN.
-    pub nxdomain: AtomicU64,
+    pub nxdomain: u64,
     /// Responses with rcode SERVFAIL.
-    pub servfail: AtomicU64,
+    pub servfail: u64,
     /// Matched responses at or above the slow-query threshold.
-    pub slow: AtomicU64,
+    pub slow: u64,
     /// Queries waiting for a response now.
-    pub inflight: AtomicU64,
+    pub inflight: u64,
     /// TCP streams whose framing state was dropped from a full table.
+    pub tcp_state_evictions: u64,
+}
+
+/// The live counters behind [`DnsStats`], shared by the matcher (one
+/// writer, the reader thread) and the metric callbacks.
+#[derive(Debug, Default)]
+pub(crate) struct DnsCounters {
+    pub queries: AtomicU64,
+    pub responses: AtomicU64,
+    pub matched: AtomicU64,
+    pub unmatched: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub evictions: AtomicU64,
+    pub malformed: AtomicU64,
+    pub nxdomain: AtomicU64,
+    pub servfail: AtomicU64,
+    pub slow: AtomicU64,
+    pub inflight: AtomicU64,
     pub tcp_state_evictions: AtomicU64,
 }
 
@@ -46,40 +65,34 @@ impl DnsCounters {
     fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
-}
 
-/// A `dns.query` payload borrowing the in-flight entry: the query is
-/// serialised without being cloned. Same JSON shape as [`DnsQueryEvent`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub(crate) struct QueryView<'a> {
-    pub connection: Cow<'a, DnsConnection>,
-    pub query: Cow<'a, DnsMessage>,
-    pub attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<KubernetesName>,
-}
-
-impl QueryView<'_> {
-    #[cfg(test)]
-    pub(crate) fn to_event(&self) -> crate::event::DnsQueryEvent {
-        crate::event::DnsQueryEvent {
-            connection: self.connection.clone().into_owned(),
-            query: self.query.clone().into_owned(),
-            attempt: self.attempt,
-            kubernetes: self.kubernetes.clone(),
+    /// The counters now.
+    pub(crate) fn snapshot(&self) -> DnsStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DnsStats {
+            queries: get(&self.queries),
+            responses: get(&self.responses),
+            matched: get(&self.matched),
+            unmatched: get(&self.unmatched),
+            timeouts: get(&self.timeouts),
+            evictions: get(&self.evictions),
+            malformed: get(&self.malformed),
+            nxdomain: get(&self.nxdomain),
+            servfail: get(&self.servfail),
+            slow: get(&self.slow),
+            inflight: get(&self.inflight),
+            tcp_state_evictions: get(&self.tcp_state_evictions),
         }
     }
 }
 
-/// What the engine decided, in order, with the kernel time of the event.
-// Passed by value straight into the sink and never stored: boxing the
-// query view would cost an allocation per query for nothing.
-#[allow(clippy::large_enum_variant)]
+/// What the matcher decided, in order, with the kernel time of the event.
+/// Each payload is moved into its event as is.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Output<'a> {
+pub(crate) enum Output {
     Query {
         ktime_ns: u64,
-        event: QueryView<'a>,
+        event: DnsQueryEvent,
     },
     Response {
         ktime_ns: u64,
@@ -92,7 +105,7 @@ pub(crate) enum Output<'a> {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct EngineConfig {
+pub(crate) struct MatcherConfig {
     pub timeout_ns: u64,
     pub slow_ns: u64,
     pub max_inflight: usize,
@@ -143,17 +156,23 @@ struct Pending {
     first_ktime: u64,
     attempts: u32,
     connection: DnsConnection,
-    query: DnsMessage,
+    /// Shared with the `dns.query` event and, later, the event that closes
+    /// the transaction: decoded once, never copied.
+    query: Arc<DnsMessage>,
 }
 
-pub(crate) struct Engine {
-    cfg: EngineConfig,
+/// Matches DNS responses to the queries they answer: the bounded in-flight
+/// table of unanswered queries (keyed by side, transport, socket cookie,
+/// endpoints and DNS id), the TCP framing state per stream, and the timeout
+/// sweep. One per running collector, driven by the reader thread alone.
+pub(crate) struct Matcher {
+    cfg: MatcherConfig,
     pending: HashMap<TxKey, Pending>,
     /// Insertion order (seq, key), oldest first, for timeouts and eviction.
     /// Answered queries are not removed here (that would cost a search):
     /// an entry is live while `pending[key].seq == seq`, stale entries are
     /// skipped when they reach the front, and the queue is compacted when
-    /// it outgrows the table ([`Engine::compact_order`]).
+    /// it outgrows the table ([`Matcher::compact_order`]).
     order: VecDeque<(u64, TxKey)>,
     next_seq: u64,
     /// Bytes of a TCP DNS message still to come, per (socket, direction).
@@ -161,8 +180,8 @@ pub(crate) struct Engine {
     counters: Arc<DnsCounters>,
 }
 
-impl Engine {
-    pub(crate) fn new(cfg: EngineConfig, counters: Arc<DnsCounters>) -> Self {
+impl Matcher {
+    pub(crate) fn new(cfg: MatcherConfig, counters: Arc<DnsCounters>) -> Self {
         Self {
             cfg,
             pending: HashMap::new(),
@@ -184,7 +203,7 @@ impl Engine {
     }
 
     /// Feed one packet; matched/unmatched events go to `out`.
-    pub(crate) fn on_packet(&mut self, pkt: &Packet, out: &mut impl FnMut(Output<'_>)) {
+    pub(crate) fn on_packet(&mut self, pkt: &Packet, out: &mut impl FnMut(Output)) {
         match pkt.transport {
             Transport::Udp => {
                 self.on_message(pkt, &pkt.data, pkt.payload_len as usize, out);
@@ -193,7 +212,7 @@ impl Engine {
         }
     }
 
-    fn on_tcp_segment(&mut self, pkt: &Packet, out: &mut impl FnMut(Output<'_>)) {
+    fn on_tcp_segment(&mut self, pkt: &Packet, out: &mut impl FnMut(Output)) {
         let stream = (pkt.socket_cookie, pkt.direction);
         let payload_len = pkt.payload_len as usize;
         let skip = self.tcp_skip.remove(&stream).unwrap_or(0);
@@ -235,7 +254,7 @@ impl Engine {
         pkt: &Packet,
         bytes: &[u8],
         wire_len: usize,
-        out: &mut impl FnMut(Output<'_>),
+        out: &mut impl FnMut(Output),
     ) {
         let msg = match message::decode(bytes, wire_len) {
             Ok(m) => m,
@@ -294,7 +313,7 @@ impl Engine {
         key: TxKey,
         connection: DnsConnection,
         msg: DnsMessage,
-        out: &mut impl FnMut(Output<'_>),
+        out: &mut impl FnMut(Output),
     ) {
         if msg.questions.is_empty() {
             DnsCounters::inc(&self.counters.malformed);
@@ -309,9 +328,9 @@ impl Engine {
                 let kubernetes = self.kubernetes(&msg);
                 out(Output::Query {
                     ktime_ns,
-                    event: QueryView {
-                        connection: Cow::Owned(connection),
-                        query: Cow::Owned(msg),
+                    event: DnsQueryEvent {
+                        connection,
+                        query: Arc::new(msg),
                         attempt,
                         kubernetes,
                     },
@@ -333,19 +352,23 @@ impl Engine {
         } else {
             None
         };
-        let entry = self.pending.entry(key).or_insert(Pending {
-            seq,
-            first_ktime: ktime_ns,
-            attempts: 1,
-            connection,
-            query: msg,
-        });
-        let event = self.cfg.emit_queries.then_some(QueryView {
-            connection: Cow::Borrowed(&entry.connection),
-            query: Cow::Borrowed(&entry.query),
+        let query = Arc::new(msg);
+        let event = self.cfg.emit_queries.then(|| DnsQueryEvent {
+            connection: connection.clone(),
+            query: query.clone(),
             attempt: 1,
             kubernetes,
         });
+        self.pending.insert(
+            key,
+            Pending {
+                seq,
+                first_ktime: ktime_ns,
+                attempts: 1,
+                connection,
+                query,
+            },
+        );
         if let Some(event) = event {
             out(Output::Query { ktime_ns, event });
         }
@@ -358,7 +381,7 @@ impl Engine {
         key: TxKey,
         mut connection: DnsConnection,
         msg: DnsMessage,
-        out: &mut impl FnMut(Output<'_>),
+        out: &mut impl FnMut(Output),
     ) {
         let pending = self.pending.remove(&key);
         if pending.is_some() {
@@ -394,7 +417,7 @@ impl Engine {
                 (None, None, 0, false)
             }
         };
-        let kubernetes = self.kubernetes(query.as_ref().unwrap_or(&msg));
+        let kubernetes = self.kubernetes(query.as_deref().unwrap_or(&msg));
         out(Output::Response {
             ktime_ns,
             event: DnsResponseEvent {
@@ -439,7 +462,7 @@ impl Engine {
     }
 
     /// Emit `dns.timeout` for every query older than the timeout at `now_ns`.
-    pub(crate) fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(Output<'_>)) {
+    pub(crate) fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(Output)) {
         while let Some((seq, key)) = self.order.front() {
             let Some(p) = self.pending.get(key).filter(|p| p.seq == *seq) else {
                 self.order.pop_front();
@@ -485,8 +508,8 @@ mod tests {
     use hickory_proto::rr::rdata::{A, TXT};
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-    fn cfg() -> EngineConfig {
-        EngineConfig {
+    fn cfg() -> MatcherConfig {
+        MatcherConfig {
             timeout_ns: 5_000_000_000,
             slow_ns: 100_000_000,
             max_inflight: 4,
@@ -537,39 +560,17 @@ mod tests {
         }
     }
 
-    /// Outputs with owned query payloads, checked to serialise exactly
-    /// like the public [`DnsQueryEvent`].
-    fn run(engine: &mut Engine, p: &Packet) -> Vec<Output<'static>> {
+    /// The outputs of one packet.
+    fn run(matcher: &mut Matcher, p: &Packet) -> Vec<Output> {
         let mut v = Vec::new();
-        engine.on_packet(p, &mut |o| {
-            v.push(match o {
-                Output::Query { ktime_ns, event } => {
-                    let owned = event.to_event();
-                    assert_eq!(
-                        serde_json::to_value(&event).unwrap(),
-                        serde_json::to_value(&owned).unwrap()
-                    );
-                    Output::Query {
-                        ktime_ns,
-                        event: QueryView {
-                            connection: Cow::Owned(owned.connection),
-                            query: Cow::Owned(owned.query),
-                            attempt: owned.attempt,
-                            kubernetes: owned.kubernetes,
-                        },
-                    }
-                }
-                Output::Response { ktime_ns, event } => Output::Response { ktime_ns, event },
-                Output::Timeout { ktime_ns, event } => Output::Timeout { ktime_ns, event },
-            })
-        });
+        matcher.on_packet(p, &mut |o| v.push(o));
         v
     }
 
     #[test]
     fn query_then_response_matches_with_latency() {
         let counters = Arc::new(DnsCounters::default());
-        let mut e = Engine::new(cfg(), counters.clone());
+        let mut e = Matcher::new(cfg(), counters.clone());
         let q = run(
             &mut e,
             &pkt(
@@ -584,6 +585,7 @@ mod tests {
         assert_eq!(event.connection.client_port, 40000);
         assert_eq!(event.connection.server_port, 53);
         assert_eq!(event.kubernetes.as_ref().unwrap().namespace, "shop");
+        let sent = event.query.clone();
         assert_eq!(e.inflight(), 1);
         let r = run(
             &mut e,
@@ -599,6 +601,8 @@ mod tests {
         assert_eq!(event.latency_us, Some(251)); // 250.5 µs rounded up
         assert_eq!(event.connection.pid, Some(100));
         assert_eq!(event.query.as_ref().unwrap().id, 7);
+        // The response carries the very query the query event carried: decoded once, never copied.
+        assert!(Arc::ptr_eq(event.query.as_ref().unwrap(), &sent));
         assert_eq!(
             event.response.answer_ips(),
             vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
@@ -611,7 +615,7 @@ mod tests {
     #[test]
     fn unmatched_slow_nxdomain_retransmit() {
         let counters = Arc::new(DnsCounters::default());
-        let mut e = Engine::new(cfg(), counters.clone());
+        let mut e = Matcher::new(cfg(), counters.clone());
         let r = run(
             &mut e,
             &pkt(
@@ -657,7 +661,7 @@ mod tests {
     #[test]
     fn timeouts_and_bounded_eviction() {
         let counters = Arc::new(DnsCounters::default());
-        let mut e = Engine::new(cfg(), counters.clone());
+        let mut e = Matcher::new(cfg(), counters.clone());
         for id in 0..6u16 {
             run(
                 &mut e,
@@ -696,7 +700,7 @@ mod tests {
     #[test]
     fn answered_queries_leave_the_order_bounded_and_never_time_out() {
         let counters = Arc::new(DnsCounters::default());
-        let mut e = Engine::new(cfg(), counters.clone());
+        let mut e = Matcher::new(cfg(), counters.clone());
         // 1000 answered transactions reusing ids: the order queue keeps at
         // most twice the table bound (4) of stale entries.
         for i in 0..1000u64 {
@@ -731,12 +735,12 @@ mod tests {
 
     #[test]
     fn server_side_is_ignored_unless_enabled() {
-        let mut e = Engine::new(cfg(), Arc::default());
+        let mut e = Matcher::new(cfg(), Arc::default());
         // A query arriving at a local server.
         assert!(run(&mut e, &pkt(1, Direction::Ingress, query(3, "s."))).is_empty());
         let mut c = cfg();
         c.observe_server = true;
-        let mut e = Engine::new(c, Arc::default());
+        let mut e = Matcher::new(c, Arc::default());
         let q = run(&mut e, &pkt(1, Direction::Ingress, query(3, "s.")));
         let Output::Query { event, .. } = &q[0] else {
             panic!()
@@ -748,7 +752,7 @@ mod tests {
     #[test]
     fn tcp_framing_across_segments() {
         let counters = Arc::new(DnsCounters::default());
-        let mut e = Engine::new(cfg(), counters.clone());
+        let mut e = Matcher::new(cfg(), counters.clone());
         let mut q = pkt(0, Direction::Egress, Vec::new());
         q.transport = Transport::Tcp;
         let body = query(11, "big.");
