@@ -16,7 +16,7 @@ use tapio_core::{CollectorError, Emitter};
 
 use crate::NAME;
 use crate::config::{DiskConfig, DiskHook, DiskTarget};
-use crate::events::{EtcdFileKind, EtcdSlowSyncEvent, SLOW_SYNC_EVENT, SyncSyscall};
+use crate::events::{EtcdFileKind, EtcdSlowSyncEvent, SyncSyscall, types as event_types};
 use crate::metrics::Instruments;
 use crate::skel::{EtcdSkelBuilder, types};
 
@@ -365,25 +365,32 @@ pub(crate) fn handler(
                         ret: rec.ret,
                         inode: rec.ino,
                     };
-                    let result = emitter.emit_payload(SLOW_SYNC_EVENT, &payload, |mut ev| {
-                        ev.timestamp = clock.to_wall(rec.ktime_ns);
-                        let m = &mut ev.metadata;
-                        m.insert(crate::watch::DB_SYSTEM, "etcd");
-                        m.insert("process.pid", rec.pid.to_string());
-                        m.insert("process.command", rec.comm.clone());
-                        m.insert("etcd.disk.syscall", syscall.as_str());
-                        if let Some(p) = &path {
-                            m.insert("file.path", p.to_string());
-                        }
-                        ev
-                    });
-                    if let Err(err) = result {
-                        tracing::warn!(error = %err, "encoding slow-sync event failed");
-                    }
+                    let metadata = slow_sync_metadata(&payload);
+                    let mut ev = emitter.event_at(
+                        clock.to_wall(rec.ktime_ns),
+                        event_types::SLOW_SYNC,
+                        payload,
+                    );
+                    ev.metadata = metadata;
+                    emitter.emit(ev);
                 }
             }
         }
     }
+}
+
+/// The typed metadata of an `etcd.disk.slow_sync` event.
+pub(crate) fn slow_sync_metadata(payload: &EtcdSlowSyncEvent) -> tapio_core::Metadata {
+    let mut m = tapio_core::Metadata::with_capacity(6);
+    m.insert(crate::watch::DB_SYSTEM_NAME, "etcd");
+    m.insert("process.pid", payload.pid);
+    m.insert("process.command", payload.comm.as_str());
+    m.insert("tapio.etcd.disk.syscall", payload.syscall.as_str());
+    m.insert("tapio.etcd.disk.file", payload.file.as_str());
+    if let Some(p) = &payload.path {
+        m.insert("file.path", p.as_str());
+    }
+    m
 }
 
 #[cfg(test)]
@@ -442,6 +449,49 @@ mod tests {
             IoRecord::decode(&bytes(&raw())[..10]),
             Err(DecodeError::Truncated { got: 10, .. })
         ));
+    }
+
+    #[test]
+    fn slow_sync_metadata_is_typed() {
+        let payload = EtcdSlowSyncEvent {
+            pid: 4242,
+            tid: 4243,
+            comm: "etcd".into(),
+            syscall: SyncSyscall::Fdatasync,
+            fd: 9,
+            path: Some("/var/lib/etcd/member/wal/0.wal".into()),
+            file: EtcdFileKind::Wal,
+            latency_ns: 3_000_000,
+            bytes: 8192,
+            ret: 0,
+            inode: 77,
+        };
+        let m = slow_sync_metadata(&payload);
+        assert_eq!(
+            m.get("process.pid"),
+            Some(&tapio_core::metadata::Value::Int(4242))
+        );
+        assert_eq!(m["db.system.name"], "etcd");
+        assert_eq!(m["process.command"], "etcd");
+        assert_eq!(m["tapio.etcd.disk.syscall"], "fdatasync");
+        assert_eq!(m["tapio.etcd.disk.file"], "wal");
+        assert_eq!(m["file.path"], "/var/lib/etcd/member/wal/0.wal");
+        assert_eq!(m.len(), 6);
+        assert!(m.keys().all(|k| {
+            k.starts_with("tapio.")
+                || [
+                    "db.system.name",
+                    "process.pid",
+                    "process.command",
+                    "file.path",
+                ]
+                .contains(&k)
+        }));
+        let no_path = slow_sync_metadata(&EtcdSlowSyncEvent {
+            path: None,
+            ..payload
+        });
+        assert!(!no_path.contains_key("file.path"));
     }
 
     #[test]

@@ -1,22 +1,28 @@
-//! Typed payloads of the events the etcd collector emits. Each is the JSON
-//! `data` of a [`RawEvent`](tapio_core::RawEvent); decode it with
+//! Typed payloads of the events the etcd collector emits. Each travels in
+//! the `data` of a [`RawEvent`](tapio_core::RawEvent) as it was built: read
+//! it with [`RawEvent::payload_ref`](tapio_core::RawEvent::payload_ref) (no
+//! decoding), or decode the JSON of an event read back from bytes with
 //! [`RawEvent::payload`](tapio_core::RawEvent::payload).
 
 use serde::{Deserialize, Serialize};
 
 use crate::k8s::{KubernetesKey, KubernetesObject, ValueEncoding};
 
-/// Event type of a put (create or update) of a watched key.
-pub const PUT_EVENT: &str = "etcd.put";
-/// Event type of a delete of a watched key.
-pub const DELETE_EVENT: &str = "etcd.delete";
-/// Event type of a range of revisions that could not be delivered
-/// (compacted while the collector was away).
-pub const GAP_EVENT: &str = "etcd.gap";
-/// Event type of a disk sync of the etcd process slower than the threshold.
-pub const SLOW_SYNC_EVENT: &str = "etcd.disk.slow_sync";
+/// The event types the etcd collector emits.
+pub mod types {
+    /// A put (create or update) of a watched key: [`EtcdPutEvent`](crate::EtcdPutEvent).
+    pub const PUT: &str = "etcd.put";
+    /// A delete of a watched key: [`EtcdDeleteEvent`](crate::EtcdDeleteEvent).
+    pub const DELETE: &str = "etcd.delete";
+    /// A range of revisions that could not be delivered (compacted while
+    /// the collector was away): [`EtcdGapEvent`](crate::EtcdGapEvent).
+    pub const GAP: &str = "etcd.gap";
+    /// A disk sync of the etcd process slower than the threshold:
+    /// [`EtcdSlowSyncEvent`](crate::EtcdSlowSyncEvent).
+    pub const SLOW_SYNC: &str = "etcd.disk.slow_sync";
+}
 
-/// Payload of [`PUT_EVENT`].
+/// Payload of [`types::PUT`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdPutEvent {
     /// The key (lossy UTF-8).
@@ -55,7 +61,7 @@ pub struct EtcdPutEvent {
     pub decode_error: Option<String>,
 }
 
-/// Payload of [`DELETE_EVENT`].
+/// Payload of [`types::DELETE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdDeleteEvent {
     /// The key (lossy UTF-8).
@@ -126,7 +132,7 @@ pub enum CapturedEncoding {
     Base64,
 }
 
-/// Payload of [`GAP_EVENT`]: revisions `from_revision..=to_revision` of
+/// Payload of [`types::GAP`]: revisions `from_revision..=to_revision` of
 /// `prefix` were not delivered because etcd compacted them before the
 /// collector could read them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +201,7 @@ impl EtcdFileKind {
     }
 }
 
-/// Payload of [`SLOW_SYNC_EVENT`].
+/// Payload of [`types::SLOW_SYNC`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EtcdSlowSyncEvent {
     /// Process id of etcd.

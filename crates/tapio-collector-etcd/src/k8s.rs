@@ -296,10 +296,10 @@ pub enum ValueDecodeError {
         prefix: Vec<u8>,
     },
     /// Malformed JSON or a JSON value that is not an object.
-    #[error("invalid JSON object: {0}")]
+    #[error("invalid JSON object")]
     Json(#[from] serde_json::Error),
     /// Malformed protobuf in the envelope or the object.
-    #[error("invalid protobuf {what}: {source}")]
+    #[error("invalid protobuf {what}")]
     Protobuf {
         /// `runtime.Unknown` envelope or the object's `metadata`.
         what: &'static str,

@@ -4,8 +4,8 @@
 //! **Watch** (etcd API v3, [`etcd_client`]): every configured key prefix
 //! (default `/registry/`) is watched on one stream.
 //!
-//! - [`PUT_EVENT`] (`etcd.put`, payload [`EtcdPutEvent`]) and
-//!   [`DELETE_EVENT`] (`etcd.delete`, [`EtcdDeleteEvent`]) carry the key, its
+//! - [`types::PUT`] (`etcd.put`, payload [`EtcdPutEvent`]) and
+//!   [`types::DELETE`] (`etcd.delete`, [`EtcdDeleteEvent`]) carry the key, its
 //!   revisions (mod / create), version, lease and the previous key-value when
 //!   etcd returned one.
 //! - Keys under the Kubernetes prefix are decoded into group / resource /
@@ -20,7 +20,7 @@
 //! - After any failure (etcd restarted, connection cut, leader lost) the
 //!   watch resumes from the revision after the last one delivered, so every
 //!   revision arrives exactly once. When etcd has compacted the revisions
-//!   needed, a [`GAP_EVENT`] (`etcd.gap`, [`EtcdGapEvent`]) names the lost
+//!   needed, a [`types::GAP`] (`etcd.gap`, [`EtcdGapEvent`]) names the lost
 //!   range and the watch resumes at the current revision (or the oldest one
 //!   kept, see [`CompactionResume`]).
 //! - Connecting and re-watching go through
@@ -34,20 +34,27 @@
 //! and sync_file_range of the etcd process (by pid or command name) is timed
 //! into the `etcd_disk_sync_duration_ms` histogram, with the bytes it
 //! flushed; every write to a regular file feeds `etcd_disk_write_bytes`;
-//! syncs slower than the threshold become [`SLOW_SYNC_EVENT`]
-//! (`etcd.disk.slow_sync`, [`EtcdSlowSyncEvent`]) events. See [`metrics`].
+//! syncs slower than the threshold become [`types::SLOW_SYNC`]
+//! (`etcd.disk.slow_sync`, [`EtcdSlowSyncEvent`]) events. The BPF object is
+//! loaded and attached on a blocking thread, never on an async worker. See
+//! [`metrics`].
 //!
-//! Event metadata follows OpenTelemetry semantic conventions: `db.system` =
-//! `etcd`, `db.operation.name`, `server.address`, `server.port`,
-//! `k8s.namespace.name`, `k8s.pod.name` / `k8s.pod.uid` (and the same for
-//! nodes, namespaces, deployments, replicasets, statefulsets, daemonsets,
-//! jobs, cronjobs), `process.pid`, `file.path`; plus `etcd.key`,
-//! `etcd.revision`, `etcd.k8s.resource`, `etcd.k8s.kind`. A W3C
-//! `traceparent` annotation on an object is propagated into the event's
-//! trace context.
+//! Event metadata is typed and follows OpenTelemetry semantic conventions:
+//! `db.system.name` = `etcd`, `db.operation.name`, `server.address`,
+//! `server.port` (integer), `k8s.namespace.name`, `k8s.pod.name` /
+//! `k8s.pod.uid` (and the same for nodes, namespaces, deployments,
+//! replicasets, statefulsets, daemonsets, jobs, cronjobs), `process.pid`
+//! (integer), `process.command`, `file.path`. Keys of our own carry the
+//! `tapio.etcd.` prefix: `tapio.etcd.key`, `tapio.etcd.prefix`,
+//! `tapio.etcd.revision`, `tapio.etcd.create_revision`,
+//! `tapio.etcd.version`, `tapio.etcd.lease` (integers),
+//! `tapio.etcd.k8s.resource`, `tapio.etcd.k8s.kind`,
+//! `tapio.etcd.disk.syscall`. A W3C `traceparent` annotation on an object is
+//! propagated into the event's trace context
+//! ([`RawEvent::parent_span_id`](tapio_core::RawEvent::parent_span_id)).
 //!
 //! ```no_run
-//! use tapio_collector_etcd::{EtcdCollector, EtcdConfig, EtcdPutEvent, PUT_EVENT};
+//! use tapio_collector_etcd::{EtcdCollector, EtcdConfig, EtcdGapEvent, EtcdPutEvent, types};
 //! use tapio_core::{Collector, CollectorContext};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,11 +66,14 @@
 //! let mut events = etcd.events()?;
 //! etcd.start(CollectorContext::default()).await?;
 //! while let Some(event) = events.recv().await {
-//!     if event.event_type == PUT_EVENT {
-//!         let put: EtcdPutEvent = event.payload()?;
+//!     if let Some(put) = event.payload_ref::<EtcdPutEvent>() {
 //!         println!("{} @ {}", put.key, put.revision);
 //!     }
+//!     if event.event_type == types::GAP {
+//!         eprintln!("revisions lost to compaction: {:?}", event.payload_ref::<EtcdGapEvent>());
+//!     }
 //! }
+//! println!("{:?}", etcd.observer().stats());
 //! # Ok(()) }
 //! ```
 
@@ -71,14 +81,12 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
 use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
-use tapio_core::collector::TaskGroup;
+use tapio_core::collector::{Started, TaskGroup};
 use tapio_core::resilience::CircuitBreaker;
-use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
-};
+use tapio_core::{CollectorError, ErrorChain, Managed, Observer, OverflowPolicy};
+use tracing::Instrument as _;
 
 mod config;
 mod disk;
@@ -107,11 +115,10 @@ pub use config::{
 /// The etcd v3 client the collector is built on (for TLS and option types).
 pub use etcd_client;
 pub use events::{
-    CapturedEncoding, CapturedValue, DELETE_EVENT, EtcdDeleteEvent, EtcdFileKind, EtcdGapEvent,
-    EtcdPutEvent, EtcdSlowSyncEvent, GAP_EVENT, KubernetesInfo, PUT_EVENT, PrevKv, SLOW_SYNC_EVENT,
-    SyncSyscall,
+    CapturedEncoding, CapturedValue, EtcdDeleteEvent, EtcdFileKind, EtcdGapEvent, EtcdPutEvent,
+    EtcdSlowSyncEvent, KubernetesInfo, PrevKv, SyncSyscall, types,
 };
-pub use watch::{DB_SYSTEM, DB_SYSTEM_NAME, EtcdError};
+pub use watch::{DB_SYSTEM_NAME, EtcdError};
 
 /// Entry points of the fuzz targets (`fuzz/`) for decoders that are not
 /// public. **Not API**: they may change or go away in any release.
@@ -135,13 +142,12 @@ pub mod fuzzing {
 
 use crate::disk::{DiskCounters, DiskProgram, SyscallHook};
 use crate::metrics::Instruments;
-use crate::watch::{Counters, Cursor, Engine, Outcome};
-use tapio_core::health::HealthParts;
+use crate::watch::{Counters, Cursor, Outcome, Watcher};
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "etcd";
 
-/// Counters of a running or stopped collector (see [`EtcdCollector::stats`]).
+/// Counters of a running or stopped collector (see [`Etcd::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EtcdStats {
     /// `etcd.put` events emitted.
@@ -166,38 +172,46 @@ pub struct EtcdStats {
     pub slow_syncs: u64,
 }
 
-struct Running {
+/// What a running etcd collector holds: the watch and status tasks, and
+/// the disk-sync reader when that part is on.
+#[derive(Debug)]
+pub struct EtcdRunning {
     tasks: TaskGroup,
     disk: Option<RingBufReader>,
 }
 
-/// The etcd collector. See the crate docs.
-pub struct EtcdCollector {
-    base: CollectorBase,
+/// The etcd observer: settings, counters and watch positions that outlive
+/// a run. Used through [`EtcdCollector`]; reach it with
+/// [`Managed::observer`] for [`stats`](Etcd::stats),
+/// [`resume_revisions`](Etcd::resume_revisions) and [`config`](Etcd::config).
+pub struct Etcd {
     config: Arc<EtcdConfig>,
     counters: Arc<Counters>,
     disk_counters: Arc<DiskCounters>,
     cursors: Arc<Mutex<Vec<Cursor>>>,
-    health: Arc<HealthParts>,
     breaker: CircuitBreaker,
     instruments: OnceLock<Instruments>,
-    running: Mutex<Option<Running>>,
 }
 
-impl std::fmt::Debug for EtcdCollector {
+/// The etcd collector. See the crate docs.
+pub type EtcdCollector = Managed<Etcd>;
+
+impl std::fmt::Debug for Etcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdCollector")
+        f.debug_struct("Etcd")
             .field("config", &self.config)
-            .field("base", &self.base)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
-impl EtcdCollector {
-    /// A stopped collector with `config` (checked on [`Collector::start`]).
-    pub fn new(config: EtcdConfig) -> Self {
-        let base = CollectorBase::new(NAME, config.queue_capacity, config.overflow);
-        let health = Arc::new(HealthParts::new(base.health_cell().clone()));
+impl Observer for Etcd {
+    const NAME: &'static str = NAME;
+    type Config = EtcdConfig;
+    type Running = EtcdRunning;
+
+    /// A stopped collector with `config` (checked on start).
+    fn new(config: EtcdConfig) -> Self {
         let cursors = vec![
             Cursor {
                 next: config.start_revision,
@@ -207,23 +221,112 @@ impl EtcdCollector {
         ];
         Self {
             breaker: CircuitBreaker::new(config.breaker.breaker()),
-            base,
             counters: Arc::default(),
             disk_counters: Arc::default(),
             cursors: Arc::new(Mutex::new(cursors)),
-            health,
             instruments: OnceLock::new(),
-            running: Mutex::new(None),
             config: Arc::new(config),
         }
     }
 
+    fn queue(config: &EtcdConfig) -> (usize, OverflowPolicy) {
+        (config.queue_capacity, config.overflow)
+    }
+
+    async fn start(&self, cx: Started) -> Result<EtcdRunning, CollectorError> {
+        self.config.validate().map_err(config_error)?;
+        let tls = self.tls_options()?;
+        let auth = self.credentials()?;
+        let instruments = self
+            .instruments
+            .get_or_init(|| Instruments::new(&cx.ctx.meter, self.counters.clone()))
+            .clone();
+        let mut tasks = TaskGroup::default();
+        if !self.config.endpoints.is_empty() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let watcher = Arc::new(Watcher {
+                config: self.config.clone(),
+                emitter: cx.emitter.clone(),
+                breaker: self.breaker.clone(),
+                cursors: self.cursors.clone(),
+                counters: self.counters.clone(),
+                health: cx.health.clone(),
+                current: Mutex::new(None),
+                cancel: tasks.token(),
+                tls_client_cert: self
+                    .config
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_file.is_some()),
+                tls,
+                auth,
+                outcome: Mutex::new(Some(tx)),
+            });
+            tasks.push(tokio::spawn(watcher.clone().run()));
+            tasks.push(tokio::spawn(watcher.poll_status()));
+            // Wait for the first watch: wrong credentials, TLS or settings
+            // fail `start` with a clear error; an unreachable peer is
+            // retried in the background (the collector reports degraded).
+            let wait = self.config.connect_timeout() + 2 * self.config.request_timeout();
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Outcome::Established)) => {}
+                Ok(Ok(Outcome::Retrying(reason))) => {
+                    tracing::warn!(%reason, "etcd not reachable yet; retrying in the background");
+                }
+                Ok(Ok(Outcome::Fatal(err))) => {
+                    tasks.shutdown(NAME).await;
+                    return Err(CollectorError::Peer {
+                        collector: NAME.to_string(),
+                        peer: err.endpoint().unwrap_or_default().to_string(),
+                        source: Box::new(err),
+                    });
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!("etcd watch not established yet; continuing in the background");
+                }
+            }
+        }
+        let disk = match self.start_disk(&cx, instruments).await {
+            Ok(disk) => disk,
+            Err(err) => {
+                tasks.shutdown(NAME).await;
+                return Err(err);
+            }
+        };
+        Ok(EtcdRunning { tasks, disk })
+    }
+
+    async fn stop(&self, running: EtcdRunning) -> Result<(), CollectorError> {
+        running.tasks.shutdown(NAME).await;
+        if let Some(reader) = running.disk {
+            reader.stop_async(NAME).await?;
+        }
+        Ok(())
+    }
+}
+
+fn config_error(message: impl Into<String>) -> CollectorError {
+    CollectorError::Config {
+        collector: NAME.to_string(),
+        message: message.into(),
+    }
+}
+
+fn read_file(what: &str, path: &Path) -> Result<Vec<u8>, CollectorError> {
+    std::fs::read(path).map_err(|source| CollectorError::Io {
+        collector: NAME.to_string(),
+        context: format!("read {what} {}", path.display()),
+        source,
+    })
+}
+
+impl Etcd {
     /// The configuration.
     pub fn config(&self) -> &EtcdConfig {
         &self.config
     }
 
-    /// The collector's own counters.
+    /// The collector's own counters (they survive restarts).
     pub fn stats(&self) -> EtcdStats {
         let c = &self.counters;
         let d = &self.disk_counters;
@@ -247,21 +350,6 @@ impl EtcdCollector {
         self.cursors.lock().iter().map(|c| c.next).collect()
     }
 
-    fn config_error(&self, message: impl Into<String>) -> CollectorError {
-        CollectorError::Config {
-            collector: NAME.to_string(),
-            message: message.into(),
-        }
-    }
-
-    fn read_file(&self, what: &str, path: &Path) -> Result<Vec<u8>, CollectorError> {
-        std::fs::read(path).map_err(|source| CollectorError::Io {
-            collector: NAME.to_string(),
-            context: format!("read {what} {}", path.display()),
-            source,
-        })
-    }
-
     /// TLS options from the configured PEM files.
     fn tls_options(&self) -> Result<Option<etcd_client::TlsOptions>, CollectorError> {
         use etcd_client::{Certificate, Identity, TlsOptions};
@@ -270,12 +358,12 @@ impl EtcdCollector {
         };
         let mut options = TlsOptions::new();
         if let Some(ca) = &tls.ca_file {
-            options = options.ca_certificate(Certificate::from_pem(self.read_file("CA", ca)?));
+            options = options.ca_certificate(Certificate::from_pem(read_file("CA", ca)?));
         }
         if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
             options = options.identity(Identity::from_pem(
-                self.read_file("client certificate", cert)?,
-                self.read_file("client key", key)?,
+                read_file("client certificate", cert)?,
+                read_file("client key", key)?,
             ));
         }
         if let Some(name) = &tls.server_name {
@@ -291,19 +379,26 @@ impl EtcdCollector {
         let password = match (&auth.password, &auth.password_file) {
             (Some(p), _) => p.clone(),
             (None, Some(file)) => {
-                let bytes = self.read_file("password file", file)?;
+                let bytes = read_file("password file", file)?;
                 String::from_utf8_lossy(&bytes)
                     .lines()
                     .next()
                     .unwrap_or_default()
                     .to_string()
             }
-            (None, None) => return Err(self.config_error("auth needs a password")),
+            (None, None) => return Err(config_error("auth needs a password")),
         };
         Ok(Some((auth.username.clone(), password)))
     }
 
-    fn start_disk(&self) -> Result<Option<RingBufReader>, CollectorError> {
+    /// Load and attach the disk-sync BPF object (on a blocking thread) and
+    /// start its reader; `None` when the part is off, or unavailable and
+    /// not required.
+    async fn start_disk(
+        &self,
+        cx: &Started,
+        instruments: Instruments,
+    ) -> Result<Option<RingBufReader>, CollectorError> {
         let Some(disk) = &self.config.disk else {
             return Ok(None);
         };
@@ -314,29 +409,30 @@ impl EtcdCollector {
             ring_buffer_bytes: disk.ring_buffer_bytes,
             hook,
         };
-        let instruments = self.instruments().clone();
-        let emitter = self.base.emitter();
+        let emitter = cx.emitter.clone();
         let timing = emitter.telemetry().cloned();
+        let stats = emitter.stats().clone();
         let handler = disk::handler(disk, emitter, instruments, self.disk_counters.clone());
         let span = tracing::info_span!("etcd.attach", hook = hook.name());
-        let started = span.in_scope(|| {
-            RingBufReader::spawn(
-                RingBufReaderConfig {
-                    thread_name: "tapio-etcd-disk".into(),
-                    timing,
-                    ..Default::default()
-                },
-                program,
-                self.base.counters().clone(),
-                handler,
-            )
-        });
+        let started = RingBufReader::spawn_async(
+            NAME,
+            RingBufReaderConfig {
+                thread_name: "tapio-etcd-disk".into(),
+                timing,
+                ..Default::default()
+            },
+            program,
+            stats,
+            handler,
+        )
+        .instrument(span.clone())
+        .await;
         match started {
             Ok(reader) => {
                 for (key, value) in reader.details() {
-                    self.health.detail(key, value.clone());
+                    cx.health.detail(key, value.clone());
                 }
-                self.health.detail(
+                cx.health.detail(
                     "disk_target",
                     match &disk.target {
                         DiskTarget::Pid(p) => format!("pid {p}"),
@@ -346,123 +442,15 @@ impl EtcdCollector {
                 Ok(Some(reader))
             }
             Err(err) if !disk.required => {
-                tracing::warn!(parent: &span, error = %err, "disk-sync part unavailable; watching only");
-                self.health.problem("disk", err.to_string());
+                let chain = ErrorChain(&err).to_string();
+                tracing::warn!(parent: &span, error = %chain, "disk-sync part unavailable; watching only");
+                cx.health.problem("disk", chain);
                 Ok(None)
             }
             Err(err) => {
-                tracing::error!(parent: &span, error = %err, "attach failed");
+                tracing::error!(parent: &span, error = %ErrorChain(&err), "attach failed");
                 Err(err)
             }
         }
-    }
-
-    fn instruments(&self) -> &Instruments {
-        self.instruments.get_or_init(|| {
-            let emitter = self.base.emitter();
-            let meter = emitter
-                .telemetry()
-                .map(|t| t.meter().clone())
-                .unwrap_or_else(tapio_core::telemetry::noop_meter);
-            Instruments::new(&meter, self.counters.clone())
-        })
-    }
-
-    async fn start_inner(&self) -> Result<Running, CollectorError> {
-        self.config.validate().map_err(|m| self.config_error(m))?;
-        let tls = self.tls_options()?;
-        let auth = self.credentials()?;
-        self.instruments();
-        let mut tasks = TaskGroup::default();
-        if !self.config.endpoints.is_empty() {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let engine = Arc::new(Engine {
-                config: self.config.clone(),
-                emitter: self.base.emitter(),
-                breaker: self.breaker.clone(),
-                cursors: self.cursors.clone(),
-                counters: self.counters.clone(),
-                health: self.health.clone(),
-                current: Mutex::new(None),
-                cancel: tasks.token(),
-                tls_client_cert: self
-                    .config
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.cert_file.is_some()),
-                tls,
-                auth,
-                outcome: Mutex::new(Some(tx)),
-            });
-            tasks.push(tokio::spawn(engine.clone().run()));
-            tasks.push(tokio::spawn(engine.poll_status()));
-            // Wait for the first watch: wrong credentials, TLS or settings
-            // fail `start` with a clear error; an unreachable peer is
-            // retried in the background (the collector reports degraded).
-            let wait = self.config.connect_timeout() + 2 * self.config.request_timeout();
-            match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(Outcome::Established)) => {}
-                Ok(Ok(Outcome::Retrying(reason))) => {
-                    tracing::warn!(%reason, "etcd not reachable yet; retrying in the background");
-                }
-                Ok(Ok(Outcome::Fatal(err))) => {
-                    tasks.shutdown(NAME).await;
-                    return Err(CollectorError::Peer {
-                        collector: NAME.to_string(),
-                        peer: err.endpoint().unwrap_or_default().to_string(),
-                        source: Box::new(err),
-                    });
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!("etcd watch not established yet; continuing in the background");
-                }
-            }
-        }
-        let disk = match self.start_disk() {
-            Ok(disk) => disk,
-            Err(err) => {
-                tasks.shutdown(NAME).await;
-                return Err(err);
-            }
-        };
-        Ok(Running { tasks, disk })
-    }
-}
-
-#[async_trait]
-impl Collector for EtcdCollector {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        let keep = |running| *self.running.lock() = Some(running);
-        self.base
-            .start_with_parts(&ctx, &self.health, self.start_inner(), keep)
-            .await
-    }
-
-    async fn stop(&self) -> Result<(), CollectorError> {
-        self.base
-            .stop_with(async {
-                let running = self.running.lock().take();
-                if let Some(running) = running {
-                    running.tasks.shutdown(NAME).await;
-                    if let Some(reader) = running.disk {
-                        reader.stop_async(NAME).await?;
-                    }
-                }
-                self.health.reset();
-                Ok(())
-            })
-            .await
-    }
-
-    fn events(&self) -> Result<EventReceiver, CollectorError> {
-        self.base.take_events()
-    }
-
-    fn health(&self) -> HealthReport {
-        self.base.report()
     }
 }

@@ -1,4 +1,4 @@
-//! The watch engine: connect (retry + circuit breaker, endpoints in order),
+//! The watch: connect (retry + circuit breaker, endpoints in order),
 //! watch every prefix on one stream, resume from the last delivered revision
 //! after any failure, report compaction gaps, poll the maintenance status
 //! API for health.
@@ -14,24 +14,24 @@ use etcd_client::{Client, ConnectOptions, StatusResponse, TlsOptions, WatchOptio
 use parking_lot::Mutex;
 use tapio_core::health::HealthParts;
 use tapio_core::resilience::{BreakerError, CircuitBreaker, Permit, RetryError};
-use tapio_core::{Emitter, RawEvent};
+use tapio_core::{Emitter, ErrorChain, Metadata};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::{CompactionResume, EtcdConfig};
 use crate::events::{
-    CapturedEncoding, CapturedValue, DELETE_EVENT, EtcdDeleteEvent, EtcdGapEvent, EtcdPutEvent,
-    GAP_EVENT, KubernetesInfo, PUT_EVENT, PrevKv,
+    CapturedEncoding, CapturedValue, EtcdDeleteEvent, EtcdGapEvent, EtcdPutEvent, KubernetesInfo,
+    PrevKv, types,
 };
 use crate::k8s::{self, KubernetesKey};
 
-/// Metadata key naming the database system (OpenTelemetry semconv).
-pub const DB_SYSTEM: &str = "db.system";
-/// Newer semconv name of [`DB_SYSTEM`].
+/// Metadata key naming the database system (OpenTelemetry semantic
+/// conventions); its value on every etcd event is `etcd`.
 pub const DB_SYSTEM_NAME: &str = "db.system.name";
 
 /// Why talking to etcd failed. Each variant names the endpoint and what was
-/// attempted.
+/// attempted; a client error is the [`source`](std::error::Error::source),
+/// not part of the message (print the whole with [`ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EtcdError {
@@ -93,7 +93,7 @@ pub enum EtcdError {
         timeout: Duration,
     },
     /// A request or the connection failed (retryable).
-    #[error("etcd at {endpoint}: {operation} failed: {source}")]
+    #[error("etcd at {endpoint}: {operation} failed")]
     Rpc {
         /// The endpoint.
         endpoint: String,
@@ -359,8 +359,8 @@ pub(crate) struct Connection {
     pub revision: i64,
 }
 
-/// What the engine needs, shared by its tasks.
-pub(crate) struct Engine {
+/// The watch of every prefix and the status poll: what their tasks share.
+pub(crate) struct Watcher {
     pub config: Arc<EtcdConfig>,
     pub emitter: Emitter,
     pub breaker: CircuitBreaker,
@@ -377,7 +377,7 @@ pub(crate) struct Engine {
     pub outcome: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
 }
 
-impl Engine {
+impl Watcher {
     fn report(&self, outcome: Outcome) {
         if let Some(tx) = self.outcome.lock().take() {
             let _ = tx.send(outcome);
@@ -466,7 +466,7 @@ impl Engine {
             {
                 Ok(conn) => return Ok(conn),
                 Err(err) => {
-                    tracing::warn!(parent: &span, error = %err, "connecting to etcd failed");
+                    tracing::warn!(parent: &span, error = %ErrorChain(&err), "connecting to etcd failed");
                     let fatal = !err.is_retryable();
                     last = Some(err);
                     // A credential or TLS problem on one member is the
@@ -520,6 +520,7 @@ impl Engine {
                 .when(EtcdError::is_retryable)
                 .notify(|err: &EtcdError, delay| {
                     // Health first: `start` returns on the report.
+                    let err = ErrorChain(err);
                     self.health
                         .problem("watch", format!("connecting (retry in {delay:?}): {err}"));
                     self.report(Outcome::Retrying(err.to_string()));
@@ -543,7 +544,7 @@ impl Engine {
                 }
                 Err(RetryError::Exhausted { last, attempts }) => {
                     let msg = match last {
-                        BreakerError::Inner(e) => e.to_string(),
+                        BreakerError::Inner(e) => ErrorChain(&e).to_string(),
                         BreakerError::Open { retry_after } => {
                             EtcdError::BreakerOpen { retry_after }.to_string()
                         }
@@ -561,9 +562,10 @@ impl Engine {
     }
 
     fn fatal(&self, err: EtcdError) {
-        tracing::error!(error = %err, "etcd watch stopped: the error needs an operator");
+        let chain = ErrorChain(&err).to_string();
+        tracing::error!(error = %chain, "etcd watch stopped: the error needs an operator");
         self.emitter.error();
-        self.health.fail(err.to_string());
+        self.health.fail(chain);
         self.report(Outcome::Fatal(err));
     }
 
@@ -597,16 +599,17 @@ impl Engine {
             match result {
                 Ok(()) => return,
                 Err(err) if !err.is_retryable() => {
-                    tracing::error!(parent: &span, error = %err, "watch failed");
+                    tracing::error!(parent: &span, error = %ErrorChain(&err), "watch failed");
                     self.fatal(err);
                     return;
                 }
                 Err(err) => {
-                    tracing::warn!(parent: &span, error = %err, "watch interrupted; resuming");
+                    let chain = ErrorChain(&err).to_string();
+                    tracing::warn!(parent: &span, error = %chain, "watch interrupted; resuming");
                     self.emitter.error();
                     self.health
-                        .problem("watch", format!("resuming after: {err}"));
-                    self.report(Outcome::Retrying(err.to_string()));
+                        .problem("watch", format!("resuming after: {chain}"));
+                    self.report(Outcome::Retrying(chain));
                     // A session that fails soon after connecting must not
                     // turn into a reconnect storm: back off like a retry.
                     let delay = if let EtcdError::BreakerOpen { retry_after } = err {
@@ -809,14 +812,11 @@ impl Engine {
             resumed_from: resume,
         };
         self.counters.gaps.fetch_add(1, Ordering::Relaxed);
-        let result = self.emitter.emit_payload(GAP_EVENT, &gap, |mut ev| {
-            base_metadata(&mut ev, conn, "watch");
-            ev.metadata.insert("etcd.prefix", prefix);
-            ev
-        });
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "encoding gap event failed");
-        }
+        let mut m = base_metadata(conn, "watch");
+        m.insert("tapio.etcd.prefix", prefix);
+        let mut ev = self.emitter.event(types::GAP, gap);
+        ev.metadata = m;
+        self.emitter.emit(ev);
         let mut cursors = self.cursors.lock();
         cursors[idx].next = Some(resume);
         cursors[idx].delivered_below = resume;
@@ -894,8 +894,9 @@ impl Engine {
                 Err(err) => {
                     self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
                     self.emitter.error();
-                    tracing::debug!(key, error = %err, "value did not decode");
-                    error = Some(err.to_string());
+                    let chain = ErrorChain(&err).to_string();
+                    tracing::debug!(key, error = %chain, "value did not decode");
+                    error = Some(chain);
                 }
             }
         }
@@ -958,20 +959,15 @@ impl Engine {
             decode_error,
         };
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        let result = self.emitter.emit_payload(PUT_EVENT, &payload, |mut ev| {
-            base_metadata(&mut ev, conn, "put");
-            kv_metadata(&mut ev, &payload.key, payload.revision);
-            if let Some(info) = &payload.kubernetes {
-                k8s_metadata(&mut ev, info);
-            }
-            match traceparent {
-                Some(tp) => ev.with_traceparent(&tp),
-                None => ev,
-            }
-        });
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "encoding put event failed");
+        let mut m = base_metadata(conn, "put");
+        kv_metadata(&mut m, &payload.key, &payload.prefix, payload.revision);
+        m.insert("tapio.etcd.create_revision", payload.create_revision);
+        m.insert("tapio.etcd.version", payload.version);
+        m.insert("tapio.etcd.lease", payload.lease);
+        if let Some(info) = &payload.kubernetes {
+            k8s_metadata(&mut m, info);
         }
+        self.emit(types::PUT, payload, m, traceparent);
     }
 
     fn emit_delete(
@@ -993,20 +989,29 @@ impl Engine {
             decode_error,
         };
         self.counters.deletes.fetch_add(1, Ordering::Relaxed);
-        let result = self.emitter.emit_payload(DELETE_EVENT, &payload, |mut ev| {
-            base_metadata(&mut ev, conn, "delete");
-            kv_metadata(&mut ev, &payload.key, payload.revision);
-            if let Some(info) = &payload.kubernetes {
-                k8s_metadata(&mut ev, info);
-            }
-            match traceparent {
-                Some(tp) => ev.with_traceparent(&tp),
-                None => ev,
-            }
-        });
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "encoding delete event failed");
+        let mut m = base_metadata(conn, "delete");
+        kv_metadata(&mut m, &payload.key, &payload.prefix, payload.revision);
+        if let Some(info) = &payload.kubernetes {
+            k8s_metadata(&mut m, info);
         }
+        self.emit(types::DELETE, payload, m, traceparent);
+    }
+
+    /// Queue one put or delete: its metadata, and the trace of the
+    /// object's `traceparent` annotation when it has one.
+    fn emit(
+        &self,
+        event_type: &str,
+        payload: impl tapio_core::Payload,
+        metadata: Metadata,
+        traceparent: Option<tapio_core::TraceParent>,
+    ) {
+        let mut ev = self.emitter.event(event_type, payload);
+        ev.metadata = metadata;
+        if let Some(tp) = traceparent {
+            ev = ev.with_traceparent(&tp);
+        }
+        self.emitter.emit(ev);
     }
 
     /// The health task: polls the maintenance status API of the connected
@@ -1030,8 +1035,9 @@ impl Engine {
             {
                 Ok(status) => self.record_status(&conn.endpoint, &status),
                 Err(err) => {
-                    tracing::warn!(parent: &span, error = %err, "status failed");
-                    self.health.problem("status", err.to_string());
+                    let chain = ErrorChain(&err).to_string();
+                    tracing::warn!(parent: &span, error = %chain, "status failed");
+                    self.health.problem("status", chain);
                 }
             }
         }
@@ -1076,36 +1082,40 @@ fn prev_kv(p: &PbKeyValue) -> PrevKv {
     }
 }
 
-fn base_metadata(ev: &mut RawEvent, conn: &Connection, operation: &str) {
-    let m = &mut ev.metadata;
-    m.insert(DB_SYSTEM, "etcd");
+/// Metadata every watch event carries: the database, the operation and
+/// the member it came from.
+fn base_metadata(conn: &Connection, operation: &'static str) -> Metadata {
+    let mut m = Metadata::with_capacity(12);
     m.insert(DB_SYSTEM_NAME, "etcd");
     m.insert("db.operation.name", operation);
-    m.insert("server.address", conn.address.clone());
+    m.insert("server.address", conn.address.as_str());
     if let Some(port) = conn.port {
-        m.insert("server.port", port.to_string());
+        m.insert("server.port", port);
     }
+    m
 }
 
-fn kv_metadata(ev: &mut RawEvent, key: &str, revision: i64) {
-    ev.metadata.insert("etcd.key", key.to_string());
-    ev.metadata.insert("etcd.revision", revision.to_string());
+fn kv_metadata(m: &mut Metadata, key: &str, prefix: &str, revision: i64) {
+    m.insert("tapio.etcd.key", key);
+    m.insert("tapio.etcd.prefix", prefix);
+    m.insert("tapio.etcd.revision", revision);
 }
 
-fn k8s_metadata(ev: &mut RawEvent, info: &KubernetesInfo) {
-    let m = &mut ev.metadata;
+/// Semantic-convention keys of the decoded registry key (`k8s.pod.name`,
+/// `k8s.namespace.name` …) and our own resource and kind.
+fn k8s_metadata(m: &mut Metadata, info: &KubernetesInfo) {
     let key: &KubernetesKey = &info.key;
-    m.insert("etcd.k8s.resource", key.qualified_resource());
+    m.insert("tapio.etcd.k8s.resource", key.qualified_resource());
     if let Some(ns) = &key.namespace {
-        m.insert("k8s.namespace.name", ns.clone());
+        m.insert("k8s.namespace.name", ns.as_str());
     }
     if let Some(obj) = &info.object {
-        m.insert("etcd.k8s.kind", obj.kind.clone());
+        m.insert("tapio.etcd.k8s.kind", obj.kind.as_str());
     }
     if let Some(stem) = k8s::semconv_stem(key) {
-        m.insert(format!("{stem}.name"), key.name.clone());
+        m.insert(format!("{stem}.name"), key.name.as_str());
         if let Some(uid) = info.object.as_ref().and_then(|o| o.uid.as_ref()) {
-            m.insert(format!("{stem}.uid"), uid.clone());
+            m.insert(format!("{stem}.uid"), uid.as_str());
         }
     }
 }
@@ -1114,14 +1124,14 @@ fn k8s_metadata(ev: &mut RawEvent, info: &KubernetesInfo) {
 mod tests {
     use super::*;
 
-    fn test_engine() -> (
-        Arc<Engine>,
+    fn test_watcher() -> (
+        Arc<Watcher>,
         tapio_core::EventReceiver,
         tapio_core::CollectorBase,
     ) {
         let base = tapio_core::CollectorBase::new("etcd", 1024, Default::default());
         let rx = base.take_events().expect("stream");
-        let engine = Arc::new(Engine {
+        let engine = Arc::new(Watcher {
             config: Arc::new(EtcdConfig {
                 prefixes: vec!["/t/".into()],
                 kubernetes_prefix: None,
@@ -1166,7 +1176,7 @@ mod tests {
     /// ahead of its events never hides them.
     #[tokio::test]
     async fn deliver_skips_exactly_what_was_delivered() {
-        let (engine, mut rx, _base) = test_engine();
+        let (engine, mut rx, _base) = test_watcher();
         // A lazy client: no connection is made until a request.
         let client = Client::connect(["http://127.0.0.1:9"], None)
             .await
@@ -1195,8 +1205,20 @@ mod tests {
         engine.deliver(&conn, 0, vec![put(6, "/t/e")]);
         let mut seen = Vec::new();
         while let Some(ev) = rx.try_recv() {
-            let p: EtcdPutEvent = ev.payload().expect("put");
-            seen.push((p.revision, p.key));
+            let p = ev.payload_ref::<EtcdPutEvent>().expect("put");
+            // Typed metadata: integers are integers, our keys are `tapio.`.
+            assert_eq!(ev.metadata["tapio.etcd.revision"], p.revision);
+            assert_eq!(ev.metadata["tapio.etcd.key"], p.key.as_str());
+            assert_eq!(ev.metadata["tapio.etcd.prefix"], "/t/");
+            assert_eq!(ev.metadata["tapio.etcd.version"], 1i64);
+            assert_eq!(ev.metadata["tapio.etcd.lease"], 0i64);
+            assert_eq!(ev.metadata["server.port"], 9i64);
+            assert_eq!(ev.metadata["server.address"], "127.0.0.1");
+            assert_eq!(ev.metadata["db.system.name"], "etcd");
+            assert_eq!(ev.metadata["db.operation.name"], "put");
+            assert!(!ev.metadata.contains_key("db.system"));
+            assert!(!ev.in_trace(), "no traceparent: a trace of its own");
+            seen.push((p.revision, p.key.clone()));
         }
         assert_eq!(
             seen,
@@ -1310,5 +1332,51 @@ mod tests {
         );
         assert!(matches!(cfg, EtcdError::Config { .. }));
         assert!(!cfg.is_retryable());
+    }
+
+    /// The message names the failed step; the client's error is the source,
+    /// shown by `ErrorChain` and not repeated in the message.
+    #[test]
+    fn rpc_error_display_and_chain() {
+        let err = classify(
+            "http://127.0.0.1:9",
+            None,
+            "status",
+            etcd_client::Error::GRpcStatus(tonic::Status::new(
+                tonic::Code::Unavailable,
+                "connection refused",
+            )),
+        );
+        assert!(matches!(err, EtcdError::Rpc { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "etcd at http://127.0.0.1:9: status failed");
+        let source = std::error::Error::source(&err).expect("client error as source");
+        let chain = ErrorChain(&err).to_string();
+        assert_eq!(
+            chain,
+            format!("etcd at http://127.0.0.1:9: status failed: {source}")
+        );
+        assert!(chain.contains("connection refused"), "{chain}");
+    }
+
+    #[test]
+    fn k8s_metadata_uses_semconv_keys() {
+        let info = KubernetesInfo {
+            key: k8s::decode_key("/registry/pods/shop/web-1", "/registry/").expect("pod key"),
+            encoding: None,
+            object: None,
+        };
+        let mut m = Metadata::new();
+        k8s_metadata(&mut m, &info);
+        assert_eq!(m["k8s.pod.name"], "web-1");
+        assert_eq!(m["k8s.namespace.name"], "shop");
+        assert_eq!(m["tapio.etcd.k8s.resource"], "pods");
+        assert!(
+            !m.contains_key("k8s.pod.uid"),
+            "uid only from a decoded value"
+        );
+        assert!(
+            m.keys()
+                .all(|k| k.starts_with("k8s.") || k.starts_with("tapio."))
+        );
     }
 }

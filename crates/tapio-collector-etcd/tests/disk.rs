@@ -13,7 +13,7 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
 use tapio_collector_etcd::{
     DiskConfig, DiskHook, DiskTarget, EtcdCollector, EtcdConfig, EtcdFileKind, EtcdSlowSyncEvent,
-    SLOW_SYNC_EVENT, SyncSyscall,
+    SyncSyscall, types,
 };
 use tapio_core::testing::{
     assert_child_passes_unprivileged, assert_missing_privilege, require_root,
@@ -88,11 +88,18 @@ async fn fdatasync_latency_of_the_real_etcd_pid() {
     client.put("/disk/by-comm", "v", None).await.expect("put");
     let pid = etcd.pid();
     let got = collect(&mut events, 1, WAIT, |e| {
-        e.payload::<EtcdSlowSyncEvent>()
-            .is_ok_and(|s| s.pid == pid && s.file == EtcdFileKind::Wal)
+        e.payload_ref::<EtcdSlowSyncEvent>()
+            .is_some_and(|s| s.pid == pid && s.file == EtcdFileKind::Wal)
     })
     .await;
-    assert_eq!(got[0].payload::<EtcdSlowSyncEvent>().unwrap().comm, "etcd");
+    assert_eq!(
+        got[0]
+            .payload_ref::<EtcdSlowSyncEvent>()
+            .cloned()
+            .unwrap()
+            .comm,
+        "etcd"
+    );
     by_comm.stop().await.expect("stop");
 }
 
@@ -131,14 +138,17 @@ async fn check_hook(
             .expect("put");
     }
     let wal = collect(&mut events, PUTS, WAIT, |e| {
-        e.event_type == SLOW_SYNC_EVENT
-            && e.payload::<EtcdSlowSyncEvent>()
-                .is_ok_and(|s| s.file == EtcdFileKind::Wal)
+        e.event_type == types::SLOW_SYNC
+            && e.payload_ref::<EtcdSlowSyncEvent>()
+                .is_some_and(|s| s.file == EtcdFileKind::Wal)
     })
     .await;
     let wal_dir = etcd.data_dir().join("member").join("wal");
     for ev in &wal {
-        let s: EtcdSlowSyncEvent = ev.payload().expect("disk check");
+        let s = ev
+            .payload_ref::<EtcdSlowSyncEvent>()
+            .expect("disk check")
+            .clone();
         assert_eq!(s.pid, pid);
         assert_eq!(s.comm, "etcd");
         assert_eq!(s.syscall, SyncSyscall::Fdatasync);
@@ -152,18 +162,18 @@ async fn check_hook(
         assert_eq!(s.inode, std::fs::metadata(&path).expect("disk check").ino());
         // Each sync flushed the WAL record written just before it.
         assert!(s.bytes > 0, "{s:?}");
-        assert_eq!(ev.metadata["process.pid"], pid.to_string());
+        assert_eq!(ev.metadata["process.pid"], i64::from(pid));
         assert_eq!(ev.metadata["process.command"], "etcd");
-        assert_eq!(ev.metadata["file.path"], path);
-        assert_eq!(ev.metadata["etcd.disk.syscall"], "fdatasync");
-        assert_eq!(ev.metadata["db.system"], "etcd");
+        assert_eq!(ev.metadata["file.path"], path.as_str());
+        assert_eq!(ev.metadata["tapio.etcd.disk.syscall"], "fdatasync");
+        assert_eq!(ev.metadata["db.system.name"], "etcd");
         assert_eq!(ev.source, "etcd");
     }
 
     collector.stop().await.expect("stop");
     // Every observed sync and write is in the histograms, exactly once.
     provider.force_flush().expect("flush");
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert!(stats.disk_syncs >= PUTS as u64, "{stats:?}");
     assert_eq!(
         stats.slow_syncs, stats.disk_syncs,

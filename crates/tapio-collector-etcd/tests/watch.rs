@@ -19,11 +19,12 @@ use tapio_collector_etcd::etcd_client::{
 };
 use tapio_collector_etcd::k8s::{KubernetesObject, ValueEncoding};
 use tapio_collector_etcd::{
-    AuthConfig, BreakerConfig, CapturedEncoding, CompactionResume, DELETE_EVENT, EtcdCollector,
-    EtcdConfig, EtcdDeleteEvent, EtcdGapEvent, EtcdPutEvent, GAP_EVENT, PUT_EVENT, RetryConfig,
-    TlsConfig,
+    AuthConfig, BreakerConfig, CapturedEncoding, CompactionResume, EtcdCollector, EtcdConfig,
+    EtcdDeleteEvent, EtcdGapEvent, EtcdPutEvent, RetryConfig, TlsConfig, types,
 };
-use tapio_core::{Collector, CollectorContext, CollectorError, HealthState, RawEvent};
+use tapio_core::{
+    Collector, CollectorContext, CollectorError, ErrorChain, HealthState, RawEvent, TraceOrigin,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -52,7 +53,7 @@ fn config(endpoint: String, prefix: &str) -> EtcdConfig {
 }
 
 fn is_kv(ev: &RawEvent) -> bool {
-    ev.event_type == PUT_EVENT || ev.event_type == DELETE_EVENT
+    ev.event_type == types::PUT || ev.event_type == types::DELETE
 }
 
 async fn put(client: &mut Client, key: &str, value: impl Into<Vec<u8>>) -> i64 {
@@ -79,7 +80,7 @@ async fn puts_and_deletes_with_exact_revisions() {
         .await
         .expect("start");
     // A fresh etcd is at revision 1: the watch starts right after it.
-    assert_eq!(collector.resume_revisions(), vec![Some(2)]);
+    assert_eq!(collector.observer().resume_revisions(), vec![Some(2)]);
 
     assert_eq!(put(&mut client, "/tapio/a", "one").await, 2);
     assert_eq!(put(&mut client, "/tapio/a", "second").await, 3);
@@ -102,10 +103,19 @@ async fn puts_and_deletes_with_exact_revisions() {
     let types: Vec<&str> = got.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(
         types,
-        [PUT_EVENT, PUT_EVENT, PUT_EVENT, PUT_EVENT, DELETE_EVENT]
+        [
+            types::PUT,
+            types::PUT,
+            types::PUT,
+            types::PUT,
+            types::DELETE
+        ]
     );
 
-    let puts: Vec<EtcdPutEvent> = got[..4].iter().map(|e| e.payload().unwrap()).collect();
+    let puts: Vec<&EtcdPutEvent> = got[..4]
+        .iter()
+        .map(|e| e.payload_ref::<EtcdPutEvent>().unwrap())
+        .collect();
     let expect = |key: &str, rev, create, version, lease, size, prev: Option<(i64, i64)>| {
         (key.to_string(), rev, create, version, lease, size, prev)
     };
@@ -140,7 +150,7 @@ async fn puts_and_deletes_with_exact_revisions() {
         assert!(p.kubernetes.is_none());
         assert!(p.decode_error.is_none());
     }
-    let del: EtcdDeleteEvent = got[4].payload().unwrap();
+    let del = got[4].payload_ref::<EtcdDeleteEvent>().unwrap().clone();
     assert_eq!((del.key.as_str(), del.revision), ("/tapio/a", 7));
     let prev = del.prev.expect("prev kv of the deleted key");
     assert_eq!(
@@ -149,12 +159,12 @@ async fn puts_and_deletes_with_exact_revisions() {
     );
 
     let m = &got[0].metadata;
-    assert_eq!(m["db.system"], "etcd");
+    assert_eq!(m["db.system.name"], "etcd");
     assert_eq!(m["db.operation.name"], "put");
     assert_eq!(m["server.address"], "127.0.0.1");
-    assert_eq!(m["server.port"], etcd.client_port.to_string());
-    assert_eq!(m["etcd.key"], "/tapio/a");
-    assert_eq!(m["etcd.revision"], "2");
+    assert_eq!(m["server.port"], i64::from(etcd.client_port));
+    assert_eq!(m["tapio.etcd.key"], "/tapio/a");
+    assert_eq!(m["tapio.etcd.revision"], 2i64);
     assert_eq!(got[4].metadata["db.operation.name"], "delete");
     assert_eq!(got[0].source, "etcd");
 
@@ -174,10 +184,10 @@ async fn puts_and_deletes_with_exact_revisions() {
     assert_eq!(health.details["etcd.endpoint"], etcd.endpoint());
     assert_eq!(health.details["etcd.watching"], "/tapio/");
 
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!((stats.puts, stats.deletes, stats.revision), (4, 1, 7));
     assert_eq!(stats.decode_errors, 0);
-    assert_eq!(collector.resume_revisions(), vec![Some(8)]);
+    assert_eq!(collector.observer().resume_revisions(), vec![Some(8)]);
 
     collector.stop().await.expect("stop");
     collector.stop().await.expect("stop is idempotent");
@@ -191,7 +201,7 @@ async fn puts_and_deletes_with_exact_revisions() {
         .await
         .expect("restart");
     let got = collect(&mut events, 1, WAIT, is_kv).await;
-    let p: EtcdPutEvent = got[0].payload().unwrap();
+    let p = got[0].payload_ref::<EtcdPutEvent>().unwrap().clone();
     assert_eq!((p.key.as_str(), p.revision), ("/tapio/while-stopped", 8));
     assert_quiet(&mut events, Duration::from_millis(300), "after restart").await;
     assert!(matches!(
@@ -457,14 +467,15 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     assert_eq!(d.header().unwrap().revision(), 9);
 
     let got = collect(&mut events, 8, WAIT, is_kv).await;
-    let revisions: Vec<String> = got
+    let revisions: Vec<Option<i64>> = got
         .iter()
-        .map(|e| e.metadata["etcd.revision"].to_string())
+        .map(|e| e.metadata.get_i64("tapio.etcd.revision"))
         .collect();
-    assert_eq!(revisions, ["2", "3", "4", "5", "6", "7", "8", "9"]);
+    let expected: Vec<Option<i64>> = (2..=9).map(Some).collect();
+    assert_eq!(revisions, expected);
 
     // Pod.
-    let p: EtcdPutEvent = got[0].payload().unwrap();
+    let p = got[0].payload_ref::<EtcdPutEvent>().unwrap().clone();
     let k = p.kubernetes.as_ref().unwrap();
     assert_eq!(
         (
@@ -497,19 +508,29 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     assert_eq!(m["k8s.pod.name"], "web-0");
     assert_eq!(m["k8s.pod.uid"], "uid-pod-1");
     assert_eq!(m["k8s.namespace.name"], "shop");
-    assert_eq!(m["etcd.k8s.resource"], "pods");
-    assert_eq!(m["etcd.k8s.kind"], "Pod");
+    assert_eq!(m["tapio.etcd.k8s.resource"], "pods");
+    assert_eq!(m["tapio.etcd.k8s.kind"], "Pod");
     // The traceparent annotation is propagated, not replaced.
     assert_eq!(
         got[0].trace_id.to_string(),
         "4bf92f3577b34da6a3ce929d0e0e4736"
     );
-    assert_eq!(m["trace.parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(
+        got[0].parent_span_id().map(|s| s.to_string()).as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert!(matches!(
+        got[0].trace_origin,
+        TraceOrigin::Propagated { sampled: true, .. }
+    ));
+    assert!(!m.contains_key("trace.parent_span_id"));
+    // An object without the annotation is a trace of its own.
+    assert_eq!(got[1].trace_origin, TraceOrigin::Event);
     // Annotations themselves never leave.
-    assert!(!String::from_utf8_lossy(&got[0].data).contains("xxxxxxxx"));
+    assert!(!got[0].to_json_line().unwrap().contains("xxxxxxxx"));
 
     // Deployment (JSON).
-    let p: EtcdPutEvent = got[1].payload().unwrap();
+    let p = got[1].payload_ref::<EtcdPutEvent>().unwrap().clone();
     let k = p.kubernetes.unwrap();
     assert_eq!(
         (k.key.group.as_str(), k.key.resource.as_str()),
@@ -537,7 +558,8 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
 
     // Custom resource.
     let k = got[2]
-        .payload::<EtcdPutEvent>()
+        .payload_ref::<EtcdPutEvent>()
+        .cloned()
         .unwrap()
         .kubernetes
         .unwrap();
@@ -551,11 +573,15 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
         ("example.com", "widgets", Some("team-a"), "w1")
     );
     assert_eq!(k.object.unwrap().kind, "Widget");
-    assert_eq!(got[2].metadata["etcd.k8s.resource"], "widgets.example.com");
+    assert_eq!(
+        got[2].metadata["tapio.etcd.k8s.resource"],
+        "widgets.example.com"
+    );
 
     // Cluster-scoped node.
     let k = got[3]
-        .payload::<EtcdPutEvent>()
+        .payload_ref::<EtcdPutEvent>()
+        .cloned()
         .unwrap()
         .kubernetes
         .unwrap();
@@ -572,7 +598,7 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     assert!(!got[3].metadata.contains_key("k8s.namespace.name"));
 
     // Secret: decoded metadata, value withheld, data never in the event.
-    let p: EtcdPutEvent = got[4].payload().unwrap();
+    let p = got[4].payload_ref::<EtcdPutEvent>().unwrap().clone();
     assert_eq!(p.value, None);
     assert!(p.value_redacted);
     assert_eq!(
@@ -584,13 +610,14 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
 
     // Corrupt values: counted decode errors, events still delivered.
     for ev in &got[5..7] {
-        let p: EtcdPutEvent = ev.payload().unwrap();
+        let p = ev.payload_ref::<EtcdPutEvent>().unwrap().clone();
         assert!(p.decode_error.is_some(), "{p:?}");
         assert_eq!(p.kubernetes.as_ref().unwrap().object, None);
     }
     assert!(
         got[5]
-            .payload::<EtcdPutEvent>()
+            .payload_ref::<EtcdPutEvent>()
+            .cloned()
             .unwrap()
             .decode_error
             .unwrap()
@@ -598,7 +625,8 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     );
     assert!(
         got[6]
-            .payload::<EtcdPutEvent>()
+            .payload_ref::<EtcdPutEvent>()
+            .cloned()
             .unwrap()
             .decode_error
             .unwrap()
@@ -606,7 +634,7 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     );
 
     // Delete of the Pod, decoded from the previous value.
-    let del: EtcdDeleteEvent = got[7].payload().unwrap();
+    let del = got[7].payload_ref::<EtcdDeleteEvent>().unwrap().clone();
     assert_eq!(del.revision, 9);
     assert_eq!(del.prev.unwrap().value_size, pod_value.len() as u64);
     let o = del.kubernetes.unwrap().object.unwrap();
@@ -616,7 +644,7 @@ async fn kubernetes_keys_and_values_are_decoded_and_secrets_redacted() {
     );
     assert_eq!(got[7].metadata["k8s.pod.uid"], "uid-pod-1");
 
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(stats.decode_errors, 2);
     assert_eq!(collector.health().stats.errors, 2);
 
@@ -681,8 +709,8 @@ async fn history(
         for ev in resp.events() {
             let kv = ev.kv().expect("history event");
             let t = match ev.event_type() {
-                EventType::Put => PUT_EVENT,
-                EventType::Delete => DELETE_EVENT,
+                EventType::Put => types::PUT,
+                EventType::Delete => types::DELETE,
             };
             out.push((
                 t.to_string(),
@@ -699,8 +727,11 @@ async fn history(
 }
 
 fn as_tuple(ev: &RawEvent) -> (String, String, i64, i64, i64) {
-    if ev.event_type == PUT_EVENT {
-        let p: EtcdPutEvent = ev.payload().expect("history event");
+    if ev.event_type == types::PUT {
+        let p = ev
+            .payload_ref::<EtcdPutEvent>()
+            .expect("history event")
+            .clone();
         (
             ev.event_type.to_string(),
             p.key,
@@ -709,7 +740,10 @@ fn as_tuple(ev: &RawEvent) -> (String, String, i64, i64, i64) {
             p.version,
         )
     } else {
-        let d: EtcdDeleteEvent = ev.payload().expect("history event");
+        let d = ev
+            .payload_ref::<EtcdDeleteEvent>()
+            .expect("history event")
+            .clone();
         (ev.event_type.to_string(), d.key, d.revision, 0, 0)
     }
 }
@@ -812,7 +846,7 @@ async fn kill_9_mid_stream_then_restart_delivers_every_revision_once() {
         "after the last revision",
     )
     .await;
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert!(stats.reconnects >= 1, "{stats:?}");
     assert_eq!(stats.revision, last);
     eventually(WAIT, "healthy again", || collector.is_healthy()).await;
@@ -848,7 +882,7 @@ async fn compaction_while_disconnected_is_a_gap_and_the_watch_resumes_at_current
         .expect("start");
     assert_eq!(put(&mut client, "/gap/k-00", "v").await, 2);
     let got = collect(&mut events, 1, WAIT, is_kv).await;
-    assert_eq!(got[0].metadata["etcd.revision"], "2");
+    assert_eq!(got[0].metadata["tapio.etcd.revision"], 2i64);
 
     // Cut the collector off, write 3..=7, compact at 6.
     proxy.cut();
@@ -865,8 +899,8 @@ async fn compaction_while_disconnected_is_a_gap_and_the_watch_resumes_at_current
         .expect("compact");
     proxy.restore();
 
-    let gap = collect(&mut events, 1, WAIT, |e| e.event_type == GAP_EVENT).await;
-    let g: EtcdGapEvent = gap[0].payload().unwrap();
+    let gap = collect(&mut events, 1, WAIT, |e| e.event_type == types::GAP).await;
+    let g = gap[0].payload_ref::<EtcdGapEvent>().unwrap().clone();
     assert_eq!(
         g,
         EtcdGapEvent {
@@ -877,12 +911,12 @@ async fn compaction_while_disconnected_is_a_gap_and_the_watch_resumes_at_current
             resumed_from: 8,
         }
     );
-    assert_eq!(gap[0].metadata["etcd.prefix"], "/gap/");
+    assert_eq!(gap[0].metadata["tapio.etcd.prefix"], "/gap/");
     assert_eq!(put(&mut client, "/gap/after", "v").await, 8);
     let got = collect(&mut events, 1, WAIT, is_kv).await;
-    let p: EtcdPutEvent = got[0].payload().unwrap();
+    let p = got[0].payload_ref::<EtcdPutEvent>().unwrap().clone();
     assert_eq!((p.key.as_str(), p.revision), ("/gap/after", 8));
-    assert_eq!(collector.stats().gaps, 1);
+    assert_eq!(collector.observer().stats().gaps, 1);
     collector.stop().await.expect("stop");
 }
 
@@ -906,9 +940,9 @@ async fn compaction_with_resume_at_oldest_replays_what_etcd_still_has() {
         .await
         .expect("start");
     let got = collect(&mut events, 5, WAIT, |_| true).await;
-    assert_eq!(got[0].event_type, GAP_EVENT);
+    assert_eq!(got[0].event_type, types::GAP);
     assert_eq!(
-        got[0].payload::<EtcdGapEvent>().unwrap(),
+        got[0].payload_ref::<EtcdGapEvent>().cloned().unwrap(),
         EtcdGapEvent {
             prefix: "/old/".into(),
             from_revision: 3,
@@ -919,12 +953,12 @@ async fn compaction_with_resume_at_oldest_replays_what_etcd_still_has() {
     );
     let revs: Vec<i64> = got[1..]
         .iter()
-        .map(|e| e.payload::<EtcdPutEvent>().unwrap().revision)
+        .map(|e| e.payload_ref::<EtcdPutEvent>().cloned().unwrap().revision)
         .collect();
     assert_eq!(revs, [8, 9, 10, 11]);
     let keys: Vec<String> = got[1..]
         .iter()
-        .map(|e| e.payload::<EtcdPutEvent>().unwrap().key)
+        .map(|e| e.payload_ref::<EtcdPutEvent>().cloned().unwrap().key)
         .collect();
     assert_eq!(keys, ["/old/k-6", "/old/k-7", "/old/k-8", "/old/k-9"]);
     collector.stop().await.expect("stop");
@@ -963,7 +997,14 @@ async fn etcd_down_at_start_is_retried_until_it_comes_up() {
     eventually(WAIT, "connected", || collector.is_healthy()).await;
     let rev = put(&mut client, "/late/k", "v").await;
     let got = collect(&mut events, 1, WAIT, is_kv).await;
-    assert_eq!(got[0].payload::<EtcdPutEvent>().unwrap().revision, rev);
+    assert_eq!(
+        got[0]
+            .payload_ref::<EtcdPutEvent>()
+            .cloned()
+            .unwrap()
+            .revision,
+        rev
+    );
     collector.stop().await.expect("stop");
 }
 
@@ -994,9 +1035,11 @@ async fn wrong_credentials_fail_start_with_a_clear_error() {
         .start(CollectorContext::default())
         .await
         .expect_err("wrong password must fail");
-    let msg = err.to_string();
+    // The message names the step; the cause is the source.
+    assert_eq!(err.to_string(), format!("etcd: peer {}", etcd.endpoint()));
+    let msg = ErrorChain(&err).to_string();
     assert!(
-        msg.contains(&format!(
+        msg.starts_with(&format!(
             "etcd: peer {}: etcd at {} rejected the credentials of user \"root\"",
             etcd.endpoint(),
             etcd.endpoint()
@@ -1050,7 +1093,14 @@ async fn wrong_credentials_fail_start_with_a_clear_error() {
         .await;
     let rev = put(&mut authed, "/auth/k", "v").await;
     let got = collect(&mut events, 1, WAIT, is_kv).await;
-    assert_eq!(got[0].payload::<EtcdPutEvent>().unwrap().revision, rev);
+    assert_eq!(
+        got[0]
+            .payload_ref::<EtcdPutEvent>()
+            .cloned()
+            .unwrap()
+            .revision,
+        rev
+    );
     right.stop().await.expect("stop");
 }
 
@@ -1154,8 +1204,15 @@ async fn tls_with_generated_certificates() {
     let mut client = etcd.client_with(Some(tls_client)).await;
     let rev = put(&mut client, "/tls/k", "v").await;
     let got = collect(&mut events, 1, WAIT, is_kv).await;
-    assert_eq!(got[0].payload::<EtcdPutEvent>().unwrap().revision, rev);
-    assert_eq!(got[0].metadata["server.port"], etcd.client_port.to_string());
+    assert_eq!(
+        got[0]
+            .payload_ref::<EtcdPutEvent>()
+            .cloned()
+            .unwrap()
+            .revision,
+        rev
+    );
+    assert_eq!(got[0].metadata["server.port"], i64::from(etcd.client_port));
     collector.stop().await.expect("stop");
 
     // A CA that did not sign the server certificate: a clear TLS error.
@@ -1163,11 +1220,11 @@ async fn tls_with_generated_certificates() {
         tls: Some(tls("other-ca.pem", true)),
         ..config(etcd.endpoint(), "/tls/")
     });
-    let msg = wrong_ca
+    let err = wrong_ca
         .start(CollectorContext::default())
         .await
-        .expect_err("unknown CA")
-        .to_string();
+        .expect_err("unknown CA");
+    let msg = ErrorChain(&err).to_string();
     assert!(msg.contains("TLS handshake failed"), "{msg}");
     assert!(msg.to_lowercase().contains("certificate"), "{msg}");
 
@@ -1186,7 +1243,7 @@ async fn tls_with_generated_certificates() {
     // the collector retries and says why). Both name the cause.
     match no_client_cert.start(CollectorContext::default()).await {
         Err(err) => {
-            let msg = err.to_string();
+            let msg = ErrorChain(&err).to_string();
             assert!(msg.contains("TLS handshake failed"), "{msg}");
             assert!(
                 msg.contains("BadCertificate") || msg.contains("CertificateRequired"),
@@ -1220,11 +1277,11 @@ async fn tls_with_generated_certificates() {
         tls: Some(tls("ca.pem", true)),
         ..config(format!("http://127.0.0.1:{}", etcd.client_port), "/tls/")
     });
-    let msg = http
+    let err = http
         .start(CollectorContext::default())
         .await
-        .expect_err("tls on http")
-        .to_string();
+        .expect_err("tls on http");
+    let msg = ErrorChain(&err).to_string();
     assert!(
         msg.contains("TLS options are only supported with HTTPS URLs"),
         "{msg}"

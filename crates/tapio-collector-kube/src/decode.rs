@@ -33,7 +33,7 @@ use crate::resources::WatchedResource;
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// Not the expected JSON document.
-    #[error("{what}: invalid JSON: {source}")]
+    #[error("{what}: invalid JSON")]
     Json {
         /// What was decoded (`watch event`, `kubelet /pods`, …).
         what: &'static str,

@@ -33,19 +33,27 @@ pub fn object_event_type(kind_lower: &str, action: Action) -> String {
     format!("kube.{kind_lower}.{}", action.as_str())
 }
 
-/// A node pressure condition (`MemoryPressure`, `DiskPressure`,
-/// `PIDPressure`) changed status: payload [`NodePressureEvent`].
-pub const NODE_PRESSURE_EVENT: &str = "kube.node.pressure";
-/// A container entered a waiting state with a new reason
-/// (`CrashLoopBackOff`, `ImagePullBackOff`, …): payload [`ContainerEvent`].
-pub const CONTAINER_WAITING_EVENT: &str = "kubelet.container.waiting";
-/// A container terminated (exit code, reason such as `OOMKilled`):
-/// payload [`ContainerEvent`].
-pub const CONTAINER_TERMINATED_EVENT: &str = "kubelet.container.terminated";
-/// A container's restart count went up: payload [`ContainerEvent`].
-pub const CONTAINER_RESTARTED_EVENT: &str = "kubelet.container.restarted";
-/// A container's readiness flipped: payload [`ContainerEvent`].
-pub const CONTAINER_READINESS_EVENT: &str = "kubelet.container.readiness";
+/// The fixed event types the kube collector emits (object events are
+/// `kube.<kind>.<action>`, see [`object_event_type`](crate::object_event_type)).
+pub mod types {
+    /// A node pressure condition (`MemoryPressure`, `DiskPressure`,
+    /// `PIDPressure`) changed status: payload
+    /// [`NodePressureEvent`](crate::NodePressureEvent).
+    pub const NODE_PRESSURE: &str = "kube.node.pressure";
+    /// A container entered a waiting state with a new reason
+    /// (`CrashLoopBackOff`, `ImagePullBackOff`, …): payload
+    /// [`ContainerEvent`](crate::ContainerEvent).
+    pub const CONTAINER_WAITING: &str = "kubelet.container.waiting";
+    /// A container terminated (exit code, reason such as `OOMKilled`):
+    /// payload [`ContainerEvent`](crate::ContainerEvent).
+    pub const CONTAINER_TERMINATED: &str = "kubelet.container.terminated";
+    /// A container's restart count went up: payload
+    /// [`ContainerEvent`](crate::ContainerEvent).
+    pub const CONTAINER_RESTARTED: &str = "kubelet.container.restarted";
+    /// A container's readiness flipped: payload
+    /// [`ContainerEvent`](crate::ContainerEvent).
+    pub const CONTAINER_READINESS: &str = "kubelet.container.readiness";
+}
 
 /// An owner reference of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,7 +219,7 @@ pub struct KubeObjectEvent {
     pub from_relist: bool,
 }
 
-/// Payload of [`NODE_PRESSURE_EVENT`].
+/// Payload of [`types::NODE_PRESSURE`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePressureEvent {
     /// Node name.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use tapio_core::Emitter;
 use tapio_core::health::HealthParts;
 use tapio_core::resilience::{CircuitBreaker, RetryPolicy};
+use tapio_core::{Emitter, ErrorChain, Metadata};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -21,19 +21,18 @@ use crate::decode::{
     KubeletContainerStatus, KubeletPod, KubeletPodList, StatsSummary, decode_pod_list,
     decode_stats_summary, strip_runtime_prefix,
 };
-use crate::events::{
-    CONTAINER_READINESS_EVENT, CONTAINER_RESTARTED_EVENT, CONTAINER_TERMINATED_EVENT,
-    CONTAINER_WAITING_EVENT, ContainerEvent,
-};
+use crate::events::{ContainerEvent, types};
 
 /// Health part of the kubelet poller.
 pub(crate) const PART: &str = "kubelet";
 
-/// Why a kubelet request failed.
+/// Why a kubelet request failed. The message names the step; the cause is
+/// the [`source`](std::error::Error::source) (print the whole with
+/// [`ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
     /// Reading a configured file failed.
-    #[error("kubelet: read {what} {path}: {source}")]
+    #[error("kubelet: read {what} {path}")]
     File {
         /// Which file (`CA`, `client certificate`).
         what: &'static str,
@@ -49,7 +48,7 @@ pub enum KubeletError {
         path: String,
     },
     /// The HTTP client could not be built (TLS settings).
-    #[error("kubelet: client for {url}: {source}")]
+    #[error("kubelet: client for {url}")]
     Client {
         /// Kubelet URL.
         url: String,
@@ -57,7 +56,7 @@ pub enum KubeletError {
         source: Box<kube::Error>,
     },
     /// The request failed (connection, TLS, HTTP status).
-    #[error("kubelet: GET {path}: {source}")]
+    #[error("kubelet: GET {path}")]
     Request {
         /// Path requested.
         path: &'static str,
@@ -65,7 +64,7 @@ pub enum KubeletError {
         source: Box<kube::Error>,
     },
     /// The body did not decode.
-    #[error("kubelet: {0}")]
+    #[error("kubelet: response did not decode")]
     Decode(#[from] crate::decode::DecodeError),
 }
 
@@ -273,26 +272,26 @@ impl TransitionTracker {
                     return;
                 }
                 if let Some(reason) = &waiting {
-                    out.push((CONTAINER_WAITING_EVENT, waiting_event(&base, c, reason)));
+                    out.push((types::CONTAINER_WAITING, waiting_event(&base, c, reason)));
                 }
                 if let Some(t) = &c.state.terminated {
-                    out.push((CONTAINER_TERMINATED_EVENT, terminated_event(&base, t)));
+                    out.push((types::CONTAINER_TERMINATED, terminated_event(&base, t)));
                 }
             }
             Some(prev) => {
                 if let Some(reason) = &waiting
                     && prev.waiting.as_ref() != Some(reason)
                 {
-                    out.push((CONTAINER_WAITING_EVENT, waiting_event(&base, c, reason)));
+                    out.push((types::CONTAINER_WAITING, waiting_event(&base, c, reason)));
                 }
                 if let Some(t) = termination
                     && prev.terminated != terminated_id
                 {
-                    out.push((CONTAINER_TERMINATED_EVENT, terminated_event(&base, t)));
+                    out.push((types::CONTAINER_TERMINATED, terminated_event(&base, t)));
                 }
                 if c.restart_count > prev.restart_count {
                     out.push((
-                        CONTAINER_RESTARTED_EVENT,
+                        types::CONTAINER_RESTARTED,
                         ContainerEvent {
                             previous_restart_count: Some(prev.restart_count),
                             reason: termination.and_then(|t| t.reason.clone()),
@@ -302,7 +301,7 @@ impl TransitionTracker {
                     ));
                 }
                 if c.ready != prev.ready {
-                    out.push((CONTAINER_READINESS_EVENT, base.clone()));
+                    out.push((types::CONTAINER_READINESS, base.clone()));
                 }
             }
         }
@@ -423,24 +422,16 @@ impl Poller {
                         .store(tracker.untracked(), Ordering::Relaxed);
                     for (event_type, payload) in transitions {
                         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
-                        let meta = payload.clone();
-                        let _ = self.emitter.emit_payload(event_type, &payload, |e| {
-                            let mut e = e
-                                .with_metadata("k8s.pod.uid", meta.pod_uid)
-                                .with_metadata("k8s.pod.name", meta.pod_name)
-                                .with_metadata("k8s.namespace.name", meta.namespace)
-                                .with_metadata("k8s.container.name", meta.container);
-                            if let Some(id) = meta.container_id {
-                                e = e.with_metadata("container.id", id);
-                            }
-                            e
-                        });
+                        let metadata = container_metadata(&payload);
+                        let mut e = self.emitter.event(event_type, payload);
+                        e.metadata = metadata;
+                        self.emitter.emit(e);
                     }
                 }
                 Err(err) => {
                     self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
                     self.emitter.error();
-                    problem = Some(err.to_string());
+                    problem = Some(ErrorChain(&err).to_string());
                 }
             },
             Err(err) => {
@@ -457,7 +448,7 @@ impl Poller {
                     Err(err) => {
                         self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
                         self.emitter.error();
-                        problem.get_or_insert(err.to_string());
+                        problem.get_or_insert(ErrorChain(&err).to_string());
                     }
                 },
                 Err(err) => {
@@ -474,5 +465,60 @@ impl Poller {
             }
             None => self.health.clear(PART),
         }
+    }
+}
+
+/// Semantic-convention metadata of a container event.
+pub(crate) fn container_metadata(c: &ContainerEvent) -> Metadata {
+    let mut m = Metadata::with_capacity(5);
+    m.insert("k8s.pod.uid", c.pod_uid.as_str());
+    m.insert("k8s.pod.name", c.pod_name.as_str());
+    m.insert("k8s.namespace.name", c.namespace.as_str());
+    m.insert("k8s.container.name", c.container.as_str());
+    if let Some(id) = &c.container_id {
+        m.insert("container.id", id.as_str());
+    }
+    m
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn display_names_the_step_and_the_chain_has_the_cause() {
+        let err = KubeletError::File {
+            what: "CA",
+            path: "/nonexistent/ca.pem".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(err.to_string(), "kubelet: read CA /nonexistent/ca.pem");
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "kubelet: read CA /nonexistent/ca.pem: entity not found"
+        );
+    }
+
+    #[test]
+    fn container_metadata_uses_semconv_keys() {
+        let c = ContainerEvent {
+            pod_uid: "uid-1".into(),
+            pod_name: "api-0".into(),
+            namespace: "shop".into(),
+            container: "api".into(),
+            container_id: Some("abc".into()),
+            ..serde_json::from_value(serde_json::json!({
+                "pod_uid": "", "pod_name": "", "namespace": "", "container": "",
+                "restart_count": 0, "ready": true
+            }))
+            .expect("minimal container event")
+        };
+        let m = container_metadata(&c);
+        assert_eq!(m["k8s.pod.uid"], "uid-1");
+        assert_eq!(m["k8s.pod.name"], "api-0");
+        assert_eq!(m["k8s.namespace.name"], "shop");
+        assert_eq!(m["k8s.container.name"], "api");
+        assert_eq!(m["container.id"], "abc");
+        assert_eq!(m.len(), 5);
     }
 }

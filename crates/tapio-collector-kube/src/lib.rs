@@ -14,7 +14,7 @@
 //!   states) and, for `modified`, which of those changed
 //!   ([`KubeObjectEvent::changed`]). Relations: pod → node and owner chain
 //!   (pod → ReplicaSet → Deployment), service → selected pods, event →
-//!   involved object. [`NODE_PRESSURE_EVENT`] reports node pressure
+//!   involved object. [`types::NODE_PRESSURE`] reports node pressure
 //!   conditions flipping.
 //! - Every object version is diffed against a compact cache (uid →
 //!   resourceVersion and state): a relist after `410 Gone` reports only
@@ -24,18 +24,27 @@
 //! - [`NamespaceFilter`]: include / exclude lists (default excludes
 //!   `kube-system`, `kube-public`, `kube-node-lease`).
 //! - A W3C `traceparent` annotation (`traceparent` or `<prefix>/traceparent`)
-//!   is propagated into the event's trace id.
+//!   is propagated into the event's trace context: same trace id, the
+//!   parent span in [`RawEvent::parent_span_id`](tapio_core::RawEvent::parent_span_id).
+//! - Metadata is typed: `k8s.<kind>.name` / `.uid` where OpenTelemetry
+//!   semantic conventions define them (pod, node, deployment, replicaset,
+//!   statefulset, daemonset, job, cronjob; `k8s.namespace.name`),
+//!   `tapio.k8s.<kind>.name` / `.uid` otherwise (service, event, configmap
+//!   …), `k8s.node.name` of a pod, the involved object of an event, and
+//!   `tapio.k8s.resource_version` (an opaque string). Kubelet container
+//!   events carry `k8s.pod.uid`, `k8s.pod.name`, `k8s.namespace.name`,
+//!   `k8s.container.name`, `container.id`.
 //! - Pods fill the [`PodDirectory`](tapio_core::pod::PodDirectory) passed in
-//!   [`CollectorContext::pods`], so core's `Emitter::attach_cgroup` names
+//!   [`CollectorContext::pods`](tapio_core::CollectorContext::pods), so core's `Emitter::attach_cgroup` names
 //!   the pod and namespace of other collectors' cgroup-attributed events.
 //!
 //! **Kubelet** ([`KubeletConfig`]): `/pods` and `/stats/summary` are polled
 //! over HTTPS (bearer token or client certificate; CA verification unless
 //! `insecure_skip_tls_verify` is set) and only transitions are emitted:
-//! waiting reasons ([`CONTAINER_WAITING_EVENT`]), terminations with exit code
-//! and reason ([`CONTAINER_TERMINATED_EVENT`]), restart-count increases
-//! ([`CONTAINER_RESTARTED_EVENT`]) and readiness flips
-//! ([`CONTAINER_READINESS_EVENT`]). Usage becomes gauges ([`metrics`]).
+//! waiting reasons ([`types::CONTAINER_WAITING`]), terminations with exit code
+//! and reason ([`types::CONTAINER_TERMINATED`]), restart-count increases
+//! ([`types::CONTAINER_RESTARTED`]) and readiness flips
+//! ([`types::CONTAINER_READINESS`]). Usage becomes gauges ([`metrics`]).
 //!
 //! Every call goes through [`tapio_core::resilience`] retry and a circuit
 //! breaker; health has one part per watch (`watch:pods`, …) and `kubelet`.
@@ -54,11 +63,14 @@
 //! kube.start(CollectorContext::default()).await?;
 //! while let Some(event) = events.recv().await {
 //!     if event.event_type.starts_with("kube.pod.") {
-//!         let pod: KubeObjectEvent = event.payload()?;
+//!         // The payload travels typed: no decoding.
+//!         let pod = event.payload_ref::<KubeObjectEvent>().expect("object payload");
 //!         println!("{} {}/{} rv {} changed {:?}", event.event_type,
-//!                  pod.namespace.unwrap_or_default(), pod.name, pod.resource_version, pod.changed);
+//!                  pod.namespace.as_deref().unwrap_or_default(), pod.name,
+//!                  pod.resource_version, pod.changed);
 //!     }
 //! }
+//! println!("{:?}", kube.observer().stats());
 //! # Ok(()) }
 //! ```
 
@@ -66,14 +78,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use parking_lot::Mutex;
-use tapio_core::collector::TaskGroup;
-use tapio_core::health::HealthParts;
+use tapio_core::collector::{Started, TaskGroup};
 use tapio_core::resilience::CircuitBreaker;
-use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
-};
+use tapio_core::{CollectorError, ErrorChain, Managed, Observer, OverflowPolicy};
 
 mod config;
 pub mod decode;
@@ -87,10 +94,8 @@ mod watch;
 
 pub use config::{BreakerConfig, KubeConfig, KubeletConfig, NamespaceFilter, RetryConfig};
 pub use events::{
-    Action, CONTAINER_READINESS_EVENT, CONTAINER_RESTARTED_EVENT, CONTAINER_TERMINATED_EVENT,
-    CONTAINER_WAITING_EVENT, ContainerEvent, ContainerState, EventDetails, KubeObjectEvent,
-    NODE_PRESSURE_EVENT, NodePressureEvent, ObjectRef, ObjectStatus, OwnerRef, Relations, Replicas,
-    object_event_type,
+    Action, ContainerEvent, ContainerState, EventDetails, KubeObjectEvent, NodePressureEvent,
+    ObjectRef, ObjectStatus, OwnerRef, Relations, Replicas, object_event_type, types,
 };
 /// The kube-rs client the collector is built on.
 pub use kube;
@@ -98,12 +103,12 @@ pub use kubelet::KubeletError;
 pub use resources::WatchedResource;
 
 use crate::kubelet::{KubeletCounters, Poller, TransitionTracker, Usage};
-use crate::watch::{Cache, Counters, Engine, Outcome};
+use crate::watch::{Cache, Counters, Outcome, Watcher};
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "kube";
 
-/// Counters of a running or stopped collector (see [`KubeCollector::stats`]).
+/// Counters of a running or stopped collector (see [`Kube::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KubeStats {
     /// `kube.*.added` events.
@@ -140,39 +145,46 @@ pub struct KubeStats {
     pub kubelet_untracked: u64,
 }
 
-struct Running {
+/// What a running kube collector holds: its watch and kubelet tasks.
+#[derive(Debug)]
+pub struct KubeRunning {
     tasks: TaskGroup,
 }
 
-/// The kube collector. See the crate docs.
-pub struct KubeCollector {
-    base: CollectorBase,
+/// The kube observer: settings, counters, the object cache and the circuit
+/// breakers, which outlive a run. Used through [`KubeCollector`]; reach it
+/// with [`Managed::observer`] for [`stats`](Kube::stats) and
+/// [`config`](Kube::config).
+pub struct Kube {
     config: Arc<KubeConfig>,
     counters: Arc<Counters>,
     kubelet_counters: Arc<KubeletCounters>,
     usage: Arc<Usage>,
     cache: Arc<Cache>,
-    health: Arc<HealthParts>,
     breaker: CircuitBreaker,
     kubelet_breaker: CircuitBreaker,
     instruments: OnceLock<()>,
-    running: Mutex<Option<Running>>,
 }
 
-impl std::fmt::Debug for KubeCollector {
+/// The kube collector. See the crate docs.
+pub type KubeCollector = Managed<Kube>;
+
+impl std::fmt::Debug for Kube {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeCollector")
+        f.debug_struct("Kube")
             .field("config", &self.config)
-            .field("base", &self.base)
+            .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
 }
 
-impl KubeCollector {
-    /// A stopped collector with `config` (checked on [`Collector::start`]).
-    pub fn new(config: KubeConfig) -> Self {
-        let base = CollectorBase::new(NAME, config.queue_capacity, config.overflow);
-        let health = Arc::new(HealthParts::new(base.health_cell().clone()));
+impl Observer for Kube {
+    const NAME: &'static str = NAME;
+    type Config = KubeConfig;
+    type Running = KubeRunning;
+
+    /// A stopped collector with `config` (checked on start).
+    fn new(config: KubeConfig) -> Self {
         Self {
             breaker: CircuitBreaker::new(config.breaker.breaker()),
             kubelet_breaker: CircuitBreaker::new(
@@ -183,108 +195,20 @@ impl KubeCollector {
                     .unwrap_or_default()
                     .breaker(),
             ),
-            base,
             counters: Arc::default(),
             kubelet_counters: Arc::default(),
             usage: Arc::default(),
             cache: Arc::default(),
-            health,
             instruments: OnceLock::new(),
-            running: Mutex::new(None),
             config: Arc::new(config),
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &KubeConfig {
-        &self.config
+    fn queue(config: &KubeConfig) -> (usize, OverflowPolicy) {
+        (config.queue_capacity, config.overflow)
     }
 
-    /// The collector's own counters.
-    pub fn stats(&self) -> KubeStats {
-        let c = &self.counters;
-        let k = &self.kubelet_counters;
-        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        KubeStats {
-            added: l(&c.added),
-            modified: l(&c.modified),
-            deleted: l(&c.deleted),
-            duplicates_skipped: l(&c.duplicates),
-            relists: l(&c.relists),
-            decode_errors: l(&c.decode_errors),
-            watch_errors: l(&c.watch_errors),
-            reconnects: l(&c.reconnects),
-            cache_refused: l(&c.cache_refused),
-            cached_objects: c.cached.load(Ordering::Relaxed) as u64,
-            node_pressure_events: l(&c.pressure_events),
-            kubelet_polls: l(&k.polls),
-            kubelet_errors: l(&k.errors),
-            kubelet_decode_errors: l(&k.decode_errors),
-            kubelet_transitions: l(&k.transitions),
-            kubelet_untracked: l(&k.untracked),
-        }
-    }
-
-    fn peer_error(&self, peer: &str, message: String) -> CollectorError {
-        CollectorError::Peer {
-            collector: NAME.to_string(),
-            peer: peer.to_string(),
-            source: message.into(),
-        }
-    }
-
-    async fn api_client(&self) -> Result<(kube::Client, String), CollectorError> {
-        let timeout = Some(Duration::from_millis(self.config.request_timeout_ms));
-        let mut config = match &self.config.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                    CollectorError::Config {
-                        collector: NAME.to_string(),
-                        message: format!("kubeconfig {}: {e}", path.display()),
-                    }
-                })?;
-                let options = kube::config::KubeConfigOptions {
-                    context: self.config.context.clone(),
-                    ..Default::default()
-                };
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .map_err(|e| CollectorError::Config {
-                        collector: NAME.to_string(),
-                        message: format!("kubeconfig {}: {e}", path.display()),
-                    })?
-            }
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| CollectorError::Config {
-                    collector: NAME.to_string(),
-                    message: format!("no kubeconfig given and none could be inferred: {e}"),
-                })?,
-        };
-        config.connect_timeout = timeout;
-        let url = config.cluster_url.to_string();
-        let client =
-            kube::Client::try_from(config).map_err(|e| self.peer_error(&url, e.to_string()))?;
-        Ok((client, url))
-    }
-
-    fn register_instruments(&self) {
-        self.instruments.get_or_init(|| {
-            let emitter = self.base.emitter();
-            let meter = emitter
-                .telemetry()
-                .map(|t| t.meter().clone())
-                .unwrap_or_else(tapio_core::telemetry::noop_meter);
-            metrics::register(
-                &meter,
-                self.counters.clone(),
-                self.kubelet_counters.clone(),
-                self.usage.clone(),
-            );
-        });
-    }
-
-    async fn start_inner(&self) -> Result<Running, CollectorError> {
+    async fn start(&self, cx: Started) -> Result<KubeRunning, CollectorError> {
         self.config
             .validate()
             .map_err(|message| CollectorError::Config {
@@ -292,18 +216,25 @@ impl KubeCollector {
                 message,
             })?;
         ensure_crypto_provider();
-        self.register_instruments();
+        self.instruments.get_or_init(|| {
+            metrics::register(
+                &cx.ctx.meter,
+                self.counters.clone(),
+                self.kubelet_counters.clone(),
+                self.usage.clone(),
+            );
+        });
         let mut tasks = TaskGroup::default();
-        let emitter = self.base.emitter();
+        let emitter = cx.emitter.clone();
         let mut outcomes = None;
         if self.config.watch_api {
             let (client, url) = self.api_client().await?;
-            self.health.detail("api_server", url);
-            let engine = Arc::new(Engine {
+            cx.health.detail("api_server", url);
+            let watcher = Arc::new(Watcher {
                 config: self.config.clone(),
                 client,
                 emitter: emitter.clone(),
-                health: self.health.clone(),
+                health: cx.health.clone(),
                 breaker: self.breaker.clone(),
                 counters: self.counters.clone(),
                 cache: self.cache.clone(),
@@ -312,18 +243,24 @@ impl KubeCollector {
             });
             let (tx, rx) = tokio::sync::mpsc::channel(self.config.resources.len().max(1));
             for &r in &self.config.resources {
-                tasks.push(tokio::spawn(engine.clone().run(r, tx.clone())));
+                tasks.push(tokio::spawn(watcher.clone().run(r, tx.clone())));
             }
             outcomes = Some(rx);
         }
         if let Some(k) = &self.config.kubelet {
-            let client = kubelet::client(k).map_err(|e| self.peer_error(&k.url, e.to_string()))?;
-            self.health.detail("kubelet", k.url.clone());
+            let client = match kubelet::client(k) {
+                Ok(client) => client,
+                Err(err) => {
+                    tasks.shutdown(NAME).await;
+                    return Err(peer_error(&k.url, err));
+                }
+            };
+            cx.health.detail("kubelet", k.url.clone());
             let poller = Poller {
                 config: k.clone(),
                 client,
                 emitter: emitter.clone(),
-                health: self.health.clone(),
+                health: cx.health.clone(),
                 breaker: self.kubelet_breaker.clone(),
                 retry: self.config.retry.policy(),
                 counters: self.kubelet_counters.clone(),
@@ -348,7 +285,7 @@ impl KubeCollector {
                         message,
                     })) => {
                         tasks.shutdown(NAME).await;
-                        return Err(self.peer_error("kube-apiserver", message));
+                        return Err(peer_error("kube-apiserver", message));
                     }
                     Ok(Some(Outcome::Failed {
                         fatal: false,
@@ -365,7 +302,93 @@ impl KubeCollector {
                 }
             }
         }
-        Ok(Running { tasks })
+        Ok(KubeRunning { tasks })
+    }
+
+    async fn stop(&self, running: KubeRunning) -> Result<(), CollectorError> {
+        running.tasks.shutdown(NAME).await;
+        Ok(())
+    }
+}
+
+/// A peer error: the message names the peer, `cause` is the source.
+fn peer_error(
+    peer: &str,
+    cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> CollectorError {
+    CollectorError::Peer {
+        collector: NAME.to_string(),
+        peer: peer.to_string(),
+        source: cause.into(),
+    }
+}
+
+impl Kube {
+    /// The configuration.
+    pub fn config(&self) -> &KubeConfig {
+        &self.config
+    }
+
+    /// The collector's own counters (they survive restarts).
+    pub fn stats(&self) -> KubeStats {
+        let c = &self.counters;
+        let k = &self.kubelet_counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        KubeStats {
+            added: l(&c.added),
+            modified: l(&c.modified),
+            deleted: l(&c.deleted),
+            duplicates_skipped: l(&c.duplicates),
+            relists: l(&c.relists),
+            decode_errors: l(&c.decode_errors),
+            watch_errors: l(&c.watch_errors),
+            reconnects: l(&c.reconnects),
+            cache_refused: l(&c.cache_refused),
+            cached_objects: c.cached.load(Ordering::Relaxed) as u64,
+            node_pressure_events: l(&c.pressure_events),
+            kubelet_polls: l(&k.polls),
+            kubelet_errors: l(&k.errors),
+            kubelet_decode_errors: l(&k.decode_errors),
+            kubelet_transitions: l(&k.transitions),
+            kubelet_untracked: l(&k.untracked),
+        }
+    }
+
+    async fn api_client(&self) -> Result<(kube::Client, String), CollectorError> {
+        let timeout = Some(Duration::from_millis(self.config.request_timeout_ms));
+        let mut config = match &self.config.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    CollectorError::Config {
+                        collector: NAME.to_string(),
+                        message: format!("kubeconfig {}: {}", path.display(), ErrorChain(&e)),
+                    }
+                })?;
+                let options = kube::config::KubeConfigOptions {
+                    context: self.config.context.clone(),
+                    ..Default::default()
+                };
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|e| CollectorError::Config {
+                        collector: NAME.to_string(),
+                        message: format!("kubeconfig {}: {}", path.display(), ErrorChain(&e)),
+                    })?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| CollectorError::Config {
+                    collector: NAME.to_string(),
+                    message: format!(
+                        "no kubeconfig given and none could be inferred: {}",
+                        ErrorChain(&e)
+                    ),
+                })?,
+        };
+        config.connect_timeout = timeout;
+        let url = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config).map_err(|e| peer_error(&url, e))?;
+        Ok((client, url))
     }
 }
 
@@ -375,40 +398,5 @@ impl KubeCollector {
 fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
-
-#[async_trait]
-impl Collector for KubeCollector {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        let keep = |running| *self.running.lock() = Some(running);
-        self.base
-            .start_with_parts(&ctx, &self.health, self.start_inner(), keep)
-            .await
-    }
-
-    async fn stop(&self) -> Result<(), CollectorError> {
-        self.base
-            .stop_with(async {
-                let running = self.running.lock().take();
-                if let Some(running) = running {
-                    running.tasks.shutdown(NAME).await;
-                }
-                self.health.reset();
-                Ok(())
-            })
-            .await
-    }
-
-    fn events(&self) -> Result<EventReceiver, CollectorError> {
-        self.base.take_events()
-    }
-
-    fn health(&self) -> HealthReport {
-        self.base.report()
     }
 }

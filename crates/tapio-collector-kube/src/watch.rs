@@ -16,15 +16,15 @@ use parking_lot::RwLock;
 use tapio_core::health::HealthParts;
 use tapio_core::pod::PodDirectory;
 use tapio_core::resilience::CircuitBreaker;
-use tapio_core::{Emitter, RawEvent};
+use tapio_core::{Emitter, ErrorChain, Metadata};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KubeConfig;
 use crate::decode::ObjectSnapshot;
 use crate::events::{
-    Action, KubeObjectEvent, NODE_PRESSURE_EVENT, NodePressureEvent, ObjectRef, ObjectStatus,
-    OwnerRef, Relations, object_event_type,
+    Action, KubeObjectEvent, NodePressureEvent, ObjectRef, ObjectStatus, OwnerRef, Relations,
+    object_event_type, types,
 };
 use crate::resources::WatchedResource;
 
@@ -139,7 +139,7 @@ pub(crate) enum Outcome {
 }
 
 /// Everything the watch tasks share.
-pub(crate) struct Engine {
+pub(crate) struct Watcher {
     pub config: Arc<KubeConfig>,
     pub client: kube::Client,
     pub emitter: Emitter,
@@ -208,7 +208,7 @@ struct WatchState {
     synced_once: bool,
 }
 
-impl Engine {
+impl Watcher {
     fn stream(
         &self,
         r: WatchedResource,
@@ -291,7 +291,7 @@ impl Engine {
                     if let Some(p) = permit {
                         p.record_success();
                     }
-                    tracing::warn!(parent: &span, error = %err, "undecodable watch event");
+                    tracing::warn!(parent: &span, error = %ErrorChain(&err), "undecodable watch event");
                 }
                 Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                     // The resourceVersion is gone: the watcher relists; the
@@ -515,12 +515,11 @@ impl Engine {
             self.counters
                 .pressure_events
                 .fetch_add(1, Ordering::Relaxed);
-            let node = snap.name.clone();
-            let _ = self
+            let e = self
                 .emitter
-                .emit_payload(NODE_PRESSURE_EVENT, &payload, |e| {
-                    e.with_metadata("k8s.node.name", node)
-                });
+                .event(types::NODE_PRESSURE, payload)
+                .with_metadata("k8s.node.name", snap.name.as_str());
+            self.emitter.emit(e);
         }
     }
 
@@ -613,42 +612,79 @@ impl Engine {
             event: snap.event.clone(),
             from_relist,
         };
-        let kind = r.kind_lower();
-        let result =
-            self.emitter
-                .emit_payload(&object_event_type(kind, action), &payload, |e: RawEvent| {
-                    decorate(e, r, snap)
-                });
-        if let Err(err) = result {
-            tracing::error!(error = %err, "kube event did not serialize");
+        let metadata = object_metadata(r, snap);
+        let mut e = self
+            .emitter
+            .event(&object_event_type(r.kind_lower(), action), payload);
+        e.metadata = metadata;
+        if let Some(tp) = &snap.traceparent {
+            e = e.with_traceparent(tp);
         }
+        self.emitter.emit(e);
     }
 }
 
-/// Metadata (OpenTelemetry k8s conventions) and trace context of an object event.
-fn decorate(mut e: RawEvent, r: WatchedResource, snap: &ObjectSnapshot) -> RawEvent {
+/// Kinds whose `k8s.<kind>.name` / `.uid` OpenTelemetry semantic
+/// conventions define.
+const SEMCONV_KINDS: &[&str] = &[
+    "pod",
+    "node",
+    "deployment",
+    "replicaset",
+    "statefulset",
+    "daemonset",
+    "job",
+    "cronjob",
+];
+
+/// The metadata key of `field` (`name`, `uid`) of an object of `kind`
+/// (lower case): `k8s.<kind>.<field>` where semantic conventions define it
+/// (and `k8s.namespace.name`), else our own `tapio.k8s.<kind>.<field>`.
+pub(crate) fn object_key(kind: &str, field: &str) -> String {
+    if SEMCONV_KINDS.contains(&kind) || (kind == "namespace" && field == "name") {
+        format!("k8s.{kind}.{field}")
+    } else {
+        format!("tapio.k8s.{kind}.{field}")
+    }
+}
+
+/// Metadata of an object event: OpenTelemetry k8s conventions where they
+/// exist, `tapio.k8s.*` otherwise; the resourceVersion is an opaque string.
+pub(crate) fn object_metadata(r: WatchedResource, snap: &ObjectSnapshot) -> Metadata {
     let kind = r.kind_lower();
-    e.metadata
-        .insert(format!("k8s.{kind}.name"), snap.name.clone());
-    e.metadata
-        .insert(format!("k8s.{kind}.uid"), snap.uid.clone());
+    let mut m = Metadata::with_capacity(8);
+    m.insert(object_key(kind, "name"), snap.name.as_str());
+    m.insert(object_key(kind, "uid"), snap.uid.as_str());
     if let Some(ns) = &snap.namespace {
-        e.metadata.insert("k8s.namespace.name", ns.clone());
+        m.insert("k8s.namespace.name", ns.as_str());
     }
     if let Some(node) = &snap.node {
-        e.metadata.insert("k8s.node.name", node.clone());
+        m.insert("k8s.node.name", node.as_str());
     }
     if let Some(obj) = &snap.involved_object {
         let k = obj.kind.to_lowercase();
-        e.metadata.insert(format!("k8s.{k}.name"), obj.name.clone());
+        m.insert(object_key(&k, "name"), obj.name.as_str());
         if let Some(uid) = &obj.uid {
-            e.metadata.insert(format!("k8s.{k}.uid"), uid.clone());
+            m.insert(object_key(&k, "uid"), uid.as_str());
         }
     }
-    e.metadata
-        .insert("k8s.resource_version", snap.resource_version.clone());
-    match &snap.traceparent {
-        Some(tp) => e.with_traceparent(tp),
-        None => e,
+    m.insert("tapio.k8s.resource_version", snap.resource_version.as_str());
+    m
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::object_key;
+
+    #[test]
+    fn semconv_keys_where_defined_and_ours_elsewhere() {
+        assert_eq!(object_key("pod", "uid"), "k8s.pod.uid");
+        assert_eq!(object_key("deployment", "name"), "k8s.deployment.name");
+        assert_eq!(object_key("node", "name"), "k8s.node.name");
+        assert_eq!(object_key("namespace", "name"), "k8s.namespace.name");
+        assert_eq!(object_key("namespace", "uid"), "tapio.k8s.namespace.uid");
+        assert_eq!(object_key("service", "name"), "tapio.k8s.service.name");
+        assert_eq!(object_key("event", "uid"), "tapio.k8s.event.uid");
+        assert_eq!(object_key("configmap", "name"), "tapio.k8s.configmap.name");
     }
 }

@@ -118,7 +118,24 @@ async fn watch_reports_exact_objects_changes_and_relations() {
         "4bf92f3577b34da6a3ce929d0e0e4736",
         "traceparent annotation propagated"
     );
+    assert_eq!(
+        web0_added
+            .parent_span_id()
+            .map(|s| s.to_string())
+            .as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    assert!(matches!(
+        web0_added.trace_origin,
+        tapio_core::TraceOrigin::Propagated { sampled: true, .. }
+    ));
+    assert!(!web0_added.metadata.contains_key("trace.parent_span_id"));
     assert_eq!(web0_added.metadata["k8s.pod.name"], "web-0");
+    assert_eq!(web0_added.metadata["k8s.pod.uid"], p.uid.as_str());
+    assert_eq!(
+        web0_added.metadata["tapio.k8s.resource_version"],
+        p.resource_version.as_str()
+    );
     assert_eq!(web0_added.metadata["k8s.namespace.name"], "shop");
     assert_eq!(web0_added.metadata["k8s.node.name"], "node-a");
     let dep = payload(&initial[&k("kube.deployment.added", "web")]);
@@ -142,6 +159,11 @@ async fn watch_reports_exact_objects_changes_and_relations() {
     assert_eq!(modified[0].event_type, "kube.pod.modified");
     assert_eq!((m.name.as_str(), m.uid.as_str()), ("web-0", p.uid.as_str()));
     assert_eq!(m.resource_version, rv.to_string());
+    assert_eq!(
+        modified[0].metadata["tapio.k8s.resource_version"],
+        rv.to_string().as_str()
+    );
+    assert_eq!(modified[0].trace_origin, web0_added.trace_origin);
     assert_eq!(m.changed, ["phase", "conditions", "container_statuses"]);
     assert_eq!(m.status.phase.as_deref(), Some("Running"));
     assert_eq!(
@@ -197,7 +219,11 @@ async fn watch_reports_exact_objects_changes_and_relations() {
     assert_eq!(involved.uid.as_deref(), Some(p.uid.as_str()));
     assert_eq!(e.event.as_ref().unwrap().reason.as_deref(), Some("BackOff"));
     assert_eq!(e.event.unwrap().count, Some(3));
-    assert_eq!(ev[0].metadata["k8s.pod.uid"], p.uid);
+    assert_eq!(ev[0].metadata["k8s.pod.uid"], p.uid.as_str());
+    assert_eq!(ev[0].metadata["k8s.pod.name"], "web-0");
+    // No semantic convention for Event objects: our own key.
+    assert_eq!(ev[0].metadata["tapio.k8s.event.name"], "web-0.1");
+    assert!(!ev[0].metadata.contains_key("k8s.event.name"));
 
     // Delete.
     let rv = s.delete("pods", Some("shop"), "web-0");
@@ -215,7 +241,7 @@ async fn watch_reports_exact_objects_changes_and_relations() {
     exactly(&mut rx, 0, 300).await;
     assert_eq!(pods.len(), 1);
 
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!((stats.added, stats.modified, stats.deleted), (6, 3, 1));
     assert_eq!(stats.decode_errors, 0);
     assert!(collector.is_healthy(), "{:?}", collector.health());
@@ -301,7 +327,7 @@ async fn relist_after_410_reports_only_real_changes() {
         .find(|e| e.event_type == "kube.pod.modified")
         .unwrap();
     assert_eq!(payload(modified).changed, ["phase"]);
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(stats.relists, 1);
     assert_eq!(stats.duplicates_skipped, 2, "p0 and p3 relisted unchanged");
     assert_eq!(stats.added, 5);
@@ -368,7 +394,7 @@ async fn resume_after_dropped_connection_loses_and_repeats_nothing() {
         ]
     );
     assert!(rv_a < rv_b);
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(
         stats.relists, 0,
         "resumed from the last resourceVersion, no relist"
@@ -412,7 +438,7 @@ async fn bookmark_advances_the_resume_point() {
     let events = exactly(&mut rx, 1, 500).await;
     assert_eq!(payload(&events[0]).resource_version, rv.to_string());
     assert_eq!(
-        collector.stats().relists,
+        collector.observer().stats().relists,
         0,
         "resumed at the bookmark (rv 4)"
     );
@@ -442,7 +468,7 @@ async fn malformed_watch_line_is_counted_and_the_stream_continues() {
     let events = exactly(&mut rx, 1, 300).await;
     assert_eq!(payload(&events[0]).name, "after");
     assert_eq!(payload(&events[0]).resource_version, rv.to_string());
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(stats.decode_errors, 2);
     assert_eq!(stats.relists, 0);
     assert_eq!(collector.health().stats.errors, 2);
@@ -460,7 +486,9 @@ async fn wrong_token_fails_start_with_401() {
         .start(CollectorContext::default())
         .await
         .expect_err("401 must fail start");
-    let message = err.to_string();
+    // The message names the step; the server's answer is the source.
+    assert_eq!(err.to_string(), "kube: peer kube-apiserver");
+    let message = tapio_core::ErrorChain(&err).to_string();
     assert!(
         message.contains("401") || message.contains("Unauthorized"),
         "{message}"
@@ -511,7 +539,7 @@ async fn untrusted_ca_is_rejected() {
         peer.server.requests().is_empty(),
         "no request got through TLS"
     );
-    assert!(collector.stats().watch_errors >= 1);
+    assert!(collector.observer().stats().watch_errors >= 1);
     exactly(&mut rx, 0, 100).await;
     stop(&collector).await;
 }
@@ -532,7 +560,7 @@ async fn configmaps_are_watched_metadata_only() {
     let p = payload(&events[0]);
     assert_eq!(events[0].event_type, "kube.configmap.added");
     assert_eq!(p.labels["a"], "b");
-    let raw = String::from_utf8(events[0].data.to_vec()).unwrap();
+    let raw = events[0].to_json_line().unwrap();
     assert!(!raw.contains("hunter2"));
     let list = s
         .requests()
@@ -564,7 +592,10 @@ async fn node_pressure_condition_flip_is_reported() {
     let events = exactly(&mut rx, 2, 200).await;
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["kube.node.pressure", "kube.node.modified"]);
-    let p: tapio_collector_kube::NodePressureEvent = events[0].payload().unwrap();
+    let p: tapio_collector_kube::NodePressureEvent = events[0]
+        .payload_ref::<tapio_collector_kube::NodePressureEvent>()
+        .unwrap()
+        .clone();
     assert_eq!(
         (
             p.node.as_str(),
@@ -575,6 +606,6 @@ async fn node_pressure_condition_flip_is_reported() {
         ("node-a", "MemoryPressure", "True", Some("False"))
     );
     assert_eq!(payload(&events[1]).changed, ["conditions"]);
-    assert_eq!(collector.stats().node_pressure_events, 1);
+    assert_eq!(collector.observer().stats().node_pressure_events, 1);
     stop(&collector).await;
 }

@@ -93,7 +93,12 @@ async fn scripted_pods_sequence_yields_exact_transitions() {
     exactly(&mut rx, 0, 100).await; // same document again: nothing
     let got: Vec<(String, ContainerEvent)> = events
         .iter()
-        .map(|e| (e.event_type.to_string(), e.payload().unwrap()))
+        .map(|e| {
+            let c = e
+                .payload_ref::<ContainerEvent>()
+                .expect("typed container payload");
+            (e.event_type.to_string(), c.clone())
+        })
         .collect();
     let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
@@ -141,7 +146,8 @@ async fn scripted_pods_sequence_yields_exact_transitions() {
     assert_eq!(pull[0].event_type, "kubelet.container.waiting");
     assert_eq!(
         pull[0]
-            .payload::<ContainerEvent>()
+            .payload_ref::<ContainerEvent>()
+            .cloned()
             .unwrap()
             .reason
             .as_deref(),
@@ -154,13 +160,13 @@ async fn scripted_pods_sequence_yields_exact_transitions() {
             "finishedAt": "2026-01-01T00:01:00Z", "containerID": format!("containerd://{CID1}")}}})));
     let ready = exactly(&mut rx, 1, 100).await;
     assert_eq!(ready[0].event_type, "kubelet.container.readiness");
-    let r: ContainerEvent = ready[0].payload().unwrap();
+    let r: ContainerEvent = ready[0].payload_ref::<ContainerEvent>().unwrap().clone();
     assert!(r.ready);
     assert_eq!(r.container_id.as_deref(), Some(CID2));
     polls(&peer, 3).await;
     exactly(&mut rx, 0, 100).await;
 
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(stats.kubelet_transitions, 6);
     assert_eq!(stats.kubelet_errors, 0);
     assert!(stats.kubelet_polls >= 10);
@@ -192,7 +198,7 @@ async fn kubelet_wrong_token_and_untrusted_ca_degrade_health() {
         message.contains("401") || message.contains("Unauthorized"),
         "{message}"
     );
-    assert!(wrong.stats().kubelet_errors >= 1);
+    assert!(wrong.observer().stats().kubelet_errors >= 1);
     exactly(&mut rx, 0, 50).await;
     stop(&wrong).await;
 
@@ -279,7 +285,7 @@ async fn kubelet_client_certificate_authenticates() {
         .unwrap();
     let events = exactly(&mut rx, 1, 300).await;
     assert_eq!(events[0].event_type, "kubelet.container.waiting");
-    let waiting: ContainerEvent = events[0].payload().unwrap();
+    let waiting: ContainerEvent = events[0].payload_ref::<ContainerEvent>().unwrap().clone();
     assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
     assert_eq!(
         authenticated.health().state,

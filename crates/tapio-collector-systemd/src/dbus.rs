@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use parking_lot::Mutex;
 use tapio_core::resilience::{BreakerError, CircuitBreaker, RetryError};
-use tapio_core::{DropStage, Emitter, RawEvent};
+use tapio_core::{Emitter, ErrorChain, Metadata};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -20,7 +20,7 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{Connection, MatchRule, Message, MessageStream};
 
 use crate::config::SystemdConfig;
-use crate::events::{UNIT_STATE_EVENT, keys};
+use crate::events::{UnitStateEvent, keys, types};
 use crate::filter::{UNIT_PATH_PREFIX, UnitFilter, unit_from_object_path};
 use tapio_core::health::HealthParts;
 
@@ -39,12 +39,14 @@ pub const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
 const DBUS_NAME: &str = "org.freedesktop.DBus";
 
-/// Why talking to the bus failed.
+/// Why talking to the bus failed. The message names the step; what zbus
+/// reported is the [`source`](std::error::Error::source) (print the whole
+/// with [`ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbusError {
     /// The bus could not be reached or refused the connection.
-    #[error("connect to {address}: {source}")]
+    #[error("connect to {address}")]
     Connect {
         /// The bus address.
         address: String,
@@ -60,7 +62,7 @@ pub enum DbusError {
         timeout: Duration,
     },
     /// A method call failed.
-    #[error("{call} on {address}: {source}")]
+    #[error("{call} on {address}")]
     Call {
         /// The bus address.
         address: String,
@@ -212,7 +214,7 @@ enum End {
 }
 
 /// The D-Bus part of a running collector.
-pub(crate) struct Engine {
+pub(crate) struct UnitWatcher {
     pub config: Arc<SystemdConfig>,
     pub emitter: Emitter,
     pub breaker: CircuitBreaker,
@@ -224,7 +226,7 @@ pub(crate) struct Engine {
     pub address: String,
 }
 
-impl Engine {
+impl UnitWatcher {
     pub(crate) fn new(
         config: Arc<SystemdConfig>,
         emitter: Emitter,
@@ -275,7 +277,8 @@ impl Engine {
                     async move { me.establish(kind).await }
                 })
                 .when(DbusError::is_retryable)
-                .notify(|err, delay| {
+                .notify(|err: &DbusError, delay| {
+                    let err = ErrorChain(err);
                     tracing::warn!(address = %self.address, error = %err, ?delay, "D-Bus connection failed; retrying");
                     self.health
                         .problem(health::DBUS, format!("{err}; retrying in {delay:.1?}"));
@@ -317,9 +320,10 @@ impl Engine {
                         BreakerError::Inner(e) => e,
                         BreakerError::Open { .. } => continue,
                     };
-                    tracing::error!(address = %self.address, error = %err, "D-Bus error that retrying cannot fix");
+                    let chain = ErrorChain(&err).to_string();
+                    tracing::error!(address = %self.address, error = %chain, "D-Bus error that retrying cannot fix");
                     self.emitter.error();
-                    self.health.problem(health::DBUS, err.to_string());
+                    self.health.problem(health::DBUS, chain);
                     if !established {
                         self.report(Outcome::Fatal(err));
                         return;
@@ -327,10 +331,7 @@ impl Engine {
                     self.pause(self.config.dbus.retry.policy().max_delay).await;
                 }
                 Err(err) => {
-                    let message = err.to_string();
-                    let detail = std::error::Error::source(&err)
-                        .map(|s| format!("{message}: {s}"))
-                        .unwrap_or(message);
+                    let detail = ErrorChain(&err).to_string();
                     self.emitter.error();
                     self.health.problem(health::DBUS, detail.clone());
                     self.report(Outcome::Retrying(detail));
@@ -395,7 +396,7 @@ impl Engine {
         async {
             let result = self.establish_inner(kind).await;
             if let Err(err) = &result {
-                tracing::warn!(error = %err, "connect failed");
+                tracing::warn!(error = %ErrorChain(err), "connect failed");
             }
             result
         }
@@ -454,7 +455,6 @@ impl Engine {
         let forwarder = {
             let overflow = overflow.clone();
             let counters = self.counters.clone();
-            let emitter = self.emitter.clone();
             tokio::spawn(async move {
                 // Drain the connection continuously so that it never stalls
                 // behind a slow consumer (which would also stall the replies
@@ -466,8 +466,10 @@ impl Engine {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             overflow.store(true, Ordering::Release);
+                            // Signals, not events: counted on their own
+                            // (`systemd_unit_signals_dropped_total`); the
+                            // re-read that follows reports the states.
                             Counters::add(&counters.signals_dropped, 1);
-                            emitter.dropped(DropStage::Queue, 1);
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => break,
                     }
@@ -603,20 +605,9 @@ impl Engine {
             .and_then(|us| i64::try_from(us).ok())
             .and_then(DateTime::from_timestamp_micros)
             .unwrap_or_else(Utc::now);
-        let raw = match RawEvent::new(UNIT_STATE_EVENT, self.emitter.source(), &event) {
-            Ok(raw) => raw,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot encode a unit state event");
-                self.emitter.error();
-                return;
-            }
-        };
-        let mut raw = raw
-            .with_timestamp(timestamp)
-            .with_metadata(keys::UNIT, event.unit);
-        if let Some(pid) = event.main_pid {
-            raw = raw.with_metadata(keys::PROCESS_PID, pid.to_string());
-        }
+        let metadata = unit_metadata(&event);
+        let mut raw = self.emitter.event_at(timestamp, types::UNIT_STATE, event);
+        raw.metadata = metadata;
         // Counted before it is queued, so that a consumer that has seen the
         // event also sees it counted.
         Counters::add(&self.counters.unit_events, 1);
@@ -644,9 +635,9 @@ impl Engine {
                         }
                     )
                 {
-                    return End::Lost(err.to_string());
+                    return End::Lost(ErrorChain(&err).to_string());
                 }
-                tracing::warn!(error = %err, "handling a systemd signal failed");
+                tracing::warn!(error = %ErrorChain(&err), "handling a systemd signal failed");
                 self.emitter.error();
             }
             if session.overflow.swap(false, Ordering::AcqRel) {
@@ -657,12 +648,12 @@ impl Engine {
                         break;
                     };
                     if let Err(err) = self.handle(&session.conn, &msg).await {
-                        tracing::debug!(error = %err, "signal during overflow recovery");
+                        tracing::debug!(error = %ErrorChain(&err), "signal during overflow recovery");
                     }
                 }
                 tracing::warn!("systemd signals were dropped; re-reading unit state");
                 if let Err(err) = self.sync(&session.conn, Seed::Resync).await {
-                    return End::Lost(err.to_string());
+                    return End::Lost(ErrorChain(&err).to_string());
                 }
             }
             if let Some(t) = self.emitter.telemetry() {
@@ -809,9 +800,23 @@ impl Engine {
     }
 }
 
+/// The typed metadata of a unit state event.
+pub(crate) fn unit_metadata(event: &UnitStateEvent) -> Metadata {
+    let mut m = Metadata::with_capacity(5);
+    m.insert(keys::UNIT, event.unit.as_str());
+    if let Some(pid) = event.main_pid {
+        m.insert(keys::PROCESS_PID, pid);
+    }
+    m.insert(keys::ACTIVE_STATE, event.current.active_state.as_str());
+    m.insert(keys::SUB_STATE, event.current.sub_state.as_str());
+    m.insert(keys::CLASSIFICATION, event.classification.as_str());
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Classification, UnitState};
 
     #[test]
     fn type_interfaces() {
@@ -868,5 +873,62 @@ mod tests {
             ))),
         };
         assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn error_display_names_the_step_and_chain_the_cause() {
+        let err = DbusError::Connect {
+            address: "unix:path=/nonexistent".into(),
+            source: zbus::Error::Address("no such socket".into()),
+        };
+        assert_eq!(err.to_string(), "connect to unix:path=/nonexistent");
+        let chain = tapio_core::ErrorChain(&err).to_string();
+        assert!(
+            chain.starts_with("connect to unix:path=/nonexistent: ")
+                && chain.contains("no such socket"),
+            "{chain}"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn unit_metadata_is_typed() {
+        let event = UnitStateEvent {
+            unit: "kubelet.service".into(),
+            previous: Some(UnitState::new("activating", "start")),
+            current: UnitState::new("active", "running"),
+            load_state: Some("loaded".into()),
+            result: Some("success".into()),
+            main_pid: Some(4321),
+            exec_main_code: Some(0),
+            exec_main_status: Some(0),
+            n_restarts: Some(0),
+            classification: Classification::Changed,
+            failed: false,
+            restarted: false,
+            flapping: false,
+            restarts_in_window: 0,
+            failures_in_window: 0,
+            job: None,
+            resync: false,
+        };
+        let m = unit_metadata(&event);
+        assert_eq!(
+            m.get(keys::PROCESS_PID),
+            Some(&tapio_core::metadata::Value::Int(4321))
+        );
+        assert_eq!(m[keys::UNIT], "kubelet.service");
+        assert_eq!(m[keys::ACTIVE_STATE], "active");
+        assert_eq!(m[keys::SUB_STATE], "running");
+        assert_eq!(m[keys::CLASSIFICATION], "changed");
+        assert!(
+            m.keys()
+                .all(|k| k == "process.pid" || k.starts_with("tapio.systemd."))
+        );
+        let no_pid = unit_metadata(&UnitStateEvent {
+            main_pid: None,
+            ..event
+        });
+        assert!(!no_pid.contains_key(keys::PROCESS_PID));
     }
 }

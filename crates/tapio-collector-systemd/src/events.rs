@@ -1,28 +1,34 @@
-//! Typed payloads of the systemd collector's events (the JSON in
-//! [`RawEvent::data`](tapio_core::RawEvent::data)); decode them with
+//! Typed payloads of the systemd collector's events. Each travels in the
+//! [`RawEvent::data`](tapio_core::RawEvent::data) as it was built: read it
+//! with [`RawEvent::payload_ref`](tapio_core::RawEvent::payload_ref) (no
+//! decoding), or decode an event read back from JSON with
 //! [`RawEvent::payload`](tapio_core::RawEvent::payload).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Event type of a unit state change (payload [`UnitStateEvent`]).
-pub const UNIT_STATE_EVENT: &str = "systemd.unit.state";
-/// Event type of a journal entry (payload [`JournalEntry`]).
-pub const JOURNAL_EVENT: &str = "systemd.journal";
+/// The event types the systemd collector emits.
+pub mod types {
+    /// A unit state change (payload [`UnitStateEvent`](crate::UnitStateEvent)).
+    pub const UNIT_STATE: &str = "systemd.unit.state";
+    /// A journal entry (payload [`JournalEntry`](crate::JournalEntry)).
+    pub const JOURNAL: &str = "systemd.journal";
+}
 
-/// Metadata keys the collector sets on its events.
+/// Metadata keys the collector sets on its events; values are typed
+/// (`process.pid` and `tapio.systemd.priority` are integers).
 ///
 /// OpenTelemetry semantic conventions are used where they define the
 /// attribute (`process.pid`, `process.executable.name`, `host.name`,
 /// `host.id` — the machine id, as OpenTelemetry recommends on Linux — and the
 /// `k8s.*` / `container.*` keys of [`tapio_core::cgroup`]). They define
-/// nothing for systemd units or boot ids, so those live under the
-/// collector's own `systemd.` namespace rather than squatting on `host.`.
+/// nothing for systemd units, states, priorities or boot ids, so those carry
+/// the collector's own `tapio.systemd.` prefix.
 pub mod keys {
     /// The unit an event is about (`kubelet.service`).
-    pub const UNIT: &str = "systemd.unit";
-    /// Process id: a unit's main PID, a journal entry's `_PID`.
+    pub const UNIT: &str = "tapio.systemd.unit";
+    /// Process id (integer): a unit's main PID, a journal entry's `_PID`.
     pub const PROCESS_PID: &str = "process.pid";
     /// Command name of the logging process (`_COMM`).
     pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
@@ -31,7 +37,15 @@ pub mod keys {
     /// Machine id recorded by journald (`_MACHINE_ID`).
     pub const HOST_ID: &str = "host.id";
     /// Boot id recorded by journald (`_BOOT_ID`).
-    pub const BOOT_ID: &str = "systemd.boot_id";
+    pub const BOOT_ID: &str = "tapio.systemd.boot_id";
+    /// `ActiveState` of a unit after the change (`active`, `failed` …).
+    pub const ACTIVE_STATE: &str = "tapio.systemd.active_state";
+    /// `SubState` of a unit after the change (`running`, `auto-restart` …).
+    pub const SUB_STATE: &str = "tapio.systemd.sub_state";
+    /// What a unit change means ([`Classification`](crate::Classification)).
+    pub const CLASSIFICATION: &str = "tapio.systemd.classification";
+    /// A journal entry's `PRIORITY` (integer, 0 emerg … 7 debug).
+    pub const PRIORITY: &str = "tapio.systemd.priority";
 }
 
 /// `ActiveState` and `SubState` of a unit at one moment.

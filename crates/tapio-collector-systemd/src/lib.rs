@@ -1,6 +1,6 @@
 //! Tapio systemd collector: unit state changes over D-Bus and the journal.
 //!
-//! **Units** ([`UNIT_STATE_EVENT`] = `systemd.unit.state`, payload
+//! **Units** ([`types::UNIT_STATE`] = `systemd.unit.state`, payload
 //! [`UnitStateEvent`]). The collector connects to the system bus (or
 //! [`DbusConfig::address`]) with [zbus], calls the manager's `Subscribe`,
 //! reads the initial state of every watched unit with `ListUnits` and
@@ -26,7 +26,7 @@
 //! ([`DbusConfig::signal_queue`]); an overflow is counted and answered with
 //! such a re-read.
 //!
-//! **Journal** ([`JOURNAL_EVENT`] = `systemd.journal`, payload
+//! **Journal** ([`types::JOURNAL`] = `systemd.journal`, payload
 //! [`JournalEntry`]): message, priority, unit, pid, boot id and cursor of
 //! every entry of the watched units at or above [`JournalConfig::priority`]
 //! (default `warning`), from the local system journal, a journal directory
@@ -60,17 +60,16 @@
 //! `dbus.units_tracked`, `dbus.breaker`, `journal.source`, `journal.files`,
 //! `journal.unreadable_files`, `journal.resumed_from`.
 //!
-//! **Metadata** (OpenTelemetry semantic conventions where they exist, see
-//! [`keys`]): `systemd.unit`, `process.pid`, `process.executable.name`,
-//! `host.name`, `host.id` (machine id), `systemd.boot_id`, and `k8s.pod.uid`
-//! / `container.id` … when a journal entry's `_SYSTEMD_CGROUP` is a pod or
-//! container cgroup.
+//! **Metadata** (typed; OpenTelemetry semantic conventions where they
+//! exist, see [`keys`]): `process.pid` (integer), `process.executable.name`,
+//! `host.name`, `host.id` (machine id), and `k8s.pod.uid` / `container.id` …
+//! when a journal entry's `_SYSTEMD_CGROUP` is a pod or container cgroup;
+//! our own keys `tapio.systemd.unit`, `tapio.systemd.boot_id`,
+//! `tapio.systemd.active_state`, `tapio.systemd.sub_state` and
+//! `tapio.systemd.priority` (integer).
 //!
 //! ```no_run
-//! use tapio_collector_systemd::{
-//!     JournalEntry, SystemdCollector, SystemdConfig, UnitStateEvent, JOURNAL_EVENT,
-//!     UNIT_STATE_EVENT,
-//! };
+//! use tapio_collector_systemd::{JournalEntry, SystemdCollector, SystemdConfig, UnitStateEvent, types};
 //! use tapio_core::{Collector, CollectorContext};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -79,17 +78,18 @@
 //! systemd.start(CollectorContext::default()).await?;
 //! while let Some(event) = events.recv().await {
 //!     match event.event_type.as_str() {
-//!         UNIT_STATE_EVENT => {
-//!             let u: UnitStateEvent = event.payload()?;
+//!         types::UNIT_STATE => {
+//!             let u = event.payload_ref::<UnitStateEvent>().expect("unit state payload");
 //!             println!("{}: {:?} -> {} ({:?})", u.unit, u.previous, u.current, u.classification);
 //!         }
-//!         JOURNAL_EVENT => {
-//!             let j: JournalEntry = event.payload()?;
+//!         types::JOURNAL => {
+//!             let j = event.payload_ref::<JournalEntry>().expect("journal payload");
 //!             println!("{:?} <{:?}> {}", j.unit, j.priority, j.message);
 //!         }
 //!         _ => {}
 //!     }
 //! }
+//! println!("{:?}", systemd.observer().stats());
 //! # Ok(()) }
 //! ```
 //!
@@ -99,12 +99,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use async_trait::async_trait;
 use parking_lot::Mutex;
+use tapio_core::collector::Started;
+use tapio_core::health::HealthParts;
 use tapio_core::resilience::CircuitBreaker;
-use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
-};
+use tapio_core::{CollectorError, ErrorChain, Managed, Observer, OverflowPolicy};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +114,7 @@ pub mod filter;
 mod health;
 pub mod journal;
 pub mod metrics;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod testing;
 mod units;
 
@@ -125,20 +124,18 @@ pub use config::{
 };
 pub use dbus::DbusError;
 pub use events::{
-    Classification, JOURNAL_EVENT, JournalEntry, UNIT_STATE_EVENT, UnitJob, UnitState,
-    UnitStateEvent, keys, severity_name,
+    Classification, JournalEntry, UnitJob, UnitState, UnitStateEvent, keys, severity_name, types,
 };
 pub use filter::{FilterError, UnitFilter};
 
-use crate::dbus::{Engine, Outcome};
+use crate::dbus::{Outcome, UnitWatcher};
 use crate::journal::{Follower, Settings};
 use crate::metrics::Counters;
-use tapio_core::health::HealthParts;
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "systemd";
 
-/// Counters of a running or stopped collector (see [`SystemdCollector::stats`]).
+/// Counters of a running or stopped collector (see [`Systemd::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SystemdStats {
     /// Signals received from systemd.
@@ -167,55 +164,179 @@ pub struct SystemdStats {
     pub journal_cursor_errors: u64,
 }
 
-struct Running {
+/// What a running systemd collector holds: the D-Bus task and the journal
+/// follower thread, when those parts are on.
+pub struct SystemdRunning {
     cancel: CancellationToken,
     dbus: Option<JoinHandle<()>>,
     journal: Option<Follower>,
 }
 
-/// The systemd collector. See the crate docs.
-pub struct SystemdCollector {
-    base: CollectorBase,
-    config: Arc<SystemdConfig>,
-    counters: Arc<Counters>,
-    health: Arc<HealthParts>,
-    breaker: CircuitBreaker,
-    cursor: Arc<Mutex<Option<String>>>,
-    metrics: OnceLock<()>,
-    running: Mutex<Option<Running>>,
-}
-
-impl std::fmt::Debug for SystemdCollector {
+impl std::fmt::Debug for SystemdRunning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SystemdCollector")
-            .field("config", &self.config)
-            .field("base", &self.base)
+        f.debug_struct("SystemdRunning")
+            .field("dbus", &self.dbus.is_some())
+            .field("journal", &self.journal.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl SystemdCollector {
-    /// A stopped collector with `config` (checked on [`Collector::start`]).
-    pub fn new(config: SystemdConfig) -> Self {
-        let base = CollectorBase::new(NAME, config.queue_capacity, config.overflow);
-        let health = Arc::new(HealthParts::new(base.health_cell().clone()));
+/// The systemd observer: settings, counters, the bus circuit breaker and
+/// the journal cursor, which outlive a run. Used through
+/// [`SystemdCollector`]; reach it with [`Managed::observer`] for
+/// [`stats`](Systemd::stats), [`journal_cursor`](Systemd::journal_cursor),
+/// [`breaker`](Systemd::breaker) and [`config`](Systemd::config).
+pub struct Systemd {
+    config: Arc<SystemdConfig>,
+    counters: Arc<Counters>,
+    /// The collector's health parts, known from the first start (the
+    /// breaker reports its state there).
+    health: Arc<OnceLock<Arc<HealthParts>>>,
+    breaker: CircuitBreaker,
+    cursor: Arc<Mutex<Option<String>>>,
+    metrics: OnceLock<()>,
+}
+
+/// The systemd collector. See the crate docs.
+pub type SystemdCollector = Managed<Systemd>;
+
+impl std::fmt::Debug for Systemd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Systemd")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observer for Systemd {
+    const NAME: &'static str = NAME;
+    type Config = SystemdConfig;
+    type Running = SystemdRunning;
+
+    /// A stopped collector with `config` (checked on start).
+    fn new(config: SystemdConfig) -> Self {
         let breaker = CircuitBreaker::new(config.dbus.breaker.breaker());
+        let health: Arc<OnceLock<Arc<HealthParts>>> = Arc::default();
         {
             let health = health.clone();
-            breaker.on_state_change(move |_, to| health.detail("dbus.breaker", to.to_string()));
+            breaker.on_state_change(move |_, to| {
+                if let Some(health) = health.get() {
+                    health.detail("dbus.breaker", to.to_string());
+                }
+            });
         }
         Self {
             breaker,
-            base,
             counters: Arc::default(),
             health,
             cursor: Arc::default(),
             metrics: OnceLock::new(),
-            running: Mutex::new(None),
             config: Arc::new(config),
         }
     }
 
+    fn queue(config: &SystemdConfig) -> (usize, OverflowPolicy) {
+        (config.queue_capacity, config.overflow)
+    }
+
+    async fn start(&self, cx: Started) -> Result<SystemdRunning, CollectorError> {
+        self.config.validate().map_err(config_error)?;
+        self.health.get_or_init(|| cx.health.clone());
+        self.metrics
+            .get_or_init(|| metrics::register(&cx.ctx.meter, &self.counters));
+        let journal = self.start_journal(&cx).await?;
+        let cancel = CancellationToken::new();
+        let mut running = SystemdRunning {
+            cancel: cancel.clone(),
+            dbus: None,
+            journal,
+        };
+        if self.config.dbus.enabled {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let watcher = match UnitWatcher::new(
+                self.config.clone(),
+                cx.emitter.clone(),
+                self.breaker.clone(),
+                cx.health.clone(),
+                self.counters.clone(),
+                cancel.clone(),
+                tx,
+            ) {
+                Ok(watcher) => watcher,
+                Err(message) => {
+                    shutdown(running).await;
+                    return Err(config_error(message));
+                }
+            };
+            cx.health
+                .detail("dbus.address", self.config.dbus.address_label());
+            running.dbus = Some(tokio::spawn(Arc::new(watcher).run()));
+            // Wait for the first connection: a bus that refuses us for good
+            // fails `start`; one that is unreachable is retried in the
+            // background (the collector reports degraded meanwhile).
+            let dbus = &self.config.dbus;
+            let wait = dbus.connect_timeout() + 2 * dbus.call_timeout();
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(Outcome::Established)) => {}
+                Ok(Ok(Outcome::Retrying(reason))) => {
+                    tracing::warn!(%reason, "systemd not reachable over D-Bus yet; retrying in the background");
+                }
+                Ok(Ok(Outcome::Fatal(err))) => {
+                    let peer = dbus.address_label();
+                    shutdown(running).await;
+                    return Err(CollectorError::Peer {
+                        collector: NAME.to_string(),
+                        peer,
+                        source: Box::new(err),
+                    });
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!(
+                        "D-Bus subscription not established yet; continuing in the background"
+                    );
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    async fn stop(&self, running: SystemdRunning) -> Result<(), CollectorError> {
+        shutdown(running).await;
+        self.counters.connected.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn config_error(message: impl Into<String>) -> CollectorError {
+    CollectorError::Config {
+        collector: NAME.to_string(),
+        message: message.into(),
+    }
+}
+
+/// End the D-Bus task and the journal thread (which persists the cursor
+/// and closes the journal, off the async workers).
+async fn shutdown(running: SystemdRunning) {
+    running.cancel.cancel();
+    if let Some(task) = running.dbus
+        && let Err(err) = task.await
+    {
+        tracing::error!(error = %err, "systemd D-Bus task ended abnormally");
+    }
+    if let Some(follower) = running.journal {
+        let stopped = tapio_core::collector::blocking(NAME, "stop journal follower", move || {
+            follower.stop();
+            Ok(())
+        })
+        .await;
+        if let Err(err) = stopped {
+            tracing::error!(error = %ErrorChain(&err), "stopping the journal follower failed");
+        }
+    }
+}
+
+impl Systemd {
     /// The configuration.
     pub fn config(&self) -> &SystemdConfig {
         &self.config
@@ -231,7 +352,7 @@ impl SystemdCollector {
         self.cursor.lock().clone()
     }
 
-    /// The collector's own counters.
+    /// The collector's own counters (they survive restarts).
     pub fn stats(&self) -> SystemdStats {
         let c = &self.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -251,25 +372,9 @@ impl SystemdCollector {
         }
     }
 
-    fn config_error(message: impl Into<String>) -> CollectorError {
-        CollectorError::Config {
-            collector: NAME.to_string(),
-            message: message.into(),
-        }
-    }
-
-    fn register_metrics(&self) {
-        self.metrics.get_or_init(|| {
-            let emitter = self.base.emitter();
-            let meter = emitter
-                .telemetry()
-                .map(|t| t.meter().clone())
-                .unwrap_or_else(tapio_core::telemetry::noop_meter);
-            metrics::register(&meter, &self.counters);
-        });
-    }
-
-    async fn start_journal(&self) -> Result<Option<Follower>, CollectorError> {
+    /// Open the journal and start its follower thread (opening and
+    /// positioning is blocking work: it runs on the blocking pool).
+    async fn start_journal(&self, cx: &Started) -> Result<Option<Follower>, CollectorError> {
         let journal = &self.config.journal;
         if !journal.enabled {
             return Ok(None);
@@ -278,129 +383,20 @@ impl SystemdCollector {
         let units = if units.is_empty() {
             None
         } else {
-            Some(UnitFilter::new(units).map_err(|e| Self::config_error(e.to_string()))?)
+            Some(UnitFilter::new(units).map_err(|e| config_error(e.to_string()))?)
         };
         let settings = Settings {
             config: journal.clone(),
             units,
         };
-        let emitter = self.base.emitter();
+        let emitter = cx.emitter.clone();
         let counters = self.counters.clone();
-        let health = self.health.clone();
+        let health = cx.health.clone();
         let cursor = self.cursor.clone();
-        tokio::task::spawn_blocking(move || {
+        tapio_core::collector::blocking(NAME, "start journal follower", move || {
             Follower::spawn(settings, emitter, counters, health, cursor)
         })
         .await
-        .map_err(|e| CollectorError::Io {
-            collector: NAME.to_string(),
-            context: "start journal follower".to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?
         .map(Some)
-    }
-
-    async fn start_inner(&self) -> Result<Running, CollectorError> {
-        self.config.validate().map_err(Self::config_error)?;
-        self.register_metrics();
-        let journal = self.start_journal().await?;
-        let cancel = CancellationToken::new();
-        let mut running = Running {
-            cancel: cancel.clone(),
-            dbus: None,
-            journal,
-        };
-        if self.config.dbus.enabled {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let engine = Engine::new(
-                self.config.clone(),
-                self.base.emitter(),
-                self.breaker.clone(),
-                self.health.clone(),
-                self.counters.clone(),
-                cancel.clone(),
-                tx,
-            )
-            .map_err(Self::config_error)?;
-            self.health
-                .detail("dbus.address", self.config.dbus.address_label());
-            running.dbus = Some(tokio::spawn(Arc::new(engine).run()));
-            // Wait for the first connection: a bus that refuses us for good
-            // fails `start`; one that is unreachable is retried in the
-            // background (the collector reports degraded meanwhile).
-            let dbus = &self.config.dbus;
-            let wait = dbus.connect_timeout() + 2 * dbus.call_timeout();
-            match tokio::time::timeout(wait, rx).await {
-                Ok(Ok(Outcome::Established)) => {}
-                Ok(Ok(Outcome::Retrying(reason))) => {
-                    tracing::warn!(%reason, "systemd not reachable over D-Bus yet; retrying in the background");
-                }
-                Ok(Ok(Outcome::Fatal(err))) => {
-                    let peer = dbus.address_label();
-                    Self::shutdown(running).await;
-                    return Err(CollectorError::Peer {
-                        collector: NAME.to_string(),
-                        peer,
-                        source: Box::new(err),
-                    });
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!(
-                        "D-Bus subscription not established yet; continuing in the background"
-                    );
-                }
-            }
-        }
-        Ok(running)
-    }
-
-    async fn shutdown(running: Running) {
-        running.cancel.cancel();
-        if let Some(task) = running.dbus
-            && let Err(err) = task.await
-        {
-            tracing::error!(error = %err, "systemd D-Bus task ended abnormally");
-        }
-        if let Some(follower) = running.journal {
-            // Joining the thread persists the cursor and closes the journal;
-            // keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
-        }
-    }
-}
-
-#[async_trait]
-impl Collector for SystemdCollector {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        let keep = |running| *self.running.lock() = Some(running);
-        self.base
-            .start_with_parts(&ctx, &self.health, self.start_inner(), keep)
-            .await
-    }
-
-    async fn stop(&self) -> Result<(), CollectorError> {
-        self.base
-            .stop_with(async {
-                let running = self.running.lock().take();
-                if let Some(running) = running {
-                    Self::shutdown(running).await;
-                }
-                self.counters.connected.store(0, Ordering::Relaxed);
-                self.health.reset();
-                Ok(())
-            })
-            .await
-    }
-
-    fn events(&self) -> Result<EventReceiver, CollectorError> {
-        self.base.take_events()
-    }
-
-    fn health(&self) -> HealthReport {
-        self.base.report()
     }
 }

@@ -1,5 +1,6 @@
-//! Test and benchmark support. **Not API**: used by this crate's tests and
-//! the repository's `benches/systemd.rs`; it may change in any release.
+//! Test and benchmark support (feature `testing`, never in a default
+//! build). **Not API**: used by this crate's tests and the repository's
+//! `benches/systemd.rs`; it may change in any release.
 //!
 //! - [`DbusDaemon`]: a real `dbus-daemon` on a private socket.
 //! - [`FakeSystemd`]: a D-Bus service (zbus) that owns

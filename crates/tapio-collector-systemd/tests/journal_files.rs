@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use tapio_collector_systemd::journal::check;
 use tapio_collector_systemd::testing::{export_entry, write_journal};
-use tapio_collector_systemd::{JOURNAL_EVENT, Priority, StartAt, SystemdCollector, SystemdConfig};
-use tapio_core::{Collector, CollectorContext, CollectorError, HealthState};
+use tapio_collector_systemd::{Priority, StartAt, SystemdCollector, SystemdConfig, types};
+use tapio_core::{Collector, CollectorContext, CollectorError, ErrorChain, HealthState};
 
 const BOOT_A: &str = "0123456789abcdef0123456789abcdef";
 const BOOT_B: &str = "fedcba9876543210fedcba9876543210";
@@ -208,7 +208,7 @@ async fn entries_are_filtered_by_unit_and_priority_exactly() {
     let mut events = collector.events().unwrap();
     collector.start(CollectorContext::default()).await.unwrap();
     let got = journal_events(&mut events, 4).await;
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(300)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(300)).await;
 
     let summary: Vec<_> = got
         .iter()
@@ -272,12 +272,13 @@ async fn entries_are_filtered_by_unit_and_priority_exactly() {
     assert_eq!(e0.transport.as_deref(), Some("stdout"));
     assert_eq!(e0.hostname.as_deref(), Some("node-1"));
     let m = &raw0.metadata;
-    assert_eq!(m["systemd.unit"], "kubelet.service");
-    assert_eq!(m["process.pid"], "100");
+    assert_eq!(m["tapio.systemd.unit"], "kubelet.service");
+    assert_eq!(m["process.pid"], 100i64);
+    assert_eq!(m["tapio.systemd.priority"], 3i64); // E0 is `err`
     assert_eq!(m["process.executable.name"], "kubelet");
     assert_eq!(m["host.name"], "node-1");
     assert_eq!(m["host.id"], MACHINE);
-    assert_eq!(m["systemd.boot_id"], BOOT_A);
+    assert_eq!(m["tapio.systemd.boot_id"], BOOT_A);
     assert!(!m.contains_key("k8s.pod.uid"));
     let (raw8, e8) = &got[3];
     assert_eq!(
@@ -291,12 +292,12 @@ async fn entries_are_filtered_by_unit_and_priority_exactly() {
         (BASE_USEC + 8_000) as i64
     );
 
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(stats.journal_events, 4);
     assert_eq!(stats.journal_file_errors, 0);
     assert_eq!(collector.health().state, HealthState::Healthy);
     assert_eq!(
-        collector.journal_cursor().as_deref(),
+        collector.observer().journal_cursor().as_deref(),
         Some(cursors["W8 after reboot"].as_str())
     );
     collector.stop().await.unwrap();
@@ -314,7 +315,7 @@ async fn globs_and_no_filters() {
     let mut events = collector.events().unwrap();
     collector.start(CollectorContext::default()).await.unwrap();
     let got = journal_events(&mut events, 3).await;
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(300)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(300)).await;
     let messages: Vec<_> = got.iter().map(|(_, e)| &e.message[..2]).collect();
     assert_eq!(messages, ["E0", "W5", "W8"]);
     collector.stop().await.unwrap();
@@ -369,9 +370,9 @@ async fn corrupt_and_truncated_files_are_counted_and_skipped() {
     collector.start(CollectorContext::default()).await.unwrap();
     let got = journal_events(&mut events, 4).await;
     assert_eq!(got[0].1.message, "E0 failed to sync pod");
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(300)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(300)).await;
 
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     assert_eq!(stats.journal_file_errors, 2);
     let report = collector.health();
     assert_eq!(report.state, HealthState::Degraded);
@@ -401,13 +402,13 @@ async fn corrupt_and_truncated_files_are_counted_and_skipped() {
     let c = SystemdCollector::new(files_config(vec![garbage.clone()]));
     let err = c.start(CollectorContext::default()).await.unwrap_err();
     assert!(matches!(err, CollectorError::Io { .. }), "{err:?}");
-    let text = err.to_string();
+    let text = ErrorChain(&err).to_string();
     assert!(text.contains("no readable journal file"), "{text}");
     assert!(
         text.contains("garbage.journal: not a journal file"),
         "{text}"
     );
-    assert_eq!(c.stats().journal_file_errors, 1);
+    assert_eq!(c.observer().stats().journal_file_errors, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,12 +432,13 @@ async fn directory_follow_new_files_corruption_appearing_and_going() {
     std::fs::write(&broken, b"this is not a journal file at all, just text").unwrap();
     assert!(
         eventually(Duration::from_secs(10), || collector
+            .observer()
             .stats()
             .journal_file_errors
             == 1)
         .await,
         "{:?}",
-        collector.stats()
+        collector.observer().stats()
     );
     let report = collector.health();
     assert_eq!(report.state, HealthState::Degraded);
@@ -489,7 +491,7 @@ async fn directory_follow_new_files_corruption_appearing_and_going() {
         "{:?}",
         collector.health()
     );
-    assert_eq!(collector.stats().journal_file_errors, 1);
+    assert_eq!(collector.observer().stats().journal_file_errors, 1);
     collector.stop().await.unwrap();
 }
 
@@ -562,7 +564,7 @@ async fn cursor_file_resumes_without_loss_or_repeat() {
             .collect::<Vec<_>>(),
         ["R30 while stopped", "R32 also while stopped"]
     );
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(500)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(500)).await;
     second.stop().await.unwrap();
     // The filtered entry R31 is not the last one read: R32 is.
     assert_eq!(
@@ -574,8 +576,8 @@ async fn cursor_file_resumes_without_loss_or_repeat() {
     let third = SystemdCollector::new(config.clone());
     let mut events = third.events().unwrap();
     third.start(CollectorContext::default()).await.unwrap();
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(500)).await;
-    assert_eq!(third.stats().journal_events, 0);
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(500)).await;
+    assert_eq!(third.observer().stats().journal_events, 0);
     third.stop().await.unwrap();
 
     // An unusable cursor is counted and reading starts at `start_at`.
@@ -585,7 +587,7 @@ async fn cursor_file_resumes_without_loss_or_repeat() {
     fourth.start(CollectorContext::default()).await.unwrap();
     let got = journal_events(&mut events, 6).await;
     assert_eq!(got[0].1.message, "E0 failed to sync pod");
-    assert_eq!(fourth.stats().journal_cursor_errors, 1);
+    assert_eq!(fourth.observer().stats().journal_cursor_errors, 1);
     fourth.stop().await.unwrap();
 }
 
@@ -602,7 +604,7 @@ async fn start_at_tail_reports_only_new_entries_and_restart_in_process_resumes()
     let collector = SystemdCollector::new(c);
     let mut events = collector.events().unwrap();
     collector.start(CollectorContext::default()).await.unwrap();
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(300)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(300)).await;
     collector.stop().await.unwrap();
 
     // Written while stopped: a restart of the same collector resumes from
@@ -623,7 +625,7 @@ async fn start_at_tail_reports_only_new_entries_and_restart_in_process_resumes()
     collector.start(CollectorContext::default()).await.unwrap();
     let got = journal_events(&mut events, 1).await;
     assert_eq!(got[0].1.message, "T40 new");
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(300)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(300)).await;
     collector.stop().await.unwrap();
 }
 
@@ -636,7 +638,7 @@ async fn missing_directory_is_a_clear_start_error() {
         .start(CollectorContext::default())
         .await
         .unwrap_err();
-    let text = err.to_string();
+    let text = ErrorChain(&err).to_string();
     assert!(
         text.contains("open journal directory /nonexistent/tapio-journal"),
         "{text}"

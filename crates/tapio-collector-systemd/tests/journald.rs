@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tapio_collector_systemd::{JOURNAL_EVENT, StartAt, SystemdCollector, SystemdConfig};
+use tapio_collector_systemd::{StartAt, SystemdCollector, SystemdConfig, types};
 use tapio_core::testing::require_root;
 use tapio_core::{Collector, CollectorContext, HealthState};
 
@@ -48,7 +48,7 @@ async fn journald_messages_priorities_units_and_cursor_resume() {
     let pid_e = jd.log(Some(ETCD), "etcd", &["<0>X1 etcd emergency"]);
 
     let got = journal_events(&mut events, 3).await;
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(500)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(500)).await;
     let summary: Vec<_> = got
         .iter()
         .map(|(_, e)| {
@@ -98,8 +98,14 @@ async fn journald_messages_priorities_units_and_cursor_resume() {
     let boot = boot_id();
     for (raw, e) in &got {
         assert_eq!(e.boot_id.as_deref(), Some(boot.as_str()));
-        assert_eq!(raw.metadata["systemd.boot_id"], boot);
-        assert_eq!(raw.metadata["systemd.unit"], e.unit.clone().unwrap());
+        assert_eq!(raw.metadata["tapio.systemd.boot_id"], boot.as_str());
+        assert_eq!(
+            raw.metadata["tapio.systemd.unit"],
+            e.unit.as_deref().unwrap()
+        );
+        if let Some(pid) = e.pid {
+            assert_eq!(raw.metadata["process.pid"], i64::from(pid));
+        }
         assert!(e.cursor.starts_with("s="), "{}", e.cursor);
         let age = chrono::Utc::now() - raw.timestamp;
         assert!(
@@ -130,7 +136,7 @@ async fn journald_messages_priorities_units_and_cursor_resume() {
     restarted.start(CollectorContext::default()).await.unwrap();
     let got = journal_events(&mut events, 1).await;
     assert_eq!(got[0].1.message, "E2 while the collector was down");
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(500)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(500)).await;
 
     // And keeps following.
     jd.log(Some(ETCD), "etcd", &["<4>W3 live again"]);
@@ -171,7 +177,7 @@ async fn rotation_is_followed_without_loss_or_repeat() {
             .collect::<Vec<_>>(),
         ["R3 after rotation", "R4 after rotation"]
     );
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(500)).await;
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(500)).await;
     collector.stop().await.unwrap();
 
     // Rotate again while stopped; the restart resumes in the archived file
@@ -187,8 +193,8 @@ async fn rotation_is_followed_without_loss_or_repeat() {
             .collect::<Vec<_>>(),
         ["R5 before second rotation", "R6 after second rotation"]
     );
-    assert_quiet(&mut events, JOURNAL_EVENT, Duration::from_millis(500)).await;
-    assert_eq!(collector.stats().journal_file_errors, 0);
+    assert_quiet(&mut events, types::JOURNAL, Duration::from_millis(500)).await;
+    assert_eq!(collector.observer().stats().journal_file_errors, 0);
     assert_eq!(collector.health().state, HealthState::Healthy);
     collector.stop().await.unwrap();
 }

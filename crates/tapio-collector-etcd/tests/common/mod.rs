@@ -98,7 +98,7 @@ pub async fn collect(
         out.iter()
             .map(|e| (
                 e.event_type.to_string(),
-                String::from_utf8_lossy(&e.data).into_owned()
+                e.to_json_line().unwrap_or_default()
             ))
             .collect::<Vec<_>>()
     );
@@ -111,7 +111,7 @@ pub async fn assert_quiet(events: &mut EventReceiver, quiet: Duration, what: &st
         panic!(
             "{what}: unexpected {} {}",
             ev.event_type,
-            String::from_utf8_lossy(&ev.data)
+            ev.to_json_line().unwrap_or_default()
         );
     }
 }

@@ -121,7 +121,9 @@ pub fn summary(events: &[RawEvent]) -> Vec<(String, String)> {
 }
 
 pub fn payload(e: &RawEvent) -> KubeObjectEvent {
-    e.payload().expect("kube object payload")
+    e.payload_ref::<KubeObjectEvent>()
+        .expect("typed kube object payload")
+        .clone()
 }
 
 /// Stop the collector at the end of a test.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::DateTime;
 use parking_lot::Mutex;
 use tapio_core::cgroup::CgroupInfo;
-use tapio_core::{CollectorError, Emitter, RawEvent};
+use tapio_core::{CollectorError, Emitter, ErrorChain, Metadata};
 
 pub use cursor::CursorStore;
 pub use sys::JournalError;
@@ -33,7 +33,7 @@ pub fn libsystemd_available() -> Result<(), JournalError> {
 }
 
 use crate::config::{JournalConfig, Priority, StartAt};
-use crate::events::{JOURNAL_EVENT, JournalEntry, keys, severity_name};
+use crate::events::{JournalEntry, keys, severity_name, types};
 use crate::filter::UnitFilter;
 use tapio_core::health::HealthParts;
 
@@ -79,10 +79,9 @@ impl Follower {
         let waker = Arc::new(Waker::new().map_err(|e| io_err("create eventfd", e))?);
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let thread =
-            {
-                let (waker, stop) = (waker.clone(), stop.clone());
-                std::thread::Builder::new()
+        let thread = {
+            let (waker, stop) = (waker.clone(), stop.clone());
+            std::thread::Builder::new()
                 .name("tapio-systemd-journal".into())
                 .spawn(move || {
                     let span = tracing::info_span!("systemd.journal.open");
@@ -95,13 +94,13 @@ impl Follower {
                             worker.run();
                         }
                         Err(err) => {
-                            tracing::error!(parent: &span, error = %err, "cannot open the journal");
+                            tracing::error!(parent: &span, error = %ErrorChain(&err), "cannot open the journal");
                             let _ = ready_tx.send(Err(err));
                         }
                     }
                 })
                 .map_err(|e| io_err("spawn journal thread", e))?
-            };
+        };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Self {
                 thread: Some(thread),
@@ -296,7 +295,7 @@ impl Worker {
             context,
             source: match err.errno() {
                 Some(errno) => std::io::Error::from_raw_os_error(errno),
-                None => std::io::Error::other(err.to_string()),
+                None => std::io::Error::other(ErrorChain(&err).to_string()),
             },
         };
         let (source, scope, label) = if let Some(dir) = &config.directory {
@@ -416,7 +415,11 @@ impl Worker {
             Err(err) => {
                 Counters::add(&self.counters.cursor_errors, 1);
                 self.emitter.error();
-                let msg = format!("cannot read {}: {err}", self.store.describe());
+                let msg = format!(
+                    "cannot read {}: {}",
+                    self.store.describe(),
+                    ErrorChain(&err)
+                );
                 tracing::warn!("{msg}; starting at the {start_at:?}");
                 self.health.problem(health::CURSOR, msg);
                 self.last_cursor.lock().clone()
@@ -437,7 +440,7 @@ impl Worker {
                 Err(err) => {
                     Counters::add(&self.counters.cursor_errors, 1);
                     self.emitter.error();
-                    tracing::warn!(error = %err, %cursor, "persisted cursor unusable; starting at the {start_at:?}");
+                    tracing::warn!(error = %ErrorChain(&err), %cursor, "persisted cursor unusable; starting at the {start_at:?}");
                 }
             }
         }
@@ -472,7 +475,7 @@ impl Worker {
                 Ok(w) if w.stop => continue, // checked at the top
                 Ok(w) => w,
                 Err(err) => {
-                    self.read_error(&format!("poll journal fd: {err}"));
+                    self.read_error(&format!("poll journal fd: {}", ErrorChain(&err)));
                     std::thread::sleep(Duration::from_millis(100));
                     sys::Woken::default()
                 }
@@ -491,7 +494,7 @@ impl Worker {
                 }
                 Ok(_) => false,
                 Err(err) => {
-                    self.read_error(&err.to_string());
+                    self.read_error(&ErrorChain(&err).to_string());
                     false
                 }
             };
@@ -557,7 +560,7 @@ impl Worker {
                 }
                 Ok(false) => break,
                 Err(err) => {
-                    self.read_error(&err.to_string());
+                    self.read_error(&ErrorChain(&err).to_string());
                     break;
                 }
             }
@@ -610,7 +613,7 @@ impl Worker {
             .for_each_field(|name, value| fields.take(name, value, &extra));
         self.extra = extra;
         if let Err(err) = read {
-            self.read_error(&format!("read entry: {err}"));
+            self.read_error(&format!("read entry: {}", ErrorChain(&err)));
             return;
         }
         if let Some(max) = self.max_priority
@@ -624,7 +627,7 @@ impl Worker {
         let (cursor, usec) = match (self.journal.cursor(), self.journal.realtime_usec()) {
             (Ok(c), Ok(t)) => (c, t),
             (Err(err), _) | (_, Err(err)) => {
-                self.read_error(&format!("read entry position: {err}"));
+                self.read_error(&format!("read entry position: {}", ErrorChain(&err)));
                 return;
             }
         };
@@ -646,22 +649,15 @@ impl Worker {
             message_id: fields.message_id.take(),
             fields: std::mem::take(&mut fields.extra),
         };
-        let mut ev = match RawEvent::new(JOURNAL_EVENT, self.emitter.source(), &entry) {
-            Ok(ev) => ev,
-            Err(err) => {
-                self.read_error(&format!("encode entry: {err}"));
-                return;
-            }
-        };
-        if let Some(ts) = timestamp {
-            ev = ev.with_timestamp(ts);
-        }
-        let m = &mut ev.metadata;
+        let mut m = Metadata::with_capacity(8);
         if let Some(unit) = &entry.unit {
-            m.insert(keys::UNIT, unit.clone());
+            m.insert(keys::UNIT, unit.as_str());
         }
         if let Some(pid) = entry.pid {
-            m.insert(keys::PROCESS_PID, pid.to_string());
+            m.insert(keys::PROCESS_PID, pid);
+        }
+        if let Some(priority) = entry.priority {
+            m.insert(keys::PRIORITY, priority);
         }
         if let Some(comm) = fields.comm {
             m.insert(keys::PROCESS_EXECUTABLE_NAME, comm);
@@ -678,13 +674,19 @@ impl Worker {
         if let Some(cgroup) = &fields.cgroup {
             let info = CgroupInfo::from_path(cgroup);
             if info.is_pod() || info.is_container() {
-                info.write_metadata(m);
+                info.write_metadata(&mut m);
             }
         }
+        let cursor = entry.cursor.clone();
+        let mut ev = match timestamp {
+            Some(ts) => self.emitter.event_at(ts, types::JOURNAL, entry),
+            None => self.emitter.event(types::JOURNAL, entry),
+        };
+        ev.metadata = m;
         // Counted before it is queued, so that a consumer that has seen the
         // event also sees it counted.
         Counters::add(&self.counters.journal_events, 1);
-        *self.last_cursor.lock() = Some(entry.cursor);
+        *self.last_cursor.lock() = Some(cursor);
         self.emitter.emit(ev);
     }
 
@@ -697,7 +699,7 @@ impl Worker {
             Ok(c) => c,
             Err(err) => {
                 // No current entry (nothing read yet): nothing to persist.
-                tracing::debug!(error = %err, "no cursor to persist");
+                tracing::debug!(error = %ErrorChain(&err), "no cursor to persist");
                 self.dirty = false;
                 return;
             }
@@ -714,7 +716,11 @@ impl Worker {
             Err(err) => {
                 Counters::add(&self.counters.cursor_errors, 1);
                 self.emitter.error();
-                let msg = format!("cannot write {}: {err}", self.store.describe());
+                let msg = format!(
+                    "cannot write {}: {}",
+                    self.store.describe(),
+                    ErrorChain(&err)
+                );
                 tracing::warn!("{msg}");
                 self.health.problem(health::CURSOR, msg);
             }

@@ -41,7 +41,7 @@ pub enum JournalError {
     #[error("cannot use {LIBRARY}: {0}")]
     Library(String),
     /// An `sd_journal_*` call failed.
-    #[error("{call}{}: {source}", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    #[error("{call}{}", .path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Call {
         /// The libsystemd function.
         call: &'static str,

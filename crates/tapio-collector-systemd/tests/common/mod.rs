@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tapio_collector_systemd::{
-    JOURNAL_EVENT, JournalEntry, SystemdConfig, UNIT_STATE_EVENT, UnitStateEvent,
-};
+use tapio_collector_systemd::{JournalEntry, SystemdConfig, UnitStateEvent, types};
 use tapio_core::{EventReceiver, RawEvent};
 
 /// Wait for the next event matching `pred` (others are discarded).
@@ -32,11 +30,14 @@ pub async fn unit_events(events: &mut EventReceiver, n: usize) -> Vec<(RawEvent,
     let mut out = Vec::new();
     while out.len() < n {
         let ev = next_matching(events, Duration::from_secs(15), |e| {
-            e.event_type == UNIT_STATE_EVENT
+            e.event_type == types::UNIT_STATE
         })
         .await
         .unwrap_or_else(|| panic!("timed out after {} of {n} unit events: {out:#?}", out.len()));
-        let payload: UnitStateEvent = ev.payload().expect("unit payload");
+        let payload = ev
+            .payload_ref::<UnitStateEvent>()
+            .expect("unit payload")
+            .clone();
         out.push((ev, payload));
     }
     out
@@ -47,7 +48,7 @@ pub async fn journal_events(events: &mut EventReceiver, n: usize) -> Vec<(RawEve
     let mut out = Vec::new();
     while out.len() < n {
         let ev = next_matching(events, Duration::from_secs(15), |e| {
-            e.event_type == JOURNAL_EVENT
+            e.event_type == types::JOURNAL
         })
         .await
         .unwrap_or_else(|| {
@@ -59,7 +60,10 @@ pub async fn journal_events(events: &mut EventReceiver, n: usize) -> Vec<(RawEve
                     .collect::<Vec<_>>()
             )
         });
-        let payload: JournalEntry = ev.payload().expect("journal payload");
+        let payload = ev
+            .payload_ref::<JournalEntry>()
+            .expect("journal payload")
+            .clone();
         out.push((ev, payload));
     }
     out
