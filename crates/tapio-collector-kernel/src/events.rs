@@ -1,11 +1,17 @@
-//! Typed payloads of the kernel collector's events (the JSON in
-//! [`RawEvent::data`](tapio_core::RawEvent::data)); decode them with
-//! [`RawEvent::payload`](tapio_core::RawEvent::payload).
+//! Typed payloads of the kernel collector's events. Each travels inside its
+//! [`RawEvent`](tapio_core::RawEvent) as built: read it without decoding
+//! with [`RawEvent::payload_ref`](tapio_core::RawEvent::payload_ref) (or
+//! decode an event read back from JSON with
+//! [`RawEvent::payload`](tapio_core::RawEvent::payload)).
+//!
+//! Short names (`comm`, operations, syscalls) are [`CompactString`]s: at most
+//! 24 bytes are stored inline, so they cost no allocation per event.
 
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tapio_core::CompactString;
 
 /// Event types emitted by the kernel collector.
 pub mod types {
@@ -73,7 +79,7 @@ pub struct ProcessInfo {
     /// Effective user id.
     pub euid: u32,
     /// Command name (`comm`, at most 15 bytes).
-    pub comm: String,
+    pub comm: CompactString,
     /// cgroup v2 id (inode of the cgroup directory).
     pub cgroup_id: u64,
 }
@@ -148,7 +154,7 @@ pub struct TcpEvent {
     pub process: Option<ProcessInfo>,
     /// What happened: `connect`, `accept`, `close`, `retransmit`,
     /// `reset_received`, `reset_sent`.
-    pub op: String,
+    pub op: CompactString,
     /// Who initiated the connection.
     pub direction: Option<Direction>,
     /// Local address.
@@ -178,7 +184,7 @@ pub struct FileEvent {
     #[serde(flatten)]
     pub process: ProcessInfo,
     /// `open`, `create`, `unlink`, `rename`, `chmod`, `chown`.
-    pub op: String,
+    pub op: CompactString,
     /// The path (the source of a rename).
     pub path: String,
     /// The destination of a rename.
@@ -219,7 +225,7 @@ pub struct CredentialChangeEvent {
     #[serde(flatten)]
     pub process: ProcessInfo,
     /// The syscall: `setuid`, `setgid`, `setreuid`, `setregid`, `setresuid`, `setresgid`, `capset`.
-    pub syscall: String,
+    pub syscall: CompactString,
     /// Before.
     pub old: Credentials,
     /// After.
@@ -245,7 +251,7 @@ pub struct PtraceEvent {
     #[serde(flatten)]
     pub process: ProcessInfo,
     /// `attach` or `seize`.
-    pub request: String,
+    pub request: CompactString,
     /// The tracee.
     pub target_pid: u32,
     /// 0 on success, `-errno` on failure.
@@ -259,7 +265,7 @@ pub struct BpfEvent {
     #[serde(flatten)]
     pub process: ProcessInfo,
     /// `prog_load`, `prog_attach`, `raw_tracepoint_open`, `link_create`.
-    pub command: String,
+    pub command: CompactString,
     /// A new fd on success, `-errno` on failure.
     pub result: i32,
 }
@@ -271,7 +277,7 @@ pub struct MountEvent {
     #[serde(flatten)]
     pub process: ProcessInfo,
     /// `mount` or `umount`.
-    pub op: String,
+    pub op: CompactString,
     /// Mount source (empty for umount).
     pub source: String,
     /// Mount point.
@@ -290,7 +296,7 @@ pub struct OomKillEvent {
     /// The victim's process id.
     pub victim_pid: u32,
     /// The victim's command name.
-    pub victim_comm: String,
+    pub victim_comm: CompactString,
     /// The victim's user id.
     pub victim_uid: u32,
     /// The victim's cgroup v2 id.

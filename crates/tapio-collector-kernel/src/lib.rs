@@ -47,9 +47,22 @@
 //! buffer size from [`KernelConfig`] is applied to the map before load (and
 //! read back into the health details). Records travel through the shared
 //! [`RingBufReader`]; reserve failures are counted per CPU in the kernel and
-//! reported as kernel-stage drops. Every event carries the cgroup id, resolved
-//! to pod UID / container id when a [`tapio_core::cgroup::CgroupResolver`] is
-//! in the [`CollectorContext`].
+//! reported as kernel-stage drops.
+//!
+//! **Events.** Each event carries its typed payload ([`events`]; read it with
+//! [`RawEvent::payload_ref`](tapio_core::RawEvent::payload_ref), nothing is
+//! decoded) and typed metadata with OpenTelemetry semantic-convention keys:
+//! `process.pid`, `process.parent_pid`, `process.user.id` (integers),
+//! `process.command`, `process.executable.path`, `process.command_line`;
+//! `network.transport`, `network.type`, `network.local.address`,
+//! `network.local.port`, `network.peer.address`, `network.peer.port` and,
+//! for connects and accepts, `client.address` / `client.port` and
+//! `server.address` / `server.port` (ports are integers); `file.path`. The
+//! process's cgroup (for OOM kills the victim's, for throttling the
+//! throttled one) is resolved to `container.id`, `k8s.pod.uid`,
+//! `tapio.cgroup.id`, `tapio.cgroup.path` … when a
+//! [`tapio_core::cgroup::CgroupResolver`] is in the
+//! [`CollectorContext`](tapio_core::CollectorContext).
 //!
 //! ```no_run
 //! use tapio_collector_kernel::{ExecEvent, KernelCollector, KernelConfig, types};
@@ -60,27 +73,28 @@
 //! let mut events = kernel.events()?;
 //! kernel.start(CollectorContext::default()).await?; // needs CAP_BPF + CAP_PERFMON
 //! while let Some(event) = events.recv().await {
-//!     if event.event_type == types::EXEC {
-//!         let exec: ExecEvent = event.payload()?;
+//!     if event.event_type == types::EXEC
+//!         && let Some(exec) = event.payload_ref::<ExecEvent>()
+//!     {
+//!         // Typed, as the collector built it: nothing to decode.
 //!         println!("{} ran {} {:?}", exec.process.pid, exec.filename, exec.args);
+//!         assert_eq!(event.metadata["process.pid"], i64::from(exec.process.pid));
 //!     }
 //! }
 //! # Ok(()) }
 //! ```
 //!
 //! Loading needs `CAP_BPF` and `CAP_PERFMON` (or `CAP_SYS_ADMIN`); without
-//! them [`Collector::start`] fails with
+//! them [`Collector::start`](tapio_core::Collector::start) fails with
 //! [`CollectorError::MissingPrivilege`] naming the capabilities. The file and
 //! security hooks are classic syscall tracepoints and need tracefs mounted at
 //! `/sys/kernel/tracing`.
 
-use async_trait::async_trait;
-use parking_lot::Mutex;
 use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
-use tapio_core::{
-    Collector, CollectorBase, CollectorContext, CollectorError, EventReceiver, HealthReport,
-};
+use tapio_core::collector::Started;
+use tapio_core::{CollectorError, Managed, Observer, OverflowPolicy};
+use tracing::Instrument as _;
 
 pub mod config;
 pub mod events;
@@ -110,8 +124,6 @@ use record::Converter;
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "kernel";
-/// Event type of a process execution (see [`events::types`] for all).
-pub const EXEC_EVENT: &str = events::types::EXEC;
 
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -119,42 +131,49 @@ fn page_size() -> u64 {
     u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
-/// The kernel collector. See the crate docs.
-pub struct KernelCollector {
-    base: CollectorBase,
+/// The kernel collector: see the crate docs. A [`Managed`] [`Kernel`]
+/// observer, so `KernelCollector::new(config)` makes a stopped collector.
+pub type KernelCollector = Managed<Kernel>;
+
+/// What the kernel collector observes with: its configuration. A run is the
+/// BPF object's [`RingBufReader`] (the session thread that loaded the
+/// object, reads its ring buffer and converts records into events);
+/// stopping it detaches every program.
+#[derive(Debug)]
+pub struct Kernel {
     config: KernelConfig,
-    reader: Mutex<Option<RingBufReader>>,
 }
 
-impl std::fmt::Debug for KernelCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelCollector")
-            .field("config", &self.config)
-            .field("base", &self.base)
-            .finish()
+impl Kernel {
+    /// The configuration it was made from.
+    pub fn config(&self) -> &KernelConfig {
+        &self.config
     }
 }
 
-impl KernelCollector {
-    /// A stopped collector with `config`.
-    pub fn new(config: KernelConfig) -> Self {
-        Self {
-            base: CollectorBase::new(NAME, config.queue_capacity, config.overflow),
-            config,
-            reader: Mutex::new(None),
-        }
-    }
-}
+impl Observer for Kernel {
+    const NAME: &'static str = NAME;
+    type Config = KernelConfig;
+    type Running = RingBufReader;
 
-impl KernelCollector {
-    /// Load and attach the BPF object and start its reader; `learn_cgroups`
-    /// attaches the cgroup mkdir/rmdir hooks that feed the resolver.
-    fn attach(&self, learn_cgroups: bool) -> Result<RingBufReader, CollectorError> {
+    fn new(config: KernelConfig) -> Self {
+        Self { config }
+    }
+
+    fn queue(config: &KernelConfig) -> (usize, OverflowPolicy) {
+        (config.queue_capacity, config.overflow)
+    }
+
+    /// Load and attach the BPF object (on a blocking thread) and start its
+    /// reader; with a cgroup resolver in the context, the cgroup
+    /// mkdir/rmdir hooks that feed it are attached too.
+    async fn start(&self, cx: Started) -> Result<RingBufReader, CollectorError> {
         config::validate(&self.config).map_err(|message| CollectorError::Config {
             collector: NAME.to_string(),
             message,
         })?;
         bpf::route_libbpf_logs();
+        let learn_cgroups = cx.ctx.cgroups.is_some();
         let hook = HookFlavor::choose(self.config.hooks);
         let page_size = page_size();
         let program = KernelProgram {
@@ -164,31 +183,29 @@ impl KernelCollector {
             page_size,
             learn_cgroups,
         };
-        let emitter = self.base.emitter();
-        let timing = emitter.telemetry().cloned();
-        let converter = Converter::new(BootClock::new(), page_size, emitter);
-        let span = tracing::info_span!("kernel.attach", hook = hook.exec_hook());
-        let reader = span.in_scope(|| {
-            RingBufReader::spawn(
-                RingBufReaderConfig {
-                    thread_name: "tapio-kernel".into(),
-                    // With batched wake-ups the reader drains on this timer.
-                    poll_timeout: self.config.delivery.poll_timeout(),
-                    timing,
-                    ..Default::default()
-                },
-                program,
-                self.base.counters().clone(),
-                converter,
-            )
-        })?;
-        let health = self.base.health_cell();
+        let timing = cx.emitter.telemetry().cloned();
+        let stats = cx.emitter.stats().clone();
+        let converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone());
+        let reader_config = RingBufReaderConfig {
+            thread_name: "tapio-kernel".into(),
+            // With batched wake-ups the reader drains on this timer.
+            poll_timeout: self.config.delivery.poll_timeout(),
+            timing,
+            ..Default::default()
+        };
+        let reader = RingBufReader::spawn_async(NAME, reader_config, program, stats, converter)
+            .instrument(tracing::info_span!(
+                "kernel.attach",
+                hook = hook.exec_hook()
+            ))
+            .await?;
+        let health = &cx.health;
         for (key, value) in reader.details() {
-            health.set_detail(key.clone(), value.clone());
+            health.detail(key, value.clone());
         }
-        health.set_detail("exec_hook", hook.exec_hook());
-        health.set_detail("exit_hook", hook.exit_hook());
-        health.set_detail(
+        health.detail("exec_hook", hook.exec_hook());
+        health.detail("exit_hook", hook.exit_hook());
+        health.detail(
             "cgroup_hook",
             if learn_cgroups {
                 hook.cgroup_hook()
@@ -196,58 +213,20 @@ impl KernelCollector {
                 "off (no cgroup resolver)"
             },
         );
-        health.set_detail(
+        health.detail(
             "delivery_max_delay_ms",
             self.config.delivery.max_delay_ms.to_string(),
         );
         Ok(reader)
     }
-}
 
-#[async_trait]
-impl Collector for KernelCollector {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    async fn start(&self, ctx: CollectorContext) -> Result<(), CollectorError> {
-        let learn_cgroups = ctx.cgroups.is_some();
-        let keep = |reader| *self.reader.lock() = Some(reader);
-        self.base
-            .start_with(&ctx, async { self.attach(learn_cgroups) }, keep)
-            .await
-    }
-
-    async fn stop(&self) -> Result<(), CollectorError> {
-        self.base
-            .stop_with(async {
-                let reader = self.reader.lock().take();
-                if let Some(reader) = reader {
-                    reader.stop_async(NAME).await?;
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    fn events(&self) -> Result<EventReceiver, CollectorError> {
-        self.base.take_events()
-    }
-
-    fn health(&self) -> HealthReport {
-        self.base.report()
+    /// Stop the reader: it delivers what is buffered, reads the final
+    /// kernel drop count, detaches every program and closes the object.
+    async fn stop(&self, reader: RingBufReader) -> Result<(), CollectorError> {
+        reader.stop_async(NAME).await
     }
 }
 
-/// Benchmark support. **Not API**: used only by the repository's
-/// `benches/kernel_*.rs` and may change or go away in any release.
-///
-/// [`BareConsumer`](bench::BareConsumer) loads this crate's BPF object
-/// (the same [`KernelConfig`] → the same programs, filters and ring-buffer
-/// size) and reads its ring buffer with a plain libbpf-rs
-/// `RingBufferBuilder` whose callback only counts: no decoding, no
-/// [`tapio_core::RawEvent`]s. That is the practical limit the collector is
-/// compared against.
 /// Entry point of the fuzz targets (`fuzz/`) and the regression-corpus
 /// test. **Not API**: it may change or go away in any release.
 #[doc(hidden)]
@@ -271,6 +250,17 @@ pub mod fuzzing {
     }
 }
 
+/// Benchmark support (feature `testing`). **Not API**: used only by the
+/// repository's `benches/kernel_*.rs` and may change or go away in any
+/// release.
+///
+/// [`BareConsumer`](bench::BareConsumer) loads this crate's BPF object
+/// (the same [`KernelConfig`] → the same programs, filters and ring-buffer
+/// size) and reads its ring buffer with a plain libbpf-rs
+/// `RingBufferBuilder` whose callback only counts: no decoding, no
+/// [`tapio_core::RawEvent`]s. That is the practical limit the collector is
+/// compared against.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod bench {
     use std::mem::MaybeUninit;

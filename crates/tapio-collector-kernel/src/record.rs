@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
 use tapio_core::clock::BootClock;
-use tapio_core::{CompactString, Emitter, RawEvent, ToCompactString};
+use tapio_core::metadata::Value;
+use tapio_core::{CompactString, Emitter, Payload, RawEvent, ToCompactString};
 
 use crate::events::{self, types as ev};
 use crate::skel::types;
@@ -106,18 +107,33 @@ impl Record for KernelRecord {
 /// consumed for a long time in one go; the consumer should not wait for it.
 const MAX_BATCH: usize = 256;
 
-/// Turns records into events (wall-clock timestamps, typed payloads,
-/// semantic-convention metadata, pod/container metadata from the cgroup id)
-/// and hands them to the queue once per ring-buffer batch. Runs on the
+/// Most attributes of our own on one event (a TCP event's).
+const MAX_ATTRS: usize = 16;
+
+/// Most attributes a cgroup and its pod add (six from the cgroup, three
+/// from the pod directory).
+const CGROUP_ATTRS: usize = 9;
+
+/// One attribute of our own.
+type Attr = (&'static str, Value);
+
+/// Turns records into events (wall-clock timestamps, typed payloads moved
+/// in, semantic-convention metadata, pod/container metadata from the cgroup
+/// id) and hands them to the queue once per ring-buffer batch. Runs on the
 /// reader thread as its [`RecordHandler`]; cgroup records feed the resolver
 /// instead of becoming events.
+///
+/// Per event: one allocation for the payload (its `Arc`) and one for the
+/// metadata, plus whatever strings longer than 24 bytes the record carries.
 pub(crate) struct Converter {
     clock: BootClock,
     page_size: u64,
     emitter: Emitter,
-    /// Reused serialization buffer: each event's data is one exact-size copy
-    /// instead of a buffer grown by doubling.
-    scratch: Vec<u8>,
+    /// The collector name, inline (cloning it allocates nothing).
+    source: CompactString,
+    /// The current event's attributes of our own, in ascending key order;
+    /// reused, so it allocates once.
+    attrs: Vec<Attr>,
     /// Events of the current batch, queued together by [`Self::flush`].
     batch: Vec<RawEvent>,
 }
@@ -143,9 +159,24 @@ fn process(t: &types::tapio_task) -> events::ProcessInfo {
         uid: t.uid,
         gid: t.gid,
         euid: t.euid,
-        comm: bpf::read_cstr(&t.comm),
+        comm: compact_cstr(&t.comm),
         cgroup_id: t.cgroup_id,
     }
+}
+
+/// A NUL-terminated C string as a [`CompactString`]: up to 24 bytes (every
+/// `comm`) without any allocation.
+fn compact_cstr(raw: &[i8]) -> CompactString {
+    const INLINE: usize = 24;
+    let len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    if len > INLINE {
+        return bpf::read_cstr(raw).into();
+    }
+    let mut buf = [0u8; INLINE];
+    for (dst, &src) in buf.iter_mut().zip(&raw[..len]) {
+        *dst = src as u8;
+    }
+    CompactString::from_utf8_lossy(&buf[..len])
 }
 
 fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
@@ -172,13 +203,30 @@ fn opt_str(raw: &[i8]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// A string value that borrows nothing and allocates nothing.
+const fn text(s: &'static str) -> Value {
+    Value::String(CompactString::const_new(s))
+}
+
+/// `process.command` … `process.user.id` of `p`, in key order; `between`
+/// goes after `process.command` (keys `process.command_line` …
+/// `process.executable.path`).
+fn push_process(attrs: &mut Vec<Attr>, p: &events::ProcessInfo, between: [Option<Attr>; 2]) {
+    attrs.push(("process.command", Value::String(p.comm.clone())));
+    attrs.extend(between.into_iter().flatten());
+    attrs.push(("process.parent_pid", p.ppid.into()));
+    attrs.push(("process.pid", p.pid.into()));
+    attrs.push(("process.user.id", p.uid.into()));
+}
+
 impl Converter {
     pub(crate) fn new(clock: BootClock, page_size: u64, emitter: Emitter) -> Self {
         Self {
             clock,
             page_size,
+            source: CompactString::from(emitter.source()),
             emitter,
-            scratch: Vec::with_capacity(2048),
+            attrs: Vec::with_capacity(MAX_ATTRS),
             batch: Vec::with_capacity(MAX_BATCH),
         }
     }
@@ -190,60 +238,54 @@ impl Converter {
         }
     }
 
-    /// Serialize `payload` into a new event stamped at `ktime_ns`; a payload
-    /// that fails to serialize is counted as an error.
-    fn event(
+    /// The event of `payload` observed at `ktime_ns`, with the attributes
+    /// collected in `self.attrs` and, when `cgroup_id` resolves, its cgroup's
+    /// pod / container metadata; added to the batch.
+    fn push(
         &mut self,
         event_type: &'static str,
         ktime_ns: u64,
-        payload: &impl serde::Serialize,
-    ) -> Option<RawEvent> {
-        self.scratch.clear();
-        if let Err(err) = serde_json::to_writer(&mut self.scratch, payload) {
-            self.emitter.error();
-            tracing::warn!(event_type, error = %err, "encoding kernel event failed");
-            return None;
-        }
-        Some(
-            RawEvent::from_json_bytes(
-                CompactString::const_new(event_type),
-                self.emitter.source(),
-                self.scratch.clone(),
-            )
-            .with_timestamp(self.clock.to_wall(ktime_ns)),
-        )
-    }
-
-    /// Add the process's attributes (moving its strings in), its cgroup's
-    /// pod / container metadata and `extra`, and add the event to the batch.
-    fn finish<const N: usize>(
-        &mut self,
-        event: Option<RawEvent>,
-        process: Option<events::ProcessInfo>,
-        extra: [(&'static str, CompactString); N],
+        payload: impl Payload,
+        cgroup_id: Option<u64>,
     ) {
-        let Some(mut ev) = event else {
-            return;
-        };
-        // Process, cgroup/pod and extra attributes: one allocation.
-        ev.metadata.reserve(16 + N);
-        // Inserted close to key order, so that most inserts append rather
-        // than shift: cgroup/pod keys (`container.*`, `k8s.*`), then the
-        // extras (`network.*`, `file.path`, `process.command_line`, …),
-        // then the process's own `process.*` keys.
-        let process = process.inspect(|p| self.emitter.attach_cgroup(&mut ev, p.cgroup_id));
-        for (k, v) in extra {
-            ev.metadata.insert(k, v);
+        let mut ev = RawEvent::at(
+            self.clock.to_wall(ktime_ns),
+            CompactString::const_new(event_type),
+            self.source.clone(),
+            payload,
+        );
+        let info = cgroup_id.and_then(|id| self.emitter.cgroups()?.resolve(id));
+        let metadata = &mut ev.metadata;
+        // One allocation for all of them.
+        metadata.reserve(self.attrs.len() + if info.is_some() { CGROUP_ATTRS } else { 0 });
+        // Ours and the cgroup's attributes each come in key order: merged,
+        // every insert appends.
+        let mut cgroup = info
+            .as_deref()
+            .into_iter()
+            .flat_map(|info| info.metadata())
+            .peekable();
+        for (key, value) in self.attrs.drain(..) {
+            while let Some((k, v)) = cgroup.next_if(|(k, _)| *k < key) {
+                metadata.insert(k, v);
+            }
+            metadata.insert(key, value);
         }
-        if let Some(p) = process {
-            ev.metadata.insert("process.command", p.comm);
-            ev.metadata
-                .insert("process.parent_pid", p.ppid.to_compact_string());
-            ev.metadata.insert("process.pid", p.pid.to_compact_string());
-            ev.metadata
-                .insert("process.user.id", p.uid.to_compact_string());
+        for (k, v) in cgroup {
+            metadata.insert(k, v);
+        }
+        if let (Some(info), Some(pods)) = (&info, self.emitter.pods())
+            && let Some(uid) = &info.pod_uid
+        {
+            pods.write_metadata(uid, info.container_id.as_deref(), metadata);
         }
         self.batch.push(ev);
+    }
+
+    /// Collect the attributes of process `p`; returns its cgroup id.
+    fn about(&mut self, p: &events::ProcessInfo) -> Option<u64> {
+        push_process(&mut self.attrs, p, [None, None]);
+        Some(p.cgroup_id)
     }
 
     /// Emit the events one record stands for.
@@ -251,17 +293,20 @@ impl Converter {
         match record {
             KernelRecord::Exec(e) => self.exec(&e),
             KernelRecord::Fork(e) => {
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::ForkEvent {
-                    process: process(&e.task),
+                    process,
                     child_pid: e.child_pid,
                     child_start_time: self.clock.to_wall(e.child_start_ns),
                 };
-                let ev = self.event(ev::FORK, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::FORK, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Exit(e) => {
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::ExitEvent {
-                    process: process(&e.task),
+                    process,
                     exit_code: e.exit_code,
                     signal: e.signal,
                     start_time: self.clock.to_wall(e.start_ns),
@@ -270,19 +315,21 @@ impl Converter {
                     minor_faults: e.min_flt,
                     major_faults: e.maj_flt,
                 };
-                let ev = self.event(ev::EXIT, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::EXIT, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Tcp(e) => self.tcp(&e),
             KernelRecord::File(e) => self.file(&e),
             KernelRecord::Cred(e) => {
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::CredentialChangeEvent {
-                    process: process(&e.task),
-                    syscall: CRED_SYSCALLS
-                        .get(e.syscall as usize)
-                        .copied()
-                        .unwrap_or("unknown")
-                        .to_string(),
+                    process,
+                    syscall: CompactString::const_new(
+                        CRED_SYSCALLS
+                            .get(e.syscall as usize)
+                            .copied()
+                            .unwrap_or("unknown"),
+                    ),
                     old: events::Credentials {
                         uid: e.old_uid,
                         euid: e.old_euid,
@@ -302,18 +349,22 @@ impl Converter {
                         cap_effective: e.new_cap_effective,
                     },
                 };
-                let ev = self.event(ev::CREDENTIAL_CHANGE, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::CREDENTIAL_CHANGE, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Ptrace(e) => {
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::PtraceEvent {
-                    process: process(&e.task),
-                    request: if e.request == 16 { "attach" } else { "seize" }.to_string(),
+                    process,
+                    request: CompactString::const_new(if e.request == 16 {
+                        "attach"
+                    } else {
+                        "seize"
+                    }),
                     target_pid: e.target_pid,
                     result: e.ret,
                 };
-                let ev = self.event(ev::PTRACE, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::PTRACE, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Bpf(e) => {
                 let command = match e.cmd {
@@ -323,56 +374,65 @@ impl Converter {
                     28 => "link_create",
                     _ => "other",
                 };
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::BpfEvent {
-                    process: process(&e.task),
-                    command: command.to_string(),
+                    process,
+                    command: CompactString::const_new(command),
                     result: e.ret,
                 };
-                let ev = self.event(ev::BPF, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::BPF, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Mount(e) => {
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::MountEvent {
-                    process: process(&e.task),
-                    op: if e.umount != 0 { "umount" } else { "mount" }.to_string(),
+                    process,
+                    op: CompactString::const_new(if e.umount != 0 { "umount" } else { "mount" }),
                     source: bpf::read_cstr(&e.source),
                     target: bpf::read_cstr(&e.target),
                     fs_type: bpf::read_cstr(&e.fstype),
                     flags: e.flags,
                     result: e.ret,
                 };
-                let ev = self.event(ev::MOUNT, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::MOUNT, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Oom(e) => {
                 let payload = events::OomKillEvent {
                     victim_pid: e.victim_pid,
-                    victim_comm: bpf::read_cstr(&e.victim_comm),
+                    victim_comm: compact_cstr(&e.victim_comm),
                     victim_uid: e.victim_uid,
                     victim_cgroup_id: e.victim_cgroup_id,
                     total_vm_pages: e.total_vm_pages,
                     rss_pages: e.rss_pages,
                     trigger: process(&e.task),
                 };
-                let ev = self.event(ev::OOM_KILL, e.hdr.ktime_ns, &payload);
-                // Attribute the event to the victim: its pid and its cgroup.
-                let victim = events::ProcessInfo {
-                    pid: e.victim_pid,
-                    comm: payload.victim_comm,
-                    uid: e.victim_uid,
-                    cgroup_id: e.victim_cgroup_id,
-                    ..Default::default()
-                };
-                self.finish(ev, Some(victim), []);
+                // Attributed to the victim: its pid, name, user and cgroup
+                // (its parent is not recorded).
+                self.attrs.extend([
+                    (
+                        "process.command",
+                        Value::String(payload.victim_comm.clone()),
+                    ),
+                    ("process.pid", e.victim_pid.into()),
+                    ("process.user.id", e.victim_uid.into()),
+                ]);
+                self.push(
+                    ev::OOM_KILL,
+                    e.hdr.ktime_ns,
+                    payload,
+                    Some(e.victim_cgroup_id),
+                );
             }
             KernelRecord::Rss(e) => {
+                let process = process(&e.task);
+                let cgroup = self.about(&process);
                 let payload = events::RssGrowthEvent {
-                    process: process(&e.task),
+                    process,
                     rss_bytes: e.rss_bytes,
                     previous_bytes: e.previous_bytes,
                 };
-                let ev = self.event(ev::RSS_GROWTH, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(payload.process), []);
+                self.push(ev::RSS_GROWTH, e.hdr.ktime_ns, payload, cgroup);
             }
             KernelRecord::Throttle(e) => {
                 let payload = events::ThrottleEvent {
@@ -384,12 +444,8 @@ impl Converter {
                 } else {
                     ev::THROTTLE_STOP
                 };
-                let cgroup = events::ProcessInfo {
-                    cgroup_id: e.cgroup_id,
-                    ..Default::default()
-                };
-                let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
-                self.finish(ev, Some(cgroup), []);
+                // About a cgroup, not a process.
+                self.push(event_type, e.hdr.ktime_ns, payload, Some(e.cgroup_id));
             }
             KernelRecord::Cgroup(e) => self.cgroup(&e),
         }
@@ -435,8 +491,6 @@ impl Converter {
             start_time: self.clock.to_wall(e.start_ns),
             secure_exec: e.secure_exec != 0,
         };
-        let ev = self.event(ev::EXEC, e.hdr.ktime_ns, &payload);
-
         let mut reasons = Vec::new();
         if payload.process.euid != payload.process.uid {
             reasons.push("setuid".to_string());
@@ -449,22 +503,26 @@ impl Converter {
             filename: payload.filename.clone(),
             reasons,
         });
-        let command_line = payload.args.join(" ");
-        self.finish(
-            ev,
-            Some(payload.process),
+        let path = || Value::String(CompactString::from(payload.filename.as_str()));
+        push_process(
+            &mut self.attrs,
+            &payload.process,
             [
-                ("process.executable.path", payload.filename.into()),
-                ("process.command_line", command_line.into()),
+                Some(("process.command_line", payload.args.join(" ").into())),
+                Some(("process.executable.path", path())),
             ],
         );
+        let cgroup = Some(payload.process.cgroup_id);
+        self.push(ev::EXEC, e.hdr.ktime_ns, payload, cgroup);
         if let Some(payload) = privileged {
-            let ev = self.event(ev::PRIVILEGED_EXEC, e.hdr.ktime_ns, &payload);
-            self.finish(
-                ev,
-                Some(payload.process),
-                [("process.executable.path", payload.filename.into())],
+            let path = Value::String(CompactString::from(payload.filename.as_str()));
+            push_process(
+                &mut self.attrs,
+                &payload.process,
+                [Some(("process.executable.path", path)), None],
             );
+            let cgroup = Some(payload.process.cgroup_id);
+            self.push(ev::PRIVILEGED_EXEC, e.hdr.ktime_ns, payload, cgroup);
         }
     }
 
@@ -493,9 +551,46 @@ impl Converter {
             "accept" => Some(events::Direction::Inbound),
             _ => None,
         };
+        let local_addr = Value::String(local.to_compact_string());
+        let remote_addr = Value::String(remote.to_compact_string());
+        // Who is client and who is server is known for connect and accept.
+        let (client, server) = match direction {
+            Some(events::Direction::Outbound) => (
+                Some((local_addr.clone(), e.sport)),
+                Some((remote_addr.clone(), e.dport)),
+            ),
+            Some(events::Direction::Inbound) => (
+                Some((remote_addr.clone(), e.dport)),
+                Some((local_addr.clone(), e.sport)),
+            ),
+            None => (None, None),
+        };
+        let attrs = &mut self.attrs;
+        if let Some((addr, port)) = client {
+            attrs.extend([("client.address", addr), ("client.port", port.into())]);
+        }
+        attrs.extend([
+            ("network.local.address", local_addr),
+            ("network.local.port", e.sport.into()),
+            ("network.peer.address", remote_addr),
+            ("network.peer.port", e.dport.into()),
+            ("network.transport", text("tcp")),
+            (
+                "network.type",
+                text(if local.is_ipv4() { "ipv4" } else { "ipv6" }),
+            ),
+        ]);
+        let process = (e.owner_known != 0).then(|| process(&e.task));
+        let cgroup = process.as_ref().map(|p| {
+            push_process(attrs, p, [None, None]);
+            p.cgroup_id
+        });
+        if let Some((addr, port)) = server {
+            attrs.extend([("server.address", addr), ("server.port", port.into())]);
+        }
         let payload = events::TcpEvent {
-            process: (e.owner_known != 0).then(|| process(&e.task)),
-            op: op.to_string(),
+            process,
+            op: CompactString::const_new(op),
             direction,
             local_addr: local,
             local_port: e.sport,
@@ -507,22 +602,7 @@ impl Converter {
             retransmits: e.retransmits,
             duration_ns: e.duration_ns,
         };
-        let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
-        self.finish(
-            ev,
-            payload.process,
-            [
-                ("network.transport", CompactString::const_new("tcp")),
-                (
-                    "network.type",
-                    CompactString::const_new(if local.is_ipv4() { "ipv4" } else { "ipv6" }),
-                ),
-                ("network.local.address", local.to_compact_string()),
-                ("network.local.port", e.sport.to_compact_string()),
-                ("network.peer.address", remote.to_compact_string()),
-                ("network.peer.port", e.dport.to_compact_string()),
-            ],
-        );
+        self.push(event_type, e.hdr.ktime_ns, payload, cgroup);
     }
 
     fn file(&mut self, e: &types::tapio_file_event) {
@@ -542,7 +622,7 @@ impl Converter {
         };
         let payload = events::FileEvent {
             process: process(&e.task),
-            op: op.to_string(),
+            op: CompactString::const_new(op),
             path: bpf::read_cstr(&e.path),
             new_path: if op == "rename" {
                 opt_str(&e.path2)
@@ -554,17 +634,23 @@ impl Converter {
             owner: (op == "chown").then_some((e.uid_arg, e.gid_arg)),
             result: e.ret,
         };
-        let ev = self.event(event_type, e.hdr.ktime_ns, &payload);
-        self.finish(
-            ev,
-            Some(payload.process),
-            [("file.path", payload.path.into())],
-        );
+        self.attrs.push((
+            "file.path",
+            Value::String(CompactString::from(payload.path.as_str())),
+        ));
+        let cgroup = self.about(&payload.process);
+        self.push(event_type, e.hdr.ktime_ns, payload, cgroup);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
+    use tapio_core::pod::{PodContainer, PodDirectory, PodMeta};
+    use tapio_core::{CollectorBase, CollectorContext};
+
     use super::*;
 
     fn bytes<T: bpf::plain::Plain>(v: &T) -> Vec<u8> {
@@ -642,6 +728,310 @@ mod tests {
                 .collect();
             let _ = KernelRecord::decode(&buf);
         }
+    }
+
+    /// A converter whose events land in the returned receiver; with a
+    /// resolver and pod directory when `cgroups` is set.
+    fn converter(
+        cgroups: Option<(Arc<CgroupResolver>, Arc<PodDirectory>)>,
+    ) -> (Converter, tapio_core::EventReceiver) {
+        let base = CollectorBase::new(crate::NAME, 64, Default::default());
+        let events = base.take_events().unwrap();
+        let (cgroups, pods) = cgroups.unzip();
+        base.begin_start(&CollectorContext {
+            cgroups,
+            pods,
+            ..Default::default()
+        })
+        .unwrap();
+        base.finish_start();
+        let converter = Converter::new(BootClock::new(), 4096, base.emitter());
+        (converter, events)
+    }
+
+    fn convert(
+        converter: &mut Converter,
+        rx: &mut tapio_core::EventReceiver,
+        record: KernelRecord,
+    ) -> Vec<RawEvent> {
+        converter.record(record);
+        converter.batch_end();
+        std::iter::from_fn(|| rx.try_recv()).collect()
+    }
+
+    fn task(pid: u32, comm: &[u8], cgroup_id: u64) -> types::tapio_task {
+        let mut t = types::tapio_task {
+            pid,
+            tid: pid,
+            ppid: 1,
+            uid: 1000,
+            gid: 1000,
+            euid: 1000,
+            cgroup_id,
+            ..Default::default()
+        };
+        set(&mut t.comm, comm);
+        t
+    }
+
+    fn keys(ev: &RawEvent) -> Vec<&str> {
+        ev.metadata.keys().collect()
+    }
+
+    #[test]
+    fn exec_carries_its_typed_payload_and_integer_metadata() {
+        let (mut c, mut rx) = converter(None);
+        let mut exec = types::tapio_exec_event::default();
+        exec.hdr.kind = kind::EXEC;
+        exec.hdr.ktime_ns = 5_000_000_000;
+        exec.task = task(4242, b"sh\0", 77);
+        set(&mut exec.filename, b"/bin/sh\0");
+        set(&mut exec.args, b"sh\0-c\0exit 7\0");
+        exec.args_len = 13;
+        let events = convert(&mut c, &mut rx, KernelRecord::Exec(Box::new(exec)));
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let ev = &events[0];
+        assert_eq!(ev.event_type, crate::types::EXEC);
+        assert_eq!(ev.source, "kernel");
+        assert_eq!(ev.timestamp, c.clock.to_wall(5_000_000_000));
+        let payload = ev
+            .payload_ref::<events::ExecEvent>()
+            .expect("typed payload");
+        assert_eq!(payload.process.pid, 4242);
+        assert_eq!(payload.process.comm, "sh");
+        assert_eq!(payload.filename, "/bin/sh");
+        assert_eq!(payload.args, ["sh", "-c", "exit 7"]);
+        // No cgroup resolver: only our own attributes, in key order.
+        assert_eq!(
+            keys(ev),
+            [
+                "process.command",
+                "process.command_line",
+                "process.executable.path",
+                "process.parent_pid",
+                "process.pid",
+                "process.user.id",
+            ]
+        );
+        assert_eq!(ev.metadata.get("process.pid"), Some(&Value::Int(4242)));
+        assert_eq!(ev.metadata.get("process.parent_pid"), Some(&Value::Int(1)));
+        assert_eq!(ev.metadata.get("process.user.id"), Some(&Value::Int(1000)));
+        assert_eq!(ev.metadata["process.command"], "sh");
+        assert_eq!(ev.metadata["process.command_line"], "sh -c exit 7");
+        assert_eq!(ev.metadata["process.executable.path"], "/bin/sh");
+        let json: serde_json::Value = serde_json::from_str(&ev.to_json_line().unwrap()).unwrap();
+        assert_eq!(json["metadata"]["process.pid"], 4242);
+        assert_eq!(json["data"]["pid"], 4242);
+        assert_eq!(json["data"]["comm"], "sh");
+        assert_eq!(ev.payload::<events::ExecEvent>().unwrap(), *payload);
+    }
+
+    #[test]
+    fn setuid_exec_is_also_a_privileged_exec() {
+        let (mut c, mut rx) = converter(None);
+        let mut exec = types::tapio_exec_event::default();
+        exec.hdr.kind = kind::EXEC;
+        exec.task = task(9, b"chfn\0", 0);
+        exec.task.euid = 0;
+        exec.secure_exec = 1;
+        set(&mut exec.filename, b"/usr/bin/chfn\0");
+        let events = convert(&mut c, &mut rx, KernelRecord::Exec(Box::new(exec)));
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, [crate::types::EXEC, crate::types::PRIVILEGED_EXEC]);
+        let p = events[1]
+            .payload_ref::<events::PrivilegedExecEvent>()
+            .unwrap();
+        assert_eq!(p.reasons, ["setuid", "secure_exec"]);
+        assert_eq!((p.process.uid, p.process.euid), (1000, 0));
+        assert_eq!(
+            events[1].metadata["process.executable.path"],
+            "/usr/bin/chfn"
+        );
+        assert_eq!(events[1].metadata["process.pid"], 9i64);
+    }
+
+    #[test]
+    fn cgroup_and_pod_attributes_merge_with_ours_in_key_order() {
+        let root = std::env::temp_dir().join(format!("tapio-kernel-merge-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let resolver = Arc::new(
+            CgroupResolver::new(CgroupResolverConfig {
+                root: Some(root.clone()),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let uid = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+        let cid = "ab".repeat(32);
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+            uid.replace('-', "_")
+        );
+        resolver.learn(99, &path).expect("valid path");
+        let pods = Arc::new(PodDirectory::new(16));
+        pods.upsert(PodMeta {
+            uid: uid.into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            node: None,
+            labels: Default::default(),
+            containers: vec![PodContainer {
+                name: "app".into(),
+                id: Some(cid.clone()),
+            }],
+        });
+        let (mut c, mut rx) = converter(Some((resolver, pods)));
+
+        let mut tcp = types::tapio_tcp_event::default();
+        tcp.hdr.kind = kind::TCP;
+        tcp.op = 1; // connect
+        tcp.family = 2;
+        tcp.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        tcp.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        tcp.sport = 40000;
+        tcp.dport = 443;
+        tcp.owner_known = 1;
+        tcp.task = task(31, b"curl\0", 99);
+        let events = convert(&mut c, &mut rx, KernelRecord::Tcp(tcp));
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(events.len(), 1);
+        let ev = &events[0];
+        assert_eq!(
+            keys(ev),
+            [
+                "client.address",
+                "client.port",
+                "container.id",
+                "container.runtime.name",
+                "k8s.container.name",
+                "k8s.namespace.name",
+                "k8s.pod.name",
+                "k8s.pod.uid",
+                "network.local.address",
+                "network.local.port",
+                "network.peer.address",
+                "network.peer.port",
+                "network.transport",
+                "network.type",
+                "process.command",
+                "process.parent_pid",
+                "process.pid",
+                "process.user.id",
+                "server.address",
+                "server.port",
+                "tapio.cgroup.id",
+                "tapio.cgroup.path",
+                "tapio.k8s.pod.qos_class",
+            ]
+        );
+        let m = &ev.metadata;
+        assert_eq!(m["client.address"], "10.0.0.1");
+        assert_eq!(m.get("client.port"), Some(&Value::Int(40000)));
+        assert_eq!(m["server.address"], "10.0.0.2");
+        assert_eq!(m.get("server.port"), Some(&Value::Int(443)));
+        assert_eq!(m.get("network.peer.port"), Some(&Value::Int(443)));
+        assert_eq!(m.get("network.local.port"), Some(&Value::Int(40000)));
+        assert_eq!(m["network.transport"], "tcp");
+        assert_eq!(m["network.type"], "ipv4");
+        assert_eq!(m["container.id"], cid.as_str());
+        assert_eq!(m["k8s.pod.uid"], uid);
+        assert_eq!(m["k8s.pod.name"], "web-0");
+        assert_eq!(m["k8s.namespace.name"], "shop");
+        assert_eq!(m["k8s.container.name"], "app");
+        assert_eq!(m.get("tapio.cgroup.id"), Some(&Value::Int(99)));
+        assert_eq!(m["tapio.cgroup.path"], path.as_str());
+        assert_eq!(m["tapio.k8s.pod.qos_class"], "burstable");
+        assert_eq!(m.get("process.pid"), Some(&Value::Int(31)));
+        let payload = ev.payload_ref::<events::TcpEvent>().unwrap();
+        assert_eq!(payload.op, "connect");
+        assert_eq!(payload.direction, Some(events::Direction::Outbound));
+        assert_eq!((payload.local_port, payload.remote_port), (40000, 443));
+    }
+
+    #[test]
+    fn events_without_a_process_carry_no_process_attributes() {
+        let (mut c, mut rx) = converter(None);
+        let throttle = types::tapio_throttle_event {
+            cgroup_id: 7,
+            dropped: 12,
+            start: 0,
+            ..Default::default()
+        };
+        let events = convert(&mut c, &mut rx, KernelRecord::Throttle(throttle));
+        assert_eq!(events[0].event_type, crate::types::THROTTLE_STOP);
+        assert!(events[0].metadata.is_empty(), "{:?}", events[0].metadata);
+        let t = events[0].payload_ref::<events::ThrottleEvent>().unwrap();
+        assert_eq!((t.cgroup_id, t.dropped), (7, 12));
+
+        // A close of a socket whose owner is unknown: network attributes
+        // only, no client/server (a close does not say who connected).
+        let tcp = types::tapio_tcp_event {
+            op: 3,
+            family: 10,
+            sport: 1,
+            dport: 2,
+            ..Default::default()
+        };
+        let events = convert(&mut c, &mut rx, KernelRecord::Tcp(tcp));
+        assert_eq!(events[0].event_type, crate::types::CLOSE);
+        assert_eq!(
+            keys(&events[0]),
+            [
+                "network.local.address",
+                "network.local.port",
+                "network.peer.address",
+                "network.peer.port",
+                "network.transport",
+                "network.type",
+            ]
+        );
+        assert_eq!(events[0].metadata["network.peer.address"], "::");
+        assert_eq!(events[0].metadata["network.type"], "ipv6");
+        assert_eq!(
+            events[0].payload_ref::<events::TcpEvent>().unwrap().process,
+            None
+        );
+
+        // An OOM kill is about the victim (no parent pid is known).
+        let mut oom = types::tapio_oom_event {
+            victim_pid: 50,
+            victim_uid: 3,
+            ..Default::default()
+        };
+        set(&mut oom.victim_comm, b"hog\0");
+        let events = convert(&mut c, &mut rx, KernelRecord::Oom(oom));
+        assert_eq!(
+            keys(&events[0]),
+            ["process.command", "process.pid", "process.user.id"]
+        );
+        assert_eq!(events[0].metadata["process.pid"], 50i64);
+        assert_eq!(events[0].metadata["process.user.id"], 3i64);
+        assert_eq!(events[0].metadata["process.command"], "hog");
+    }
+
+    #[test]
+    fn file_event_path_and_compact_comm() {
+        let (mut c, mut rx) = converter(None);
+        let mut file = types::tapio_file_event {
+            op: 1,
+            task: task(5, b"fifteen-bytes!!", 0),
+            ..Default::default()
+        };
+        let long = format!("/var/lib/{}/a.conf", "d".repeat(40));
+        set(&mut file.path, format!("{long}\0").as_bytes());
+        let events = convert(&mut c, &mut rx, KernelRecord::File(Box::new(file)));
+        assert_eq!(events[0].event_type, crate::types::FILE_OPEN);
+        assert_eq!(keys(&events[0])[0], "file.path");
+        assert_eq!(events[0].metadata["file.path"], long.as_str());
+        let f = events[0].payload_ref::<events::FileEvent>().unwrap();
+        assert_eq!((f.op.as_str(), f.path.as_str()), ("open", long.as_str()));
+        // A full 16-byte comm buffer without NUL still reads whole.
+        assert_eq!(f.process.comm, "fifteen-bytes!!");
+        let mut raw = [0i8; 40];
+        set(&mut raw, "é".repeat(20).as_bytes());
+        assert_eq!(compact_cstr(&raw), "é".repeat(20));
+        set(&mut raw, b"ab\xffc\0");
+        assert_eq!(compact_cstr(&raw), "ab\u{fffd}c");
     }
 
     #[test]

@@ -209,7 +209,7 @@ async fn events_of_a_removed_cgroup_keep_its_pod_and_container() {
     let events = collect(
         &mut k.events,
         Duration::from_secs(10),
-        |ev| ev.metadata.get("process.pid") == Some(&pid.to_string()),
+        |ev| ev.metadata.get_i64("process.pid") == Some(i64::from(pid)),
         |got| {
             got.iter().any(|e| e.event_type == types::EXEC)
                 && got.iter().any(|e| e.event_type == types::EXIT)
@@ -221,24 +221,25 @@ async fn events_of_a_removed_cgroup_keep_its_pod_and_container() {
             .iter()
             .find(|e| e.event_type == t)
             .unwrap_or_else(|| panic!("no {t} for pid {pid}: {events:#?}"));
-        assert_eq!(ev.metadata["container.id"], cid, "{t}");
+        assert_eq!(ev.metadata["container.id"], cid.as_str(), "{t}");
         assert_eq!(ev.metadata["container.runtime.name"], "containerd", "{t}");
         assert_eq!(ev.metadata["k8s.pod.uid"], uid, "{t}");
-        assert_eq!(ev.metadata["k8s.pod.qos_class"], "besteffort", "{t}");
-        assert_eq!(ev.metadata["cgroup.path"], rel, "{t}");
-        assert_eq!(ev.metadata["cgroup.id"], cg_id.to_string(), "{t}");
+        assert_eq!(ev.metadata["tapio.k8s.pod.qos_class"], "besteffort", "{t}");
+        assert_eq!(ev.metadata["tapio.cgroup.path"], rel.as_str(), "{t}");
+        assert_eq!(ev.metadata["tapio.cgroup.id"], cg_id as i64, "{t}");
+        assert_eq!(ev.metadata["process.pid"], i64::from(pid), "{t}");
     }
-    let exec: ExecEvent = events
+    let exec = events
         .iter()
         .find(|e| e.event_type == types::EXEC)
-        .and_then(|e| e.payload().ok())
+        .and_then(|e| e.payload_ref::<ExecEvent>())
         .expect("exec payload");
     assert_eq!(exec.process.cgroup_id, cg_id);
     assert_eq!(exec.filename, "/bin/sh");
-    let exit: ExitEvent = events
+    let exit = events
         .iter()
         .find(|e| e.event_type == types::EXIT)
-        .and_then(|e| e.payload().ok())
+        .and_then(|e| e.payload_ref::<ExitEvent>())
         .expect("exit payload");
     assert_eq!((exit.process.pid, exit.exit_code), (pid, 5));
     assert_eq!(k.resolver.is_removed(cg_id), Some(true));
@@ -263,26 +264,26 @@ async fn exec_and_exit_through_the_forced_classic_tracepoints() {
     let events = collect(
         &mut k.events,
         Duration::from_secs(10),
-        |ev| ev.metadata.get("process.pid") == Some(&pid.to_string()),
+        |ev| ev.metadata.get_i64("process.pid") == Some(i64::from(pid)),
         |got| {
             got.iter().any(|e| e.event_type == types::EXEC)
                 && got.iter().any(|e| e.event_type == types::EXIT)
         },
     )
     .await;
-    let exec: ExecEvent = events
+    let exec = events
         .iter()
         .find(|e| e.event_type == types::EXEC)
-        .and_then(|e| e.payload().ok())
+        .and_then(|e| e.payload_ref::<ExecEvent>())
         .unwrap_or_else(|| panic!("no exec via tp/sched/sched_process_exec: {events:#?}"));
     assert_eq!(exec.process.pid, pid);
     assert_eq!(exec.filename, "/bin/sh");
     assert_eq!(exec.args, vec!["/bin/sh", "-c", "exit 4"]);
     assert_eq!(exec.process.cgroup_id, own_cgroup_id(&k.resolver));
-    let exits: Vec<ExitEvent> = events
+    let exits: Vec<&ExitEvent> = events
         .iter()
         .filter(|e| e.event_type == types::EXIT)
-        .filter_map(|e| e.payload().ok())
+        .filter_map(|e| e.payload_ref::<ExitEvent>())
         .collect();
     assert!(!exits.is_empty());
     assert_eq!((exits[0].process.pid, exits[0].exit_code), (pid, 4));

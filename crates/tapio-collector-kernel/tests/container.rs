@@ -37,18 +37,17 @@ async fn container_process_events_carry_the_container_id() {
     let events = collect(
         &mut k.events,
         Duration::from_secs(15),
-        |ev| ev.metadata.get("container.id") == Some(&cid),
+        |ev| ev.metadata.get_str("container.id") == Some(cid.as_str()),
         |got| {
             let sh = got.iter().find_map(|e| {
-                e.payload::<ExecEvent>()
-                    .ok()
+                e.payload_ref::<ExecEvent>()
                     .filter(|x| e.event_type == types::EXEC && x.filename == "/bin/sh")
             });
             sh.is_some_and(|sh| {
                 got.iter().any(|e| {
                     e.event_type == types::EXIT
-                        && e.payload::<ExitEvent>()
-                            .is_ok_and(|x| x.process.pid == sh.process.pid)
+                        && e.payload_ref::<ExitEvent>()
+                            .is_some_and(|x| x.process.pid == sh.process.pid)
                 })
             })
         },
@@ -58,25 +57,33 @@ async fn container_process_events_carry_the_container_id() {
         .iter()
         .find(|e| {
             e.event_type == types::EXEC
-                && e.payload::<ExecEvent>()
-                    .is_ok_and(|x| x.filename == "/bin/sh")
+                && e.payload_ref::<ExecEvent>()
+                    .is_some_and(|x| x.filename == "/bin/sh")
         })
         .unwrap_or_else(|| panic!("no exec with container.id {cid}: {events:#?}"));
-    let exec: ExecEvent = exec_ev.payload().unwrap();
+    let exec = exec_ev.payload_ref::<ExecEvent>().unwrap();
     assert_eq!(exec.filename, "/bin/sh");
     assert_eq!(exec.args, vec!["/bin/sh", "-c", "exit 3"]);
     assert_eq!(exec_ev.metadata["container.runtime.name"], "containerd");
-    assert_eq!(exec_ev.metadata["cgroup.path"], format!("/default/{cid}"));
+    assert_eq!(
+        exec_ev.metadata["tapio.cgroup.path"],
+        format!("/default/{cid}").as_str()
+    );
+    assert_eq!(
+        exec_ev.metadata["tapio.cgroup.id"],
+        exec.process.cgroup_id as i64
+    );
+    assert_eq!(exec_ev.metadata["process.pid"], i64::from(exec.process.pid));
     // The BPF cgroup id is the inode of the container's cgroup v2 directory.
     let info = k
         .resolver
         .resolve(exec.process.cgroup_id)
         .expect("resolves");
     assert_eq!(info.container_id.as_deref(), Some(cid.as_str()));
-    let exit: ExitEvent = events
+    let exit = events
         .iter()
         .filter(|e| e.event_type == types::EXIT)
-        .filter_map(|e| e.payload::<ExitEvent>().ok())
+        .filter_map(|e| e.payload_ref::<ExitEvent>())
         .find(|x| x.process.pid == exec.process.pid)
         .expect("exit of the container's sh");
     assert_eq!(exit.process.pid, exec.process.pid);

@@ -31,7 +31,7 @@ async fn comm_filter_and_ring_buffer_size_are_applied() {
     })
     .await
     .expect("exec of the renamed binary");
-    let exec: ExecEvent = ev.payload().unwrap();
+    let exec = ev.payload_ref::<ExecEvent>().unwrap();
     assert_eq!(
         exec.process.pid, kept_pid,
         "/bin/true (pid {true_pid}) must be filtered"
@@ -78,7 +78,7 @@ async fn per_cgroup_rate_limit_throttles_and_counts_every_drop() {
     let dropped_in_stops = |got: &[tapio_core::RawEvent]| -> u64 {
         got.iter()
             .filter(|e| e.event_type == types::THROTTLE_STOP)
-            .map(|e| e.payload::<ThrottleEvent>().unwrap().dropped)
+            .map(|e| e.payload_ref::<ThrottleEvent>().unwrap().dropped)
             .sum()
     };
     let events = collect(
@@ -107,8 +107,14 @@ async fn per_cgroup_rate_limit_throttles_and_counts_every_drop() {
         .find(|e| e.event_type == types::THROTTLE_START)
         .unwrap();
     assert_eq!(
-        throttled.metadata["cgroup.id"],
-        own_cgroup_id(&k.resolver).to_string()
+        throttled.metadata["tapio.cgroup.id"],
+        own_cgroup_id(&k.resolver) as i64
+    );
+    // About a cgroup, not a process.
+    assert!(
+        !throttled.metadata.contains_key("process.pid"),
+        "{:?}",
+        throttled.metadata
     );
     k.collector.stop().await.unwrap();
 }

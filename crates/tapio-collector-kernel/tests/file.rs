@@ -43,14 +43,21 @@ async fn create_chmod_rename_unlink_under_a_watched_prefix() {
         Duration::from_secs(10),
         |ev| {
             ev.event_type.starts_with("kernel.file.")
-                && ev.payload::<FileEvent>().is_ok_and(|f| f.process.pid == me)
+                && ev
+                    .payload_ref::<FileEvent>()
+                    .is_some_and(|f| f.process.pid == me)
         },
         |got| got.len() >= 5,
     )
     .await;
-    let got: Vec<(String, FileEvent)> = events
+    let got: Vec<(String, &FileEvent)> = events
         .iter()
-        .map(|e| (e.event_type.to_string(), e.payload::<FileEvent>().unwrap()))
+        .map(|e| {
+            (
+                e.event_type.to_string(),
+                e.payload_ref::<FileEvent>().unwrap(),
+            )
+        })
         .collect();
     let a_s = a.to_str().unwrap().to_string();
     let b_s = b.to_str().unwrap().to_string();
@@ -74,12 +81,17 @@ async fn create_chmod_rename_unlink_under_a_watched_prefix() {
     assert_eq!(got[4].0, types::FILE_UNLINK);
     assert_eq!(got[4].1.path, missing.to_str().unwrap());
     assert_eq!(got[4].1.result, -libc::ENOENT);
-    assert_eq!(events[0].metadata["file.path"], a_s);
+    assert_eq!(events[0].metadata["file.path"], a_s.as_str());
+    assert_eq!(events[0].metadata["process.pid"], i64::from(me));
+    assert_eq!(got[0].1.op, "create");
+    assert_eq!(got[3].1.op, "unlink");
 
     // Nothing more: the unwatched file and the string-prefix sibling are filtered in the kernel.
     let extra = wait_for(&mut k.events, Duration::from_millis(500), |ev| {
         ev.event_type.starts_with("kernel.file.")
-            && ev.payload::<FileEvent>().is_ok_and(|f| f.process.pid == me)
+            && ev
+                .payload_ref::<FileEvent>()
+                .is_some_and(|f| f.process.pid == me)
     })
     .await;
     assert!(extra.is_none(), "unexpected: {extra:?}");

@@ -10,7 +10,7 @@ use tapio_collector_kernel::{ExecEvent, KernelCollector, KernelConfig};
 use tapio_core::testing::{
     assert_child_passes_unprivileged, assert_missing_privilege, require_root,
 };
-use tapio_core::{Collector, CollectorContext, CollectorError, HealthState};
+use tapio_core::{Collector, CollectorContext, CollectorError, ErrorChain, HealthState};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn double_start_errors_and_restart_observes_again() {
@@ -34,12 +34,12 @@ async fn double_start_errors_and_restart_observes_again() {
 
     let (pid, _) = run(Command::new("/bin/true")).await;
     let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
-        ev.payload::<ExecEvent>()
-            .is_ok_and(|e| e.process.pid == pid)
+        ev.payload_ref::<ExecEvent>()
+            .is_some_and(|e| e.process.pid == pid)
     })
     .await
     .expect("exec after restart");
-    assert_eq!(ev.payload::<ExecEvent>().unwrap().filename, "/bin/true");
+    assert_eq!(ev.payload_ref::<ExecEvent>().unwrap().filename, "/bin/true");
     k.collector.stop().await.expect("stop");
 }
 
@@ -69,6 +69,21 @@ async fn unprivileged_child() {
         .expect_err("loading BPF as uid 65534 must fail");
     assert_missing_privilege(&err, &["CAP_BPF", "CAP_PERFMON"]);
     assert_eq!(kernel.health().state, HealthState::Failed);
+    // The message names the failed step; the kernel's refusal is its cause,
+    // shown by ErrorChain and not repeated in the message.
+    let shown = err.to_string();
+    assert!(shown.starts_with("kernel: "), "{shown}");
+    let cause = std::error::Error::source(&err)
+        .expect("the kernel's refusal is kept as the cause")
+        .to_string();
+    assert!(!shown.contains(&cause), "{shown:?} repeats {cause:?}");
+    assert!(
+        ErrorChain(&err)
+            .to_string()
+            .starts_with(&format!("{shown}: {cause}")),
+        "{}",
+        ErrorChain(&err)
+    );
 }
 
 #[test]

@@ -108,12 +108,12 @@ async fn real_oom_kill_in_a_limited_cgroup() {
     let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
         ev.event_type == types::OOM_KILL
             && ev
-                .payload::<OomKillEvent>()
-                .is_ok_and(|o| o.victim_pid == pid)
+                .payload_ref::<OomKillEvent>()
+                .is_some_and(|o| o.victim_pid == pid)
     })
     .await
     .unwrap_or_else(|| panic!("no OOM kill event for pid {pid}"));
-    let oom: OomKillEvent = ev.payload().unwrap();
+    let oom = ev.payload_ref::<OomKillEvent>().unwrap();
     assert_eq!(oom.victim_comm, "sh");
     assert_eq!(oom.victim_uid, 0);
     assert!(
@@ -121,7 +121,15 @@ async fn real_oom_kill_in_a_limited_cgroup() {
         "{oom:?}"
     );
     assert_eq!(oom.victim_cgroup_id, own_cgroup_id(&k.resolver));
-    assert_eq!(ev.metadata["process.pid"], pid.to_string());
+    assert_eq!(ev.metadata["process.pid"], i64::from(pid));
+    assert_eq!(ev.metadata["process.command"], "sh");
+    assert_eq!(ev.metadata["process.user.id"], 0i64);
+    assert_eq!(
+        ev.metadata["tapio.cgroup.id"],
+        own_cgroup_id(&k.resolver) as i64
+    );
+    // The victim's parent is not recorded: no made-up parent pid.
+    assert!(!ev.metadata.contains_key("process.parent_pid"));
     drop(cg);
     k.collector.stop().await.unwrap();
 }
@@ -142,12 +150,15 @@ async fn rss_growth_is_aggregated_into_threshold_crossings() {
         Duration::from_secs(5),
         |ev| {
             ev.event_type == types::RSS_GROWTH
-                && ev.metadata.get("process.pid") == Some(&pid.to_string())
+                && ev.metadata.get_i64("process.pid") == Some(i64::from(pid))
         },
         |_| false,
     )
     .await;
-    let growth: Vec<RssGrowthEvent> = events.iter().map(|e| e.payload().unwrap()).collect();
+    let growth: Vec<&RssGrowthEvent> = events
+        .iter()
+        .map(|e| e.payload_ref::<RssGrowthEvent>().unwrap())
+        .collect();
     assert!(!growth.is_empty(), "no rss growth for pid {pid}");
     // Never one event per allocation: at most one per step crossed.
     assert!(

@@ -43,7 +43,7 @@ async fn loopback_connection_yields_connect_accept_and_close_with_byte_counts() 
     server.join().unwrap();
 
     let mine = |ev: &tapio_core::RawEvent| {
-        ev.payload::<TcpEvent>().is_ok_and(|t| {
+        ev.payload_ref::<TcpEvent>().is_some_and(|t| {
             (t.local_port == client_port && t.remote_port == server_port)
                 || (t.local_port == server_port && t.remote_port == client_port)
         })
@@ -54,11 +54,11 @@ async fn loopback_connection_yields_connect_accept_and_close_with_byte_counts() 
             && got.iter().any(|e| e.event_type == types::ACCEPT)
     })
     .await;
-    let one = |t: &str, local: u16| -> TcpEvent {
+    let one = |t: &str, local: u16| -> &TcpEvent {
         events
             .iter()
             .filter(|e| e.event_type == t)
-            .map(|e| e.payload::<TcpEvent>().unwrap())
+            .map(|e| e.payload_ref::<TcpEvent>().unwrap())
             .find(|p| p.local_port == local)
             .unwrap_or_else(|| {
                 let lines: Vec<String> = events.iter().map(|e| e.to_json_line().unwrap()).collect();
@@ -97,8 +97,42 @@ async fn loopback_connection_yields_connect_accept_and_close_with_byte_counts() 
         .find(|e| e.event_type == types::CONNECT)
         .unwrap();
     assert_eq!(ev.metadata["network.transport"], "tcp");
-    assert_eq!(ev.metadata["network.peer.port"], server_port.to_string());
-    assert_eq!(ev.metadata["network.local.port"], client_port.to_string());
+    assert_eq!(ev.metadata["network.type"], "ipv4");
+    assert_eq!(ev.metadata["network.peer.address"], "127.0.0.1");
+    assert_eq!(ev.metadata["network.peer.port"], i64::from(server_port));
+    assert_eq!(ev.metadata["network.local.address"], "127.0.0.1");
+    assert_eq!(ev.metadata["network.local.port"], i64::from(client_port));
+    // Outbound: we are the client.
+    assert_eq!(ev.metadata["client.port"], i64::from(client_port));
+    assert_eq!(ev.metadata["server.address"], "127.0.0.1");
+    assert_eq!(ev.metadata["server.port"], i64::from(server_port));
+    assert_eq!(ev.metadata["process.pid"], i64::from(me));
+    let ev = events
+        .iter()
+        .find(|e| {
+            e.event_type == types::ACCEPT
+                && e.payload_ref::<TcpEvent>().unwrap().local_port == server_port
+        })
+        .unwrap();
+    // Inbound: we are the server.
+    assert_eq!(ev.metadata["server.port"], i64::from(server_port));
+    assert_eq!(ev.metadata["client.address"], "127.0.0.1");
+    assert_eq!(ev.metadata["client.port"], i64::from(client_port));
+    let ev = events
+        .iter()
+        .find(|e| e.event_type == types::CLOSE)
+        .unwrap();
+    // A close does not say who initiated the connection.
+    assert!(
+        !ev.metadata.contains_key("server.port"),
+        "{:?}",
+        ev.metadata
+    );
+    assert!(
+        !ev.metadata.contains_key("client.port"),
+        "{:?}",
+        ev.metadata
+    );
     k.collector.stop().await.unwrap();
 }
 
@@ -120,8 +154,8 @@ async fn refused_connection_reports_the_reset_and_no_connection() {
         &mut k.events,
         Duration::from_secs(2),
         |ev| {
-            ev.payload::<TcpEvent>()
-                .is_ok_and(|t| t.remote_port == port)
+            ev.payload_ref::<TcpEvent>()
+                .is_some_and(|t| t.remote_port == port)
         },
         |_| false,
     )
@@ -129,7 +163,7 @@ async fn refused_connection_reports_the_reset_and_no_connection() {
     // The RST is reported; no connect or close: it never was established.
     let types_seen: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types_seen, vec![types::RESET], "{events:#?}");
-    let reset: TcpEvent = events[0].payload().unwrap();
+    let reset = events[0].payload_ref::<TcpEvent>().unwrap();
     assert_eq!(reset.op, "reset_received");
     assert_eq!(reset.process.as_ref().unwrap().pid, std::process::id());
     k.collector.stop().await.unwrap();
@@ -182,13 +216,16 @@ async fn accepts_on_one_port_in_two_network_namespaces_go_to_their_own_listener(
         |ev| {
             ev.event_type == types::ACCEPT
                 && ev
-                    .payload::<TcpEvent>()
-                    .is_ok_and(|t| t.local_port == PORT && client_ports.contains(&t.remote_port))
+                    .payload_ref::<TcpEvent>()
+                    .is_some_and(|t| t.local_port == PORT && client_ports.contains(&t.remote_port))
         },
         |got| got.len() >= 2,
     )
     .await;
-    let accepts: Vec<TcpEvent> = events.iter().map(|e| e.payload().unwrap()).collect();
+    let accepts: Vec<&TcpEvent> = events
+        .iter()
+        .map(|e| e.payload_ref::<TcpEvent>().unwrap())
+        .collect();
     let mut accepted_by: Vec<u32> = accepts
         .iter()
         .map(|a| a.process.as_ref().expect("accept without owner").tid)

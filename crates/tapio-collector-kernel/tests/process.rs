@@ -28,8 +28,10 @@ async fn exec_fork_and_exit_of_sh_exit_7() {
         &mut k.events,
         Duration::from_secs(10),
         |ev| {
-            ev.metadata.get("process.pid") == Some(&pid.to_string())
-                || ev.payload::<ForkEvent>().is_ok_and(|f| f.child_pid == pid)
+            ev.metadata.get_i64("process.pid") == Some(i64::from(pid))
+                || ev
+                    .payload_ref::<ForkEvent>()
+                    .is_some_and(|f| f.child_pid == pid)
         },
         |got| {
             got.iter().filter(|e| e.event_type != types::FORK).count() >= 2
@@ -44,12 +46,12 @@ async fn exec_fork_and_exit_of_sh_exit_7() {
             .unwrap_or_else(|| panic!("no {t} for pid {pid}; got {events:#?}"))
     };
 
-    let fork: ForkEvent = find(types::FORK).payload().unwrap();
+    let fork = find(types::FORK).payload_ref::<ForkEvent>().unwrap();
     assert_eq!(fork.process.pid, std::process::id());
     assert_eq!(fork.child_pid, pid);
 
     let exec_ev = find(types::EXEC);
-    let exec: ExecEvent = exec_ev.payload().unwrap();
+    let exec = exec_ev.payload_ref::<ExecEvent>().unwrap();
     assert_eq!(exec.process.pid, pid);
     assert_eq!(exec.process.tid, pid);
     assert_eq!(exec.process.ppid, std::process::id());
@@ -69,14 +71,26 @@ async fn exec_fork_and_exit_of_sh_exit_7() {
         "/bin/sh -c exit 7"
     );
     assert_eq!(
-        exec_ev.metadata["cgroup.id"],
-        exec.process.cgroup_id.to_string()
+        exec_ev.metadata["tapio.cgroup.id"],
+        exec.process.cgroup_id as i64
     );
+    // Typed metadata: integers are integers.
+    assert_eq!(exec_ev.metadata["process.pid"], i64::from(pid));
+    assert_eq!(
+        exec_ev.metadata["process.parent_pid"],
+        i64::from(std::process::id())
+    );
+    assert_eq!(exec_ev.metadata["process.user.id"], 0i64);
+    assert_eq!(exec_ev.metadata["process.command"], "sh");
+    // The typed payload encodes to JSON that decodes to the same value.
+    assert_eq!(exec_ev.payload::<ExecEvent>().unwrap(), *exec);
+    let line = exec_ev.to_json_line().unwrap();
+    assert!(line.contains(&format!(r#""process.pid":{pid},"#)), "{line}");
     let slack = chrono::Duration::milliseconds(50);
     assert!(exec_ev.timestamp >= before - slack && exec_ev.timestamp <= after + slack);
     assert!(exec.start_time >= before - slack && exec.start_time <= exec_ev.timestamp);
 
-    let exit: ExitEvent = find(types::EXIT).payload().unwrap();
+    let exit = find(types::EXIT).payload_ref::<ExitEvent>().unwrap();
     assert_eq!(exit.process.pid, pid);
     assert_eq!(exit.process.ppid, std::process::id());
     assert_eq!(exit.exit_code, 7);
@@ -107,12 +121,12 @@ async fn killed_process_reports_the_signal() {
     let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
         ev.event_type == types::EXIT
             && ev
-                .payload::<ExitEvent>()
-                .is_ok_and(|e| e.process.pid == pid)
+                .payload_ref::<ExitEvent>()
+                .is_some_and(|e| e.process.pid == pid)
     })
     .await
     .expect("exit event of the killed sleep");
-    let exit: ExitEvent = ev.payload().unwrap();
+    let exit = ev.payload_ref::<ExitEvent>().unwrap();
     assert_eq!(exit.signal, 9);
     assert_eq!(exit.process.comm, "sleep");
     k.collector.stop().await.unwrap();
@@ -134,12 +148,12 @@ async fn long_argv_is_cut_at_the_configured_budget() {
     let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
         ev.event_type == types::EXEC
             && ev
-                .payload::<ExecEvent>()
-                .is_ok_and(|e| e.process.pid == pid)
+                .payload_ref::<ExecEvent>()
+                .is_some_and(|e| e.process.pid == pid)
     })
     .await
     .expect("exec of echo");
-    let exec: ExecEvent = ev.payload().unwrap();
+    let exec = ev.payload_ref::<ExecEvent>().unwrap();
     // "/bin/echo\0first\0" is 16 bytes; 16 more of the long argument fit.
     assert_eq!(
         exec.args,

@@ -30,17 +30,22 @@ async fn setpriv_dropping_to_nobody_is_a_credential_change() {
         Duration::from_secs(10),
         |ev| {
             ev.event_type == types::CREDENTIAL_CHANGE
-                && ev.metadata.get("process.pid") == Some(&pid.to_string())
+                && ev.metadata.get_i64("process.pid") == Some(i64::from(pid))
         },
         |got| {
-            let changes: Vec<CredentialChangeEvent> =
-                got.iter().filter_map(|e| e.payload().ok()).collect();
+            let changes: Vec<&CredentialChangeEvent> = got
+                .iter()
+                .filter_map(|e| e.payload_ref::<CredentialChangeEvent>())
+                .collect();
             changes.iter().any(|c| c.new.uid != c.old.uid)
                 && changes.iter().any(|c| c.new.gid != c.old.gid)
         },
     )
     .await;
-    let changes: Vec<CredentialChangeEvent> = events.iter().map(|e| e.payload().unwrap()).collect();
+    let changes: Vec<&CredentialChangeEvent> = events
+        .iter()
+        .map(|e| e.payload_ref::<CredentialChangeEvent>().unwrap())
+        .collect();
     // Calls that changed nothing (setpriv's capset) are not reported.
     assert!(changes.iter().all(|c| c.old != c.new), "{changes:#?}");
     let uid = changes
@@ -84,11 +89,11 @@ async fn setuid_binary_run_by_nobody_is_a_privileged_exec() {
     let (pid, _) = run(cmd).await;
     let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
         ev.event_type == types::PRIVILEGED_EXEC
-            && ev.metadata.get("process.pid") == Some(&pid.to_string())
+            && ev.metadata.get_i64("process.pid") == Some(i64::from(pid))
     })
     .await
     .expect("privileged exec of chfn");
-    let p: PrivilegedExecEvent = ev.payload().unwrap();
+    let p = ev.payload_ref::<PrivilegedExecEvent>().unwrap();
     assert_eq!(p.filename, "/usr/bin/chfn");
     assert_eq!((p.process.uid, p.process.euid), (65534, 0));
     assert_eq!(p.reasons, vec!["setuid", "secure_exec"]);
