@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tapio::cni::cni::CniEnv;
-use tapio::cni::engine::{EngineConfig, Output};
+use tapio::cni::correlator::{CorrelatorConfig, Output};
 use tapio::cni::pipeline::Pipeline;
 use tapio::cni::source::{
     Clock, ExecSource, IpamChange, LinkChange, PluginExit, PluginStart, SourceError, Step,
@@ -193,14 +193,14 @@ fn del(n: u32, t: u64, out: &mut Vec<Step>) {
     out.push(exit(bridge, t, t + 3 * MS));
 }
 
-fn pipeline(config: EngineConfig) -> Pipeline {
+fn pipeline(config: CorrelatorConfig) -> Pipeline {
     Pipeline::new(config, Box::new(NoExec), None, None, Box::new(FixedClock))
 }
 
 /// Correlation throughput: `pods` ADD+DEL operations, in batches of 1 000
 /// pods (steps generated before the clock starts).
 fn throughput(pods: u32) -> (f64, f64, u64) {
-    let config = EngineConfig {
+    let config = CorrelatorConfig {
         max_operations: 65_536,
         max_plugins: 131_072,
         max_pods: 131_072,
@@ -262,7 +262,7 @@ fn throughput(pods: u32) -> (f64, f64, u64) {
 
 /// Live heap bytes per operation in flight and per remembered pod.
 fn memory(pods: u32) -> (f64, f64) {
-    let config = EngineConfig {
+    let config = CorrelatorConfig {
         max_operations: 131_072,
         max_plugins: 262_144,
         max_pods: 131_072,
@@ -407,7 +407,7 @@ fn real_loop(pods: u32) {
             while let Some(ev) = rx.recv().await {
                 let ours = ev
                     .metadata
-                    .get("container.id")
+                    .get_str("container.id")
                     .is_some_and(|c| c.starts_with("tapio-bench-on-"));
                 if !ours && ev.event_type != types::INCOMPLETE {
                     continue;

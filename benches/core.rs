@@ -2,6 +2,11 @@
 //! against a baseline measured in the same run, so that BENCHMARKS.md can
 //! report ratios rather than absolute figures from a noisy machine:
 //!
+//! - `event/build_and_encode_payload`: building a typed [`RawEvent`]
+//!   (payload moved in, typed metadata, ids) and encoding its `data` once,
+//!   as a sink that needs bytes does, against `serde_json::to_string` of the
+//!   payload alone. `event/build_typed` is the build without any encoding:
+//!   what an embedder or a counter pays.
 //! - `event/create_and_encode`, `event/encode_only`: [`RawEvent`] building
 //!   and `to_json_line` against a hand-rolled `serde_json::to_string` of a
 //!   plain struct carrying the same fields.
@@ -19,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde::Serialize;
 use tapio_core::channel::{self, OverflowPolicy, SendOutcome};
@@ -76,30 +81,26 @@ fn exec_payload(seq: u32) -> ExecPayload {
     }
 }
 
-/// The five metadata attributes every event carries (OpenTelemetry keys).
-fn metadata_pairs(p: &ExecPayload) -> [(&'static str, String); 5] {
-    [
-        ("process.pid", p.pid.to_string()),
-        ("process.parent_pid", p.ppid.to_string()),
-        (
-            "k8s.pod.uid",
-            "3f1c2a9e-5b7d-4c1e-9a0f-2d6b8e4c7a11".to_string(),
-        ),
-        ("k8s.namespace.name", "kube-system".to_string()),
-        (
-            "container.id",
-            "9b2f6d41c3e8a7f05d1e2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f".to_string(),
-        ),
-    ]
+const POD_UID: &str = "3f1c2a9e-5b7d-4c1e-9a0f-2d6b8e4c7a11";
+const CONTAINER_ID: &str = "9b2f6d41c3e8a7f05d1e2c3b4a5f6e7d8c9b0a1f2e3d4c5b6a7f8e9d0c1b2a3f";
+
+/// A tapio event: typed payload moved in, five typed attributes (in key
+/// order, as the collectors insert them), timestamp given (no clock read).
+fn tapio_event_at(seq: u32, now: DateTime<Utc>) -> RawEvent {
+    let payload = exec_payload(seq);
+    let (pid, ppid) = (payload.pid, payload.ppid);
+    let mut ev = RawEvent::at(now, EVENT_TYPE, SOURCE, payload);
+    ev.metadata.reserve(5);
+    ev.metadata.insert("container.id", CONTAINER_ID);
+    ev.metadata.insert("k8s.namespace.name", "kube-system");
+    ev.metadata.insert("k8s.pod.uid", POD_UID);
+    ev.metadata.insert("process.parent_pid", ppid);
+    ev.metadata.insert("process.pid", pid);
+    ev
 }
 
-/// A tapio event: typed payload → `RawEvent::new` → five `with_metadata`.
 fn tapio_event(seq: u32) -> RawEvent {
-    let payload = exec_payload(seq);
-    metadata_pairs(&payload).into_iter().fold(
-        RawEvent::new(EVENT_TYPE, SOURCE, &payload).expect("exec payload serializes"),
-        |ev, (k, v)| ev.with_metadata(k, v),
-    )
+    tapio_event_at(seq, Utc::now())
 }
 
 /// What a hand-rolled encoder would write: the payload embedded directly,
@@ -112,7 +113,7 @@ struct HandRolled {
     event_type: String,
     source: String,
     data: ExecPayload,
-    metadata: BTreeMap<String, String>,
+    metadata: BTreeMap<String, serde_json::Value>,
     trace_id: String,
     span_id: String,
 }
@@ -121,10 +122,16 @@ struct HandRolled {
 /// clock read, two random ids, payload and metadata allocation.
 fn hand_rolled_event(seq: u32) -> HandRolled {
     let payload = exec_payload(seq);
-    let metadata = metadata_pairs(&payload)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let metadata = [
+        ("container.id", serde_json::Value::from(CONTAINER_ID)),
+        ("k8s.namespace.name", "kube-system".into()),
+        ("k8s.pod.uid", POD_UID.into()),
+        ("process.parent_pid", payload.ppid.into()),
+        ("process.pid", payload.pid.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     HandRolled {
         timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true),
         event_type: EVENT_TYPE.to_string(),
@@ -156,6 +163,53 @@ fn bench_event(c: &mut Criterion) {
         hand_line.len(),
         "encoders disagree:\n{tapio_line}\n{hand_line}"
     );
+
+    // The payload bytes a sink gets are exactly serde_json's.
+    assert_eq!(
+        tapio_event(7).data.json().expect("encode"),
+        serde_json::to_string(&exec_payload(7))
+            .expect("encode")
+            .as_bytes()
+    );
+
+    let now = Utc::now();
+    let mut g = c.benchmark_group("event/build_and_encode_payload");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("baseline/serde_json_to_string_payload", |b| {
+        let mut seq = 0u32;
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            serde_json::to_string(&exec_payload(black_box(seq))).expect("encode")
+        })
+    });
+    g.bench_function("tapio/build_typed_then_encode_data", |b| {
+        let mut seq = 0u32;
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            let ev = tapio_event_at(black_box(seq), now);
+            black_box(ev.data.json().expect("encode").len());
+            ev
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("event/build_typed");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("baseline/build_payload", |b| {
+        let mut seq = 0u32;
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            exec_payload(black_box(seq))
+        })
+    });
+    g.bench_function("tapio/build_raw_event", |b| {
+        let mut seq = 0u32;
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            tapio_event_at(black_box(seq), now)
+        })
+    });
+    g.finish();
 
     let mut g = c.benchmark_group("event/create_and_encode");
     g.throughput(Throughput::Elements(1));
@@ -534,8 +588,8 @@ fn bench_emitter(c: &mut Criterion) {
             std::mem::swap(&mut pool, &mut out);
         });
         assert_eq!(pool.len(), BATCH);
-        assert!(base.stats().processed > 0);
-        assert_eq!(base.stats().dropped_queue, 0);
+        assert!(base.stats().snapshot().processed > 0);
+        assert_eq!(base.stats().snapshot().dropped_queue, 0);
     });
     g.finish();
 }

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tapio::etcd::etcd_client::Client;
-use tapio::etcd::{EtcdCollector, EtcdConfig, EtcdPutEvent, PUT_EVENT};
+use tapio::etcd::{EtcdCollector, EtcdConfig, EtcdPutEvent, types};
 use tapio::{Collector, CollectorContext};
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -306,7 +306,7 @@ async fn spawn_collector(
             else {
                 break;
             };
-            if ev.event_type != PUT_EVENT {
+            if ev.event_type != types::PUT {
                 continue;
             }
             let put: EtcdPutEvent = ev.payload().expect("payload");

@@ -276,7 +276,7 @@ async fn run(pods: usize, updates: usize) {
     .expect("drain");
     let tapio_list = started.elapsed();
     assert_eq!(directory.len(), pods);
-    assert_eq!(collector.stats().cached_objects as usize, pods);
+    assert_eq!(collector.observer().stats().cached_objects as usize, pods);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let retained = LIVE.load(Ordering::Relaxed) - before;
 
@@ -325,7 +325,7 @@ async fn run(pods: usize, updates: usize) {
     }
     let tapio_watch = first.map(|f| f.elapsed()).unwrap_or_default();
     let bare_watch = bare.await.expect("bare watcher").unwrap_or_default();
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     collector.stop().await.expect("stop");
     let _ = std::fs::remove_file(&path);
 

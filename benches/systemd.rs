@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tapio::systemd::testing::{DbusDaemon, FakeSystemd, FakeUnit, export_entry, write_journal};
-use tapio::systemd::{Priority, StartAt, SystemdCollector, SystemdConfig, UNIT_STATE_EVENT};
+use tapio::systemd::{Priority, StartAt, SystemdCollector, SystemdConfig, types};
 use tapio::{Collector, CollectorContext, RawEvent};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -235,7 +235,7 @@ async fn collector_run(file: &Path, expected: usize, filtered: bool) -> Run {
     }
     let seconds = started.elapsed().as_secs_f64();
     let (cpu1, _) = cpu_times();
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     let health = collector.health();
     collector.stop().await.expect("stop");
     assert_eq!(seen, expected, "collector delivered {seen} of {expected}");
@@ -504,7 +504,7 @@ async fn signal_bench(dir: &Path) {
     };
     tokio::time::sleep(Duration::from_millis(500)).await; // dbus-monitor attached
 
-    let signals_before = collector.stats().unit_signals;
+    let signals_before = collector.observer().stats().unit_signals;
     let (cpu0, _) = cpu_times();
     writeln!(fake_in, "go {cycles}").expect("go");
     fake_in.flush().expect("flush");
@@ -520,7 +520,7 @@ async fn signal_bench(dir: &Path) {
             }
         }
         for ev in &batch {
-            assert_eq!(ev.event_type, UNIT_STATE_EVENT);
+            assert_eq!(ev.event_type, types::UNIT_STATE);
             let _ = ev.to_json_line().expect("json");
         }
         span.see(batch.len() as u64);
@@ -533,7 +533,7 @@ async fn signal_bench(dir: &Path) {
         .strip_prefix("done ")
         .and_then(|s| s.parse().ok())
         .unwrap_or(f64::NAN);
-    let stats = collector.stats();
+    let stats = collector.observer().stats();
     let signals = stats.unit_signals - signals_before;
     let deadline = Instant::now() + Duration::from_secs(30);
     while (monitor_span.lock().count as usize) < total && Instant::now() < deadline {

@@ -312,7 +312,20 @@ async fn run(args: Args) -> Result<(), String> {
 
     let exporter = match &config.otlp {
         Some(otlp) => {
-            let exporter = OtlpLogExporter::start(otlp).map_err(|err| err.to_string())?;
+            // What export loses is charged to the collector that produced
+            // it: one set of numbers in /metrics, /healthz and the summary.
+            let charged: Vec<(String, tapio::core::Stats)> = registry
+                .names()
+                .into_iter()
+                .filter_map(|name| registry.stats(&name).map(|stats| (name, stats)))
+                .collect();
+            let on_drop = Arc::new(move |ev: &tapio::RawEvent| {
+                if let Some((_, stats)) = charged.iter().find(|(name, _)| *name == *ev.source) {
+                    stats.add_dropped(tapio::core::DropStage::Export, 1);
+                }
+            });
+            let exporter = OtlpLogExporter::start_with(otlp, on_drop)
+                .map_err(|err| tapio::core::ErrorChain(&err).to_string())?;
             eprintln!("tapio-agent: exporting OTLP to {}", otlp.endpoint);
             Some(exporter)
         }
@@ -358,12 +371,15 @@ async fn run(args: Args) -> Result<(), String> {
     let report = registry
         .start(ctx)
         .await
-        .map_err(|err| format!("start: {err}"))?;
+        .map_err(|err| format!("start: {}", tapio::core::ErrorChain(&err)))?;
     for name in &report.started {
         eprintln!("tapio-agent: {name:<8} started");
     }
     for (name, err) in &report.skipped {
-        eprintln!("tapio-agent: {name:<8} skipped: {err}");
+        eprintln!(
+            "tapio-agent: {name:<8} skipped: {}",
+            tapio::core::ErrorChain(err)
+        );
     }
     if report.started.is_empty() {
         eprintln!("tapio-agent: no collector could start; waiting for the duration or Ctrl-C");
@@ -422,10 +438,7 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
     let export = match exporter {
-        Some(exporter) => {
-            let by_source = exporter.dropped_by_source();
-            Some((exporter.shutdown().await, by_source))
-        }
+        Some(exporter) => Some(exporter.shutdown().await),
         None => None,
     };
     if let Some(endpoint) = endpoint {
@@ -436,38 +449,21 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
 
     let merged = events.stats();
-    eprintln!(
-        "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>8}",
-        "summary",
-        "processed",
-        "written",
-        "dropped_kernel",
-        "dropped_queue",
-        "dropped_export",
-        "errors"
-    );
+    // Every figure comes from the collectors' own counters, the same ones
+    // /metrics (`{collector}_events_dropped_total{stage}`) and /healthz show.
+    eprintln!("tapio-agent: {}", tapio::export::summary_header());
     for report in &health {
-        let s = report.stats;
-        let export_dropped = export
-            .as_ref()
-            .and_then(|(_, by)| by.get(&report.collector).copied())
-            .unwrap_or(0);
+        let written = written.get(report.collector.as_str()).copied().unwrap_or(0);
         eprintln!(
-            "tapio-agent: {:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>8}",
-            report.collector,
-            s.processed,
-            written.get(report.collector.as_str()).copied().unwrap_or(0),
-            s.dropped_kernel,
-            s.dropped_queue,
-            export_dropped,
-            s.errors
+            "tapio-agent: {}",
+            tapio::export::summary_row(report, written)
         );
     }
     eprintln!(
         "tapio-agent: merged queue: {} delivered, {} dropped",
         merged.delivered, merged.dropped
     );
-    if let Some((stats, _)) = export {
+    if let Some(stats) = export {
         eprintln!(
             "tapio-agent: otlp export: {} submitted, {} exported, {} dropped, {} failed requests",
             stats.submitted, stats.exported, stats.dropped, stats.failed_requests

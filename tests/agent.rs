@@ -66,8 +66,13 @@ fn agent_prints_exec_events_as_json_lines_and_a_summary() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["trace_id"].as_str().unwrap().len(), 32);
         assert_eq!(v["span_id"].as_str().unwrap().len(), 16);
-        assert_eq!(ev.metadata["collector"], "kernel");
+        // The source says which collector; nothing copies it per event.
+        assert!(!ev.metadata.contains_key("collector"));
         assert_eq!(ev.source, "kernel");
+        // Typed metadata: pids are integers in the JSON line.
+        if let Some(pid) = v["metadata"].get("process.pid") {
+            assert!(pid.is_u64(), "process.pid must be an integer: {line}");
+        }
         if ev.event_type == "kernel.process.exec" && v["data"]["filename"] == "/bin/true" {
             seen.push(v["data"]["pid"].as_u64().unwrap() as u32);
         }
@@ -261,7 +266,8 @@ fn agent_reports_etcd_puts() {
         data["key"], "/registry/configmaps/default/agent-test",
         "{data}"
     );
-    assert_eq!(ev.metadata["collector"], "etcd");
+    assert_eq!(ev.source, "etcd");
+    assert!(!ev.metadata.contains_key("collector"));
 }
 
 /// `--collectors kube --kubeconfig … --kubelet-url …` against the kube

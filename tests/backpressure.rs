@@ -180,7 +180,7 @@ async fn kernel_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
     use tapio::systemd::testing::{export_entry, write_journal};
-    use tapio::systemd::{JOURNAL_EVENT, Priority, StartAt, SystemdCollector, SystemdConfig};
+    use tapio::systemd::{Priority, StartAt, SystemdCollector, SystemdConfig, types};
     use tapio_core::HealthState;
 
     if !require_root("journal_paused_consumer_blocks_nothing_and_every_drop_is_counted") {
@@ -237,11 +237,11 @@ async fn journal_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
     // Nobody reads for PAUSE; the journal reader must get through the
     // whole file anyway (dropping at the full queue, counted).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while systemd.stats().journal_entries_read < ENTRIES {
+    while systemd.observer().stats().journal_entries_read < ENTRIES {
         assert!(
             Instant::now() < deadline,
             "journal reader stuck behind a paused consumer: {:?}",
-            systemd.stats()
+            systemd.observer().stats()
         );
         let report = health_answers(&systemd);
         assert_eq!(report.state, HealthState::Healthy, "{report:?}");
@@ -253,12 +253,12 @@ async fn journal_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
     }
     let during = health_answers(&systemd);
     assert_eq!(during.state, HealthState::Healthy, "{during:?}");
-    assert_eq!(systemd.stats().journal_entries_read, ENTRIES);
+    assert_eq!(systemd.observer().stats().journal_entries_read, ENTRIES);
 
     let mut delivered = 0;
     let mut batch = Vec::new();
     while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
-        assert_eq!(ev.event_type, JOURNAL_EVENT);
+        assert_eq!(ev.event_type, types::JOURNAL);
         delivered += 1 + events.drain_into(&mut batch, 4095) as u64;
         batch.clear();
     }
@@ -272,7 +272,7 @@ async fn journal_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
     );
     assert_eq!(stats.errors, 0);
     assert_eq!(stats.dropped_kernel, 0);
-    assert_eq!(systemd.stats().journal_events, ENTRIES);
+    assert_eq!(systemd.observer().stats().journal_events, ENTRIES);
     assert_eq!(
         ENTRIES,
         delivered + stats.dropped_queue,

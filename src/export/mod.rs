@@ -9,9 +9,11 @@
 //! collectors' spans (`collector.start`, `kernel.attach`, …) are exported,
 //! and feeds every event to an [`OtlpLogExporter`].
 
+pub mod any_value;
 pub mod http;
 pub mod otlp;
 pub mod prometheus;
+pub mod summary;
 
 use std::time::Duration;
 
@@ -26,12 +28,13 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 pub use http::HttpEndpoint;
 pub use otlp::{ExportStats, OtlpConfig, OtlpError, OtlpLogExporter};
 pub use prometheus::PrometheusExporter;
+pub use summary::{summary_header, summary_row};
 
 /// Why the telemetry pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// An OTLP exporter could not be built.
-    #[error("building the OTLP {signal} exporter for {endpoint} failed: {source}")]
+    #[error("building the OTLP {signal} exporter for {endpoint} failed")]
     Exporter {
         /// `metrics` or `traces`.
         signal: &'static str,
@@ -134,6 +137,16 @@ impl TelemetryPipeline {
         self.tracer_provider
             .as_ref()
             .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("tapio")))
+    }
+
+    /// Collect every instrument now (instead of at the next interval), so
+    /// that [`prometheus_text`](Self::prometheus_text) shows the counters as
+    /// they are at this moment. Blocking; call from a blocking context or a
+    /// multi-threaded runtime.
+    pub fn collect_now(&self) {
+        if let Err(err) = self.meter_provider.force_flush() {
+            tracing::warn!(error = %err, "metrics collection");
+        }
     }
 
     /// The latest metrics in Prometheus text format.

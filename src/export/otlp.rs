@@ -21,7 +21,8 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use parking_lot::Mutex;
 use tapio_core::RawEvent;
-use tapio_core::channel::{self, EventReceiver, EventSender, OverflowPolicy, SendOutcome};
+use tapio_core::channel::{self, EventReceiver, EventSender, OnDrop, OverflowPolicy, SendOutcome};
+use tapio_core::metadata::Value;
 use tapio_core::resilience::{CircuitBreaker, CircuitBreakerConfig, RetryError, RetryPolicy};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,13 +80,28 @@ struct Counters {
     dropped_unsent: AtomicU64,
     failed_requests: AtomicU64,
     dropped_by_source: Mutex<BTreeMap<String, u64>>,
+    on_drop: Option<OnDrop>,
+}
+
+impl Counters {
+    /// One event lost at export: by source, and to the agent's hook.
+    fn lost(&self, event: &RawEvent) {
+        *self
+            .dropped_by_source
+            .lock()
+            .entry(event.source.to_string())
+            .or_default() += 1;
+        if let Some(hook) = &self.on_drop {
+            hook(event);
+        }
+    }
 }
 
 /// Why the exporter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
     /// The endpoint is not a valid URI.
-    #[error("invalid OTLP endpoint {endpoint:?}: {source}")]
+    #[error("invalid OTLP endpoint {endpoint:?}")]
     Endpoint {
         /// The endpoint given.
         endpoint: String,
@@ -94,8 +110,11 @@ pub enum OtlpError {
     },
 }
 
-/// Exports events as OTLP log records: body = the payload, attributes = the
-/// metadata plus `event.type` and `event.source`, trace and span ids set.
+/// Exports events as OTLP log records: body = the typed payload (built
+/// straight from it, no JSON in between), attributes = the typed metadata,
+/// `event_name` = the event type, one instrumentation scope per collector;
+/// trace context only for events whose trace exists beyond them (see
+/// [`to_log_record`]).
 pub struct OtlpLogExporter {
     sender: EventSender,
     counters: Arc<Counters>,
@@ -117,6 +136,19 @@ impl OtlpLogExporter {
     /// Start the export task (needs a tokio runtime). Connection happens
     /// lazily; an unreachable receiver only delays delivery.
     pub fn start(config: &OtlpConfig) -> Result<Self, OtlpError> {
+        Self::start_inner(config, None)
+    }
+
+    /// [`start`](Self::start), and `on_drop` sees every event lost at
+    /// export (queue overflow, still unsent at shutdown): an agent charges
+    /// it to the producing collector's counters at
+    /// [`DropStage::Export`](tapio_core::DropStage::Export), so the loss
+    /// shows in that collector's metric, health report and summary.
+    pub fn start_with(config: &OtlpConfig, on_drop: OnDrop) -> Result<Self, OtlpError> {
+        Self::start_inner(config, Some(on_drop))
+    }
+
+    fn start_inner(config: &OtlpConfig, on_drop: Option<OnDrop>) -> Result<Self, OtlpError> {
         let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
             .map_err(|source| OtlpError::Endpoint {
                 endpoint: config.endpoint.clone(),
@@ -125,9 +157,16 @@ impl OtlpLogExporter {
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms));
         let client = LogsServiceClient::new(endpoint.connect_lazy());
-        let (sender, receiver) =
-            channel::bounded(config.queue_capacity.max(1), OverflowPolicy::DropNewest);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            on_drop,
+            ..Counters::default()
+        });
+        let counted = counters.clone();
+        let (sender, receiver) = channel::bounded_with(
+            config.queue_capacity.max(1),
+            OverflowPolicy::DropNewest,
+            Arc::new(move |event: &RawEvent| counted.lost(event)),
+        );
         let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
         breaker.on_state_change(|from, to| {
             tracing::warn!(%from, %to, "OTLP export circuit breaker changed state");
@@ -160,19 +199,10 @@ impl OtlpLogExporter {
         })
     }
 
-    /// Queue one event for export; never waits. Overflow is counted.
-    pub fn submit(&self, event: &RawEvent) {
-        if matches!(
-            self.sender.send(event.clone()),
-            SendOutcome::Dropped | SendOutcome::Closed
-        ) {
-            *self
-                .counters
-                .dropped_by_source
-                .lock()
-                .entry(event.source.to_string())
-                .or_default() += 1;
-        }
+    /// Queue one event for export; never waits. Overflow is counted (by
+    /// the queue's drop hook).
+    pub fn submit(&self, event: &RawEvent) -> SendOutcome {
+        self.sender.send(event.clone())
     }
 
     /// Counters so far.
@@ -285,9 +315,8 @@ impl Worker {
         self.counters
             .dropped_unsent
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let mut by_source = self.counters.dropped_by_source.lock();
         for ev in events {
-            *by_source.entry(ev.source.to_string()).or_default() += 1;
+            self.counters.lost(ev);
         }
     }
 
@@ -380,51 +409,111 @@ pub fn json_to_any(value: &serde_json::Value) -> AnyValue {
     AnyValue { value: v }
 }
 
+/// An attribute value as OTLP carries it.
+fn attribute(value: &Value) -> AnyValue {
+    AnyValue {
+        value: Some(match value {
+            Value::String(s) => any_value::Value::StringValue(s.to_string()),
+            Value::Int(i) => any_value::Value::IntValue(*i),
+            Value::Bool(b) => any_value::Value::BoolValue(*b),
+            Value::Double(d) => any_value::Value::DoubleValue(*d),
+        }),
+    }
+}
+
+/// The log body: the typed payload serialized straight into an `AnyValue`;
+/// JSON bytes from elsewhere are parsed (they have no type to read from).
+fn body(event: &RawEvent) -> AnyValue {
+    let built = match event.data.payload() {
+        Some(payload) => super::any_value::to_any_value(payload).map_err(|e| e.to_string()),
+        None => event
+            .data
+            .json()
+            .and_then(serde_json::from_slice::<serde_json::Value>)
+            .map(|v| json_to_any(&v))
+            .map_err(|e| e.to_string()),
+    };
+    built.unwrap_or_else(|err| {
+        tracing::debug!(event_type = %event.event_type, error = %err, "payload exported as text");
+        string(format!("{:?}", event.data))
+    })
+}
+
+/// Attribute naming an event whose trace context is its own (see
+/// [`to_log_record`]): its span id, in hex.
+pub const EVENT_ID_KEY: &str = "tapio.event.id";
+
 /// One event as an OTLP log record.
+///
+/// An exported log record refers only to a trace that exists: an event
+/// continuing a `traceparent` of its source object carries that trace id,
+/// its own span id and the `traceparent`'s sampled flag. Every other event
+/// is a trace of its own that no one exports, so the record carries no
+/// trace context (a backend would look for that trace in vain) and names
+/// the event by [`EVENT_ID_KEY`] instead.
 pub fn to_log_record(event: &RawEvent) -> LogRecord {
-    let body = serde_json::from_slice::<serde_json::Value>(&event.data)
-        .map(|v| json_to_any(&v))
-        .unwrap_or_else(|_| string(String::from_utf8_lossy(&event.data).into_owned()));
-    let mut attributes: Vec<KeyValue> = event
-        .metadata
-        .iter()
-        .map(|(k, v)| kv(k, string(v.to_owned())))
-        .collect();
-    attributes.push(kv("event.type", string(event.event_type.to_string())));
-    attributes.push(kv("event.source", string(event.source.to_string())));
+    let mut attributes: Vec<KeyValue> = Vec::with_capacity(event.metadata.len() + 1);
+    attributes.extend(event.metadata.iter().map(|(k, v)| kv(k, attribute(v))));
     let time = event
         .timestamp
         .timestamp_nanos_opt()
         .and_then(|n| u64::try_from(n).ok())
         .unwrap_or(0);
+    let (trace_id, span_id, flags) = if event.in_trace() {
+        (
+            event.trace_id.to_bytes().to_vec(),
+            event.span_id.to_bytes().to_vec(),
+            u32::from(event.traceparent().flags),
+        )
+    } else {
+        attributes.push(kv(EVENT_ID_KEY, string(event.span_id.to_string())));
+        (Vec::new(), Vec::new(), 0)
+    };
     LogRecord {
         time_unix_nano: time,
         observed_time_unix_nano: time,
         severity_number: 9, // INFO
         severity_text: "INFO".into(),
-        body: Some(body),
+        body: Some(body(event)),
         attributes,
-        flags: 1, // sampled
-        trace_id: event.trace_id.to_bytes().to_vec(),
-        span_id: event.span_id.to_bytes().to_vec(),
+        flags,
+        trace_id,
+        span_id,
         event_name: event.event_type.to_string(),
         ..Default::default()
     }
 }
 
+/// One request: the batch's records grouped into one instrumentation scope
+/// per collector (the scope names the source, so no record repeats it).
 fn to_request(batch: &[RawEvent], resource: &Resource) -> ExportLogsServiceRequest {
+    let mut scopes: Vec<ScopeLogs> = Vec::new();
+    for event in batch {
+        let scope = match scopes.iter_mut().position(|s| {
+            s.scope
+                .as_ref()
+                .is_some_and(|scope| scope.name == event.source.as_str())
+        }) {
+            Some(i) => &mut scopes[i],
+            None => {
+                scopes.push(ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: event.source.to_string(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                let last = scopes.len() - 1;
+                &mut scopes[last]
+            }
+        };
+        scope.log_records.push(to_log_record(event));
+    }
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
             resource: Some(resource.clone()),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "tapio".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                log_records: batch.iter().map(to_log_record).collect(),
-                ..Default::default()
-            }],
+            scope_logs: scopes,
             ..Default::default()
         }],
     }
@@ -435,31 +524,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn log_record_carries_payload_metadata_and_ids() {
+    fn log_record_carries_typed_payload_and_metadata_and_no_invented_trace() {
         let ev = RawEvent::new(
             "kernel.process.exec",
             "kernel",
-            &serde_json::json!({"pid": 42, "args": ["sh", "-c"], "big": u64::MAX, "x": 1.5, "n": null}),
+            serde_json::json!({"pid": 42, "args": ["sh", "-c"], "big": u64::MAX, "x": 1.5, "n": null}),
         )
-        .unwrap()
-        .with_metadata("process.pid", "42");
+        .with_metadata("process.pid", 42u32)
+        .with_metadata("container.id", "c0ffee");
         let rec = to_log_record(&ev);
-        assert_eq!(rec.trace_id, ev.trace_id.to_bytes().to_vec());
-        assert_eq!(rec.span_id, ev.span_id.to_bytes().to_vec());
+        // A trace of its own: no trace context, the event named by attribute.
+        assert!(rec.trace_id.is_empty() && rec.span_id.is_empty());
+        assert_eq!(rec.flags, 0);
         assert_eq!(rec.event_name, "kernel.process.exec");
         let attrs: BTreeMap<_, _> = rec
             .attributes
             .iter()
             .map(|a| (a.key.clone(), a.value.clone().unwrap().value.unwrap()))
             .collect();
+        assert_eq!(attrs["process.pid"], any_value::Value::IntValue(42));
         assert_eq!(
-            attrs["process.pid"],
-            any_value::Value::StringValue("42".into())
+            attrs["container.id"],
+            any_value::Value::StringValue("c0ffee".into())
         );
         assert_eq!(
-            attrs["event.source"],
-            any_value::Value::StringValue("kernel".into())
+            attrs[EVENT_ID_KEY],
+            any_value::Value::StringValue(ev.span_id.to_string())
         );
+        assert_eq!(attrs.len(), 3);
         let Some(any_value::Value::KvlistValue(body)) = rec.body.unwrap().value else {
             panic!("body must be a map");
         };
@@ -480,6 +572,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_propagated_trace_is_carried_with_its_sampled_flag() {
+        let sampled: tapio_core::TraceParent =
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap();
+        let ev = RawEvent::new("etcd.put", "etcd", 1u32).with_traceparent(&sampled);
+        let rec = to_log_record(&ev);
+        assert_eq!(rec.trace_id, sampled.trace_id.to_bytes().to_vec());
+        assert_eq!(rec.span_id, ev.span_id.to_bytes().to_vec());
+        assert_eq!(rec.flags, 1);
+        assert!(rec.attributes.iter().all(|a| a.key != EVENT_ID_KEY));
+
+        let unsampled: tapio_core::TraceParent =
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                .parse()
+                .unwrap();
+        let rec =
+            to_log_record(&RawEvent::new("etcd.put", "etcd", 1u32).with_traceparent(&unsampled));
+        assert_eq!(rec.flags, 0);
+        assert_eq!(rec.trace_id, unsampled.trace_id.to_bytes().to_vec());
+    }
+
+    #[test]
+    fn records_are_grouped_by_collector_scope_in_arrival_order() {
+        let batch = [
+            RawEvent::new("dns.query", "dns", 1u32),
+            RawEvent::new("kernel.process.exec", "kernel", 2u32),
+            RawEvent::new("dns.response", "dns", 3u32),
+        ];
+        let req = to_request(&batch, &Resource::default());
+        let scopes: Vec<(String, Vec<String>)> = req.resource_logs[0]
+            .scope_logs
+            .iter()
+            .map(|s| {
+                (
+                    s.scope.as_ref().unwrap().name.clone(),
+                    s.log_records.iter().map(|r| r.event_name.clone()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                (
+                    "dns".to_string(),
+                    vec!["dns.query".to_string(), "dns.response".to_string()]
+                ),
+                (
+                    "kernel".to_string(),
+                    vec!["kernel.process.exec".to_string()]
+                ),
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn unreachable_receiver_keeps_events_and_counts_overflow() {
         let config = OtlpConfig {
@@ -491,20 +639,24 @@ mod tests {
             shutdown_timeout_ms: 200,
             ..Default::default()
         };
-        let exporter = OtlpLogExporter::start(&config).unwrap();
-        for i in 0..20 {
-            exporter.submit(&RawEvent::from_json_bytes(
-                "t",
-                "src",
-                i.to_string().into_bytes(),
-            ));
+        let charged = tapio_core::Stats::default();
+        let hook = charged.clone();
+        let exporter = OtlpLogExporter::start_with(
+            &config,
+            Arc::new(move |_: &RawEvent| hook.add_dropped(tapio_core::DropStage::Export, 1)),
+        )
+        .unwrap();
+        for i in 0..20u32 {
+            exporter.submit(&RawEvent::new("t", "src", i));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stats = exporter.shutdown().await;
         assert_eq!(stats.submitted, 20);
         assert_eq!(stats.exported, 0);
-        // Nothing is lost silently: every event was dropped and counted.
+        // Nothing is lost silently: every event was dropped and counted,
+        // by the exporter and through the hook alike.
         assert_eq!(stats.dropped, 20);
+        assert_eq!(charged.dropped(tapio_core::DropStage::Export), 20);
     }
 
     #[test]
