@@ -1405,3 +1405,107 @@ poll_interval_ms = 200
     drop(bus);
     drop(etcd);
 }
+
+/// The collectors that start (and those skipped) when the agent runs with
+/// exactly `caps` as its capability bounding set, as uid 0.
+fn started_with_caps(caps: &[String]) -> (BTreeSet<String>, BTreeMap<String, String>) {
+    let bounding: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())))
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = Command::new("setpriv")
+        .arg("--inh-caps=-all")
+        .arg(format!("--bounding-set={bounding}"))
+        .arg("--")
+        .arg(agent_binary())
+        .args(["--collectors", "kernel,cni,dns", "--duration", "0.5"])
+        .args(["--metrics-addr", "off", "--no-stdout"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{caps:?}: {stderr}");
+    let (mut started, mut skipped) = (BTreeSet::new(), BTreeMap::new());
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix("tapio-agent: ") else {
+            continue;
+        };
+        let (name, what) = rest.split_once(' ').unwrap_or((rest, ""));
+        let what = what.trim_start();
+        if what == "started" {
+            started.insert(name.to_string());
+        } else if let Some(reason) = what.strip_prefix("skipped: ") {
+            skipped.insert(name.to_string(), reason.to_string());
+        }
+    }
+    (started, skipped)
+}
+
+/// A capability, the collectors that still start without it, and those
+/// skipped with the start of their reason.
+type LostWithout<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+
+/// The DaemonSet's capabilities, applied with `setpriv --bounding-set`,
+/// start the kernel, cni and dns collectors; without any one of them the
+/// collectors the docs table names for it are skipped, saying why.
+#[test]
+fn manifest_capabilities_suffice_and_each_is_needed() {
+    let test = "manifest_capabilities_suffice_and_each_is_needed";
+    if !require_root(test) || !require_tools(test, &["kubectl", "setpriv"]) {
+        return;
+    }
+    let docs = documents(&render("default"));
+    let caps: Vec<String> = agent(&docs)["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(caps, ["BPF", "PERFMON", "NET_ADMIN"]);
+    let names =
+        |list: &[&str]| -> BTreeSet<String> { list.iter().map(|s| s.to_string()).collect() };
+
+    let (started, skipped) = started_with_caps(&caps);
+    assert_eq!(started, names(&["kernel", "cni", "dns"]), "{skipped:?}");
+
+    // Without each capability: (collectors still started, skipped ones and
+    // the capabilities their reason names).
+    let load = "load BPF object needs CAP_BPF and CAP_PERFMON";
+    let cases: [LostWithout; 3] = [
+        (
+            "BPF",
+            &[],
+            &[
+                ("kernel", load),
+                ("cni", load),
+                ("dns", "load BPF object needs CAP_BPF and CAP_NET_ADMIN"),
+            ],
+        ),
+        ("PERFMON", &["dns"], &[("kernel", load), ("cni", load)]),
+        (
+            "NET_ADMIN",
+            &["kernel", "cni"],
+            &[(
+                "dns",
+                "attach cgroup_skb/egress needs CAP_BPF and CAP_NET_ADMIN",
+            )],
+        ),
+    ];
+    for (without, still, lost) in cases {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != without).cloned().collect();
+        let (started, skipped) = started_with_caps(&fewer);
+        assert_eq!(started, names(still), "without {without}: {skipped:?}");
+        assert_eq!(
+            skipped.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&lost.iter().map(|(c, _)| *c).collect::<Vec<_>>()),
+            "without {without}"
+        );
+        for (collector, reason) in lost {
+            assert!(
+                skipped[*collector].starts_with(&format!("{collector}: {reason}")),
+                "without {without}: {collector}: {}",
+                skipped[*collector]
+            );
+        }
+    }
+}
