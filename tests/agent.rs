@@ -147,29 +147,22 @@ fn unprivileged_agent_skips_kernel_with_a_reason_and_exits_cleanly() {
     assert_eq!(out.stdout.len(), 0);
 }
 
-/// The documented example config and the DaemonSet's config both load.
+/// The documented example config and the DaemonSet's configs (deploy/, put
+/// into its ConfigMap by kustomize) all load.
 #[test]
 fn shipped_configs_are_valid() {
     if !require_root("shipped_configs_are_valid") {
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let manifest = std::fs::read_to_string(root.join("deploy/daemonset.yaml")).unwrap();
-    let embedded: String = manifest
-        .lines()
-        .skip_while(|l| !l.contains("agent.toml: |"))
-        .skip(1)
-        .take_while(|l| l.starts_with("    "))
-        .map(|l| format!("{}\n", &l[4..]))
-        .collect();
-    assert!(embedded.contains("[otlp]"), "{embedded}");
-    let daemonset_config =
-        std::env::temp_dir().join(format!("tapio-ds-{}.toml", std::process::id()));
-    std::fs::write(&daemonset_config, embedded).unwrap();
-    for config in [root.join("examples/agent.toml"), daemonset_config.clone()] {
+    for config in [
+        "examples/agent.toml",
+        "deploy/base/agent.toml",
+        "deploy/overlays/with-kube/agent.toml",
+    ] {
         let out = Command::new(agent_binary())
             .arg("--config")
-            .arg(&config)
+            .arg(root.join(config))
             .args([
                 "--collectors",
                 "kernel",
@@ -183,10 +176,9 @@ fn shipped_configs_are_valid() {
             .output()
             .expect("run agent");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}: {stderr}", config.display());
-        assert!(stderr.contains("kernel   started"), "{stderr}");
+        assert!(out.status.success(), "{config}: {stderr}");
+        assert!(stderr.contains("kernel   started"), "{config}: {stderr}");
     }
-    std::fs::remove_file(daemonset_config).unwrap();
 }
 
 /// `--collectors etcd --etcd-endpoints` against a real etcd: a put becomes a JSON line.
