@@ -31,7 +31,9 @@
 //! exported, metrics and spans are flushed, the summary is printed. Exit
 //! status: 0 after a graceful stop; 1 for a configuration or start error,
 //! or when the graceful stop overran the grace period (the summary is still
-//! printed); 2 for a command-line usage error; 128 + the signal number
+//! printed; a stop blocked on output, e.g. a stdout nobody reads, is ended
+//! one second after the period, without it); 2 for a command-line usage
+//! error; 128 + the signal number
 //! (143 for SIGTERM, 130 for SIGINT) when a second signal arrives during
 //! the graceful stop, which exits at once without the summary.
 //!
@@ -429,6 +431,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// Backstop of the graceful stop, armed once when it begins: a stop blocked
+/// where no timeout reaches (a write to a stdout nobody reads blocks the
+/// event loop's thread) still ends, one second after the grace period,
+/// with status 1 and without the summary.
+fn arm_backstop(grace: Duration) {
+    static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ARMED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("stop-backstop".into())
+        .spawn(move || {
+            std::thread::sleep(grace + Duration::from_secs(1));
+            eprintln!(
+                "tapio-agent: the graceful stop is blocked past the grace period of {} ms; \
+                 exiting now with status 1",
+                grace.as_millis()
+            );
+            std::process::exit(1);
+        });
+    if let Err(err) = spawned {
+        eprintln!("tapio-agent: cannot arm the graceful stop's backstop: {err}");
+    }
+}
+
 /// The first SIGTERM or SIGINT starts the graceful stop; one arriving while
 /// a stop is under way (signal or end of `--duration`) exits at once with
 /// 128 + its number.
@@ -455,6 +482,8 @@ async fn watch_signals(
         }
         probes.stopping();
         stop.cancel();
+        // The event loop may be the part that is stuck: arm from here.
+        arm_backstop(Duration::from_millis(grace_ms));
         eprintln!(
             "tapio-agent: {name} received, stopping gracefully (grace period {grace_ms} ms; \
              a second SIGTERM or SIGINT exits at once)"
@@ -660,6 +689,7 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
     // From here a signal exits at once; /readyz answers 503, /healthz 200.
     stop.cancel();
     probes.stopping();
+    arm_backstop(grace);
 
     // The graceful stop, bounded by the grace period. `stage` says where
     // it was if the period runs out.

@@ -5,7 +5,7 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ struct Agent {
     stderr: mpsc::Receiver<String>,
     seen: Vec<String>,
     stdout: Option<JoinHandle<String>>,
+    /// Held open, never read (see [`Agent::start_with_unread_stdout`]).
+    unread: Option<ChildStdout>,
 }
 
 /// How an agent ended.
@@ -54,7 +56,30 @@ struct Ended {
 }
 
 impl Agent {
-    fn start(mut command: Command) -> Self {
+    fn start(command: Command) -> Self {
+        let mut agent = Self::spawn(command);
+        // Read stdout all along: a full pipe would block the agent.
+        let mut stdout = agent.unread.take().unwrap();
+        agent.stdout = Some(std::thread::spawn(move || {
+            let mut text = String::new();
+            stdout.read_to_string(&mut text).unwrap();
+            text
+        }));
+        agent
+    }
+
+    /// Start with stdout a 4 KiB pipe that is never read.
+    fn start_with_unread_stdout(command: Command) -> Self {
+        use std::os::fd::AsRawFd as _;
+        let agent = Self::spawn(command);
+        let fd = agent.unread.as_ref().unwrap().as_raw_fd();
+        // SAFETY: F_SETPIPE_SZ on a pipe we own; no memory is passed.
+        let size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 4096) };
+        assert_eq!(size, 4096, "F_SETPIPE_SZ");
+        agent
+    }
+
+    fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -69,18 +94,12 @@ impl Agent {
                 }
             }
         });
-        // Read stdout all along: a full pipe would block the agent.
-        let mut stdout = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut text = String::new();
-            stdout.read_to_string(&mut text).unwrap();
-            text
-        });
         Self {
+            unread: child.stdout.take(),
             child,
             stderr: rx,
             seen: Vec::new(),
-            stdout: Some(stdout),
+            stdout: None,
         }
     }
 
@@ -135,7 +154,10 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let stdout = self.stdout.take().unwrap().join().unwrap();
+        let stdout = match self.stdout.take() {
+            Some(reader) => reader.join().unwrap(),
+            None => String::new(),
+        };
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
         }
@@ -359,6 +381,37 @@ fn a_stop_overrunning_the_grace_period_exits_1_after_the_summary() {
     );
     let (processed, _) = summary_row(&ended.stderr, "kernel");
     assert!(processed > 0, "{}", ended.stderr);
+}
+
+/// Nobody reads the agent's stdout, a 4 KiB pipe, far less than the exec
+/// events it must write: the event loop blocks in a write that no timeout
+/// reaches, and the backstop still ends the stop one second after the grace
+/// period.
+#[test]
+fn a_stop_blocked_on_an_unread_stdout_still_ends_with_status_1() {
+    if !require_root("a_stop_blocked_on_an_unread_stdout_still_ends_with_status_1") {
+        return;
+    }
+    let mut command = Command::new(agent_binary());
+    command
+        .args(["--collectors", "kernel", "--metrics-addr", "off"])
+        .args(["--grace-period", "1"]);
+    let mut agent = Agent::start_with_unread_stdout(command);
+    agent.wait_line("kernel   started");
+    // At least 50 exec events of several hundred bytes each: more than the
+    // pipe holds.
+    exec_true(50);
+    agent.signal(libc::SIGTERM);
+    agent.wait_line("SIGTERM received, stopping gracefully");
+    let ended = agent.end();
+    assert_eq!(ended.status.code(), Some(1), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains(
+            "the graceful stop is blocked past the grace period of 1000 ms; exiting now with status 1"
+        ),
+        "{}",
+        ended.stderr
+    );
 }
 
 /// A collector requested by name that cannot start: live, not ready, and
