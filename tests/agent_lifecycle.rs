@@ -2,6 +2,9 @@
 //! (and a second signal at once), `/healthz` is liveness and `/readyz`
 //! readiness, and the command line offers `--version` and `--check-config`.
 
+// Test harness: a failing setup step should panic with its error.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
