@@ -431,29 +431,38 @@ fn main() -> ExitCode {
     }
 }
 
-/// Backstop of the graceful stop, armed once when it begins: a stop blocked
-/// where no timeout reaches (a write to a stdout nobody reads blocks the
-/// event loop's thread) still ends, one second after the grace period,
-/// with status 1 and without the summary.
-fn arm_backstop(grace: Duration) {
-    static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if ARMED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
+/// Marks the beginning of the graceful stop (the first call wins) and
+/// returns it: the grace period counts from there, whether the stop was
+/// asked for by a signal or by the end of `--duration`.
+///
+/// It also arms the backstop: a stop blocked where no timeout reaches (a
+/// write to a stdout nobody reads blocks the event loop's thread) still
+/// ends, one second after the grace period, with status 1 and without the
+/// summary.
+fn begin_stop(grace: Duration) -> Instant {
+    static BEGAN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let mut first = false;
+    let began = *BEGAN.get_or_init(|| {
+        first = true;
+        Instant::now()
+    });
+    if first {
+        let spawned = std::thread::Builder::new()
+            .name("stop-backstop".into())
+            .spawn(move || {
+                std::thread::sleep(grace + Duration::from_secs(1));
+                eprintln!(
+                    "tapio-agent: the graceful stop is blocked past the grace period of {} ms; \
+                     exiting now with status 1",
+                    grace.as_millis()
+                );
+                std::process::exit(1);
+            });
+        if let Err(err) = spawned {
+            eprintln!("tapio-agent: cannot arm the graceful stop's backstop: {err}");
+        }
     }
-    let spawned = std::thread::Builder::new()
-        .name("stop-backstop".into())
-        .spawn(move || {
-            std::thread::sleep(grace + Duration::from_secs(1));
-            eprintln!(
-                "tapio-agent: the graceful stop is blocked past the grace period of {} ms; \
-                 exiting now with status 1",
-                grace.as_millis()
-            );
-            std::process::exit(1);
-        });
-    if let Err(err) = spawned {
-        eprintln!("tapio-agent: cannot arm the graceful stop's backstop: {err}");
-    }
+    began
 }
 
 /// The first SIGTERM or SIGINT starts the graceful stop; one arriving while
@@ -482,8 +491,8 @@ async fn watch_signals(
         }
         probes.stopping();
         stop.cancel();
-        // The event loop may be the part that is stuck: arm from here.
-        arm_backstop(Duration::from_millis(grace_ms));
+        // The event loop may be the part that is stuck: begin from here.
+        begin_stop(Duration::from_millis(grace_ms));
         eprintln!(
             "tapio-agent: {name} received, stopping gracefully (grace period {grace_ms} ms; \
              a second SIGTERM or SIGINT exits at once)"
@@ -689,14 +698,13 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
     // From here a signal exits at once; /readyz answers 503, /healthz 200.
     stop.cancel();
     probes.stopping();
-    arm_backstop(grace);
+    let stop_deadline = begin_stop(grace) + grace;
 
-    // The graceful stop, bounded by the grace period. `stage` says where
-    // it was if the period runs out.
-    let stopping_since = Instant::now();
+    // The graceful stop, bounded by the grace period (counted from the
+    // signal). `stage` says where it was if the period runs out.
     let mut stage = "stopping the collectors";
     let mut export = None;
-    let finished = tokio::time::timeout(grace, async {
+    let finished = tokio::time::timeout_at(stop_deadline.into(), async {
         registry.stop().await;
         // Everything queued before the stop is still delivered.
         stage = "writing the queued events";
@@ -718,8 +726,7 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
     let _ = output.out.flush();
     drop(output.out);
     if let Some(endpoint) = endpoint {
-        let left = grace.saturating_sub(stopping_since.elapsed());
-        let _ = tokio::time::timeout(left, endpoint.shutdown()).await;
+        let _ = tokio::time::timeout_at(stop_deadline.into(), endpoint.shutdown()).await;
     }
     let health = registry.health();
 
