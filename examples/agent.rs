@@ -702,14 +702,22 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
 
     // The graceful stop, bounded by the grace period (counted from the
     // signal). `stage` says where it was if the period runs out.
-    let mut stage = "stopping the collectors";
+    let mut stage = "stopping the collectors and writing what they queued";
     let mut export = None;
+    let mut telemetry = Some(telemetry);
+    // Collectors may block their thread while they stop (detaching BPF
+    // programs waits for RCU grace periods): stop them on a worker, so this
+    // task keeps draining and its timeout keeps counting.
+    let health = registry.health_watch();
+    let mut stopping = tokio::spawn(async move { registry.stop().await });
     let finished = tokio::time::timeout_at(stop_deadline.into(), async {
-        registry.stop().await;
-        // Everything queued before the stop is still delivered.
-        stage = "writing the queued events";
+        // Everything queued before the stop is still delivered: the merged
+        // stream ends once every collector has stopped.
         while let Some(ev) = events.recv().await {
             output.handle(ev, exporter.as_ref());
+        }
+        if let Err(err) = (&mut stopping).await {
+            tracing::warn!(error = %err, "stopping the collectors failed");
         }
         output.flush();
         stage = "flushing the OTLP event export";
@@ -719,16 +727,24 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         }
         // Last metrics collection and pending spans go out before exit.
         stage = "flushing metrics and spans";
-        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        if let Some(telemetry) = telemetry.take() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
     })
     .await
     .is_ok();
+    // Out of time before the flush began: dropping the pipeline would flush
+    // synchronously (the OpenTelemetry providers shut down on drop), on
+    // this thread, past the grace period. Skip it.
+    if let Some(telemetry) = telemetry.take() {
+        std::mem::forget(telemetry);
+    }
     let _ = output.out.flush();
     drop(output.out);
     if let Some(endpoint) = endpoint {
         let _ = tokio::time::timeout_at(stop_deadline.into(), endpoint.shutdown()).await;
     }
-    let health = registry.health();
+    let health = health.reports();
 
     let merged = events.stats();
     eprintln!(
