@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example agent -- [--collectors kernel,...] [--config FILE]
-//!     [--duration SECS] [--otlp-endpoint URL] [--metrics-addr ADDR] [--no-stdout]
+//!     [--duration SECS] [--grace-period SECS] [--otlp-endpoint URL] [--metrics-addr ADDR]
+//!     [--no-stdout] [--check-config] [--version]
 //! ```
 //!
 //! - One JSON object per event on stdout:
@@ -10,18 +11,36 @@
 //! - With an OTLP endpoint: events as OTLP log records, the collectors'
 //!   metrics and spans, over gRPC, batched, through a bounded queue with
 //!   retry and circuit breaker; export drops are counted.
-//! - `/metrics` (Prometheus) and `/healthz` on `--metrics-addr`
-//!   (default 127.0.0.1:9464; `off` disables).
+//! - `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
+//!   (readiness) on `--metrics-addr` (default 127.0.0.1:9464; `off`
+//!   disables). `/healthz` is 200 while the process works (HTTP server and
+//!   event pipeline alive), whatever the collectors do; `/readyz` is 200 iff
+//!   every enabled collector runs, else 503 naming each one that does not
+//!   and why. See `tapio::export::http`.
 //! - Status on stderr: one line per collector at start (started / skipped
-//!   and why), a summary table at the end. Logs on stderr (`RUST_LOG`).
+//!   and why / not enabled and why), a summary table at the end. Logs on
+//!   stderr (`RUST_LOG`), coloured only when stderr is a terminal.
 //!
 //! `--etcd-endpoints http://127.0.0.1:2379` enables the etcd collector.
 //! `--kubeconfig FILE` (API server watch) and/or `--kubelet-url URL`
 //! (kubelet polling; token and CA in `[kube.kubelet]`) enable the kube collector.
 //!
-//! `--duration` or Ctrl-C stops gracefully: queued events are still written
-//! and exported. See `examples/agent.toml` for every configuration option;
-//! command-line flags override the file.
+//! Stopping: the end of `--duration`, SIGTERM or SIGINT stop gracefully
+//! within the grace period (`shutdown_grace_ms`, `--grace-period`, default
+//! 20 s): the collectors stop, the queued events are still written and
+//! exported, metrics and spans are flushed, the summary is printed. Exit
+//! status: 0 after a graceful stop; 1 for a configuration or start error,
+//! or when the graceful stop overran the grace period (the summary is still
+//! printed; a stop blocked on output, e.g. a stdout nobody reads, is ended
+//! one second after the period, without it); 2 for a command-line usage
+//! error; 128 + the signal number
+//! (143 for SIGTERM, 130 for SIGINT) when a second signal arrives during
+//! the graceful stop, which exits at once without the summary.
+//!
+//! `--check-config` prints the effective configuration (file, then flags)
+//! as TOML and exits; secrets (`password`, `token`) are printed as
+//! `"<redacted>"`. See `examples/agent.toml` for every configuration
+//! option; command-line flags override the file.
 
 /// jemalloc instead of glibc malloc: events are allocated on the collectors'
 /// reader threads and freed on the writer's, a pattern glibc serves through
@@ -31,26 +50,37 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal as _, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
 use tapio::core::pod::PodDirectory;
-use tapio::export::{HttpEndpoint, OtlpConfig, OtlpLogExporter, TelemetryPipeline};
+use tapio::export::{HttpEndpoint, OtlpConfig, OtlpLogExporter, Probes, TelemetryPipeline};
 use tapio::{Collector, CollectorContext, Registry, RegistryConfig, StartMode};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Collectors this build knows, in start order.
 const KNOWN: &[&str] = &["kernel", "cni", "dns", "etcd", "systemd", "kube"];
 
+/// `/healthz` fails when the event loop has not turned for this long (it
+/// turns at least every 200 ms, idle or not).
+const PIPELINE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default of `shutdown_grace_ms`: under Kubernetes' default
+/// `terminationGracePeriodSeconds` of 30 s.
+const DEFAULT_GRACE_MS: u64 = 20_000;
+
 #[derive(Parser, Debug)]
-#[command(name = "tapio-agent", about = "Tapio reference node agent")]
+#[command(name = "tapio-agent", version, about = "Tapio reference node agent")]
 struct Args {
     /// Comma-separated collectors to run (default: the config's list, else all available).
     #[arg(long, value_delimiter = ',')]
@@ -58,9 +88,15 @@ struct Args {
     /// TOML configuration file (see examples/agent.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Stop after this many seconds (default: run until Ctrl-C).
+    /// Stop after this many seconds (default: run until SIGTERM or SIGINT).
     #[arg(long)]
     duration: Option<f64>,
+    /// Longest a graceful stop may take, in seconds (overrides shutdown_grace_ms; default 20).
+    #[arg(long, value_name = "SECS")]
+    grace_period: Option<f64>,
+    /// Print the effective configuration (file, then flags) as TOML and exit.
+    #[arg(long)]
+    check_config: bool,
     /// OTLP gRPC endpoint, e.g. http://127.0.0.1:4317 (overrides [otlp].endpoint).
     #[arg(long)]
     otlp_endpoint: Option<String>,
@@ -83,13 +119,15 @@ struct Args {
 }
 
 /// The configuration file. Every field is optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct AgentConfig {
-    /// Collectors to run.
+    /// Collectors to run; absent: the defaults (see `build_collector`).
     collectors: Option<Vec<String>>,
     /// Bound of the merged event queue.
     queue_capacity: usize,
+    /// Longest a graceful stop (signal or end of `--duration`) may take.
+    shutdown_grace_ms: u64,
     /// Write events as JSON lines to stdout.
     stdout: bool,
     /// Prometheus / health endpoint.
@@ -121,6 +159,7 @@ impl Default for AgentConfig {
         Self {
             collectors: None,
             queue_capacity: 65_536,
+            shutdown_grace_ms: DEFAULT_GRACE_MS,
             stdout: true,
             metrics: MetricsConfig::default(),
             otlp: None,
@@ -140,10 +179,10 @@ impl Default for AgentConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 struct MetricsConfig {
-    /// `host:port` of /metrics and /healthz, or `off`.
+    /// `host:port` of /metrics, /healthz and /readyz, or `off`.
     listen: String,
     /// How often metrics are collected (and pushed over OTLP).
     collect_interval_ms: u64,
@@ -165,6 +204,145 @@ fn load_config(path: Option<&PathBuf>) -> Result<AgentConfig, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read config {}: {err}", path.display()))?;
     toml::from_str(&text).map_err(|err| format!("invalid config {}: {err}", path.display()))
+}
+
+/// The configuration file (or the defaults) with the command-line flags
+/// applied over it, validated.
+fn effective_config(args: &Args) -> Result<AgentConfig, String> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(collectors) = &args.collectors {
+        config.collectors = Some(collectors.clone());
+    }
+    if let Some(secs) = args.grace_period {
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(format!(
+                "--grace-period {secs}: must be a positive number of seconds"
+            ));
+        }
+        config.shutdown_grace_ms = (secs * 1000.0).ceil() as u64;
+    }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        config.otlp.get_or_insert_with(OtlpConfig::default).endpoint = endpoint.clone();
+    }
+    if let Some(addr) = &args.metrics_addr {
+        config.metrics.listen = addr.clone();
+    }
+    if args.no_stdout {
+        config.stdout = false;
+    }
+    #[cfg(feature = "etcd")]
+    if let Some(endpoints) = &args.etcd_endpoints {
+        config.etcd.get_or_insert_with(Default::default).endpoints = endpoints.clone();
+    }
+    #[cfg(not(feature = "etcd"))]
+    if args.etcd_endpoints.is_some() {
+        return Err("--etcd-endpoints: the etcd collector is not compiled in".into());
+    }
+    #[cfg(feature = "kube")]
+    if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
+        let from_flags_only = config.kube.is_none();
+        let kube = config.kube.get_or_insert_with(Default::default);
+        if let Some(path) = &args.kubeconfig {
+            kube.kubeconfig = Some(path.clone());
+        } else if from_flags_only {
+            // Only --kubelet-url: poll the kubelet, do not guess an API server.
+            kube.watch_api = false;
+        }
+        if let Some(url) = &args.kubelet_url {
+            kube.kubelet.get_or_insert_with(Default::default).url = url.clone();
+        }
+    }
+    #[cfg(not(feature = "kube"))]
+    if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
+        return Err("--kubeconfig/--kubelet-url: the kube collector is not compiled in".into());
+    }
+    validate(&config)?;
+    Ok(config)
+}
+
+/// What can be checked without starting anything.
+fn validate(config: &AgentConfig) -> Result<(), String> {
+    if let Some(collectors) = &config.collectors {
+        for name in collectors {
+            if !KNOWN.contains(&name.as_str()) {
+                return Err(format!(
+                    "--collectors {name}: unknown collector (known: {})",
+                    KNOWN.join(", ")
+                ));
+            }
+        }
+    }
+    if config.shutdown_grace_ms == 0 {
+        return Err("shutdown_grace_ms: must be at least 1".into());
+    }
+    if config.queue_capacity == 0 {
+        return Err("queue_capacity: must be at least 1".into());
+    }
+    if config.metrics.listen != "off" {
+        config
+            .metrics
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|err| format!("metrics address {:?}: {err}", config.metrics.listen))?;
+    }
+    #[cfg(feature = "cni")]
+    config
+        .cni
+        .validate()
+        .map_err(|err| format!("[cni]: {err}"))?;
+    #[cfg(feature = "systemd")]
+    config
+        .systemd
+        .validate()
+        .map_err(|err| format!("[systemd]: {err}"))?;
+    #[cfg(feature = "etcd")]
+    if let Some(etcd) = &config.etcd {
+        etcd.validate().map_err(|err| format!("[etcd]: {err}"))?;
+    }
+    #[cfg(feature = "kube")]
+    if let Some(kube) = &config.kube {
+        kube.validate().map_err(|err| format!("[kube]: {err}"))?;
+    }
+    Ok(())
+}
+
+/// Replace the value of every `password` and `token` key with `"<redacted>"`.
+fn redact(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table.iter_mut() {
+                if matches!(key.as_str(), "password" | "token") && value.is_str() {
+                    *value = toml::Value::String("<redacted>".into());
+                } else {
+                    redact(value);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `--check-config`: the effective configuration as TOML on stdout.
+fn print_config(args: &Args, config: &AgentConfig) -> Result<(), String> {
+    let mut value = toml::Value::try_from(config)
+        .map_err(|err| format!("cannot render the configuration: {err}"))?;
+    redact(&mut value);
+    let text =
+        toml::to_string(&value).map_err(|err| format!("cannot render the configuration: {err}"))?;
+    let source = match &args.config {
+        Some(path) => format!("{} and the command line", path.display()),
+        None => "defaults and the command line".to_string(),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# tapio-agent {}: effective configuration ({source}); secrets redacted",
+        env!("CARGO_PKG_VERSION")
+    )
+    .and_then(|()| out.write_all(text.as_bytes()))
+    .and_then(|()| out.flush())
+    .map_err(|err| format!("cannot write the configuration: {err}"))
 }
 
 /// Build the collector called `name`, or say why this build cannot.
@@ -211,8 +389,24 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
     }
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let config = match effective_config(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("tapio-agent: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check_config {
+        return match print_config(&args, &config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("tapio-agent: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -221,56 +415,138 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tapio-agent: cannot start the async runtime: {err}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let result = runtime.block_on(run(args, config));
+    // A stop that overran the grace period may leave a blocking flush
+    // behind; it must not hold the exit up.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("tapio-agent: {err}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> Result<(), String> {
-    let mut config = load_config(args.config.as_ref())?;
-    // Command-line flags override the file.
-    if let Some(endpoint) = args.otlp_endpoint {
-        config.otlp.get_or_insert_with(OtlpConfig::default).endpoint = endpoint;
-    }
-    if let Some(addr) = args.metrics_addr {
-        config.metrics.listen = addr;
-    }
-    if args.no_stdout {
-        config.stdout = false;
-    }
-    #[cfg(feature = "etcd")]
-    if let Some(endpoints) = args.etcd_endpoints {
-        config.etcd.get_or_insert_with(Default::default).endpoints = endpoints;
-    }
-    #[cfg(not(feature = "etcd"))]
-    if args.etcd_endpoints.is_some() {
-        return Err("--etcd-endpoints: the etcd collector is not compiled in".into());
-    }
-    #[cfg(feature = "kube")]
-    if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
-        let from_flags_only = config.kube.is_none();
-        let kube = config.kube.get_or_insert_with(Default::default);
-        if let Some(path) = args.kubeconfig {
-            kube.kubeconfig = Some(path);
-        } else if from_flags_only {
-            // Only --kubelet-url: poll the kubelet, do not guess an API server.
-            kube.watch_api = false;
-        }
-        if let Some(url) = args.kubelet_url {
-            kube.kubelet.get_or_insert_with(Default::default).url = url;
+/// Marks the beginning of the graceful stop (the first call wins) and
+/// returns it: the grace period counts from there, whether the stop was
+/// asked for by a signal or by the end of `--duration`.
+///
+/// It also arms the backstop: a stop blocked where no timeout reaches (a
+/// write to a stdout nobody reads blocks the event loop's thread) still
+/// ends, one second after the grace period, with status 1 and without the
+/// summary.
+fn begin_stop(grace: Duration) -> Instant {
+    static BEGAN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let mut first = false;
+    let began = *BEGAN.get_or_init(|| {
+        first = true;
+        Instant::now()
+    });
+    if first {
+        let spawned = std::thread::Builder::new()
+            .name("stop-backstop".into())
+            .spawn(move || {
+                std::thread::sleep(grace + Duration::from_secs(1));
+                eprintln!(
+                    "tapio-agent: the graceful stop is blocked past the grace period of {} ms; \
+                     exiting now with status 1",
+                    grace.as_millis()
+                );
+                std::process::exit(1);
+            });
+        if let Err(err) = spawned {
+            eprintln!("tapio-agent: cannot arm the graceful stop's backstop: {err}");
         }
     }
-    #[cfg(not(feature = "kube"))]
-    if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
-        return Err("--kubeconfig/--kubelet-url: the kube collector is not compiled in".into());
+    began
+}
+
+/// The first SIGTERM or SIGINT starts the graceful stop; one arriving while
+/// a stop is under way (signal or end of `--duration`) exits at once with
+/// 128 + its number.
+async fn watch_signals(
+    mut term: Signal,
+    mut int: Signal,
+    stop: CancellationToken,
+    probes: Probes,
+    grace_ms: u64,
+) {
+    loop {
+        let (name, number) = tokio::select! {
+            Some(()) = term.recv() => ("SIGTERM", libc::SIGTERM),
+            Some(()) = int.recv() => ("SIGINT", libc::SIGINT),
+            else => return,
+        };
+        if stop.is_cancelled() {
+            let code = 128 + number;
+            eprintln!(
+                "tapio-agent: {name} during the graceful stop: exiting now with status {code}; \
+                 events not yet written or exported are lost"
+            );
+            std::process::exit(code);
+        }
+        probes.stopping();
+        stop.cancel();
+        // The event loop may be the part that is stuck: begin from here.
+        begin_stop(Duration::from_millis(grace_ms));
+        eprintln!(
+            "tapio-agent: {name} received, stopping gracefully (grace period {grace_ms} ms; \
+             a second SIGTERM or SIGINT exits at once)"
+        );
     }
+}
+
+/// Where events go: JSON lines on stdout (while it is open) and OTLP.
+struct Output<W: Write> {
+    out: BufWriter<W>,
+    open: bool,
+    written: BTreeMap<tapio::core::CompactString, u64>,
+}
+
+impl<W: Write> Output<W> {
+    fn handle(&mut self, ev: tapio::RawEvent, exporter: Option<&OtlpLogExporter>) {
+        if let Some(exporter) = exporter {
+            exporter.submit(&ev);
+        }
+        if !self.open {
+            return;
+        }
+        match ev.write_json_line(&mut self.out) {
+            Ok(()) => *self.written.entry(ev.source).or_default() += 1,
+            // stdout closed (e.g. piped into `head`): keep running, stop writing.
+            Err(err) if err.is_io() => self.open = false,
+            Err(err) => tracing::warn!(error = %err, "event not serializable"),
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.open && self.out.flush().is_err() {
+            self.open = false;
+        }
+    }
+}
+
+async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
+    // Handlers first: a SIGTERM while the collectors start is a graceful
+    // stop once they have, not the default death.
+    let stop = CancellationToken::new();
+    let probes = Probes::new(PIPELINE_STALL_TIMEOUT);
+    let term =
+        signal(SignalKind::terminate()).map_err(|err| format!("cannot handle SIGTERM: {err}"))?;
+    let int =
+        signal(SignalKind::interrupt()).map_err(|err| format!("cannot handle SIGINT: {err}"))?;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    tokio::spawn(watch_signals(
+        term,
+        int,
+        stop.clone(),
+        probes.clone(),
+        config.shutdown_grace_ms,
+    ));
 
     let telemetry = TelemetryPipeline::new(
         "tapio-agent",
@@ -283,14 +559,24 @@ async fn run(args: Args) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tapio=info")),
         )
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(telemetry.tracing_layer())
         .init();
 
-    let explicit = args.collectors.is_some() || config.collectors.is_some();
-    let wanted: Vec<String> = args
+    // An explicit list enables exactly its collectors: each one that cannot
+    // run makes /readyz 503. Without one, the defaults run where they can:
+    // a default collector this build or configuration does not provide for
+    // (etcd without endpoints, kube without an API server or kubelet,
+    // systemd on a host without systemd) is not enabled and does not count;
+    // one that fails to start does.
+    let explicit = config.collectors.is_some();
+    let wanted: Vec<String> = config
         .collectors
-        .or_else(|| config.collectors.clone())
+        .clone()
         .unwrap_or_else(|| KNOWN.iter().map(|s| s.to_string()).collect());
     let mut registry = Registry::new(RegistryConfig {
         start_mode: StartMode::BestEffort,
@@ -302,15 +588,18 @@ async fn run(args: Args) -> Result<(), String> {
             Ok(collector) => registry
                 .register(collector)
                 .map_err(|err| format!("--collectors: {err}"))?,
-            // Asked for by name and unknown: a usage error, not a skip.
-            Err(reason) if explicit && !KNOWN.contains(&name.as_str()) => {
-                return Err(format!("--collectors {name}: {reason}"));
+            Err(reason) if explicit => {
+                eprintln!("tapio-agent: {name:<8} skipped: {reason}");
+                probes.not_started(name.as_str(), reason);
             }
-            Err(reason) => eprintln!("tapio-agent: {name:<8} skipped: {reason}"),
+            Err(reason) => {
+                eprintln!("tapio-agent: {name:<8} not enabled: {reason}");
+                probes.disabled(name.as_str(), reason);
+            }
         }
     }
 
-    let exporter = match &config.otlp {
+    let mut exporter = match &config.otlp {
         Some(otlp) => {
             // What export loses is charged to the collector that produced
             // it: one set of numbers in /metrics, /healthz and the summary.
@@ -340,13 +629,18 @@ async fn run(args: Args) -> Result<(), String> {
             .parse()
             .map_err(|err| format!("metrics address {:?}: {err}", config.metrics.listen))?;
         let prometheus = telemetry.prometheus();
-        let endpoint =
-            HttpEndpoint::serve(addr, move || prometheus.text(), registry.health_watch())
-                .await
-                .map_err(|err| format!("cannot serve metrics on {addr}: {err}"))?;
+        let endpoint = HttpEndpoint::serve(
+            addr,
+            move || prometheus.text(),
+            registry.health_watch(),
+            probes.clone(),
+        )
+        .await
+        .map_err(|err| format!("cannot serve metrics on {addr}: {err}"))?;
         let local = endpoint.local_addr();
         eprintln!(
-            "tapio-agent: metrics on http://{local}/metrics, health on http://{local}/healthz"
+            "tapio-agent: metrics on http://{local}/metrics, liveness on http://{local}/healthz, \
+             readiness on http://{local}/readyz"
         );
         Some(endpoint)
     };
@@ -376,13 +670,15 @@ async fn run(args: Args) -> Result<(), String> {
         eprintln!("tapio-agent: {name:<8} started");
     }
     for (name, err) in &report.skipped {
-        eprintln!(
-            "tapio-agent: {name:<8} skipped: {}",
-            tapio::core::ErrorChain(err)
-        );
+        let reason = tapio::core::ErrorChain(err).to_string();
+        eprintln!("tapio-agent: {name:<8} skipped: {reason}");
+        probes.not_started(name.as_str(), reason);
     }
+    probes.startup_complete();
     if report.started.is_empty() {
-        eprintln!("tapio-agent: no collector could start; waiting for the duration or Ctrl-C");
+        eprintln!(
+            "tapio-agent: no collector could start; waiting for the duration, SIGTERM or SIGINT"
+        );
     }
 
     let deadline = async {
@@ -393,67 +689,86 @@ async fn run(args: Args) -> Result<(), String> {
     };
     tokio::pin!(deadline);
     let stdout = std::io::stdout();
-    let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let mut written: BTreeMap<tapio::core::CompactString, u64> = BTreeMap::new();
-    let mut stdout_open = config.stdout;
-    let mut handle = |ev: tapio::RawEvent, out: &mut BufWriter<_>, open: &mut bool| {
-        if let Some(exporter) = &exporter {
-            exporter.submit(&ev);
-        }
-        if !*open {
-            return;
-        }
-        match ev.write_json_line(&mut *out) {
-            Ok(()) => *written.entry(ev.source).or_default() += 1,
-            // stdout closed (e.g. piped into `head`): keep running, stop writing.
-            Err(err) if err.is_io() => *open = false,
-            Err(err) => tracing::warn!(error = %err, "event not serializable"),
-        }
+    let mut output = Output {
+        out: BufWriter::with_capacity(64 * 1024, stdout.lock()),
+        open: config.stdout,
+        written: BTreeMap::new(),
     };
     let mut flush = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(ev) => handle(ev, &mut out, &mut stdout_open),
+                Some(ev) => output.handle(ev, exporter.as_ref()),
                 None => break,
             },
             _ = flush.tick() => {
-                if stdout_open && out.flush().is_err() {
-                    stdout_open = false;
-                }
+                probes.beat();
+                output.flush();
             }
             () = &mut deadline => break,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("tapio-agent: interrupted, stopping");
-                break;
-            }
+            () = stop.cancelled() => break,
         }
     }
+    // From here a signal exits at once; /readyz answers 503, /healthz 200.
+    stop.cancel();
+    probes.stopping();
+    let stop_deadline = begin_stop(grace) + grace;
 
-    registry.stop().await;
-    // Everything queued before the stop is still delivered.
-    while let Some(ev) = events.recv().await {
-        handle(ev, &mut out, &mut stdout_open);
+    // The graceful stop, bounded by the grace period (counted from the
+    // signal). `stage` says where it was if the period runs out.
+    let mut stage = "stopping the collectors and writing what they queued";
+    let mut export = None;
+    let mut telemetry = Some(telemetry);
+    // Collectors may block their thread while they stop (detaching BPF
+    // programs waits for RCU grace periods): stop them on a worker, so this
+    // task keeps draining and its timeout keeps counting.
+    let health = registry.health_watch();
+    let mut stopping = tokio::spawn(async move { registry.stop().await });
+    let finished = tokio::time::timeout_at(stop_deadline.into(), async {
+        // Everything queued before the stop is still delivered: the merged
+        // stream ends once every collector has stopped.
+        while let Some(ev) = events.recv().await {
+            output.handle(ev, exporter.as_ref());
+        }
+        if let Err(err) = (&mut stopping).await {
+            tracing::warn!(error = %err, "stopping the collectors failed");
+        }
+        output.flush();
+        stage = "flushing the OTLP event export";
+        if let Some(exporter) = exporter.take() {
+            export = Some(exporter.shutdown().await);
+        }
+        // Last metrics collection and pending spans go out before exit.
+        stage = "flushing metrics and spans";
+        if let Some(telemetry) = telemetry.take() {
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        }
+    })
+    .await
+    .is_ok();
+    // Out of time before the flush began: dropping the pipeline would flush
+    // synchronously (the OpenTelemetry providers shut down on drop), on
+    // this thread, past the grace period. Skip it.
+    if let Some(telemetry) = telemetry.take() {
+        std::mem::forget(telemetry);
     }
-    let _ = out.flush();
-    drop(out);
-    let export = match exporter {
-        Some(exporter) => Some(exporter.shutdown().await),
-        None => None,
-    };
+    let _ = output.out.flush();
+    drop(output.out);
     if let Some(endpoint) = endpoint {
-        endpoint.shutdown().await;
+        let _ = tokio::time::timeout_at(stop_deadline.into(), endpoint.shutdown()).await;
     }
-    let health = registry.health();
-    // Last metrics collection and pending spans go out before exit.
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    let health = health.reports();
 
     let merged = events.stats();
     // Every figure comes from the collectors' own counters, the same ones
     // /metrics (`{collector}_events_dropped_total{stage}`) and /healthz show.
     eprintln!("tapio-agent: {}", tapio::export::summary_header());
     for report in &health {
-        let written = written.get(report.collector.as_str()).copied().unwrap_or(0);
+        let written = output
+            .written
+            .get(report.collector.as_str())
+            .copied()
+            .unwrap_or(0);
         eprintln!(
             "tapio-agent: {}",
             tapio::export::summary_row(report, written)
@@ -469,5 +784,13 @@ async fn run(args: Args) -> Result<(), String> {
             stats.submitted, stats.exported, stats.dropped, stats.failed_requests
         );
     }
-    Ok(())
+    if finished {
+        Ok(())
+    } else {
+        Err(format!(
+            "the graceful stop overran the grace period of {} ms while {stage}; \
+             what was still queued there is lost",
+            grace.as_millis()
+        ))
+    }
 }

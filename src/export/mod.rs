@@ -1,6 +1,6 @@
 //! Export for agents (feature `export`): events as OTLP log records over
-//! gRPC, metrics and traces over OTLP, a Prometheus `/metrics` and a
-//! `/healthz` endpoint.
+//! gRPC, metrics and traces over OTLP, a Prometheus `/metrics` endpoint
+//! beside the `/healthz` (liveness) and `/readyz` (readiness) probes.
 //!
 //! Library crates never install global providers; an agent builds a
 //! [`TelemetryPipeline`], passes [`TelemetryPipeline::meter`] to the
@@ -25,7 +25,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-pub use http::HttpEndpoint;
+pub use http::{CollectorReason, HttpEndpoint, Liveness, Probes, Readiness};
 pub use otlp::{ExportStats, OtlpConfig, OtlpError, OtlpLogExporter};
 pub use prometheus::PrometheusExporter;
 pub use summary::{summary_header, summary_row};
