@@ -14,6 +14,9 @@
  *                  its parent: clone(CLONE_NEWNET)), tp/syscalls
  *                  sys_{enter,exit}_unshare (CLONE_NEWNET) and
  *                  sys_{enter,exit}_setns (netns changed), with inodes
+ *
+ * Records leave through the shared output path of tapio/common.h
+ * (tapio_reserve / tapio_submit: drop counting and the wake-up policy).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -30,14 +33,29 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define OUT_LEN 2048
 #define CLONE_NEWNET 0x40000000
 
+/*
+ * Record kinds, op codes and the record version: the single source of truth,
+ * read by the Rust decoder from the skeleton's `types` (every enum below is
+ * referenced by `tapio_cni_abi`, so it is in the object's BTF). Changing a
+ * record's layout means bumping TAPIO_CNI_VERSION.
+ */
+/* Layout version of every record of this object (`tapio_hdr.version`). */
+enum tapio_cni_version { TAPIO_CNI_VERSION = 1 };
+
+/* `tapio_hdr.kind`. */
 enum tapio_cni_kind {
-	CNI_K_EXEC = 1,
-	CNI_K_EXIT = 2,
-	CNI_K_OUTPUT = 3,
-	CNI_K_NETNS = 4,
+	TAPIO_CNI_KIND_EXEC = 1,
+	TAPIO_CNI_KIND_EXIT = 2,
+	TAPIO_CNI_KIND_OUTPUT = 3,
+	TAPIO_CNI_KIND_NETNS = 4,
 };
 
-enum tapio_cni_netns_op { NETNS_UNSHARE = 1, NETNS_CLONE = 2, NETNS_SETNS = 3 };
+/* `tapio_cni_netns_event.op`. */
+enum tapio_cni_netns_op {
+	TAPIO_CNI_NETNS_UNSHARE = 1,
+	TAPIO_CNI_NETNS_CLONE = 2,
+	TAPIO_CNI_NETNS_SETNS = 3,
+};
 
 /* ---- configuration, set by userspace before load ---- */
 const volatile __u32 cfg_n_prefixes = 0;
@@ -86,7 +104,7 @@ struct tapio_cni_output_event {
 struct tapio_cni_netns_event {
 	struct tapio_hdr hdr;
 	struct tapio_cni_task task;
-	__u32 op;
+	__u32 op; /* enum tapio_cni_netns_op */
 	__s32 ret;
 	__u32 old_inum;
 	__u32 new_inum;
@@ -102,6 +120,13 @@ struct {
 	struct tapio_cni_output_event output;
 	struct tapio_cni_netns_event netns;
 } tapio_cni_record_layouts = {};
+
+/* The ABI anchor: puts every enum userspace decodes with into the BTF. Never read. */
+struct tapio_cni_abi {
+	enum tapio_cni_version version;
+	enum tapio_cni_kind kind;
+	enum tapio_cni_netns_op netns_op;
+} tapio_cni_abi = {};
 
 /* ---- maps ---- */
 /* Plugin processes being tracked (tgid -> start time), from exec to exit. */
@@ -135,6 +160,12 @@ struct {
 } path_scratch SEC(".maps");
 
 /* ---- helpers ---- */
+/* Header of a record of this object: its kind and the current version. */
+static __always_inline void fill_hdr(struct tapio_hdr *hdr, enum tapio_cni_kind kind)
+{
+	tapio_fill_hdr(hdr, kind, TAPIO_CNI_VERSION);
+}
+
 static __always_inline void fill_task(struct tapio_cni_task *t)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -180,7 +211,7 @@ int BPF_PROG(tapio_cni_exec, struct task_struct *p, pid_t old_pid, struct linux_
 	e = tapio_reserve(sizeof(*e));
 	if (!e)
 		return 0;
-	tapio_fill_hdr(&e->hdr, CNI_K_EXEC, 1);
+	fill_hdr(&e->hdr, TAPIO_CNI_KIND_EXEC);
 	fill_task(&e->task);
 	e->start_ns = start;
 	e->netns_inum = netns_inum(p);
@@ -202,7 +233,7 @@ int BPF_PROG(tapio_cni_exec, struct task_struct *p, pid_t old_pid, struct linux_
 	e->env_len = 0;
 	if (len > 0 && len <= ENV_LEN && bpf_probe_read_user(e->env, len, (void *)env_start) == 0)
 		e->env_len = len;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -221,13 +252,13 @@ int BPF_PROG(tapio_cni_exit, struct task_struct *p, bool group_dead)
 		return 0;
 	e = tapio_reserve(sizeof(*e));
 	if (e) {
-		tapio_fill_hdr(&e->hdr, CNI_K_EXIT, 1);
+		fill_hdr(&e->hdr, TAPIO_CNI_KIND_EXIT);
 		fill_task(&e->task);
 		code = p->exit_code;
 		e->exit_code = (code >> 8) & 0xff;
 		e->signal = code & 0x7f;
 		e->start_ns = *start;
-		bpf_ringbuf_submit(e, 0);
+		tapio_submit(e, sizeof(*e));
 	}
 	bpf_map_delete_elem(&tracked, &pid);
 	return 0;
@@ -246,7 +277,7 @@ int tapio_cni_write(struct trace_event_raw_sys_enter *ctx)
 	e = tapio_reserve(sizeof(*e));
 	if (!e)
 		return 0;
-	tapio_fill_hdr(&e->hdr, CNI_K_OUTPUT, 1);
+	fill_hdr(&e->hdr, TAPIO_CNI_KIND_OUTPUT);
 	e->pid = pid;
 	e->fd = fd;
 	e->total = count;
@@ -254,19 +285,19 @@ int tapio_cni_write(struct trace_event_raw_sys_enter *ctx)
 	e->len = 0;
 	if (len > 0 && len <= OUT_LEN && bpf_probe_read_user(e->data, len, (void *)ctx->args[1]) == 0)
 		e->len = len;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }
 
 /* ---- network namespaces ---- */
-static __always_inline void emit_netns(__u32 op, long ret, __u32 old_inum, __u32 new_inum,
+static __always_inline void emit_netns(enum tapio_cni_netns_op op, long ret, __u32 old_inum, __u32 new_inum,
 				       __u64 flags, __u32 target_pid)
 {
 	struct tapio_cni_netns_event *e = tapio_reserve(sizeof(*e));
 
 	if (!e)
 		return;
-	tapio_fill_hdr(&e->hdr, CNI_K_NETNS, 1);
+	fill_hdr(&e->hdr, TAPIO_CNI_KIND_NETNS);
 	fill_task(&e->task);
 	e->op = op;
 	e->ret = ret;
@@ -275,7 +306,7 @@ static __always_inline void emit_netns(__u32 op, long ret, __u32 old_inum, __u32
 	e->flags = flags;
 	e->target_pid = target_pid;
 	e->_pad = 0;
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 }
 
 SEC("tp_btf/sched_process_fork")
@@ -285,11 +316,11 @@ int BPF_PROG(tapio_cni_fork, struct task_struct *parent, struct task_struct *chi
 
 	if (old_inum == new_inum || child->pid != child->tgid)
 		return 0;
-	emit_netns(NETNS_CLONE, 0, old_inum, new_inum, CLONE_NEWNET, child->tgid);
+	emit_netns(TAPIO_CNI_NETNS_CLONE, 0, old_inum, new_inum, CLONE_NEWNET, child->tgid);
 	return 0;
 }
 
-static __always_inline int stash(__u32 op, __u64 flags)
+static __always_inline int stash(enum tapio_cni_netns_op op, __u64 flags)
 {
 	struct tapio_cni_pending p = {
 		.flags = flags,
@@ -313,7 +344,7 @@ static __always_inline int finish(long ret)
 	new_inum = netns_inum(bpf_get_current_task_btf());
 	/* unshare(CLONE_NEWNET) is reported even when it failed; setns only
 	 * when it changed the network namespace. */
-	if (p->op == NETNS_UNSHARE || (ret == 0 && new_inum != p->old_inum))
+	if (p->op == TAPIO_CNI_NETNS_UNSHARE || (ret == 0 && new_inum != p->old_inum))
 		emit_netns(p->op, ret, p->old_inum, new_inum, p->flags, 0);
 	bpf_map_delete_elem(&pending, &id);
 	return 0;
@@ -326,7 +357,7 @@ int tapio_cni_enter_unshare(struct trace_event_raw_sys_enter *ctx)
 
 	if (!(flags & CLONE_NEWNET))
 		return 0;
-	return stash(NETNS_UNSHARE, flags);
+	return stash(TAPIO_CNI_NETNS_UNSHARE, flags);
 }
 
 SEC("tp/syscalls/sys_exit_unshare")
@@ -338,7 +369,7 @@ int tapio_cni_exit_unshare(struct trace_event_raw_sys_exit *ctx)
 SEC("tp/syscalls/sys_enter_setns")
 int tapio_cni_enter_setns(struct trace_event_raw_sys_enter *ctx)
 {
-	return stash(NETNS_SETNS, ctx->args[1]);
+	return stash(TAPIO_CNI_NETNS_SETNS, ctx->args[1]);
 }
 
 SEC("tp/syscalls/sys_exit_setns")

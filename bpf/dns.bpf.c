@@ -8,6 +8,11 @@
  * modify the packet, and copy at most `capture_len` bytes of the UDP/TCP
  * payload of packets whose DNS-side port is in `dns_port_bits` into the shared
  * ring buffer. Parsing and matching happen in userspace.
+ *
+ * A record is built in a per-CPU scratch buffer and copied into the ring
+ * with tapio_output() (tapio/common.h): only the captured bytes take ring
+ * space, with the shared drop counting and wake-up policy
+ * (`tapio_wakeup_bytes`, `tapio_wakeup_delay_ns`).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -16,8 +21,17 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define TAPIO_DNS_PACKET 1
-#define TAPIO_DNS_VERSION 1
+/*
+ * Record kind and version: the single source of truth, read by the Rust
+ * decoder from the skeleton's `types` (both enums are referenced by
+ * `tapio_dns_abi`, so they are in the object's BTF). Changing the record's
+ * layout means bumping TAPIO_DNS_VERSION.
+ */
+/* Layout version of the record (`tapio_hdr.version`). */
+enum tapio_dns_version { TAPIO_DNS_VERSION = 1 };
+
+/* `tapio_hdr.kind`. */
+enum tapio_dns_kind { TAPIO_DNS_KIND_PACKET = 1 };
 
 /* Largest payload prefix a record can carry (power of two). */
 #define TAPIO_DNS_MAX_CAPTURE 1024
@@ -53,12 +67,16 @@ struct tapio_dns_pkt {
 /* Referenced so that libbpf-cargo emits the record layout into the skeleton's types. */
 struct tapio_dns_pkt tapio_dns_pkt_layout = {};
 
+/* The ABI anchor: puts every enum userspace decodes with into the BTF. Never read. */
+struct tapio_dns_abi {
+	enum tapio_dns_version version;
+	enum tapio_dns_kind kind;
+} tapio_dns_abi = {};
+
 /* Set by userspace before load. */
 const volatile __u32 capture_len = 512;
 const volatile __u8 observe_client = 1; /* queries sent and responses received locally */
 const volatile __u8 observe_server = 0; /* queries received and responses sent locally */
-/* Force a consumer wakeup once this many bytes wait in the ring (0: kernel default policy). */
-const volatile __u64 wakeup_bytes = 0;
 /* Bitmap of DNS server ports (65536 bits). */
 const volatile __u64 dns_port_bits[1024] = {};
 
@@ -74,15 +92,6 @@ static __always_inline int is_dns_port(__u16 port)
 	return (dns_port_bits[(port >> 6) & 1023] >> (port & 63)) & 1;
 }
 
-static __always_inline void count_drop(void)
-{
-	__u32 zero = 0;
-	__u64 *drops = bpf_map_lookup_elem(&tapio_drops, &zero);
-
-	if (drops)
-		*drops += 1;
-}
-
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 zero = 0, l4off, l4hdr, len;
@@ -90,7 +99,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u8 proto, family;
 	__u16 ports[2], sport, dport;
 	struct tapio_dns_pkt *e;
-	__u64 flags;
 
 	if (skb->protocol == bpf_htons(TAPIO_ETH_P_IP)) {
 		struct iphdr ip;
@@ -151,7 +159,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	e = bpf_map_lookup_elem(&tapio_dns_scratch, &zero);
 	if (!e)
 		return 1;
-	tapio_fill_hdr(&e->hdr, TAPIO_DNS_PACKET, TAPIO_DNS_VERSION);
+	tapio_fill_hdr(&e->hdr, TAPIO_DNS_KIND_PACKET, TAPIO_DNS_VERSION);
 	e->sock_cookie = bpf_get_socket_cookie(skb);
 	e->cgroup_id = bpf_skb_cgroup_id(skb);
 	e->pid = dir == TAPIO_DIR_EGRESS ? bpf_get_current_pid_tgid() >> 32 : 0;
@@ -182,24 +190,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		return 1;
 	e->cap_len = n;
 
-	/*
-	 * Batched wakeups: the reader drains the ring on a timer, so records go
-	 * in without waking it, except for the one record that fills the ring
-	 * past `wakeup_bytes` (a burst). Waking on every record past the mark
-	 * instead would make each packet pay for a wakeup exactly when the
-	 * reader is already behind.
-	 */
-	if (wakeup_bytes == 0) {
-		flags = 0;
-	} else {
-		__u64 avail = bpf_ringbuf_query(&tapio_events, BPF_RB_AVAIL_DATA);
-
-		flags = avail < wakeup_bytes && avail + offsetof(struct tapio_dns_pkt, data) + n >= wakeup_bytes
-				? BPF_RB_FORCE_WAKEUP
-				: BPF_RB_NO_WAKEUP;
-	}
-	if (bpf_ringbuf_output(&tapio_events, e, offsetof(struct tapio_dns_pkt, data) + n, flags))
-		count_drop();
+	/* Only the captured bytes go into the ring. */
+	tapio_output(e, offsetof(struct tapio_dns_pkt, data) + n);
 	return 1;
 }
 

@@ -22,6 +22,9 @@
  * Target selection (read-only data, set before load): `target_tgid` when
  * non-zero, otherwise the exact command name `target_comm` (so a restarted
  * etcd keeps being observed).
+ *
+ * Records leave through the shared output path of tapio/common.h
+ * (tapio_reserve / tapio_submit: drop counting and the wake-up policy).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -31,18 +34,32 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define TAPIO_ETCD_IO 1
 #define TAPIO_COMM_LEN 16
 
-/* Operations (`op` in the record). */
-#define OP_FSYNC 1
-#define OP_FDATASYNC 2
-#define OP_SYNC_FILE_RANGE 3
-#define OP_WRITE 4
-#define OP_PWRITE64 5
-#define OP_WRITEV 6
-#define OP_PWRITEV 7
-#define OP_PWRITEV2 8
+/*
+ * Record kind, op codes and the record version: the single source of truth,
+ * read by the Rust decoder from the skeleton's `types` (every enum below is
+ * referenced by `tapio_etcd_abi`, so it is in the object's BTF). Changing
+ * the record's layout means bumping TAPIO_ETCD_VERSION.
+ */
+/* Layout version of the record (`tapio_hdr.version`). */
+enum tapio_etcd_version { TAPIO_ETCD_VERSION = 1 };
+
+/* `tapio_hdr.kind`. */
+enum tapio_etcd_kind { TAPIO_ETCD_KIND_IO = 1 };
+
+/* `tapio_etcd_io.op`: the syscalls. Syncs first, then writes from
+ * TAPIO_ETCD_OP_WRITE on (is_write() relies on the order). */
+enum tapio_etcd_op {
+	TAPIO_ETCD_OP_FSYNC = 1,
+	TAPIO_ETCD_OP_FDATASYNC = 2,
+	TAPIO_ETCD_OP_SYNC_FILE_RANGE = 3,
+	TAPIO_ETCD_OP_WRITE = 4,
+	TAPIO_ETCD_OP_PWRITE64 = 5,
+	TAPIO_ETCD_OP_WRITEV = 6,
+	TAPIO_ETCD_OP_PWRITEV = 7,
+	TAPIO_ETCD_OP_PWRITEV2 = 8,
+};
 
 #if defined(__TARGET_ARCH_x86)
 #define NR_WRITE 1
@@ -75,7 +92,7 @@ struct tapio_etcd_io {
 	__u32 pid;            /* tgid */
 	__u32 tid;
 	__s32 fd;
-	__u16 op;             /* OP_* */
+	__u16 op;             /* enum tapio_etcd_op */
 	__u16 mode;           /* i_mode of the file (type and permissions) */
 	__s64 ret;            /* syscall return value */
 	__u64 latency_ns;     /* entry to exit */
@@ -88,6 +105,13 @@ struct tapio_etcd_io {
 
 /* Referenced so that libbpf-cargo emits the record layout into the skeleton's types. */
 struct tapio_etcd_io tapio_etcd_io_layout = {};
+
+/* The ABI anchor: puts every enum userspace decodes with into the BTF. Never read. */
+struct tapio_etcd_abi {
+	enum tapio_etcd_version version;
+	enum tapio_etcd_kind kind;
+	enum tapio_etcd_op op;
+} tapio_etcd_abi = {};
 
 const volatile __u32 target_tgid = 0;
 const volatile char target_comm[TAPIO_COMM_LEN] = {};
@@ -127,21 +151,21 @@ static __always_inline int op_of(long id)
 {
 	switch (id) {
 	case NR_FSYNC:
-		return OP_FSYNC;
+		return TAPIO_ETCD_OP_FSYNC;
 	case NR_FDATASYNC:
-		return OP_FDATASYNC;
+		return TAPIO_ETCD_OP_FDATASYNC;
 	case NR_SYNC_FILE_RANGE:
-		return OP_SYNC_FILE_RANGE;
+		return TAPIO_ETCD_OP_SYNC_FILE_RANGE;
 	case NR_WRITE:
-		return OP_WRITE;
+		return TAPIO_ETCD_OP_WRITE;
 	case NR_PWRITE64:
-		return OP_PWRITE64;
+		return TAPIO_ETCD_OP_PWRITE64;
 	case NR_WRITEV:
-		return OP_WRITEV;
+		return TAPIO_ETCD_OP_WRITEV;
 	case NR_PWRITEV:
-		return OP_PWRITEV;
+		return TAPIO_ETCD_OP_PWRITEV;
 	case NR_PWRITEV2:
-		return OP_PWRITEV2;
+		return TAPIO_ETCD_OP_PWRITEV2;
 	default:
 		return 0;
 	}
@@ -149,7 +173,7 @@ static __always_inline int op_of(long id)
 
 static __always_inline bool is_write(int op)
 {
-	return op >= OP_WRITE;
+	return op >= TAPIO_ETCD_OP_WRITE;
 }
 
 static __always_inline bool is_target(__u64 pid_tgid)
@@ -259,7 +283,7 @@ static __always_inline int on_exit(long ret)
 	e = tapio_reserve(sizeof(*e));
 	if (!e)
 		return 0;
-	tapio_fill_hdr(&e->hdr, TAPIO_ETCD_IO, 1);
+	tapio_fill_hdr(&e->hdr, TAPIO_ETCD_KIND_IO, TAPIO_ETCD_VERSION);
 	e->hdr.ktime_ns = now;
 	e->pid = pid_tgid >> 32;
 	e->tid = tid;
@@ -273,7 +297,7 @@ static __always_inline int on_exit(long ret)
 	e->dev = v.dev;
 	e->_pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	tapio_submit(e, sizeof(*e));
 	return 0;
 }
 
@@ -321,14 +345,14 @@ struct tapio_syscall_exit {
 		return on_exit(ctx->ret);                                             \
 	}
 
-TAPIO_SYSCALL_TP(fsync, OP_FSYNC)
-TAPIO_SYSCALL_TP(fdatasync, OP_FDATASYNC)
-TAPIO_SYSCALL_TP(sync_file_range, OP_SYNC_FILE_RANGE)
-TAPIO_SYSCALL_TP(write, OP_WRITE)
-TAPIO_SYSCALL_TP(pwrite64, OP_PWRITE64)
-TAPIO_SYSCALL_TP(writev, OP_WRITEV)
-TAPIO_SYSCALL_TP(pwritev, OP_PWRITEV)
-TAPIO_SYSCALL_TP(pwritev2, OP_PWRITEV2)
+TAPIO_SYSCALL_TP(fsync, TAPIO_ETCD_OP_FSYNC)
+TAPIO_SYSCALL_TP(fdatasync, TAPIO_ETCD_OP_FDATASYNC)
+TAPIO_SYSCALL_TP(sync_file_range, TAPIO_ETCD_OP_SYNC_FILE_RANGE)
+TAPIO_SYSCALL_TP(write, TAPIO_ETCD_OP_WRITE)
+TAPIO_SYSCALL_TP(pwrite64, TAPIO_ETCD_OP_PWRITE64)
+TAPIO_SYSCALL_TP(writev, TAPIO_ETCD_OP_WRITEV)
+TAPIO_SYSCALL_TP(pwritev, TAPIO_ETCD_OP_PWRITEV)
+TAPIO_SYSCALL_TP(pwritev2, TAPIO_ETCD_OP_PWRITEV2)
 
 /* Without tracefs: BTF-typed raw tracepoints (CAP_BPF + CAP_PERFMON). */
 SEC("tp_btf/sys_enter")

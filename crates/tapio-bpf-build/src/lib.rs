@@ -22,10 +22,20 @@
 //!    use it instead (cross builds, build machines without BTF), or
 //!    [`BTF_ENV`] (`TAPIO_BTF`) to read BTF from another file.
 //! 2. Writes the shared tapio headers (`tapio/common.h`: event ring buffer,
-//!    per-CPU drop counter, record header) next to it.
+//!    per-CPU drop counter, the one reserve/submit/output path with its
+//!    wake-up policy, record header) next to it.
 //! 3. Compiles the BPF C source with clang through `libbpf-cargo` (CO-RE:
 //!    the object relocates against the BTF of whatever kernel loads it) and
 //!    generates `<name>.skel.rs`.
+//!
+//! An object may be split into headers of its own (the kernel collector's
+//! `kernel/records.h`, `kernel/process.h`, ...), included relative to the
+//! source: `#include "kernel/records.h"` from `src/bpf/kernel.bpf.c` reads
+//! `src/bpf/kernel/records.h`. The build reruns when any `.c` or `.h` file
+//! under the source's directory changes. For the headers to reach a
+//! packaged crate they must live inside it (the repository's collector
+//! crates symlink their source and its header directory from `bpf/` into
+//! `src/bpf/`; `cargo package` copies what the links point to).
 //!
 //! Prerequisites on the build machine: `clang` (override with `CLANG`),
 //! and for the default `vmlinux.h` a kernel with `CONFIG_DEBUG_INFO_BTF`.
@@ -164,6 +174,11 @@ impl Skeleton {
 
         let source = manifest_dir.join(&self.source);
         println!("cargo:rerun-if-changed={}", source.display());
+        if let Some(dir) = source.parent() {
+            for file in bpf_sources(dir).into_iter().filter(|f| *f != source) {
+                println!("cargo:rerun-if-changed={}", file.display());
+            }
+        }
         println!("cargo:rerun-if-env-changed={VMLINUX_ENV}");
         println!("cargo:rerun-if-env-changed={BTF_ENV}");
         println!("cargo:rerun-if-env-changed=CLANG");
@@ -190,6 +205,35 @@ impl Skeleton {
             })?;
         Ok(skel)
     }
+}
+
+/// The `.c` and `.h` files under `dir` (following symbolic links, sorted),
+/// which the source in `dir` may include: a change to any of them reruns
+/// the build.
+fn bpf_sources(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // `metadata` follows links: a linked header directory is walked.
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if depth < 4 {
+                    walk(&path, depth + 1, out);
+                }
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("c" | "h")) {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 0, &mut out);
+    out.sort();
+    out
 }
 
 /// Write `vmlinux.h` and the shared tapio headers into `dir`.
@@ -376,6 +420,25 @@ mod tests {
         assert!(text.contains("struct task_struct {"), "task_struct missing");
         assert!(text.contains("preserve_access_index"));
         assert!(text.trim_end().ends_with("#endif /* __VMLINUX_H__ */"));
+    }
+
+    #[test]
+    fn bpf_sources_follow_linked_header_dirs() {
+        let dir = std::env::temp_dir().join(format!("tapio-bpf-sources-{}", std::process::id()));
+        let real = dir.join("real");
+        let src = dir.join("src");
+        std::fs::create_dir_all(&real).expect("real dir");
+        std::fs::create_dir_all(&src).expect("src dir");
+        std::fs::write(real.join("records.h"), "").expect("header");
+        std::fs::write(real.join("notes.txt"), "").expect("other file");
+        std::fs::write(src.join("obj.bpf.c"), "").expect("source");
+        std::os::unix::fs::symlink(&real, src.join("obj")).expect("link");
+        let found = bpf_sources(&src);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert_eq!(
+            found,
+            vec![src.join("obj").join("records.h"), src.join("obj.bpf.c")]
+        );
     }
 
     #[test]

@@ -38,13 +38,10 @@ unsafe impl bpf::plain::Plain for types::tapio_cni_exit_event {}
 unsafe impl bpf::plain::Plain for types::tapio_cni_output_event {}
 unsafe impl bpf::plain::Plain for types::tapio_cni_netns_event {}
 
-/// Record kinds (mirror `enum tapio_cni_kind` in cni.bpf.c).
-mod kind {
-    pub const EXEC: u16 = 1;
-    pub const EXIT: u16 = 2;
-    pub const OUTPUT: u16 = 3;
-    pub const NETNS: u16 = 4;
-}
+/// The record layout version this decoder reads (`TAPIO_CNI_VERSION` in
+/// `bpf/cni.bpf.c`, read from the object's BTF through the skeleton).
+const VERSION: u16 = types::tapio_cni_version::TAPIO_CNI_VERSION.0 as u16;
+const _: () = assert!(types::tapio_cni_version::TAPIO_CNI_VERSION.0 <= u16::MAX as u32);
 
 /// One decoded record of the CNI object.
 #[derive(Debug)]
@@ -57,17 +54,19 @@ pub(crate) enum CniRecord {
 
 impl Record for CniRecord {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        use types::tapio_cni_kind as Kind;
         let hdr: types::tapio_hdr = bpf::decode_pod(bytes)?;
-        Ok(match hdr.kind {
-            kind::EXEC => Self::Exec(Box::new(bpf::decode_pod(bytes)?)),
-            kind::EXIT => Self::Exit(bpf::decode_pod(bytes)?),
-            kind::OUTPUT => Self::Output(Box::new(bpf::decode_pod(bytes)?)),
-            kind::NETNS => Self::Netns(bpf::decode_pod(bytes)?),
+        bpf::check_version("tapio_hdr", hdr.version, VERSION)?;
+        Ok(match Kind(hdr.kind.into()) {
+            Kind::TAPIO_CNI_KIND_EXEC => Self::Exec(Box::new(bpf::decode_pod(bytes)?)),
+            Kind::TAPIO_CNI_KIND_EXIT => Self::Exit(bpf::decode_pod(bytes)?),
+            Kind::TAPIO_CNI_KIND_OUTPUT => Self::Output(Box::new(bpf::decode_pod(bytes)?)),
+            Kind::TAPIO_CNI_KIND_NETNS => Self::Netns(bpf::decode_pod(bytes)?),
             other => {
                 return Err(DecodeError::Invalid {
                     record: "tapio_hdr",
                     field: "kind",
-                    value: u64::from(other),
+                    value: u64::from(other.0),
                 });
             }
         })
@@ -140,11 +139,12 @@ pub(crate) fn to_steps(record: CniRecord, out: &mut Vec<Step>) {
             truncated: e.total > e.len,
         }),
         CniRecord::Netns(e) => {
-            let via = match e.op {
-                1 => NetnsVia::Unshare,
-                2 => NetnsVia::Clone,
-                3 => NetnsVia::Setns,
-                other => {
+            use types::tapio_cni_netns_op as Op;
+            let via = match Op(e.op) {
+                Op::TAPIO_CNI_NETNS_UNSHARE => NetnsVia::Unshare,
+                Op::TAPIO_CNI_NETNS_CLONE => NetnsVia::Clone,
+                Op::TAPIO_CNI_NETNS_SETNS => NetnsVia::Setns,
+                Op(other) => {
                     out.push(Step::Malformed {
                         source_name: "exec",
                         error: format!("netns record with unknown op {other}"),
@@ -313,16 +313,134 @@ impl ExecSource for BpfExecSource {
 mod tests {
     use super::*;
 
+    use types::tapio_cni_kind as Kind;
+
     fn hdr_bytes(kind: u16, len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];
         bytes[..2].copy_from_slice(&kind.to_ne_bytes());
+        bytes[2..4].copy_from_slice(&VERSION.to_ne_bytes());
         bytes
+    }
+
+    /// The record layouts the decoder relies on, for the version it reads:
+    /// a change to a record in `bpf/cni.bpf.c` fails here until
+    /// `TAPIO_CNI_VERSION` is bumped and the values below updated with it.
+    #[test]
+    fn record_layout_matches_bpf() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(VERSION, 1);
+        assert_eq!(
+            [
+                Kind::TAPIO_CNI_KIND_EXEC.0,
+                Kind::TAPIO_CNI_KIND_EXIT.0,
+                Kind::TAPIO_CNI_KIND_OUTPUT.0,
+                Kind::TAPIO_CNI_KIND_NETNS.0
+            ],
+            [1, 2, 3, 4]
+        );
+        assert_eq!(size_of::<types::tapio_hdr>(), 16);
+        assert_eq!(
+            (
+                offset_of!(types::tapio_hdr, kind),
+                offset_of!(types::tapio_hdr, version),
+                offset_of!(types::tapio_hdr, ktime_ns)
+            ),
+            (0, 2, 8)
+        );
+        assert_eq!(size_of::<types::tapio_cni_task>(), 32);
+        assert_eq!(
+            (
+                offset_of!(types::tapio_cni_task, cgroup_id),
+                offset_of!(types::tapio_cni_task, comm)
+            ),
+            (8, 16)
+        );
+        type Exec = types::tapio_cni_exec_event;
+        assert_eq!(size_of::<Exec>(), 4424);
+        assert_eq!(
+            [
+                offset_of!(Exec, task),
+                offset_of!(Exec, start_ns),
+                offset_of!(Exec, env_len),
+                offset_of!(Exec, env_total),
+                offset_of!(Exec, env_tail),
+                offset_of!(Exec, netns_inum),
+                offset_of!(Exec, filename),
+                offset_of!(Exec, env),
+            ],
+            [16, 48, 56, 60, 64, 68, 72, 328]
+        );
+        type Exit = types::tapio_cni_exit_event;
+        assert_eq!(size_of::<Exit>(), 64);
+        assert_eq!(
+            [
+                offset_of!(Exit, exit_code),
+                offset_of!(Exit, signal),
+                offset_of!(Exit, start_ns)
+            ],
+            [48, 52, 56]
+        );
+        type Output = types::tapio_cni_output_event;
+        assert_eq!(size_of::<Output>(), 2080);
+        assert_eq!(
+            [
+                offset_of!(Output, pid),
+                offset_of!(Output, fd),
+                offset_of!(Output, len),
+                offset_of!(Output, total),
+                offset_of!(Output, data),
+            ],
+            [16, 20, 24, 28, 32]
+        );
+        type Netns = types::tapio_cni_netns_event;
+        assert_eq!(size_of::<Netns>(), 80);
+        assert_eq!(
+            [
+                offset_of!(Netns, op),
+                offset_of!(Netns, ret),
+                offset_of!(Netns, old_inum),
+                offset_of!(Netns, new_inum),
+                offset_of!(Netns, flags),
+                offset_of!(Netns, target_pid),
+            ],
+            [48, 52, 56, 60, 64, 72]
+        );
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let mut bytes = hdr_bytes(Kind::TAPIO_CNI_KIND_EXIT.0 as u16, 64);
+        bytes[2..4].copy_from_slice(&(VERSION + 1).to_ne_bytes());
+        let err = CniRecord::decode(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Version {
+                record: "tapio_hdr",
+                expected: 1,
+                got: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unsupported tapio_hdr version 2: this decoder reads version 1"
+        );
+        // The same record with the current version decodes.
+        assert!(matches!(
+            CniRecord::decode(&hdr_bytes(Kind::TAPIO_CNI_KIND_EXIT.0 as u16, 64)),
+            Ok(CniRecord::Exit(_))
+        ));
     }
 
     #[test]
     fn short_and_unknown_records_are_errors_not_panics() {
         assert!(CniRecord::decode(&[1, 2, 3]).is_err());
-        for kind in [kind::EXEC, kind::EXIT, kind::OUTPUT, kind::NETNS] {
+        for kind in [
+            Kind::TAPIO_CNI_KIND_EXEC,
+            Kind::TAPIO_CNI_KIND_EXIT,
+            Kind::TAPIO_CNI_KIND_OUTPUT,
+            Kind::TAPIO_CNI_KIND_NETNS,
+        ] {
+            let kind = kind.0 as u16;
             // A header alone is too short for every record.
             assert!(
                 CniRecord::decode(&hdr_bytes(kind, 16)).is_err(),

@@ -327,7 +327,7 @@ impl BpfProgram for DnsProgram {
         rodata.observe_server = u8::from(self.observe_server);
         // Wake the reader early only when a quarter of the ring is used; the
         // reader otherwise drains every batch interval.
-        rodata.wakeup_bytes = u64::from(ring / 4);
+        rodata.tapio_wakeup_bytes = u64::from(ring / 4);
         for &port in &self.ports {
             rodata.dns_port_bits[usize::from(port >> 6)] |= 1u64 << (port & 63);
         }
@@ -1003,15 +1003,44 @@ mod tests {
         assert_eq!(&decoded, r);
     }
 
+    /// The record layout the decoder relies on (it reads fields at fixed
+    /// offsets), for the version it reads: a change to `struct tapio_dns_pkt`
+    /// fails here until `TAPIO_DNS_VERSION` is bumped and the decoder and
+    /// the values below updated with it.
     #[test]
     fn record_layout_matches_bpf() {
+        use skel::types::{tapio_dns_pkt as Pkt, tapio_hdr as Hdr};
+        use std::mem::{offset_of, size_of};
+        assert_eq!((record::VERSION, record::KIND_PACKET), (1, 1));
+        assert_eq!(size_of::<Hdr>(), 16);
         assert_eq!(
-            std::mem::offset_of!(skel::types::tapio_dns_pkt, data),
-            record::DATA_OFFSET
+            [
+                offset_of!(Hdr, kind),
+                offset_of!(Hdr, version),
+                offset_of!(Hdr, ktime_ns)
+            ],
+            [0, 2, 8]
         );
+        // The offsets `Packet::decode` reads.
         assert_eq!(
-            std::mem::size_of::<skel::types::tapio_dns_pkt>(),
-            record::DATA_OFFSET + MAX_CAPTURE as usize
+            [
+                offset_of!(Pkt, sock_cookie),
+                offset_of!(Pkt, cgroup_id),
+                offset_of!(Pkt, pid),
+                offset_of!(Pkt, payload_len),
+                offset_of!(Pkt, saddr),
+                offset_of!(Pkt, daddr),
+                offset_of!(Pkt, sport),
+                offset_of!(Pkt, dport),
+                offset_of!(Pkt, family),
+                offset_of!(Pkt, proto),
+                offset_of!(Pkt, direction),
+                offset_of!(Pkt, cap_len),
+                offset_of!(Pkt, data),
+            ],
+            [16, 24, 32, 36, 40, 56, 72, 74, 76, 77, 78, 80, 88]
         );
+        assert_eq!(record::DATA_OFFSET, 88);
+        assert_eq!(size_of::<Pkt>(), record::DATA_OFFSET + MAX_CAPTURE as usize);
     }
 }

@@ -3,12 +3,18 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
-use tapio_core::bpf::{DecodeError, Record};
+use tapio_core::bpf::{self, DecodeError, Record};
 
-/// `tapio_hdr.kind` of a DNS packet record.
-pub(crate) const KIND_PACKET: u16 = 1;
+use crate::skel::types;
+
+/// The record layout version this decoder reads (`TAPIO_DNS_VERSION` in
+/// `bpf/dns.bpf.c`, read from the object's BTF through the skeleton).
+pub(crate) const VERSION: u16 = types::tapio_dns_version::TAPIO_DNS_VERSION.0 as u16;
+const _: () = assert!(types::tapio_dns_version::TAPIO_DNS_VERSION.0 <= u16::MAX as u32);
+/// `tapio_hdr.kind` of a DNS packet record (`enum tapio_dns_kind`).
+pub(crate) const KIND_PACKET: u16 = types::tapio_dns_kind::TAPIO_DNS_KIND_PACKET.0 as u16;
 /// Offset of `data[]` in `struct tapio_dns_pkt`.
-pub(crate) const DATA_OFFSET: usize = 88;
+pub(crate) const DATA_OFFSET: usize = std::mem::offset_of!(types::tapio_dns_pkt, data);
 /// Largest payload prefix the BPF program can copy (`TAPIO_DNS_MAX_CAPTURE`).
 pub const MAX_CAPTURE: u32 = 1024;
 
@@ -97,6 +103,7 @@ impl Record for Packet {
             value,
         };
         let kind = u16::from_ne_bytes(field(bytes, 0)?);
+        bpf::check_version(RECORD, u16::from_ne_bytes(field(bytes, 2)?), VERSION)?;
         if kind != KIND_PACKET {
             return Err(invalid("hdr.kind", u64::from(kind)));
         }
@@ -159,7 +166,7 @@ pub(crate) mod tests {
     pub(crate) fn encode(p: &Packet) -> Vec<u8> {
         let mut b = vec![0u8; DATA_OFFSET];
         b[0..2].copy_from_slice(&KIND_PACKET.to_ne_bytes());
-        b[2..4].copy_from_slice(&1u16.to_ne_bytes());
+        b[2..4].copy_from_slice(&VERSION.to_ne_bytes());
         b[8..16].copy_from_slice(&p.ktime_ns.to_ne_bytes());
         b[16..24].copy_from_slice(&p.socket_cookie.to_ne_bytes());
         b[24..32].copy_from_slice(&p.cgroup_id.to_ne_bytes());
@@ -217,6 +224,25 @@ pub(crate) mod tests {
         p6.direction = Direction::Ingress;
         p6.pid = None;
         assert_eq!(Packet::decode(&encode(&p6)).unwrap(), p6);
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let mut b = encode(&sample());
+        b[2..4].copy_from_slice(&(VERSION + 1).to_ne_bytes());
+        let err = Packet::decode(&b).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Version {
+                record: RECORD,
+                expected: 1,
+                got: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unsupported tapio_dns_pkt version 2: this decoder reads version 1"
+        );
     }
 
     #[test]

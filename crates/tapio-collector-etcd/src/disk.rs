@@ -20,15 +20,29 @@ use crate::events::{EtcdFileKind, EtcdSlowSyncEvent, SyncSyscall, types as event
 use crate::metrics::Instruments;
 use crate::skel::{EtcdSkelBuilder, types};
 
-/// Record kind in `tapio_hdr.kind` (see `bpf/etcd.bpf.c`).
-const KIND_IO: u16 = 1;
+/// The record's layout version this decoder reads (`TAPIO_ETCD_VERSION` in
+/// `bpf/etcd.bpf.c`, read from the object's BTF through the skeleton).
+const VERSION: u16 = types::tapio_etcd_version::TAPIO_ETCD_VERSION.0 as u16;
+const _: () = assert!(types::tapio_etcd_version::TAPIO_ETCD_VERSION.0 <= u16::MAX as u32);
 
-/// Operations (`op` in the record).
-const OP_FSYNC: u16 = 1;
-const OP_FDATASYNC: u16 = 2;
-const OP_SYNC_FILE_RANGE: u16 = 3;
-const OP_WRITE: u16 = 4;
-const OP_PWRITEV2: u16 = 8;
+/// Record kind in `tapio_hdr.kind` (`enum tapio_etcd_kind`).
+const KIND_IO: u16 = types::tapio_etcd_kind::TAPIO_ETCD_KIND_IO.0 as u16;
+
+/// What the record's `op` (`enum tapio_etcd_op`) stands for.
+fn io_op(op: u16) -> Option<IoOp> {
+    use types::tapio_etcd_op as Op;
+    Some(match Op(op.into()) {
+        Op::TAPIO_ETCD_OP_FSYNC => IoOp::Sync(SyncSyscall::Fsync),
+        Op::TAPIO_ETCD_OP_FDATASYNC => IoOp::Sync(SyncSyscall::Fdatasync),
+        Op::TAPIO_ETCD_OP_SYNC_FILE_RANGE => IoOp::Sync(SyncSyscall::SyncFileRange),
+        Op::TAPIO_ETCD_OP_WRITE
+        | Op::TAPIO_ETCD_OP_PWRITE64
+        | Op::TAPIO_ETCD_OP_WRITEV
+        | Op::TAPIO_ETCD_OP_PWRITEV
+        | Op::TAPIO_ETCD_OP_PWRITEV2 => IoOp::Write,
+        _ => return None,
+    })
+}
 
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
@@ -64,6 +78,7 @@ unsafe impl bpf::plain::Plain for types::tapio_etcd_io {}
 impl Record for IoRecord {
     fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let raw: types::tapio_etcd_io = bpf::decode_pod(bytes)?;
+        bpf::check_version("tapio_etcd_io", raw.hdr.version, VERSION)?;
         if raw.hdr.kind != KIND_IO {
             return Err(DecodeError::Invalid {
                 record: "tapio_etcd_io",
@@ -71,19 +86,11 @@ impl Record for IoRecord {
                 value: u64::from(raw.hdr.kind),
             });
         }
-        let op = match raw.op {
-            OP_FSYNC => IoOp::Sync(SyncSyscall::Fsync),
-            OP_FDATASYNC => IoOp::Sync(SyncSyscall::Fdatasync),
-            OP_SYNC_FILE_RANGE => IoOp::Sync(SyncSyscall::SyncFileRange),
-            OP_WRITE..=OP_PWRITEV2 => IoOp::Write,
-            other => {
-                return Err(DecodeError::Invalid {
-                    record: "tapio_etcd_io",
-                    field: "op",
-                    value: u64::from(other),
-                });
-            }
-        };
+        let op = io_op(raw.op).ok_or(DecodeError::Invalid {
+            record: "tapio_etcd_io",
+            field: "op",
+            value: u64::from(raw.op),
+        })?;
         Ok(Self {
             ktime_ns: raw.hdr.ktime_ns,
             pid: raw.pid,
@@ -400,11 +407,12 @@ mod tests {
     fn raw() -> types::tapio_etcd_io {
         let mut raw = types::tapio_etcd_io::default();
         raw.hdr.kind = KIND_IO;
+        raw.hdr.version = VERSION;
         raw.hdr.ktime_ns = 5;
         raw.pid = 100;
         raw.tid = 101;
         raw.fd = 7;
-        raw.op = OP_FDATASYNC;
+        raw.op = types::tapio_etcd_op::TAPIO_ETCD_OP_FDATASYNC.0 as u16;
         raw.mode = 0o100600;
         raw.latency_ns = 1_500_000;
         raw.bytes = 4096;
@@ -418,6 +426,80 @@ mod tests {
     fn bytes(raw: &types::tapio_etcd_io) -> Vec<u8> {
         // SAFETY: Plain type, reading its bytes is always valid.
         unsafe { bpf::plain::as_bytes(raw) }.to_vec()
+    }
+
+    /// The record layout the decoder relies on, for the version it reads:
+    /// a change to `struct tapio_etcd_io` fails here until the version in
+    /// `bpf/etcd.bpf.c` is bumped and the values below updated with it.
+    #[test]
+    fn record_layout_matches_bpf() {
+        use std::mem::{offset_of, size_of};
+        use types::tapio_etcd_io as R;
+        assert_eq!(VERSION, 1);
+        assert_eq!(KIND_IO, 1);
+        assert_eq!(size_of::<types::tapio_hdr>(), 16);
+        assert_eq!(
+            (
+                offset_of!(types::tapio_hdr, kind),
+                offset_of!(types::tapio_hdr, version),
+                offset_of!(types::tapio_hdr, cpu),
+                offset_of!(types::tapio_hdr, ktime_ns)
+            ),
+            (0, 2, 4, 8)
+        );
+        assert_eq!(size_of::<R>(), 88);
+        assert_eq!(
+            [
+                offset_of!(R, pid),
+                offset_of!(R, tid),
+                offset_of!(R, fd),
+                offset_of!(R, op),
+                offset_of!(R, mode),
+                offset_of!(R, ret),
+                offset_of!(R, latency_ns),
+                offset_of!(R, bytes),
+                offset_of!(R, ino),
+                offset_of!(R, dev),
+                offset_of!(R, comm),
+            ],
+            [16, 20, 24, 28, 30, 32, 40, 48, 56, 64, 72]
+        );
+        // Syncs first, writes from TAPIO_ETCD_OP_WRITE on.
+        let ops: Vec<_> = (0..=9).map(io_op).collect();
+        assert_eq!(
+            ops,
+            [
+                None,
+                Some(IoOp::Sync(SyncSyscall::Fsync)),
+                Some(IoOp::Sync(SyncSyscall::Fdatasync)),
+                Some(IoOp::Sync(SyncSyscall::SyncFileRange)),
+                Some(IoOp::Write),
+                Some(IoOp::Write),
+                Some(IoOp::Write),
+                Some(IoOp::Write),
+                Some(IoOp::Write),
+                None,
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let mut old = raw();
+        old.hdr.version = VERSION + 1;
+        let err = IoRecord::decode(&bytes(&old)).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Version {
+                record: "tapio_etcd_io",
+                expected: 1,
+                got: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unsupported tapio_etcd_io version 2: this decoder reads version 1"
+        );
     }
 
     #[test]

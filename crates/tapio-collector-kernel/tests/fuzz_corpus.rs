@@ -33,8 +33,9 @@ fn every_corpus_file_is_rejected_or_converted_without_panicking() {
     for (name, data) in &files {
         let outcome = std::panic::catch_unwind(|| exercise(data))
             .unwrap_or_else(|_| panic!("decoder panicked on {name}"));
-        // Seeds of a known kind (1..=12 become events) with a full-size
-        // record decode; kind 0 and unknown kinds are rejected.
+        // Seeds of a known kind (1..=12 become events) at the current
+        // record version with a full-size record decode; kind 0 and unknown
+        // kinds are rejected.
         if let Some(kind) = name.strip_prefix("zero-kind-") {
             let kind: u16 = kind.parse().unwrap();
             match kind {
@@ -45,6 +46,30 @@ fn every_corpus_file_is_rejected_or_converted_without_panicking() {
         converted += usize::from(outcome.is_some_and(|n| n > 0));
     }
     assert!(converted >= 10, "only {converted} seeds became events");
+}
+
+#[test]
+fn records_of_another_version_are_rejected() {
+    let mut checked = 0;
+    for (name, data) in corpus() {
+        let Some(kind) = name.strip_prefix("zero-kind-") else {
+            continue;
+        };
+        if !matches!(kind.parse::<u16>().unwrap(), 1..=13) {
+            continue;
+        }
+        assert!(exercise(&data).is_some(), "{name} must decode");
+        for version in [0u16, 2, u16::MAX] {
+            let mut other = data.clone();
+            other[2..4].copy_from_slice(&version.to_ne_bytes());
+            assert!(
+                exercise(&other).is_none(),
+                "{name} with version {version} must be rejected"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 13);
 }
 
 #[test]

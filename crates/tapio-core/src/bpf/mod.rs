@@ -15,7 +15,7 @@ pub use reader::{
     BpfProgram, KeepAlive, Loaded, ReaderStats, RecordHandler, RingBufReader, RingBufReaderConfig,
     map_handle,
 };
-pub use record::{CChar, DecodeError, Record, decode_pod, read_cstr};
+pub use record::{CChar, DecodeError, Record, check_version, decode_pod, read_cstr};
 
 pub use libbpf_rs;
 pub use plain;

@@ -13,6 +13,18 @@ pub enum DecodeError {
         /// Bytes present.
         got: usize,
     },
+    /// The record's layout version (`tapio_hdr.version`) is not the one the
+    /// decoder reads: the BPF object and the collector were built from
+    /// different sources. See [`check_version`].
+    #[error("unsupported {record} version {got}: this decoder reads version {expected}")]
+    Version {
+        /// The record type.
+        record: &'static str,
+        /// The version the decoder reads.
+        expected: u16,
+        /// The version the record carries.
+        got: u16,
+    },
     /// A field holds a value the layout does not allow.
     #[error("invalid {field} in {record}: {value}")]
     Invalid {
@@ -23,6 +35,35 @@ pub enum DecodeError {
         /// The offending value.
         value: u64,
     },
+}
+
+/// Check a record's layout version (`tapio_hdr.version`, set by the BPF
+/// object) against the one the decoder reads.
+///
+/// ```
+/// use tapio_core::bpf::{DecodeError, check_version};
+///
+/// assert_eq!(check_version("tapio_exec_event", 1, 1), Ok(()));
+/// let err = check_version("tapio_exec_event", 2, 1).unwrap_err();
+/// assert_eq!(
+///     err,
+///     DecodeError::Version { record: "tapio_exec_event", expected: 1, got: 2 }
+/// );
+/// assert_eq!(
+///     err.to_string(),
+///     "unsupported tapio_exec_event version 2: this decoder reads version 1"
+/// );
+/// ```
+pub fn check_version(record: &'static str, got: u16, expected: u16) -> Result<(), DecodeError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::Version {
+            record,
+            expected,
+            got,
+        })
+    }
 }
 
 /// A typed record read from a BPF ring buffer.
