@@ -15,7 +15,10 @@
 //!   `RingBufferBuilder` whose callback only counts. The practical limit.
 //! - **collector**: `KernelCollector` (with a cgroup resolver, as in
 //!   production), its `EventReceiver` drained by a consumer thread that
-//!   counts the decoded `RawEvent`s.
+//!   counts the typed `RawEvent`s (an embedder: no bytes needed).
+//! - **collector → JSON lines**: the same, the consumer writing every event
+//!   as a JSON line into a buffered `/dev/null` (the reference agent's
+//!   stdout path, where each event's payload is encoded once).
 //!
 //! - **bare, pre-filled ring**: the bare consumer with a 256 MiB ring that
 //!   it does not read until the generator has finished writing
@@ -43,6 +46,8 @@ use tapio::kernel::bench::BareConsumer;
 enum Consumer {
     Bare,
     Collector,
+    /// The collector, its consumer writing JSON lines.
+    CollectorJson,
     /// The bare consumer started only after the generator filled a large
     /// ring: its drain rate with no generator competing for the CPUs.
     BareDrain,
@@ -53,6 +58,7 @@ impl Consumer {
         match self {
             Consumer::Bare => "bare libbpf-rs",
             Consumer::Collector => "KernelCollector",
+            Consumer::CollectorJson => "KernelCollector, JSON lines",
             Consumer::BareDrain => "bare libbpf-rs, pre-filled ring",
         }
     }
@@ -170,13 +176,16 @@ fn bare_drain(dir: &TempDir, load: Load) -> Row {
     }
 }
 
-fn collector(rt: &tokio::runtime::Runtime, dir: &TempDir, load: Load) -> Row {
-    let running = start_collector(rt, file_only(&dir.path_str()));
+fn collector(rt: &tokio::runtime::Runtime, dir: &TempDir, load: Load, sink: Sink) -> Row {
+    let running = start_collector_into(rt, file_only(&dir.path_str()), sink);
     let (produced, generator_rate) = generate(dir, load);
     let out = running.finish(rt);
     assert_eq!(out.errors, 0, "decode errors");
     Row {
-        consumer: Consumer::Collector,
+        consumer: match sink {
+            Sink::Count => Consumer::Collector,
+            Sink::JsonLines => Consumer::CollectorJson,
+        },
         produced,
         generator_rate,
         delivered: out.seen.events,
@@ -224,14 +233,25 @@ fn main() {
     let mut rows: Vec<(u64, Row)> = Vec::new();
     for round in 1..=rounds {
         let order = if round % 2 == 1 {
-            [Consumer::Bare, Consumer::Collector, Consumer::BareDrain]
+            [
+                Consumer::Bare,
+                Consumer::Collector,
+                Consumer::CollectorJson,
+                Consumer::BareDrain,
+            ]
         } else {
-            [Consumer::BareDrain, Consumer::Collector, Consumer::Bare]
+            [
+                Consumer::BareDrain,
+                Consumer::CollectorJson,
+                Consumer::Collector,
+                Consumer::Bare,
+            ]
         };
         for which in order {
             let row = match which {
                 Consumer::Bare => bare(&dir, load),
-                Consumer::Collector => collector(&rt, &dir, load),
+                Consumer::Collector => collector(&rt, &dir, load, Sink::Count),
+                Consumer::CollectorJson => collector(&rt, &dir, load, Sink::JsonLines),
                 Consumer::BareDrain => bare_drain(
                     &dir,
                     Load {
@@ -265,7 +285,7 @@ fn main() {
             .map(|(_, r)| r.rate)
             .collect()
     };
-    let ratios = |base: Consumer| -> Vec<f64> {
+    let ratios_of = |which: Consumer, base: Consumer| -> Vec<f64> {
         (1..=rounds)
             .filter_map(|round| {
                 let of = |c: Consumer| {
@@ -273,10 +293,11 @@ fn main() {
                         .find(|(n, r)| *n == round && r.consumer == c)
                         .map(|(_, r)| r.rate)
                 };
-                Some(of(Consumer::Collector)? / of(base)?)
+                Some(of(which)? / of(base)?)
             })
             .collect()
     };
+    let ratios = |base: Consumer| ratios_of(Consumer::Collector, base);
     let list = |v: &[f64], digits: usize| {
         v.iter()
             .map(|r| format!("{r:.digits$}"))
@@ -285,12 +306,19 @@ fn main() {
     };
     println!();
     println!(
-        "median delivered/s: bare {}, collector {}, bare draining a pre-filled ring {}",
+        "median delivered/s: bare {}, collector {}, collector writing JSON lines {}, bare draining a pre-filled ring {}",
         si(median(&rates(Consumer::Bare))),
         si(median(&rates(Consumer::Collector))),
+        si(median(&rates(Consumer::CollectorJson))),
         si(median(&rates(Consumer::BareDrain))),
     );
     let live = ratios(Consumer::Bare);
+    let json = ratios_of(Consumer::CollectorJson, Consumer::Bare);
+    println!(
+        "collector writing JSON lines / bare per round: {} (median {:.2})",
+        list(&json, 2),
+        median(&json),
+    );
     let drain = ratios(Consumer::BareDrain);
     println!(
         "collector / bare per round: {} (median {:.2}); collector / bare pre-filled drain: {} (median {:.4})",
@@ -306,6 +334,12 @@ fn main() {
         median(&rates(Consumer::Collector)),
         median(&rates(Consumer::Bare)),
         median(&live)
+    );
+    println!(
+        "TAPIO-BENCH\tkernel_throughput\tdelivered/s writing JSON lines (median of rounds)\tevents/s\t{:.0}\tbare libbpf-rs ring-buffer consumer\t{:.0}\t{:.3}",
+        median(&rates(Consumer::CollectorJson)),
+        median(&rates(Consumer::Bare)),
+        median(&json)
     );
     let inexact = rows.iter().filter(|(_, r)| !r.exact()).count();
     assert_eq!(

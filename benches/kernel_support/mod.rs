@@ -308,8 +308,22 @@ pub struct Drain {
     thread: Option<JoinHandle<Seen>>,
 }
 
+/// What the consumer thread does with each event it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// Count it (a consumer of typed events: an embedder, a filter).
+    Count,
+    /// Write it as a JSON line into a 64 KiB buffer over `/dev/null`: the
+    /// reference agent's stdout path (`RawEvent::write_json_line`).
+    JsonLines,
+}
+
 impl Drain {
-    pub fn spawn(mut rx: EventReceiver) -> Self {
+    pub fn spawn(rx: EventReceiver) -> Self {
+        Self::spawn_with(rx, Sink::Count)
+    }
+
+    pub fn spawn_with(mut rx: EventReceiver, sink: Sink) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(AtomicU64::new(0));
         let thread = {
@@ -321,6 +335,11 @@ impl Drain {
                         .enable_time()
                         .build()
                         .expect("runtime");
+                    let null = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open("/dev/null")
+                        .expect("open /dev/null");
+                    let mut out = std::io::BufWriter::with_capacity(64 * 1024, null);
                     rt.block_on(async move {
                         let mut seen = Seen::default();
                         let mut batch = Vec::with_capacity(4096);
@@ -328,6 +347,12 @@ impl Drain {
                             match tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
                                 Ok(Some(event)) => {
                                     let n = 1 + rx.drain_into(&mut batch, 4095) as u64;
+                                    if sink == Sink::JsonLines {
+                                        for ev in std::iter::once(&event).chain(&batch) {
+                                            ev.write_json_line(&mut out)
+                                                .expect("write to /dev/null");
+                                        }
+                                    }
                                     drop(event);
                                     batch.clear();
                                     let now = Instant::now();
@@ -408,11 +433,20 @@ pub struct Running {
 
 /// Start a collector with `config` and a consumer of its stream.
 pub fn start_collector(rt: &tokio::runtime::Runtime, config: KernelConfig) -> Running {
+    start_collector_into(rt, config, Sink::Count)
+}
+
+/// [`start_collector`], its consumer doing `sink` with every event.
+pub fn start_collector_into(
+    rt: &tokio::runtime::Runtime,
+    config: KernelConfig,
+    sink: Sink,
+) -> Running {
     let collector = KernelCollector::new(config);
     let rx = collector.events().expect("event stream");
     rt.block_on(collector.start(context()))
         .expect("start kernel collector");
-    let drain = Drain::spawn(rx);
+    let drain = Drain::spawn_with(rx, sink);
     Running {
         cpu0: (thread_cpu(READER_THREAD), thread_cpu(DRAIN_THREAD)),
         drain,
