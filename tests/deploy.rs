@@ -1406,30 +1406,58 @@ poll_interval_ms = 200
     drop(etcd);
 }
 
-/// The collectors that start (and those skipped) when the agent runs with
-/// exactly `caps` as its capability bounding set, as uid 0.
-fn started_with_caps(caps: &[String]) -> (BTreeSet<String>, BTreeMap<String, String>) {
+/// What the agent did with exactly `caps` as its capability bounding set,
+/// as uid 0: the collectors that started, those skipped with their reason,
+/// and its probes' answers once every collector has reported.
+struct UnderCaps {
+    started: BTreeSet<String>,
+    skipped: BTreeMap<String, String>,
+    readyz: (u16, Value),
+    healthz: u16,
+}
+
+fn run_with_caps(caps: &[String]) -> UnderCaps {
     let bounding: String = std::iter::once("-all".to_string())
         .chain(caps.iter().map(|c| format!("+{}", c.to_ascii_lowercase())))
         .collect::<Vec<_>>()
         .join(",");
-    let out = Command::new("setpriv")
+    let mut child = Command::new("setpriv")
         .arg("--inh-caps=-all")
         .arg(format!("--bounding-set={bounding}"))
         .arg("--")
         .arg(agent_binary())
-        .args(["--collectors", "kernel,cni,dns", "--duration", "0.5"])
-        .args(["--metrics-addr", "off", "--no-stdout"])
+        .args(["--collectors", "kernel,cni,dns", "--duration", "30"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--no-stdout"])
         .env("RUST_LOG", "off")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("setpriv (util-linux)");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{caps:?}: {stderr}");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let (mut started, mut skipped) = (BTreeSet::new(), BTreeMap::new());
-    for line in stderr.lines() {
+    let mut metrics: Option<SocketAddr> = None;
+    let mut lines = Vec::new();
+    // Wait (bounded) until the address is known and all three reported.
+    while metrics.is_none() || started.len() + skipped.len() < 3 {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{caps:?}: agent did not report: {lines:#?}"));
+        lines.push(line.clone());
         let Some(rest) = line.strip_prefix("tapio-agent: ") else {
             continue;
         };
+        if let Some(url) = rest.strip_prefix("metrics on http://") {
+            metrics = url.split('/').next().and_then(|a| a.parse().ok());
+            continue;
+        }
         let (name, what) = rest.split_once(' ').unwrap_or((rest, ""));
         let what = what.trim_start();
         if what == "started" {
@@ -1438,7 +1466,37 @@ fn started_with_caps(caps: &[String]) -> (BTreeSet<String>, BTreeMap<String, Str
             skipped.insert(name.to_string(), reason.to_string());
         }
     }
-    (started, skipped)
+    let metrics = metrics.unwrap();
+    // Readiness settles once startup completed: poll (bounded) for an answer
+    // that no longer says `starting`.
+    let mut readyz = (0, Value::Null);
+    for _ in 0..100 {
+        if let Some((status, body)) = http_get(metrics, "/readyz") {
+            let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let starting = body.contains("starting");
+            readyz = (status, json);
+            if !starting {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let healthz = http_get(metrics, "/healthz").map_or(0, |(status, _)| status);
+    // SIGTERM: the graceful stop; it must end the agent with status 0.
+    // SAFETY: kill(2) on the pid of the child this test started.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "{caps:?}: {status:?}: {lines:#?}");
+    UnderCaps {
+        started,
+        skipped,
+        readyz,
+        healthz,
+    }
 }
 
 /// A capability, the collectors that still start without it, and those
@@ -1465,8 +1523,16 @@ fn manifest_capabilities_suffice_and_each_is_needed() {
     let names =
         |list: &[&str]| -> BTreeSet<String> { list.iter().map(|s| s.to_string()).collect() };
 
-    let (started, skipped) = started_with_caps(&caps);
-    assert_eq!(started, names(&["kernel", "cni", "dns"]), "{skipped:?}");
+    let all = run_with_caps(&caps);
+    assert_eq!(
+        all.started,
+        names(&["kernel", "cni", "dns"]),
+        "{:?}",
+        all.skipped
+    );
+    // Ready and live: every enabled collector runs.
+    assert_eq!(all.readyz.0, 200, "{}", all.readyz.1);
+    assert_eq!(all.healthz, 200);
 
     // Without each capability: (collectors still started, skipped ones and
     // the capabilities their reason names).
@@ -1493,8 +1559,37 @@ fn manifest_capabilities_suffice_and_each_is_needed() {
     ];
     for (without, still, lost) in cases {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != without).cloned().collect();
-        let (started, skipped) = started_with_caps(&fewer);
-        assert_eq!(started, names(still), "without {without}: {skipped:?}");
+        let run = run_with_caps(&fewer);
+        let (started, skipped) = (&run.started, &run.skipped);
+        assert_eq!(*started, names(still), "without {without}: {skipped:?}");
+        // Not ready, naming each collector that lacks the capability and
+        // the capability; still live (a restart would not help).
+        assert_eq!(run.readyz.0, 503, "without {without}: {}", run.readyz.1);
+        assert_eq!(run.healthz, 200, "without {without}");
+        let not_ready: BTreeMap<String, String> = run.readyz.1["not_ready"]
+            .as_array()
+            .unwrap_or_else(|| panic!("without {without}: {}", run.readyz.1))
+            .iter()
+            .map(|c| {
+                (
+                    c["collector"].as_str().unwrap().to_string(),
+                    c["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            not_ready.keys().cloned().collect::<BTreeSet<_>>(),
+            names(&lost.iter().map(|(c, _)| *c).collect::<Vec<_>>()),
+            "without {without}: {}",
+            run.readyz.1
+        );
+        for (collector, reason) in lost {
+            assert!(
+                not_ready[*collector].contains(reason),
+                "without {without}: /readyz for {collector}: {}",
+                not_ready[*collector]
+            );
+        }
         assert_eq!(
             skipped.keys().cloned().collect::<BTreeSet<_>>(),
             names(&lost.iter().map(|(c, _)| *c).collect::<Vec<_>>()),
