@@ -37,6 +37,13 @@
 
 mod kernel_support;
 
+/// The reference agent's allocator (examples/agent.rs): events are
+/// allocated on the reader thread and freed on the consumer's, which glibc
+/// serves through its locked arena path. The figures this bench reports are
+/// those of the agent's build; BENCHMARKS.md keeps the glibc figures beside.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Duration;
 
 use kernel_support::*;
