@@ -49,6 +49,11 @@
 
 mod kernel_support;
 
+/// The reference agent's allocator (examples/agent.rs), so the collector's
+/// CPU here is the agent build's (see kernel_throughput.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Duration;
 
 use kernel_support::*;
