@@ -2,15 +2,21 @@
 //!
 //! ```text
 //! cargo run --release --example agent -- [--collectors kernel,...] [--config FILE]
-//!     [--duration SECS] [--grace-period SECS] [--otlp-endpoint URL] [--metrics-addr ADDR]
+//!     [--duration SECS] [--grace-period SECS] [--otlp-endpoint URL]
+//!     [--otlp-protocol grpc|http/protobuf] [--metrics-addr ADDR]
 //!     [--no-stdout] [--check-config] [--version]
 //! ```
 //!
 //! - One JSON object per event on stdout:
 //!   `{"timestamp":…,"type":…,"source":…,"data":{…},"metadata":{…},"trace_id":…,"span_id":…}`.
-//! - With an OTLP endpoint: events as OTLP log records, the collectors'
-//!   metrics and spans, over gRPC, batched, through a bounded queue with
-//!   retry and circuit breaker; export drops are counted.
+//! - With an OTLP endpoint (`[otlp]`, `--otlp-endpoint`, or an
+//!   `OTEL_EXPORTER_OTLP_*ENDPOINT` variable): events as OTLP log records,
+//!   the collectors' metrics and spans, over gRPC or HTTP/protobuf, batched,
+//!   through a bounded queue with retry and circuit breaker; export drops
+//!   are counted. `OTEL_EXPORTER_OTLP_*` (endpoint, protocol, headers,
+//!   compression, TLS, timeout), `OTEL_SERVICE_NAME` and
+//!   `OTEL_RESOURCE_ATTRIBUTES` apply under the file and the flags (see
+//!   `tapio::export::settings`); all three signals carry one resource.
 //! - `/metrics` (Prometheus), `/healthz` (liveness) and `/readyz`
 //!   (readiness) on `--metrics-addr` (default 127.0.0.1:9464; `off`
 //!   disables). `/healthz` is 200 while the process works (HTTP server and
@@ -61,7 +67,10 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
 use tapio::core::pod::PodDirectory;
-use tapio::export::{HttpEndpoint, OtlpConfig, OtlpLogExporter, Probes, TelemetryPipeline};
+use tapio::export::{
+    HttpEndpoint, OtlpConfig, OtlpLogExporter, OtlpSettings, Probes, TelemetryPipeline,
+    TelemetryResource,
+};
 use tapio::{Collector, CollectorContext, Registry, RegistryConfig, StartMode};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -97,9 +106,14 @@ struct Args {
     /// Print the effective configuration (file, then flags) as TOML and exit.
     #[arg(long)]
     check_config: bool,
-    /// OTLP gRPC endpoint, e.g. http://127.0.0.1:4317 (overrides [otlp].endpoint).
+    /// OTLP endpoint, e.g. http://127.0.0.1:4317 (overrides [otlp].endpoint and
+    /// OTEL_EXPORTER_OTLP_*ENDPOINT).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf (overrides [otlp].protocol and
+    /// OTEL_EXPORTER_OTLP_*PROTOCOL).
+    #[arg(long)]
+    otlp_protocol: Option<String>,
     /// Address of /metrics and /healthz, or `off` (overrides [metrics].listen).
     #[arg(long)]
     metrics_addr: Option<String>,
@@ -224,6 +238,9 @@ fn effective_config(args: &Args) -> Result<AgentConfig, String> {
     if let Some(endpoint) = &args.otlp_endpoint {
         config.otlp.get_or_insert_with(OtlpConfig::default).endpoint = endpoint.clone();
     }
+    if let Some(protocol) = &args.otlp_protocol {
+        config.otlp.get_or_insert_with(OtlpConfig::default).protocol = protocol.clone();
+    }
     if let Some(addr) = &args.metrics_addr {
         config.metrics.listen = addr.clone();
     }
@@ -256,6 +273,9 @@ fn effective_config(args: &Args) -> Result<AgentConfig, String> {
     if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
         return Err("--kubeconfig/--kubelet-url: the kube collector is not compiled in".into());
     }
+    if config.otlp.is_none() && otlp_enabled_by_env() {
+        config.otlp = Some(OtlpConfig::default());
+    }
     validate(&config)?;
     Ok(config)
 }
@@ -277,6 +297,9 @@ fn validate(config: &AgentConfig) -> Result<(), String> {
     }
     if config.queue_capacity == 0 {
         return Err("queue_capacity: must be at least 1".into());
+    }
+    if let Some(otlp) = &config.otlp {
+        otlp_settings(otlp)?;
     }
     if config.metrics.listen != "off" {
         config
@@ -304,6 +327,25 @@ fn validate(config: &AgentConfig) -> Result<(), String> {
         kube.validate().map_err(|err| format!("[kube]: {err}"))?;
     }
     Ok(())
+}
+
+/// The process environment, as the OTLP settings and the resource read it.
+fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// The `[otlp]` configuration over the `OTEL_EXPORTER_OTLP_*` variables.
+fn otlp_settings(otlp: &OtlpConfig) -> Result<OtlpSettings, String> {
+    OtlpSettings::from_env_and_config(process_env, otlp)
+        .map_err(|err| format!("[otlp]: {}", tapio::core::ErrorChain(&err)))
+}
+
+/// OTLP export is on when `[otlp]` or `--otlp-endpoint` says so, or when
+/// an `OTEL_EXPORTER_OTLP_*ENDPOINT` variable is set.
+fn otlp_enabled_by_env() -> bool {
+    tapio::export::settings::ENDPOINT_VARS
+        .iter()
+        .any(|var| process_env(var).is_some_and(|v| !v.trim().is_empty()))
 }
 
 /// Replace the value of every `password` and `token` key with `"<redacted>"`.
@@ -431,6 +473,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Returns to the kernel what loading the collectors freed. libbpf (vmlinux
+/// BTF parsing, ELF and relocation buffers) allocates through glibc malloc,
+/// not jemalloc, on each collector's reader thread, so each gets a glibc
+/// arena; the memory is freed once the programs are loaded, but the arenas
+/// keep the pages (~1 MiB RSS with the default collectors).
+#[cfg(target_env = "gnu")]
+fn release_load_time_heap() {
+    // SAFETY: malloc_trim takes no pointer; it only gives free pages of
+    // glibc's arenas back to the kernel and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_load_time_heap() {}
+
 /// Marks the beginning of the graceful stop (the first call wins) and
 /// returns it: the grace period counts from there, whether the stop was
 /// asked for by a signal or by the end of `--duration`.
@@ -548,12 +607,19 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         config.shutdown_grace_ms,
     ));
 
-    let telemetry = TelemetryPipeline::new(
-        "tapio-agent",
-        config.otlp.as_ref().map(|o| o.endpoint.as_str()),
+    // One resource for logs, metrics and traces.
+    let resource = TelemetryResource::detect(
+        config.otlp.as_ref().map_or("", |o| o.service_name.as_str()),
+        process_env,
+    )
+    .map_err(|err| format!("resource: {}", tapio::core::ErrorChain(&err)))?;
+    let otlp = config.otlp.as_ref().map(otlp_settings).transpose()?;
+    let telemetry = TelemetryPipeline::with_settings(
+        &resource,
+        otlp.as_ref(),
         Duration::from_millis(config.metrics.collect_interval_ms.max(100)),
     )
-    .map_err(|err| err.to_string())?;
+    .map_err(|err| tapio::core::ErrorChain(&err).to_string())?;
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -599,8 +665,8 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         }
     }
 
-    let mut exporter = match &config.otlp {
-        Some(otlp) => {
+    let mut exporter = match (&config.otlp, &otlp) {
+        (Some(otlp_config), Some(otlp)) => {
             // What export loses is charged to the collector that produced
             // it: one set of numbers in /metrics, /healthz and the summary.
             let charged: Vec<(String, tapio::core::Stats)> = registry
@@ -613,12 +679,24 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
                     stats.add_dropped(tapio::core::DropStage::Export, 1);
                 }
             });
-            let exporter = OtlpLogExporter::start_with(otlp, on_drop)
-                .map_err(|err| tapio::core::ErrorChain(&err).to_string())?;
-            eprintln!("tapio-agent: exporting OTLP to {}", otlp.endpoint);
+            let exporter = OtlpLogExporter::start_with_settings(
+                otlp_config,
+                &otlp.logs,
+                &resource,
+                Some(on_drop),
+            )
+            .map_err(|err| tapio::core::ErrorChain(&err).to_string())?;
+            exporter.register_metrics(&telemetry.meter());
+            eprintln!(
+                "tapio-agent: exporting OTLP ({}) logs to {}, metrics to {}, traces to {}",
+                otlp.logs.protocol.as_str(),
+                otlp.logs.endpoint,
+                otlp.metrics.endpoint,
+                otlp.traces.endpoint
+            );
             Some(exporter)
         }
-        None => None,
+        _ => None,
     };
     let endpoint = if config.metrics.listen == "off" {
         None
@@ -675,6 +753,7 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         probes.not_started(name.as_str(), reason);
     }
     probes.startup_complete();
+    release_load_time_heap();
     if report.started.is_empty() {
         eprintln!(
             "tapio-agent: no collector could start; waiting for the duration, SIGTERM or SIGINT"

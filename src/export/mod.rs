@@ -13,21 +13,24 @@ pub mod any_value;
 pub mod http;
 pub mod otlp;
 pub mod prometheus;
+pub mod settings;
 pub mod summary;
+pub mod transport;
 
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::Resource;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 pub use http::{CollectorReason, HttpEndpoint, Liveness, Probes, Readiness};
-pub use otlp::{ExportStats, OtlpConfig, OtlpError, OtlpLogExporter};
+pub use otlp::{ExportStats, OtlpConfig, OtlpError, OtlpLogExporter, OtlpTlsConfig};
 pub use prometheus::PrometheusExporter;
+pub use settings::{
+    OtlpCompression, OtlpProtocol, OtlpSettings, SettingsError, SignalSettings, TelemetryResource,
+};
 pub use summary::{summary_header, summary_row};
 
 /// Why the telemetry pipeline could not be built.
@@ -43,6 +46,106 @@ pub enum PipelineError {
         /// The exporter's error.
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// The transport of an OTLP exporter could not be built (endpoint, TLS).
+    #[error("setting up the OTLP transport failed")]
+    Transport(#[from] transport::TransportError),
+    /// The settings are invalid.
+    #[error("invalid OTLP settings")]
+    Settings(#[from] SettingsError),
+}
+
+fn otlp_compression(c: OtlpCompression) -> Option<opentelemetry_otlp::Compression> {
+    match c {
+        OtlpCompression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+        OtlpCompression::None => None,
+    }
+}
+
+/// The settings' headers, set on every request after (over) whatever the
+/// exporter added itself (opentelemetry-otlp reads `OTEL_EXPORTER_OTLP_HEADERS`
+/// on its own): the resolved settings decide.
+fn metadata_interceptor(
+    metadata: tonic::metadata::MetadataMap,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone + Send + Sync
+{
+    move |mut req: tonic::Request<()>| {
+        for kv in metadata.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                req.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+        Ok(req)
+    }
+}
+
+fn metric_exporter(
+    s: &SignalSettings,
+) -> Result<opentelemetry_otlp::MetricExporter, PipelineError> {
+    let err = |source| PipelineError::Exporter {
+        signal: "metrics",
+        endpoint: s.endpoint.clone(),
+        source,
+    };
+    let builder = opentelemetry_otlp::MetricExporter::builder();
+    match s.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = builder
+                .with_tonic()
+                .with_channel(transport::grpc_channel(s)?)
+                .with_timeout(s.timeout)
+                .with_interceptor(metadata_interceptor(transport::grpc_metadata(s)));
+            if let Some(c) = otlp_compression(s.compression) {
+                b = b.with_compression(c);
+            }
+            b.build().map_err(err)
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(s.timeout)
+                .with_http_client(transport::HttpTransport::new(s)?);
+            if let Some(c) = otlp_compression(s.compression) {
+                b = b.with_compression(c);
+            }
+            b.build().map_err(err)
+        }
+    }
+}
+
+fn span_exporter(s: &SignalSettings) -> Result<opentelemetry_otlp::SpanExporter, PipelineError> {
+    let err = |source| PipelineError::Exporter {
+        signal: "traces",
+        endpoint: s.endpoint.clone(),
+        source,
+    };
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    match s.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = builder
+                .with_tonic()
+                .with_channel(transport::grpc_channel(s)?)
+                .with_timeout(s.timeout)
+                .with_interceptor(metadata_interceptor(transport::grpc_metadata(s)));
+            if let Some(c) = otlp_compression(s.compression) {
+                b = b.with_compression(c);
+            }
+            b.build().map_err(err)
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(s.endpoint.clone())
+                .with_timeout(s.timeout)
+                .with_http_client(transport::HttpTransport::new(s)?);
+            if let Some(c) = otlp_compression(s.compression) {
+                b = b.with_compression(c);
+            }
+            b.build().map_err(err)
+        }
+    }
 }
 
 /// Metrics (Prometheus rendering, optional OTLP push) and traces (optional
@@ -64,17 +167,35 @@ impl std::fmt::Debug for TelemetryPipeline {
 
 impl TelemetryPipeline {
     /// Metrics are rendered for Prometheus every `collect_every`; with an
-    /// `otlp_endpoint` they are also pushed there at that interval, and
-    /// spans are exported there in batches.
+    /// `otlp_endpoint` (gRPC) they are also pushed there at that interval,
+    /// and spans are exported there in batches. No environment variables
+    /// are read: an agent uses [`with_settings`](Self::with_settings).
     pub fn new(
         service_name: &str,
         otlp_endpoint: Option<&str>,
         collect_every: Duration,
     ) -> Result<Self, PipelineError> {
-        let resource = Resource::builder()
-            .with_service_name(service_name.to_string())
-            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-            .build();
+        let resource = TelemetryResource::detect(service_name, |_| None)?;
+        let settings = match otlp_endpoint {
+            Some(endpoint) => Some(OtlpSettings::from_config(&OtlpConfig {
+                endpoint: endpoint.to_string(),
+                ..Default::default()
+            })?),
+            None => None,
+        };
+        Self::with_settings(&resource, settings.as_ref(), collect_every)
+    }
+
+    /// Metrics (Prometheus, every `collect_every`) and, with `otlp`,
+    /// metrics and spans over OTLP as its `metrics` and `traces` settings
+    /// say; every signal carries `resource` (the one the log exporter
+    /// uses too).
+    pub fn with_settings(
+        resource: &TelemetryResource,
+        otlp: Option<&OtlpSettings>,
+        collect_every: Duration,
+    ) -> Result<Self, PipelineError> {
+        let resource = resource.to_sdk();
         let prometheus = PrometheusExporter::new();
         let mut metrics = SdkMeterProvider::builder()
             .with_resource(resource.clone())
@@ -84,30 +205,14 @@ impl TelemetryPipeline {
                     .build(),
             );
         let mut tracer_provider = None;
-        if let Some(endpoint) = otlp_endpoint {
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|source| PipelineError::Exporter {
-                    signal: "metrics",
-                    endpoint: endpoint.to_string(),
-                    source,
-                })?;
+        if let Some(otlp) = otlp {
+            let exporter = metric_exporter(&otlp.metrics)?;
             metrics = metrics.with_reader(
                 PeriodicReader::builder(exporter)
                     .with_interval(collect_every)
                     .build(),
             );
-            let spans = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|source| PipelineError::Exporter {
-                    signal: "traces",
-                    endpoint: endpoint.to_string(),
-                    source,
-                })?;
+            let spans = span_exporter(&otlp.traces)?;
             tracer_provider = Some(
                 SdkTracerProvider::builder()
                     .with_resource(resource)

@@ -20,6 +20,13 @@ use opentelemetry_proto::tonic::common::v1::{
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use parking_lot::Mutex;
+use std::path::PathBuf;
+use tapio_core::resilience::CircuitState;
+
+use super::settings::{
+    OtlpCompression, OtlpProtocol, OtlpSettings, SettingsError, SignalSettings, TelemetryResource,
+};
+use super::transport::{self, HttpTransport, TransportError};
 use tapio_core::RawEvent;
 use tapio_core::channel::{self, EventReceiver, EventSender, OnDrop, OverflowPolicy, SendOutcome};
 use tapio_core::metadata::Value;
@@ -27,36 +34,70 @@ use tapio_core::resilience::{CircuitBreaker, CircuitBreakerConfig, RetryError, R
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Settings of the OTLP log exporter.
+/// The `[otlp]` configuration of an agent: settings of the log exporter
+/// and, for [`TelemetryPipeline`](super::TelemetryPipeline), of the
+/// metric and span exporters. A field left unset (empty string, `0`) is
+/// taken from the `OTEL_EXPORTER_OTLP_*` variables, else its default: see
+/// [`OtlpSettings::from_env_and_config`] and [`super::settings`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OtlpConfig {
-    /// gRPC endpoint of an OTLP receiver, e.g. `http://127.0.0.1:4317`.
+    /// Endpoint of an OTLP receiver, e.g. `http://127.0.0.1:4317` (gRPC) or
+    /// `http://127.0.0.1:4318` (HTTP: `/v1/logs` etc. are appended).
+    /// Empty: `OTEL_EXPORTER_OTLP_{LOGS,METRICS,TRACES}_ENDPOINT`, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else the default for the protocol.
     pub endpoint: String,
+    /// `grpc` or `http/protobuf`; empty: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `grpc`.
+    pub protocol: String,
+    /// Headers (gRPC metadata) sent with every request, over those of
+    /// `OTEL_EXPORTER_OTLP_HEADERS`, key by key.
+    pub headers: BTreeMap<String, String>,
+    /// `gzip` or `none`; empty: `OTEL_EXPORTER_OTLP_COMPRESSION`, else `none`.
+    pub compression: String,
+    /// TLS of an `https://` endpoint.
+    pub tls: OtlpTlsConfig,
     /// Events waiting for export at most; beyond it the newest are dropped and counted.
     pub queue_capacity: usize,
     /// Log records per export request at most.
     pub batch_size: usize,
     /// Longest an event waits for its batch to fill.
     pub flush_interval_ms: u64,
-    /// Deadline of one export request.
+    /// Deadline of one export request; 0: `OTEL_EXPORTER_OTLP_TIMEOUT`, else 5000.
     pub timeout_ms: u64,
     /// Longest shutdown waits to deliver what is queued.
     pub shutdown_timeout_ms: u64,
-    /// `service.name` of the exported resource.
+    /// `service.name` of the exported resource; empty: `OTEL_SERVICE_NAME`,
+    /// else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `tapio-agent`.
     pub service_name: String,
+}
+
+/// TLS files of the OTLP exporters (PEM). Unset: `OTEL_EXPORTER_OTLP_CERTIFICATE`,
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CLIENT_KEY`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpTlsConfig {
+    /// CA the receiver's certificate is verified against (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (mTLS); needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// Key of the client certificate.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for OtlpConfig {
     fn default() -> Self {
         Self {
-            endpoint: "http://127.0.0.1:4317".into(),
+            endpoint: String::new(),
+            protocol: String::new(),
+            headers: BTreeMap::new(),
+            compression: String::new(),
+            tls: OtlpTlsConfig::default(),
             queue_capacity: 16_384,
             batch_size: 512,
             flush_interval_ms: 1000,
-            timeout_ms: 5000,
+            timeout_ms: 0,
             shutdown_timeout_ms: 5000,
-            service_name: "tapio-agent".into(),
+            service_name: String::new(),
         }
     }
 }
@@ -100,14 +141,12 @@ impl Counters {
 /// Why the exporter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
-    /// The endpoint is not a valid URI.
-    #[error("invalid OTLP endpoint {endpoint:?}")]
-    Endpoint {
-        /// The endpoint given.
-        endpoint: String,
-        /// Why it was rejected.
-        source: tonic::transport::Error,
-    },
+    /// The settings are invalid.
+    #[error("invalid OTLP settings")]
+    Settings(#[from] SettingsError),
+    /// The transport could not be built (endpoint, TLS).
+    #[error("setting up the OTLP logs transport failed")]
+    Transport(#[from] TransportError),
 }
 
 /// Exports events as OTLP log records: body = the typed payload (built
@@ -133,10 +172,13 @@ impl std::fmt::Debug for OtlpLogExporter {
 }
 
 impl OtlpLogExporter {
-    /// Start the export task (needs a tokio runtime). Connection happens
-    /// lazily; an unreachable receiver only delays delivery.
+    /// Start the export task (needs a tokio runtime) with `config` alone
+    /// (no environment variables). Connection happens lazily; an
+    /// unreachable receiver only delays delivery.
     pub fn start(config: &OtlpConfig) -> Result<Self, OtlpError> {
-        Self::start_inner(config, None)
+        let settings = OtlpSettings::from_config(config)?;
+        let resource = TelemetryResource::detect(&config.service_name, |_| None)?;
+        Self::start_with_settings(config, &settings.logs, &resource, None)
     }
 
     /// [`start`](Self::start), and `on_drop` sees every event lost at
@@ -145,18 +187,36 @@ impl OtlpLogExporter {
     /// [`DropStage::Export`](tapio_core::DropStage::Export), so the loss
     /// shows in that collector's metric, health report and summary.
     pub fn start_with(config: &OtlpConfig, on_drop: OnDrop) -> Result<Self, OtlpError> {
-        Self::start_inner(config, Some(on_drop))
+        let settings = OtlpSettings::from_config(config)?;
+        let resource = TelemetryResource::detect(&config.service_name, |_| None)?;
+        Self::start_with_settings(config, &settings.logs, &resource, Some(on_drop))
     }
 
-    fn start_inner(config: &OtlpConfig, on_drop: Option<OnDrop>) -> Result<Self, OtlpError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|source| OtlpError::Endpoint {
-                endpoint: config.endpoint.clone(),
-                source,
-            })?
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .connect_timeout(Duration::from_millis(config.timeout_ms));
-        let client = LogsServiceClient::new(endpoint.connect_lazy());
+    /// Start with resolved settings (transport: endpoint, protocol,
+    /// headers, compression, TLS, timeout) and the agent's one resource;
+    /// `config` gives the queue, batching and shutdown settings.
+    pub fn start_with_settings(
+        config: &OtlpConfig,
+        logs: &SignalSettings,
+        resource: &TelemetryResource,
+        on_drop: Option<OnDrop>,
+    ) -> Result<Self, OtlpError> {
+        let transport = match logs.protocol {
+            OtlpProtocol::Grpc => {
+                let mut client = LogsServiceClient::new(transport::grpc_channel(logs)?);
+                if logs.compression == OtlpCompression::Gzip {
+                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                }
+                LogsTransport::Grpc {
+                    client: Box::new(client),
+                    metadata: transport::grpc_metadata(logs),
+                }
+            }
+            OtlpProtocol::HttpProtobuf => LogsTransport::Http {
+                http: Box::new(HttpTransport::new(logs)?),
+                url: logs.endpoint.clone(),
+            },
+        };
         let counters = Arc::new(Counters {
             on_drop,
             ..Counters::default()
@@ -173,20 +233,14 @@ impl OtlpLogExporter {
         });
         let cancel = CancellationToken::new();
         let worker = Worker {
-            client,
+            transport,
             receiver,
             counters: counters.clone(),
             breaker: breaker.clone(),
             cancel: cancel.clone(),
             batch_size: config.batch_size.max(1),
             flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
-            resource: Resource {
-                attributes: vec![
-                    kv("service.name", string(config.service_name.clone())),
-                    kv("host.name", string(hostname())),
-                ],
-                ..Default::default()
-            },
+            resource: resource.to_proto(),
         };
         let task = tokio::spawn(worker.run());
         Ok(Self {
@@ -197,6 +251,56 @@ impl OtlpLogExporter {
             task: Some(task),
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
+    }
+
+    /// Register the exporter's health on `meter` (observed at each
+    /// collection): `tapio_export_events_exported_total`,
+    /// `tapio_export_events_dropped_total`,
+    /// `tapio_export_requests_failed_total`, `tapio_export_queue_events`
+    /// (events accepted and not yet exported or dropped) and
+    /// `tapio_export_breaker_state` (0 closed, 1 half-open, 2 open). Call
+    /// once per meter.
+    pub fn register_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+        let c = self.counters.clone();
+        meter
+            .u64_observable_counter("tapio_export_events_exported_total")
+            .with_description("Events the OTLP receiver accepted")
+            .with_callback(move |o| o.observe(c.exported.load(Ordering::Relaxed), &[]))
+            .build();
+        let (c, q) = (self.counters.clone(), self.sender.clone());
+        meter
+            .u64_observable_counter("tapio_export_events_dropped_total")
+            .with_description("Events lost at export: queue overflow, or unsent at shutdown")
+            .with_callback(move |o| {
+                o.observe(
+                    q.stats().dropped + c.dropped_unsent.load(Ordering::Relaxed),
+                    &[],
+                )
+            })
+            .build();
+        let c = self.counters.clone();
+        meter
+            .u64_observable_counter("tapio_export_requests_failed_total")
+            .with_description("OTLP log export requests that failed (and were retried)")
+            .with_callback(move |o| o.observe(c.failed_requests.load(Ordering::Relaxed), &[]))
+            .build();
+        let (c, q) = (self.counters.clone(), self.sender.clone());
+        meter
+            .u64_observable_gauge("tapio_export_queue_events")
+            .with_description("Events accepted for OTLP export and not yet exported or dropped")
+            .with_callback(move |o| {
+                let s = q.stats();
+                let done =
+                    c.exported.load(Ordering::Relaxed) + c.dropped_unsent.load(Ordering::Relaxed);
+                o.observe(s.sent.saturating_sub(s.dropped).saturating_sub(done), &[])
+            })
+            .build();
+        let breaker = self.breaker.clone();
+        meter
+            .u64_observable_gauge("tapio_export_breaker_state")
+            .with_description("OTLP export circuit breaker: 0 closed, 1 half-open, 2 open")
+            .with_callback(move |o| o.observe(breaker_state_value(breaker.state()), &[]))
+            .build();
     }
 
     /// Queue one event for export; never waits. Overflow is counted (by
@@ -260,8 +364,60 @@ impl Drop for OtlpLogExporter {
     }
 }
 
+/// `tapio_export_breaker_state` of a circuit state.
+pub fn breaker_state_value(state: CircuitState) -> u64 {
+    match state {
+        CircuitState::Closed => 0,
+        CircuitState::HalfOpen => 1,
+        CircuitState::Open => 2,
+    }
+}
+
+/// Where log export requests go.
+#[derive(Clone)]
+enum LogsTransport {
+    Grpc {
+        client: Box<LogsServiceClient<tonic::transport::Channel>>,
+        metadata: tonic::metadata::MetadataMap,
+    },
+    Http {
+        http: Box<HttpTransport>,
+        url: String,
+    },
+}
+
+/// Why one log export request failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("gRPC export failed: {0}")]
+    Grpc(#[source] tonic::Status),
+    #[error("HTTP export failed: {0}")]
+    Http(#[source] transport::HttpSendError),
+}
+
+impl LogsTransport {
+    async fn export(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
+        match self {
+            Self::Grpc { client, metadata } => {
+                let mut client = (**client).clone();
+                let mut request = tonic::Request::new(request);
+                *request.metadata_mut() = metadata.clone();
+                client
+                    .export(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(SendError::Grpc)
+            }
+            Self::Http { http, url } => http
+                .post_protobuf(url, prost::Message::encode_to_vec(&request))
+                .await
+                .map_err(SendError::Http),
+        }
+    }
+}
+
 struct Worker {
-    client: LogsServiceClient<tonic::transport::Channel>,
+    transport: LogsTransport,
     receiver: EventReceiver,
     counters: Arc<Counters>,
     breaker: CircuitBreaker,
@@ -326,21 +482,21 @@ impl Worker {
         // Retry with backoff; a batch outlives any number of retry rounds.
         let policy = RetryPolicy::default().with_max_delay(Duration::from_secs(5));
         loop {
-            let client = self.client.clone();
+            let transport = self.transport.clone();
             let counters = self.counters.clone();
             let result = policy
                 .retry(|| {
-                    let mut client = client.clone();
+                    let transport = transport.clone();
                     let request = request.clone();
                     let counters = counters.clone();
                     async move {
-                        client.export(request).await.inspect_err(|_| {
+                        transport.export(request).await.inspect_err(|_| {
                             counters.failed_requests.fetch_add(1, Ordering::Relaxed);
                         })
                     }
                 })
-                .notify(|status, delay| {
-                    tracing::debug!(code = ?status.code(), ?delay, "OTLP export failed; retrying");
+                .notify(|err, delay| {
+                    tracing::debug!(error = %err, ?delay, "OTLP export failed; retrying");
                 })
                 .cancel_on(self.cancel.clone())
                 .through(&self.breaker)
@@ -359,12 +515,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn string(s: String) -> AnyValue {
@@ -674,8 +824,9 @@ mod tests {
             })
             .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("invalid OTLP endpoint \"not a uri\""),
+            tapio_core::ErrorChain(&err)
+                .to_string()
+                .contains("invalid OTLP logs endpoint \"not a uri\""),
             "{err}"
         );
     }
