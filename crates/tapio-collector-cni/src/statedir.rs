@@ -22,8 +22,10 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::source::{IpamChange, IpamSource, NetnsPathChange, SourceError, Step};
 
-/// inotify events queued at most between polls.
-const EVENT_QUEUE: usize = 16_384;
+/// inotify events queued at most between polls (the channel allocates and
+/// touches every slot up front, 64 bytes each; a full queue is recovered by
+/// a rescan).
+const EVENT_QUEUE: usize = 4_096;
 /// Reservations remembered (for the container id of a release) at most.
 const MAX_KNOWN: usize = 262_144;
 /// How long a new file may stay empty / unmounted before it is given up.

@@ -301,9 +301,19 @@ impl FromStr for TraceParent {
 /// reads it with [`RawEvent::payload_ref`] without decoding anything, and a
 /// sink serializes it (to JSON with [`RawEvent::write_json_line`], to an
 /// OTLP `AnyValue`, …) only when it needs bytes.
-pub trait Payload: erased_serde::Serialize + Any + Send + Sync + fmt::Debug {}
+pub trait Payload: erased_serde::Serialize + Any + Send + Sync + fmt::Debug {
+    /// Append the payload's JSON to `out`. Implemented once for every
+    /// payload type with its own `Serialize` impl compiled for serde_json's
+    /// serializer: the JSON sinks do not pay for type erasure (the erased
+    /// `Serialize` serves every other serializer, e.g. OTLP's `AnyValue`).
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error>;
+}
 
-impl<T: Serialize + Any + Send + Sync + fmt::Debug> Payload for T {}
+impl<T: Serialize + Any + Send + Sync + fmt::Debug> Payload for T {
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(out, self)
+    }
+}
 
 erased_serde::serialize_trait_object!(Payload);
 
@@ -333,7 +343,7 @@ erased_serde::serialize_trait_object!(Payload);
 pub struct EventData {
     repr: Repr,
     /// JSON of a typed payload, once someone asked for it.
-    json: OnceLock<Box<[u8]>>,
+    json: OnceLock<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -382,8 +392,34 @@ impl EventData {
                 if let Some(json) = self.json.get() {
                     return Ok(json);
                 }
-                let encoded = serde_json::to_vec(&**payload)?.into_boxed_slice();
+                let mut encoded = Vec::with_capacity(256);
+                payload.write_json(&mut encoded)?;
                 Ok(self.json.get_or_init(|| encoded))
+            }
+        }
+    }
+
+    /// Append the JSON to `out`: a typed payload's (kept bytes when
+    /// [`json`](Self::json) already ran, else encoded straight into `out`);
+    /// bytes from elsewhere as given when they are valid JSON, otherwise as
+    /// a JSON string of their lossy UTF-8 (as [`Serialize`] does), so that
+    /// one bad payload never breaks an output stream.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        match (&self.repr, self.json.get()) {
+            (Repr::Typed(payload), None) => payload.write_json(out),
+            (Repr::Typed(_), Some(json)) => {
+                out.extend_from_slice(json);
+                Ok(())
+            }
+            (Repr::Bytes(bytes), _) => {
+                match std::str::from_utf8(bytes)
+                    .ok()
+                    .filter(|text| serde_json::from_str::<&RawValue>(text).is_ok())
+                {
+                    Some(_) => out.extend_from_slice(bytes),
+                    None => serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes))?,
+                }
+                Ok(())
             }
         }
     }
@@ -419,7 +455,7 @@ impl Serialize for EventData {
     /// embedded as JSON when valid, otherwise as a JSON string of their
     /// lossy UTF-8, so that one bad payload never breaks the output stream.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes = match (&self.repr, self.json.get()) {
+        let bytes: &[u8] = match (&self.repr, self.json.get()) {
             (Repr::Typed(payload), None) => return payload.serialize(s),
             (Repr::Typed(_), Some(json)) => json,
             (Repr::Bytes(bytes), _) => bytes,
@@ -623,7 +659,10 @@ impl RawEvent {
     /// contract: `data` is embedded as JSON, `timestamp` is RFC 3339 with
     /// nanoseconds.
     pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(self)
+        let mut out = Vec::with_capacity(LINE_KEEP);
+        self.encode_json_line(&mut out)?;
+        // Only JSON (valid UTF-8) was written.
+        String::from_utf8(out).map_err(|err| serde_json::Error::io(std::io::Error::other(err)))
     }
 
     /// [`to_json_line`](Self::to_json_line) and a newline, written straight
@@ -646,14 +685,64 @@ impl RawEvent {
         &self,
         mut writer: W,
     ) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(&mut writer, self)?;
-        writer.write_all(b"\n").map_err(serde_json::Error::io)
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            self.encode_json_line(&mut line)?;
+            line.push(b'\n');
+            let written = writer.write_all(&line).map_err(serde_json::Error::io);
+            // Keep a buffer of a typical line for the next event, not the
+            // largest one ever written.
+            line.shrink_to(LINE_KEEP);
+            written
+        })
+    }
+
+    /// The JSON line of [`to_json_line`](Self::to_json_line), appended to
+    /// `out`: assembled here so that the payload is encoded by its own
+    /// monomorphic serde_json code ([`Payload::write_json`]), straight into
+    /// the line. The same bytes as this type's [`Serialize`] impl writes.
+    fn encode_json_line(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        out.extend_from_slice(
+            self.timestamp
+                .to_rfc3339_opts(SecondsFormat::Nanos, true)
+                .as_bytes(),
+        );
+        out.extend_from_slice(b"\",\"type\":");
+        serde_json::to_writer(&mut *out, self.event_type.as_str())?;
+        out.extend_from_slice(b",\"source\":");
+        serde_json::to_writer(&mut *out, self.source.as_str())?;
+        out.extend_from_slice(b",\"data\":");
+        self.data.write_json(out)?;
+        out.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut *out, &self.metadata)?;
+        out.extend_from_slice(b",\"trace_id\":\"");
+        out.extend_from_slice(self.trace_id.hex().as_str().as_bytes());
+        out.extend_from_slice(b"\",\"span_id\":\"");
+        out.extend_from_slice(self.span_id.hex().as_str().as_bytes());
+        out.push(b'"');
+        if let Some(parent) = self.parent_span_id() {
+            out.extend_from_slice(b",\"parent_span_id\":\"");
+            out.extend_from_slice(parent.hex().as_str().as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+        Ok(())
     }
 
     /// Parse one line written by [`RawEvent::to_json_line`].
     pub fn from_json_line(line: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(line)
     }
+}
+
+/// Bytes of line buffer kept between [`RawEvent::write_json_line`] calls.
+const LINE_KEEP: usize = 4096;
+
+thread_local! {
+    /// The line being assembled by [`RawEvent::write_json_line`] on this thread.
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(LINE_KEEP));
 }
 
 #[derive(Serialize)]
@@ -905,6 +994,40 @@ mod tests {
         assert_eq!(ev.payload::<u32>().unwrap(), 7);
         assert!(ev.to_json_line().unwrap().contains(r#""data":7,"#));
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn assembled_json_line_is_the_serialize_output_byte_for_byte() {
+        let ts = DateTime::parse_from_rfc3339("2026-12-07T10:00:00.000000001Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        #[derive(Debug, Serialize)]
+        struct P {
+            s: &'static str,
+            n: Option<u64>,
+        }
+        let tp: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap();
+        let events = [
+            RawEvent::at(ts, "a.b", "src", P { s: "q\"\n\u{1}é", n: None })
+                .with_metadata("process.pid", 7u32)
+                .with_metadata("tapio.x", "y\"z")
+                .with_metadata("tapio.ok", true),
+            RawEvent::at(ts, "a.b", "src", 1.5f64).with_traceparent(&tp),
+            RawEvent::from_json_bytes("t", "s", br#"{"a":[1,2]}"#.to_vec()).with_timestamp(ts),
+            RawEvent::from_json_bytes("t", "s", vec![b'{', 0xff]).with_timestamp(ts),
+        ];
+        for ev in &events {
+            let via_serde = serde_json::to_string(ev).unwrap();
+            assert_eq!(ev.to_json_line().unwrap(), via_serde);
+            let mut out = Vec::new();
+            ev.write_json_line(&mut out).unwrap();
+            assert_eq!(out, format!("{via_serde}\n").into_bytes());
+            // After json() cached the payload, the line is the same.
+            let _ = ev.data.json();
+            assert_eq!(ev.to_json_line().unwrap(), via_serde);
+        }
     }
 
     #[test]
