@@ -1010,10 +1010,18 @@ mod tests {
             .parse()
             .unwrap();
         let events = [
-            RawEvent::at(ts, "a.b", "src", P { s: "q\"\n\u{1}é", n: None })
-                .with_metadata("process.pid", 7u32)
-                .with_metadata("tapio.x", "y\"z")
-                .with_metadata("tapio.ok", true),
+            RawEvent::at(
+                ts,
+                "a.b",
+                "src",
+                P {
+                    s: "q\"\n\u{1}é",
+                    n: None,
+                },
+            )
+            .with_metadata("process.pid", 7u32)
+            .with_metadata("tapio.x", "y\"z")
+            .with_metadata("tapio.ok", true),
             RawEvent::at(ts, "a.b", "src", 1.5f64).with_traceparent(&tp),
             RawEvent::from_json_bytes("t", "s", br#"{"a":[1,2]}"#.to_vec()).with_timestamp(ts),
             RawEvent::from_json_bytes("t", "s", vec![b'{', 0xff]).with_timestamp(ts),
