@@ -78,74 +78,52 @@ fn metadata_interceptor(
     }
 }
 
+/// One OTLP exporter of `$builder` (metrics or traces) with the signal's
+/// settings: the two builders are distinct types with the same methods.
+macro_rules! otlp_exporter {
+    ($builder:expr, $signal:literal, $s:expr) => {{
+        let s: &SignalSettings = $s;
+        let err = |source| PipelineError::Exporter {
+            signal: $signal,
+            endpoint: s.endpoint.clone(),
+            source,
+        };
+        match s.protocol {
+            OtlpProtocol::Grpc => {
+                let mut b = $builder
+                    .with_tonic()
+                    .with_channel(transport::grpc_channel(s)?)
+                    .with_timeout(s.timeout)
+                    .with_interceptor(metadata_interceptor(transport::grpc_metadata(s)));
+                if let Some(c) = otlp_compression(s.compression) {
+                    b = b.with_compression(c);
+                }
+                b.build().map_err(err)
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let mut b = $builder
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(s.endpoint.clone())
+                    .with_timeout(s.timeout)
+                    .with_http_client(transport::HttpTransport::new(s)?);
+                if let Some(c) = otlp_compression(s.compression) {
+                    b = b.with_compression(c);
+                }
+                b.build().map_err(err)
+            }
+        }
+    }};
+}
+
 fn metric_exporter(
     s: &SignalSettings,
 ) -> Result<opentelemetry_otlp::MetricExporter, PipelineError> {
-    let err = |source| PipelineError::Exporter {
-        signal: "metrics",
-        endpoint: s.endpoint.clone(),
-        source,
-    };
-    let builder = opentelemetry_otlp::MetricExporter::builder();
-    match s.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = builder
-                .with_tonic()
-                .with_channel(transport::grpc_channel(s)?)
-                .with_timeout(s.timeout)
-                .with_interceptor(metadata_interceptor(transport::grpc_metadata(s)));
-            if let Some(c) = otlp_compression(s.compression) {
-                b = b.with_compression(c);
-            }
-            b.build().map_err(err)
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.timeout)
-                .with_http_client(transport::HttpTransport::new(s)?);
-            if let Some(c) = otlp_compression(s.compression) {
-                b = b.with_compression(c);
-            }
-            b.build().map_err(err)
-        }
-    }
+    otlp_exporter!(opentelemetry_otlp::MetricExporter::builder(), "metrics", s)
 }
 
 fn span_exporter(s: &SignalSettings) -> Result<opentelemetry_otlp::SpanExporter, PipelineError> {
-    let err = |source| PipelineError::Exporter {
-        signal: "traces",
-        endpoint: s.endpoint.clone(),
-        source,
-    };
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    match s.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = builder
-                .with_tonic()
-                .with_channel(transport::grpc_channel(s)?)
-                .with_timeout(s.timeout)
-                .with_interceptor(metadata_interceptor(transport::grpc_metadata(s)));
-            if let Some(c) = otlp_compression(s.compression) {
-                b = b.with_compression(c);
-            }
-            b.build().map_err(err)
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = builder
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(s.endpoint.clone())
-                .with_timeout(s.timeout)
-                .with_http_client(transport::HttpTransport::new(s)?);
-            if let Some(c) = otlp_compression(s.compression) {
-                b = b.with_compression(c);
-            }
-            b.build().map_err(err)
-        }
-    }
+    otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), "traces", s)
 }
 
 /// Metrics (Prometheus rendering, optional OTLP push) and traces (optional
