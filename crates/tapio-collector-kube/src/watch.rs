@@ -213,13 +213,19 @@ impl Watcher {
         &self,
         r: WatchedResource,
     ) -> BoxStream<'static, watcher::Result<Event<DynamicObject>>> {
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &r.api_resource());
+        let ar = r.api_resource();
         let wc = watcher::Config::default().page_size(self.config.page_size);
         if r.metadata_only() {
-            watcher::metadata_watcher(api, wc)
+            // An `Api` of `PartialObjectMeta` lists and watches with the
+            // metadata-only `Accept` header (what kube's deprecated
+            // `metadata_watcher` did).
+            let api: Api<PartialObjectMeta<DynamicObject>> =
+                Api::all_with(self.client.clone(), &ar);
+            watcher::watcher(api, wc)
                 .map_ok(|ev| map_event(ev, partial_to_dynamic))
                 .boxed()
         } else {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
             watcher::watcher(api, wc).boxed()
         }
     }

@@ -4,7 +4,7 @@
 //! targets in `fuzz/` (which need nightly to run at scale). The seeds are in
 //! `tests/corpus/<target>/`, shipped with the package.
 
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngExt as _, SeedableRng};
 use tapio_collector_kube::decode::{
     WatchLineType, decode_pod_list, decode_stats_summary, decode_watch_line,
 };

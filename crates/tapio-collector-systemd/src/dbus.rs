@@ -3,6 +3,7 @@
 //! reconnect and re-synchronise after any loss.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,8 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use zbus::message::Type as MessageType;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
-use zbus::{Connection, MatchRule, Message, MessageStream};
+use zbus::{Connection, MatchRule, Message, MessageStream, OwnedObjectPath, OwnedVariant};
 
 use crate::config::SystemdConfig;
 use crate::events::{UnitStateEvent, keys, types};
@@ -38,6 +38,10 @@ pub const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 pub const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
 const DBUS_NAME: &str = "org.freedesktop.DBus";
+/// Messages zbus queues for the systemd signal match rule.
+const SIGNAL_QUEUE: NonZeroUsize = NonZeroUsize::new(4096).expect("not zero");
+/// Messages zbus queues for the `NameOwnerChanged` match rule.
+const OWNER_QUEUE: NonZeroUsize = NonZeroUsize::new(64).expect("not zero");
 
 /// Why talking to the bus failed. The message names the step; what zbus
 /// reported is the [`source`](std::error::Error::source) (print the whole
@@ -101,6 +105,19 @@ impl DbusError {
         }
     }
 
+    /// Whether the call got an error reply (the bus is fine). zbus 6 reports
+    /// a reply whose name `zbus::fdo::Error` defines (`UnknownObject`,
+    /// `ServiceUnknown`, ...) as `Error::FDO`, any other as `MethodError`.
+    fn is_error_reply(&self) -> bool {
+        matches!(
+            self,
+            Self::Call {
+                source: zbus::Error::MethodError(..) | zbus::Error::FDO(_),
+                ..
+            }
+        )
+    }
+
     fn is_gone(&self) -> bool {
         // The object or unit vanished between listing and reading it.
         matches!(self, Self::Call { source: zbus::Error::MethodError(name, _, _), .. }
@@ -154,8 +171,8 @@ pub(crate) fn type_interface(unit: &str) -> Option<String> {
 
 /// Read the properties the collector uses from a `PropertiesChanged` or
 /// `GetAll` dictionary; values of an unexpected type are ignored.
-pub(crate) fn props_from(map: &HashMap<String, OwnedValue>) -> Props {
-    fn string(map: &HashMap<String, OwnedValue>, key: &str) -> Option<String> {
+pub(crate) fn props_from(map: &HashMap<String, OwnedVariant>) -> Props {
+    fn string(map: &HashMap<String, OwnedVariant>, key: &str) -> Option<String> {
         map.get(key)
             .and_then(|v| <&str>::try_from(v).ok())
             .map(str::to_string)
@@ -358,7 +375,7 @@ impl UnitWatcher {
         path: &str,
         iface: &str,
         method: &str,
-        body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+        body: &(impl serde::Serialize + zbus::DynamicType),
     ) -> Result<Message, DbusError> {
         let timeout = self.config.dbus.call_timeout();
         let call = || format!("{iface}.{method}");
@@ -413,8 +430,7 @@ impl UnitWatcher {
         let builder = match &dbus.address {
             None => zbus::connection::Builder::system(),
             Some(address) => zbus::connection::Builder::address(address.as_str()),
-        }
-        .map_err(connect_err)?;
+        };
         let conn = tokio::time::timeout(
             dbus.connect_timeout(),
             builder.method_timeout(dbus.call_timeout()).build(),
@@ -431,23 +447,20 @@ impl UnitWatcher {
         let systemd_rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender(SYSTEMD_BUS_NAME)
-            .map_err(rule_err)?
-            .build();
+            .build()
+            .map_err(rule_err)?;
         let owner_rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender(DBUS_NAME)
-            .map_err(rule_err)?
             .interface(DBUS_NAME)
-            .map_err(rule_err)?
             .member("NameOwnerChanged")
-            .map_err(rule_err)?
             .add_arg(SYSTEMD_BUS_NAME)
-            .map_err(rule_err)?
-            .build();
-        let signals = MessageStream::for_match_rule(systemd_rule, &conn, Some(4096))
+            .build()
+            .map_err(rule_err)?;
+        let signals = MessageStream::for_match_rule(systemd_rule, &conn, Some(SIGNAL_QUEUE))
             .await
             .map_err(rule_err)?;
-        let owners = MessageStream::for_match_rule(owner_rule, &conn, Some(64))
+        let owners = MessageStream::for_match_rule(owner_rule, &conn, Some(OWNER_QUEUE))
             .await
             .map_err(rule_err)?;
         let (tx, rx) = mpsc::channel(dbus.signal_queue);
@@ -571,7 +584,7 @@ impl UnitWatcher {
                 .sender()
                 .map(|s| s.to_string())
                 .unwrap_or_default();
-            let map: HashMap<String, OwnedValue> = reply
+            let map: HashMap<String, OwnedVariant> = reply
                 .body()
                 .deserialize()
                 .map_err(|e| self.reply_error("org.freedesktop.DBus.Properties.GetAll", e))?;
@@ -626,15 +639,7 @@ impl UnitWatcher {
             };
             let started = Instant::now();
             if let Err(err) = self.handle(&session.conn, &msg).await {
-                if err.is_retryable()
-                    && !matches!(
-                        err,
-                        DbusError::Call {
-                            source: zbus::Error::MethodError(..),
-                            ..
-                        }
-                    )
-                {
+                if err.is_retryable() && !err.is_error_reply() {
                     return End::Lost(ErrorChain(&err).to_string());
                 }
                 tracing::warn!(error = %ErrorChain(&err), "handling a systemd signal failed");
@@ -693,7 +698,7 @@ impl UnitWatcher {
                     return Ok(());
                 }
                 let Ok((changed_iface, changed, _invalidated)) =
-                    body.deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+                    body.deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
                 else {
                     self.emitter.error();
                     return Ok(());
@@ -835,7 +840,7 @@ mod tests {
     #[test]
     fn props_are_read_by_type() {
         let mut map = HashMap::new();
-        let ov = |v: zbus::zvariant::Value<'_>| OwnedValue::try_from(v).unwrap();
+        let ov = |v: zbus::Variant<'_>| OwnedVariant::try_from(v).unwrap();
         map.insert("ActiveState".to_string(), ov("active".into()));
         map.insert("SubState".to_string(), ov("running".into()));
         map.insert("MainPID".to_string(), ov(42u32.into()));

@@ -21,8 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use zbus::zvariant::{OwnedObjectPath, Value};
-use zbus::{Connection, interface};
+use zbus::{Connection, OwnedObjectPath, Variant, interface};
 
 use crate::dbus::{MANAGER_IFACE, MANAGER_PATH, SYSTEMD_BUS_NAME, UNIT_IFACE};
 use crate::filter::unit_object_path;
@@ -345,8 +344,8 @@ impl FakeSystemd {
     }
 
     async fn serve(address: &str, shared: Arc<Shared>) -> zbus::Result<Self> {
-        let conn = zbus::connection::Builder::address(address)?
-            .serve_at(MANAGER_PATH, Manager(shared.clone()))?
+        let conn = zbus::connection::Builder::address(address)
+            .serve_at(MANAGER_PATH, Manager(shared.clone()))
             .build()
             .await?;
         let names: Vec<String> = shared.units.lock().keys().cloned().collect();
@@ -424,12 +423,12 @@ impl FakeSystemd {
         let path = unit_object_path(unit);
         let none: Vec<&str> = Vec::new();
         if unit.ends_with(".service") {
-            let service: HashMap<&str, Value<'_>> = HashMap::from([
-                ("MainPID", Value::from(u.main_pid)),
-                ("Result", Value::from(u.result.as_str())),
-                ("ExecMainCode", Value::from(u.exec_main_code)),
-                ("ExecMainStatus", Value::from(u.exec_main_status)),
-                ("NRestarts", Value::from(u.n_restarts)),
+            let service: HashMap<&str, Variant<'_>> = HashMap::from([
+                ("MainPID", Variant::from(u.main_pid)),
+                ("Result", Variant::from(u.result.as_str())),
+                ("ExecMainCode", Variant::from(u.exec_main_code)),
+                ("ExecMainStatus", Variant::from(u.exec_main_status)),
+                ("NRestarts", Variant::from(u.n_restarts)),
             ]);
             self.conn
                 .emit_signal(
@@ -441,11 +440,11 @@ impl FakeSystemd {
                 )
                 .await?;
         }
-        let unit_props: HashMap<&str, Value<'_>> = HashMap::from([
-            ("ActiveState", Value::from(u.active_state.as_str())),
-            ("SubState", Value::from(u.sub_state.as_str())),
-            ("LoadState", Value::from(u.load_state.as_str())),
-            ("StateChangeTimestamp", Value::from(u.state_change_usec)),
+        let unit_props: HashMap<&str, Variant<'_>> = HashMap::from([
+            ("ActiveState", Variant::from(u.active_state.as_str())),
+            ("SubState", Variant::from(u.sub_state.as_str())),
+            ("LoadState", Variant::from(u.load_state.as_str())),
+            ("StateChangeTimestamp", Variant::from(u.state_change_usec)),
         ]);
         self.conn
             .emit_signal(

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, Retryable};
 use parking_lot::Mutex;
-use rand::Rng;
+use rand::RngExt as _;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::breaker::{BreakerError, CircuitBreaker};
