@@ -337,7 +337,8 @@ impl Cni {
                     // still drains what the reader delivered.
                     let stopping = stop.load(Ordering::Acquire);
                     let started = Instant::now();
-                    let report = pipeline.run_once(&mut |o| emit(&emitter, &clock, metrics.as_ref(), o));
+                    let report =
+                        pipeline.run_once(&mut |o| emit(&emitter, &clock, metrics.as_ref(), o));
                     if report.steps > 0
                         && let Some(t) = emitter.telemetry()
                     {

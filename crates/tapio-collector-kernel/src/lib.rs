@@ -120,10 +120,10 @@ pub use config::{
 };
 pub use events::*;
 
+use metrics::KernelMetrics;
+pub use metrics::{KernelCounters, KernelCounts};
 use program::{HookFlavor, KernelProgram};
 use record::Converter;
-pub use metrics::{KernelCounters, KernelCounts};
-use metrics::KernelMetrics;
 
 /// Collector name: the `source` of its events and the prefix of its metrics.
 pub const NAME: &str = "kernel";

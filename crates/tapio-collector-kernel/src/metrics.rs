@@ -99,11 +99,9 @@ impl KernelMetrics {
                     "Outgoing TCP connects that ended before being established",
                     |c| c.connect_failures,
                 ),
-                (
-                    "tcp_retransmits_total",
-                    "Retransmitted TCP segments",
-                    |c| c.retransmits,
-                ),
+                ("tcp_retransmits_total", "Retransmitted TCP segments", |c| {
+                    c.retransmits
+                }),
                 (
                     "oom_kills_total",
                     "Processes killed by the OOM killer",

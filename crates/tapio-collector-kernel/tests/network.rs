@@ -283,10 +283,7 @@ async fn refused_connects_are_counted_exactly_in_the_metrics() {
         REFUSED as u64
     );
     assert_eq!(
-        value(
-            "kernel_events_total",
-            Some(("type", types::CONNECT_FAILED))
-        ),
+        value("kernel_events_total", Some(("type", types::CONNECT_FAILED))),
         REFUSED as u64
     );
     assert_eq!(value("kernel_oom_kills_total", None), 0);

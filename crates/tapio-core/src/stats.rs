@@ -307,7 +307,12 @@ mod tests {
             for t in 0..4 {
                 let stats = stats.clone();
                 s.spawn(move || {
-                    let names = ["k.exec", "k.exit", "k.fork", if t % 2 == 0 { "k.a" } else { "k.b" }];
+                    let names = [
+                        "k.exec",
+                        "k.exit",
+                        "k.fork",
+                        if t % 2 == 0 { "k.a" } else { "k.b" },
+                    ];
                     for i in 0..10_000 {
                         stats.add_event_type(names[i % 4], 1);
                     }
