@@ -80,6 +80,9 @@ impl KernelCounters {
     }
 }
 
+/// Reads one count from a snapshot.
+type Read = fn(&KernelCounts) -> u64;
+
 /// The counters and the one-time registration of their instruments.
 #[derive(Debug, Default)]
 pub(crate) struct KernelMetrics {
@@ -93,7 +96,7 @@ impl KernelMetrics {
     pub(crate) fn register(&self, telemetry: &Telemetry) {
         self.registered.get_or_init(|| {
             let meter = telemetry.meter();
-            let simple: [(&str, &str, fn(&KernelCounts) -> u64); 3] = [
+            let simple: [(&str, &str, Read); 3] = [
                 (
                     "tcp_connect_failures_total",
                     "Outgoing TCP connects that ended before being established",
