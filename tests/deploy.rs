@@ -538,7 +538,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests_of_each_alert() {
     let out = run(Command::new("promtool")
         .args(["check", "rules"])
         .arg(monitoring("tapio-rules.yaml")));
-    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 12 rules found"), "{out}");
     let out = run(Command::new("promtool")
         .args(["test", "rules", "tapio-rules.test.yaml"])
         .current_dir(monitoring("")));
@@ -553,7 +553,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests_of_each_alert() {
         .flat_map(|g| g["rules"].as_array().unwrap())
         .filter_map(|r| r["alert"].as_str().map(String::from))
         .collect();
-    assert_eq!(alerts.len(), 7, "{alerts:?}");
+    assert_eq!(alerts.len(), 9, "{alerts:?}");
     let tests_text = read(monitoring("tapio-rules.test.yaml"));
     let tests: Value = serde_yaml::from_str(&tests_text).unwrap();
     let (mut fired, mut silent) = (BTreeSet::new(), BTreeSet::new());
@@ -751,6 +751,7 @@ fn exported_names() -> BTreeSet<String> {
                 "events_dropped_total",
                 "collector_healthy",
                 "processing_duration_ms_bucket",
+                "events_total",
             ]
             .map(|s| format!("{c}_{s}"))
         })
@@ -772,6 +773,13 @@ fn exported_names() -> BTreeSet<String> {
         "systemd_journal_events_total",
         "systemd_unit_events_total",
         "systemd_dbus_connected",
+        "kernel_tcp_connect_failures_total",
+        "kernel_tcp_retransmits_total",
+        "kernel_tcp_resets_total",
+        "kernel_oom_kills_total",
+        "cni_setup_duration_seconds_bucket",
+        "cni_setup_duration_seconds_count",
+        "cni_setup_failures_total",
     ] {
         names.insert(n.to_string());
     }
@@ -820,6 +828,7 @@ fn dashboard_and_rule_expressions_are_valid_promql_over_exported_metrics() {
             "Drops by stage",
             "Errors/s by collector",
             "Processing time p99",
+            "Events/s by type",
             "DNS",
             "DNS response latency",
             "DNS responses by rcode",
@@ -831,6 +840,11 @@ fn dashboard_and_rule_expressions_are_valid_promql_over_exported_metrics() {
             "systemd journal",
             "Journal rate",
             "Unit state events",
+            "Kernel network and memory, pod network",
+            "TCP connect failures, retransmits, resets",
+            "OOM kills",
+            "CNI setup latency",
+            "CNI setups and failures",
         ]
     );
 
@@ -852,7 +866,7 @@ fn dashboard_and_rule_expressions_are_valid_promql_over_exported_metrics() {
         out.contains(&format!("SUCCESS: {} rules found", exprs.len())),
         "{out}"
     );
-    assert_eq!(exprs.len(), 49);
+    assert_eq!(exprs.len(), 58);
 
     // Only metrics the agent exports (or the rules record).
     let mut known = exported_names();
@@ -1231,8 +1245,36 @@ poll_interval_ms = 200
             .arg(format!("--web.listen-address={web}")),
     );
 
+    // A network namespace of the test's own (gone with the process) for
+    // pod network setups by the real loopback plugin.
+    let netns_holder = spawn(Command::new("unshare").args(["--net", "sleep", "600"]));
+    let netns = format!("/proc/{}/ns/net", netns_holder.0.id());
+    let loopback_add = |round: usize| {
+        let mut child = Command::new("/usr/lib/cni/loopback")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("tapio-deploy-{round}"))
+            .env("CNI_NETNS", &netns)
+            .env("CNI_IFNAME", "lo")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"cniVersion":"1.0.0","name":"deploy-lo","type":"loopback"}"#)
+            .unwrap();
+        child.wait().unwrap()
+    };
+    // It succeeds (no failure is counted: TapioCNIAddFailures stays silent).
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(loopback_add(0).success(), "loopback ADD in {netns}");
+
     // The workload: execs, DNS lookups (three rcodes), etcd writes (WAL
-    // syncs), a CNI plugin exec, unit state changes.
+    // syncs), a CNI plugin exec and a pod network setup, unit state changes.
     let workload = |round: usize| {
         let _ = Command::new("/bin/true").status();
         for name in ["www.tapio.test", "missing.tapio.test", "example.org"] {
@@ -1254,6 +1296,7 @@ poll_interval_ms = 200
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        let _ = loopback_add(round + 1);
         let (active, sub) = if round.is_multiple_of(2) {
             ("activating", "start")
         } else {
@@ -1279,7 +1322,7 @@ poll_interval_ms = 200
         };
         pending.push((format!("rule {name}"), expr));
     }
-    assert_eq!(pending.len(), 49 + 10, "dashboard targets and rules");
+    assert_eq!(pending.len(), 58 + 12, "dashboard targets and rules");
     let needs_kube_state_metrics = "rule TapioAgentNotReady";
     let end = Instant::now() + Duration::from_secs(120);
     let mut round = 0;
@@ -1345,7 +1388,7 @@ poll_interval_ms = 200
             evaluated += 1;
         }
     }
-    assert_eq!(evaluated, 10);
+    assert_eq!(evaluated, 12);
 
     // Exact values: every collector runs and is healthy; the journal part
     // read exactly the entries written; DNS saw the three rcodes asked for;
@@ -1399,7 +1442,18 @@ poll_interval_ms = 200
         .collect();
     assert!(missing.is_empty(), "not on /metrics: {missing:?}");
 
+    // Pod network setups were measured, none failed.
+    let setups = query(web, "sum(cni_setup_duration_seconds_count)");
+    assert!(
+        setups.len() == 1 && setups[0]["value"][1].as_str().unwrap() != "0",
+        "{setups:?}"
+    );
+    let failures = query(web, "sum(cni_setup_failures_total)");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["value"][1], "0");
+
     drop(agent);
+    drop(netns_holder);
     drop(systemd);
     drop(kube);
     drop(bus);

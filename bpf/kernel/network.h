@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * TCP connections: connect, accept, close, retransmit, resets. tp_btf
+ * TCP connections: connect, failed connect, accept, close, retransmit, resets. tp_btf
  * sock/inet_sock_set_state, tcp/tcp_retransmit_skb, tcp/tcp_receive_reset,
  * tcp/tcp_send_reset. The owner of a socket is recorded in process context
  * (connect, listen) and reused in softirq.
@@ -143,9 +143,12 @@ int BPF_PROG(tapio_sock_state, const struct sock *sk, const int oldstate, const 
 	if (newstate == TCP_CLOSE) {
 		known = bpf_map_lookup_elem(&sock_owners, &key);
 		if (known) {
-			/* Only connections that were established are reported. */
-			if (oldstate != TCP_SYN_SENT)
-				emit_tcp(sk, TAPIO_TCP_CLOSE, known);
+			/* A connect that never was established ended (refused,
+			 * timed out, unreachable, aborted): reported as a failed
+			 * connect, not a close. */
+			emit_tcp(sk, oldstate == TCP_SYN_SENT ? TAPIO_TCP_CONNECT_FAILED
+							       : TAPIO_TCP_CLOSE,
+				 known);
 			bpf_map_delete_elem(&sock_owners, &key);
 		}
 	}

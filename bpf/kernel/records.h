@@ -48,6 +48,7 @@ enum tapio_tcp_op {
 	TAPIO_TCP_RETRANSMIT = 4,
 	TAPIO_TCP_RESET_RECEIVED = 5,
 	TAPIO_TCP_RESET_SENT = 6,
+	TAPIO_TCP_CONNECT_FAILED = 7,
 };
 
 /* `tapio_file_event.op`. */

@@ -140,6 +140,7 @@ pub mod config;
 pub mod correlator;
 pub mod event;
 pub mod kernel;
+mod metrics;
 pub mod netlink;
 pub mod pipeline;
 pub mod source;
@@ -167,6 +168,7 @@ pub use event::{
 
 use correlator::{CorrelatorCounters, Output};
 use kernel::{BpfExecSource, CniProgram, StepForwarder};
+use metrics::CniMetrics;
 use pipeline::Pipeline;
 use source::{IpamSource, NetlinkSource, SystemClock};
 
@@ -197,6 +199,8 @@ pub struct Cni {
     config: CniConfig,
     counters: Arc<CorrelatorCounters>,
     sizes: Arc<Mutex<TableSizes>>,
+    /// `cni_setup_*` instruments, created on the first start.
+    metrics: std::sync::OnceLock<CniMetrics>,
 }
 
 /// The CNI collector: [`Cni`] run by tapio-core's one lifecycle.
@@ -206,11 +210,21 @@ pub type CniCollector = Managed<Cni>;
 
 /// Turns correlator outputs into events: the payload is moved into the
 /// event as is, stamped with the time it happened; metadata is typed.
-pub(crate) fn emit(emitter: &Emitter, clock: &SystemClock, output: Output) {
+/// Pod network setups are recorded in `metrics` (when the collector has
+/// telemetry).
+pub(crate) fn emit(
+    emitter: &Emitter,
+    clock: &SystemClock,
+    metrics: Option<&CniMetrics>,
+    output: Output,
+) {
     let event_type = output.event_type();
     match output {
         Output::PodNetwork { event, at_ns, .. } => {
             let event = *event;
+            if let Some(metrics) = metrics {
+                metrics.outcome(event_type, &event);
+            }
             let mut m = Metadata::with_capacity(7);
             m.insert("container.id", event.container_id.as_str());
             if let Some(v) = &event.pod.namespace {
@@ -309,6 +323,9 @@ impl Cni {
         let interval = Duration::from_millis(self.config.poll_interval_ms);
         let sizes = self.sizes.clone();
         let counters = self.counters.clone();
+        let metrics = emitter
+            .telemetry()
+            .map(|t| self.metrics.get_or_init(|| CniMetrics::new(t)).clone());
         let clock = SystemClock::default();
         std::thread::Builder::new()
             .name("tapio-cni-corr".into())
@@ -320,7 +337,8 @@ impl Cni {
                     // still drains what the reader delivered.
                     let stopping = stop.load(Ordering::Acquire);
                     let started = Instant::now();
-                    let report = pipeline.run_once(&mut |o| emit(&emitter, &clock, o));
+                    let report =
+                        pipeline.run_once(&mut |o| emit(&emitter, &clock, metrics.as_ref(), o));
                     if report.steps > 0
                         && let Some(t) = emitter.telemetry()
                     {
@@ -341,7 +359,7 @@ impl Cni {
                     }
                     if stopping {
                         // Nothing in flight is dropped silently.
-                        pipeline.flush(&mut |o| emit(&emitter, &clock, o));
+                        pipeline.flush(&mut |o| emit(&emitter, &clock, metrics.as_ref(), o));
                         *sizes.lock() = pipeline.sizes();
                         break;
                     }
@@ -404,6 +422,7 @@ impl Observer for Cni {
             config,
             counters: Arc::new(CorrelatorCounters::default()),
             sizes: Arc::new(Mutex::new(TableSizes::default())),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -566,6 +585,7 @@ mod tests {
         emit(
             &emitter,
             &clock,
+            None,
             Output::PodNetwork {
                 event_type: types::SETUP,
                 event: Box::new(setup.clone()),
@@ -587,6 +607,7 @@ mod tests {
         emit(
             &emitter,
             &clock,
+            None,
             Output::Plugin {
                 event: Box::new(invocation.clone()),
                 at_ns: 4_000,
@@ -596,6 +617,7 @@ mod tests {
         emit(
             &emitter,
             &clock,
+            None,
             Output::Netns {
                 event_type: types::NETNS_CREATED,
                 event: NetnsEvent {
@@ -657,5 +679,81 @@ mod tests {
                 .as_slice()
         );
         assert_eq!(base.stats().snapshot().processed, 3);
+    }
+    /// Setup outcomes feed `cni_setup_duration_seconds` (completed ones)
+    /// and `cni_setup_failures_total` (failed or incomplete ones);
+    /// teardowns feed neither.
+    #[test]
+    fn setup_outcomes_are_measured_and_failures_counted() {
+        use opentelemetry::metrics::MeterProvider as _;
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
+        use tapio_core::CollectorContext;
+
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter.clone())
+            .build();
+        let base = CollectorBase::new(NAME, 16, OverflowPolicy::DropNewest);
+        let _rx = base.take_events().unwrap();
+        base.begin_start(&CollectorContext {
+            meter: provider.meter("test"),
+            ..Default::default()
+        })
+        .unwrap();
+        base.finish_start();
+        let emitter = base.emitter();
+        let metrics = CniMetrics::new(emitter.telemetry().unwrap());
+        let clock = SystemClock::default();
+        let outcome = |event_type, operation: &str, ms: u64, success| Output::PodNetwork {
+            event_type,
+            event: Box::new(PodNetworkEvent {
+                operation: operation.into(),
+                duration_ns: ms * 1_000_000,
+                success,
+                ..Default::default()
+            }),
+            at_ns: 1,
+        };
+        for o in [
+            outcome(types::SETUP, "setup", 20, true),
+            outcome(types::SETUP, "setup", 300, true),
+            outcome(types::SETUP, "setup", 50, false),
+            outcome(types::INCOMPLETE, "setup", 5_000, false),
+            outcome(types::TEARDOWN, "teardown", 10, false),
+            outcome(types::TEARDOWN, "teardown", 10, true),
+        ] {
+            emit(&emitter, &clock, Some(&metrics), o);
+        }
+
+        provider.force_flush().unwrap();
+        let all = exporter.get_finished_metrics().unwrap();
+        let last = all.last().unwrap();
+        let find = |name: &str| {
+            last.scope_metrics()
+                .flat_map(|sm| sm.metrics())
+                .find(|m| m.name() == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        let AggregatedMetrics::U64(MetricData::Sum(failures)) =
+            find("cni_setup_failures_total").data()
+        else {
+            panic!("cni_setup_failures_total is not a u64 sum");
+        };
+        let failures: Vec<u64> = failures.data_points().map(|p| p.value()).collect();
+        assert_eq!(failures, [2]);
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) =
+            find("cni_setup_duration_seconds").data()
+        else {
+            panic!("cni_setup_duration_seconds is not an f64 histogram");
+        };
+        let p = h.data_points().next().unwrap();
+        assert_eq!(p.count(), 3);
+        assert!((p.sum() - 0.37).abs() < 1e-9, "{}", p.sum());
+        assert_eq!(p.bounds().collect::<Vec<_>>(), metrics::SETUP_BUCKETS_S);
+        // 0.02 in (0.01, 0.025], 0.05 in (0.025, 0.05], 0.3 in (0.25, 0.5].
+        let counts: Vec<u64> = p.bucket_counts().collect();
+        assert_eq!(counts, [0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(find("cni_setup_duration_seconds").unit(), "s");
     }
 }

@@ -23,6 +23,9 @@ pub mod types {
     pub const EXIT: &str = "kernel.process.exit";
     /// An outgoing TCP connection was established.
     pub const CONNECT: &str = "kernel.network.connect";
+    /// An outgoing TCP connection attempt ended before it was established
+    /// (refused, timed out, unreachable, or aborted by its process).
+    pub const CONNECT_FAILED: &str = "kernel.network.connect_failed";
     /// An incoming TCP connection was established.
     pub const ACCEPT: &str = "kernel.network.accept";
     /// A TCP connection closed.
@@ -152,8 +155,8 @@ pub struct TcpEvent {
     /// The owning process (recorded at connect / listen, so softirq-time
     /// accepts and closes are attributed correctly); absent when unknown.
     pub process: Option<ProcessInfo>,
-    /// What happened: `connect`, `accept`, `close`, `retransmit`,
-    /// `reset_received`, `reset_sent`.
+    /// What happened: `connect`, `connect_failed`, `accept`, `close`,
+    /// `retransmit`, `reset_received`, `reset_sent`.
     pub op: CompactString,
     /// Who initiated the connection.
     pub direction: Option<Direction>,

@@ -4,7 +4,7 @@
 //! | sub-collector | events | hooks |
 //! |---|---|---|
 //! | process | `kernel.process.{exec,fork,exit}` | `tp_btf/sched_process_{exec,fork,exit}` (classic tracepoint fallback for exec and exit) |
-//! | network | `kernel.network.{connect,accept,close,retransmit,reset}` | `tp_btf/inet_sock_set_state`, `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset` |
+//! | network | `kernel.network.{connect,connect_failed,accept,close,retransmit,reset}` | `tp_btf/inet_sock_set_state`, `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset` |
 //! | file | `kernel.file.{open,create,unlink,rename,chmod,chown}` | syscall tracepoints, path prefixes filtered in the kernel |
 //! | security | `kernel.security.{credential_change,privileged_exec,ptrace,bpf,mount}` | syscall tracepoints, exec hook |
 //! | memory | `kernel.memory.{oom_kill,rss_growth}` | `tp_btf/mark_victim`, `tp_btf/rss_stat` (aggregated in the kernel) |
@@ -98,6 +98,7 @@ use tracing::Instrument as _;
 
 pub mod config;
 pub mod events;
+pub mod metrics;
 mod program;
 mod record;
 
@@ -119,6 +120,8 @@ pub use config::{
 };
 pub use events::*;
 
+use metrics::KernelMetrics;
+pub use metrics::{KernelCounters, KernelCounts};
 use program::{HookFlavor, KernelProgram};
 use record::Converter;
 
@@ -142,12 +145,20 @@ pub type KernelCollector = Managed<Kernel>;
 #[derive(Debug)]
 pub struct Kernel {
     config: KernelConfig,
+    metrics: KernelMetrics,
 }
 
 impl Kernel {
     /// The configuration it was made from.
     pub fn config(&self) -> &KernelConfig {
         &self.config
+    }
+
+    /// TCP connect failures, retransmits, resets and OOM kills counted so
+    /// far (what the `kernel_tcp_*` and `kernel_oom_kills_total` metrics
+    /// report; they add up across restarts).
+    pub fn counts(&self) -> KernelCounts {
+        self.metrics.counters.snapshot()
     }
 }
 
@@ -157,7 +168,10 @@ impl Observer for Kernel {
     type Running = RingBufReader;
 
     fn new(config: KernelConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            metrics: KernelMetrics::default(),
+        }
     }
 
     fn queue(config: &KernelConfig) -> (usize, OverflowPolicy) {
@@ -185,7 +199,11 @@ impl Observer for Kernel {
         };
         let timing = cx.emitter.telemetry().cloned();
         let stats = cx.emitter.stats().clone();
-        let converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone());
+        if let Some(telemetry) = &timing {
+            self.metrics.register(telemetry);
+        }
+        let converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
+            .with_counters(self.metrics.counters.clone());
         let reader_config = RingBufReaderConfig {
             thread_name: "tapio-kernel".into(),
             // With batched wake-ups the reader drains on this timer.

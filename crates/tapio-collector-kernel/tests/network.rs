@@ -160,13 +160,134 @@ async fn refused_connection_reports_the_reset_and_no_connection() {
         |_| false,
     )
     .await;
-    // The RST is reported; no connect or close: it never was established.
+    // The RST and the failed connect are reported; no connect or close: it
+    // never was established.
     let types_seen: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    assert_eq!(types_seen, vec![types::RESET], "{events:#?}");
+    assert_eq!(
+        types_seen,
+        vec![types::RESET, types::CONNECT_FAILED],
+        "{events:#?}"
+    );
     let reset = events[0].payload_ref::<TcpEvent>().unwrap();
     assert_eq!(reset.op, "reset_received");
     assert_eq!(reset.process.as_ref().unwrap().pid, std::process::id());
+    let failed = events[1].payload_ref::<TcpEvent>().unwrap();
+    assert_eq!(failed.op, "connect_failed");
+    assert_eq!(failed.direction, Some(Direction::Outbound));
+    assert_eq!(failed.process.as_ref().unwrap().pid, std::process::id());
+    assert_eq!(events[1].metadata["server.port"], i64::from(port));
     k.collector.stop().await.unwrap();
+}
+
+/// Each refused connect of this process adds exactly one to
+/// `kernel_tcp_connect_failures_total` and one received reset to
+/// `kernel_tcp_resets_total{direction="received"}`; a connect that
+/// succeeds adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connects_are_counted_exactly_in_the_metrics() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, SdkMeterProvider};
+    use tapio_collector_kernel::KernelCollector;
+    use tapio_core::CollectorContext;
+
+    if !require_root("refused_connects_are_counted_exactly_in_the_metrics") {
+        return;
+    }
+    const REFUSED: usize = 3;
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter.clone())
+        .build();
+    let mut config = only(false, true, false, false, false);
+    // Only this process's sockets: other processes' failures do not count.
+    config.filter.pid = Some(std::process::id());
+    let collector = KernelCollector::new(config);
+    let mut events = collector.events().unwrap();
+    collector
+        .start(CollectorContext {
+            meter: provider.meter("test"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = listener.local_addr().unwrap().port();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..REFUSED {
+            let err = TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        let ok = TcpStream::connect(("127.0.0.1", open_port)).unwrap();
+        let _ = listener.accept().unwrap();
+        drop(ok);
+    })
+    .await
+    .unwrap();
+    let failed = collect(
+        &mut events,
+        Duration::from_secs(10),
+        |ev| ev.event_type == types::CONNECT_FAILED,
+        |got| got.len() >= REFUSED,
+    )
+    .await;
+    assert_eq!(failed.len(), REFUSED);
+    // The successful connect's event comes after the failures: once it is
+    // read, everything before it has been counted.
+    assert!(
+        wait_for(&mut events, Duration::from_secs(10), |ev| {
+            ev.event_type == types::CONNECT
+                && ev
+                    .payload_ref::<TcpEvent>()
+                    .is_some_and(|t| t.remote_port == open_port)
+        })
+        .await
+        .is_some()
+    );
+    let counts = collector.observer().counts();
+    assert_eq!(counts.connect_failures, REFUSED as u64, "{counts:?}");
+    assert_eq!(counts.resets_received, REFUSED as u64, "{counts:?}");
+
+    provider.force_flush().unwrap();
+    let metrics = exporter.get_finished_metrics().unwrap();
+    let last = metrics.last().unwrap();
+    let value = |name: &str, attr: Option<(&str, &str)>| -> u64 {
+        let m = last
+            .scope_metrics()
+            .flat_map(|sm| sm.metrics())
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = m.data() else {
+            panic!("{name} is not a u64 sum");
+        };
+        sum.data_points()
+            .filter(|p| {
+                attr.is_none_or(|(k, v)| {
+                    p.attributes()
+                        .any(|kv| kv.key.as_str() == k && kv.value.as_str() == v)
+                })
+            })
+            .map(|p| p.value())
+            .sum()
+    };
+    assert_eq!(
+        value("kernel_tcp_connect_failures_total", None),
+        REFUSED as u64
+    );
+    assert_eq!(
+        value("kernel_tcp_resets_total", Some(("direction", "received"))),
+        REFUSED as u64
+    );
+    assert_eq!(
+        value("kernel_events_total", Some(("type", types::CONNECT_FAILED))),
+        REFUSED as u64
+    );
+    assert_eq!(value("kernel_oom_kills_total", None), 0);
+    collector.stop().await.unwrap();
 }
 
 /// On a Kubernetes node many pods listen on the same port, each in its own

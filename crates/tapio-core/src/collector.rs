@@ -213,6 +213,7 @@ enum Lifecycle {
 /// emitter.emit(RawEvent::from_json_bytes("demo.tick", "demo", b"{}".to_vec()));
 /// assert_eq!(events.try_recv().unwrap().event_type, "demo.tick");
 /// assert_eq!(base.stats().snapshot().processed, 1);
+/// assert_eq!(base.stats().event_types(), vec![("demo.tick".into(), 1)]);
 /// assert!(base.begin_stop());
 /// base.finish_stop();
 /// assert!(!base.begin_stop()); // idempotent
@@ -658,6 +659,7 @@ impl Emitter {
     /// [`DropStage::Queue`].
     pub fn emit(&self, event: RawEvent) -> SendOutcome {
         self.stats.add_processed(1);
+        self.stats.add_event_type(&event.event_type, 1);
         self.sender.send(event)
     }
 
@@ -665,6 +667,8 @@ impl Emitter {
     /// returns how many the queue dropped (counted by the channel).
     pub fn emit_batch(&self, events: Vec<RawEvent>) -> u64 {
         self.stats.add_processed(events.len() as u64);
+        self.stats
+            .add_event_types(events.iter().map(|e| e.event_type.as_str()));
         self.sender.send_batch(events)
     }
 
@@ -684,6 +688,8 @@ impl Emitter {
     /// ```
     pub fn emit_drain(&self, events: &mut Vec<RawEvent>) -> u64 {
         self.stats.add_processed(events.len() as u64);
+        self.stats
+            .add_event_types(events.iter().map(|e| e.event_type.as_str()));
         self.sender.send_batch(events.drain(..))
     }
 

@@ -65,5 +65,5 @@ pub use event::{
 pub use health::{Health, HealthReport, HealthState};
 pub use metadata::Metadata;
 pub use registry::{HealthWatch, Registry, RegistryConfig, RegistryError, StartMode, StartReport};
-pub use stats::{DropStage, Stats, StatsSnapshot};
+pub use stats::{DropStage, MAX_EVENT_TYPES, OTHER_EVENT_TYPE, Stats, StatsSnapshot};
 pub use telemetry::Telemetry;

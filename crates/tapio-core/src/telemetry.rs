@@ -7,14 +7,18 @@
 //! | instrument | kind | source |
 //! |---|---|---|
 //! | `{collector}_events_processed_total` | counter | [`Stats`] |
+//! | `{collector}_events_total{type}` | counter | [`Stats::event_types`]: the same events by event type (at most [`MAX_EVENT_TYPES`](crate::MAX_EVENT_TYPES) values, then `other`) |
 //! | `{collector}_errors_total` | counter | [`Stats`] |
 //! | `{collector}_events_dropped_total{stage=kernel\|queue\|merge\|export}` | counter | [`Stats`] |
 //! | `{collector}_collector_healthy` | gauge (1/0) | [`Health`] |
 //! | `{collector}_processing_duration_ms` | histogram | [`Telemetry::record_duration`] |
 //!
 //! The counters and the gauge are observed from the collector's atomic
-//! counters at collection time, so the event hot path pays one relaxed atomic
-//! add per event and nothing per metric attribute set.
+//! counters at collection time, so the event hot path pays relaxed atomic
+//! adds and nothing per metric attribute set: one per event (or batch) for
+//! `events_processed_total`, and for `events_total{type}` one per run of
+//! equal consecutive types in a batch, after a string comparison with the
+//! previous event's type and, per run, a short hash and a slot lookup.
 
 use std::time::Duration;
 
@@ -62,6 +66,16 @@ impl Telemetry {
             .u64_observable_counter(name("events_processed_total"))
             .with_description("Events the collector produced")
             .with_callback(move |o| o.observe(s.snapshot().processed, &[]))
+            .build();
+        let s = stats.clone();
+        meter
+            .u64_observable_counter(name("events_total"))
+            .with_description("Events the collector produced, by event type")
+            .with_callback(move |o| {
+                for (event_type, n) in s.event_types() {
+                    o.observe(n, &[KeyValue::new("type", event_type.to_string())]);
+                }
+            })
             .build();
         let s = stats.clone();
         meter
@@ -174,6 +188,8 @@ mod tests {
         let health = Health::default();
         let t = Telemetry::new(&meter, "dns", stats.clone(), health.clone());
         stats.add_processed(7);
+        stats.add_event_type("dns.query", 3);
+        stats.add_event_types(["dns.response", "dns.response", "dns.query", "dns.timeout"]);
         stats.add_errors(2);
         stats.add_dropped(DropStage::Kernel, 3);
         stats.add_dropped(DropStage::Queue, 4);
@@ -190,10 +206,19 @@ mod tests {
                 "dns_errors_total",
                 "dns_events_dropped_total",
                 "dns_events_processed_total",
+                "dns_events_total",
                 "dns_processing_duration_ms",
             ]
         );
         assert_eq!(m["dns_events_processed_total"], vec![(String::new(), 7.0)]);
+        assert_eq!(
+            m["dns_events_total"],
+            vec![
+                ("type=dns.query".to_string(), 4.0),
+                ("type=dns.response".to_string(), 2.0),
+                ("type=dns.timeout".to_string(), 1.0),
+            ]
+        );
         assert_eq!(m["dns_errors_total"], vec![(String::new(), 2.0)]);
         assert_eq!(
             m["dns_events_dropped_total"],
