@@ -31,10 +31,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
+use tapio::core::node::NodeModel;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tapio::core::pod::PodDirectory;
 use tapio::kube::kube::Api;
 use tapio::kube::kube::core::{DynamicObject, ObjectList};
 use tapio::kube::kube::runtime::watcher;
@@ -245,7 +245,8 @@ async fn run(pods: usize, updates: usize) {
     let watcher_list = median(watcher_runs);
 
     // 1c. The collector.
-    let directory = Arc::new(PodDirectory::default());
+    let node = Arc::new(NodeModel::default());
+    let directory = node.pods();
     let before = LIVE.load(Ordering::Relaxed);
     let collector = KubeCollector::new(KubeConfig {
         kubeconfig: Some(path.clone()),
@@ -257,10 +258,7 @@ async fn run(pods: usize, updates: usize) {
     let mut events = collector.events().expect("event stream");
     let started = Instant::now();
     collector
-        .start(CollectorContext {
-            pods: Some(directory.clone()),
-            ..Default::default()
-        })
+        .start(CollectorContext::default().with_node(node.clone()))
         .await
         .expect("start");
     let mut events = tokio::spawn(async move {

@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
-use tapio::core::pod::PodDirectory;
+use tapio::core::node::NodeModel;
 use tapio::export::{
     HttpEndpoint, OtlpConfig, OtlpLogExporter, OtlpSettings, Probes, TelemetryPipeline,
     TelemetryResource,
@@ -735,11 +735,13 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         .ok_or("the merged event stream was already taken")?;
     // One pod directory for the whole agent: the kube collector fills it,
     // every collector's cgroup metadata is enriched from it.
-    let ctx = CollectorContext {
-        meter: telemetry.meter(),
-        cgroups,
-        pods: Some(Arc::new(PodDirectory::default())),
+    let node = match cgroups {
+        Some(resolver) => NodeModel::default().with_cgroups(resolver),
+        None => NodeModel::default(),
     };
+    let ctx = CollectorContext::default()
+        .with_meter(telemetry.meter())
+        .with_node(Arc::new(node));
     let report = registry
         .start(ctx)
         .await

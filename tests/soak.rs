@@ -19,6 +19,7 @@
 // and takes the lock once, first): holding it across awaits is the point.
 #![allow(clippy::await_holding_lock)]
 
+use tapio::core::node::NodeModel;
 use tapio_core::testing::{SoakConfig, SoakReport, SoakTarget, require_root, soak, soak_lock};
 
 fn check(config: &SoakConfig, report: &SoakReport) {
@@ -63,10 +64,10 @@ async fn kernel_collector_soak() {
     let resolver = Arc::new(CgroupResolver::new(CgroupResolverConfig::default()).unwrap());
     // Every sub-collector (all programs loaded and attached each start).
     let target = SoakTarget::new(|| Box::new(KernelCollector::new(KernelConfig::default())))
-        .with_context(CollectorContext {
-            cgroups: Some(resolver),
-            ..Default::default()
-        })
+        .with_context(
+            CollectorContext::default()
+                .with_node(Arc::new(NodeModel::default().with_cgroups(resolver))),
+        )
         .with_workload(|| async {
             tokio::task::spawn_blocking(|| {
                 let status = std::process::Command::new("/bin/true").status().unwrap();

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tapio::core::node::NodeModel;
 
 use tapio::EventReceiver;
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
@@ -100,12 +101,12 @@ pub fn file_only(prefix: &str) -> KernelConfig {
 /// What production wires in: a cgroup resolver, so every event goes through
 /// the pod / container lookup.
 pub fn context() -> CollectorContext {
-    CollectorContext {
-        cgroups: CgroupResolver::new(CgroupResolverConfig::default())
-            .ok()
-            .map(Arc::new),
-        ..Default::default()
-    }
+    let node = NodeModel::default();
+    let node = match CgroupResolver::new(CgroupResolverConfig::default()) {
+        Ok(resolver) => node.with_cgroups(Arc::new(resolver)),
+        Err(_) => node,
+    };
+    CollectorContext::default().with_node(Arc::new(node))
 }
 
 // ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ mod support;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tapio_core::node::NodeModel;
 
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
@@ -100,10 +101,7 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
     let my_cgroup = own_cgroup_id(&cgroups);
     let (dns, mut seen) = start(
         config(&[port]),
-        CollectorContext {
-            cgroups: Some(cgroups),
-            ..Default::default()
-        },
+        CollectorContext::default().with_node(Arc::new(NodeModel::default().with_cgroups(cgroups))),
     )
     .await;
 

@@ -187,7 +187,7 @@ impl Observer for Kernel {
             message,
         })?;
         bpf::route_libbpf_logs();
-        let learn_cgroups = cx.ctx.cgroups.is_some();
+        let learn_cgroups = cx.emitter.cgroups().is_some();
         let hook = HookFlavor::choose(self.config.hooks);
         let page_size = page_size();
         let program = KernelProgram {

@@ -675,7 +675,8 @@ mod tests {
     use std::sync::Arc;
 
     use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
-    use tapio_core::pod::{PodContainer, PodDirectory, PodMeta};
+    use tapio_core::node::NodeModel;
+    use tapio_core::pod::{PodContainer, PodMeta};
     use tapio_core::{CollectorBase, CollectorContext};
 
     use super::*;
@@ -990,15 +991,11 @@ mod tests {
 
     /// A converter whose events land in the returned receiver; with a
     /// resolver and pod directory when `cgroups` is set.
-    fn converter(
-        cgroups: Option<(Arc<CgroupResolver>, Arc<PodDirectory>)>,
-    ) -> (Converter, tapio_core::EventReceiver) {
+    fn converter(cgroups: Option<Arc<NodeModel>>) -> (Converter, tapio_core::EventReceiver) {
         let base = CollectorBase::new(crate::NAME, 64, Default::default());
         let events = base.take_events().unwrap();
-        let (cgroups, pods) = cgroups.unzip();
         base.begin_start(&CollectorContext {
-            cgroups,
-            pods,
+            node: cgroups,
             ..Default::default()
         })
         .unwrap();
@@ -1130,8 +1127,8 @@ mod tests {
             uid.replace('-', "_")
         );
         resolver.learn(99, &path).expect("valid path");
-        let pods = Arc::new(PodDirectory::new(16));
-        pods.upsert(PodMeta {
+        let node = Arc::new(NodeModel::default().with_cgroups(resolver));
+        node.upsert_pod(PodMeta {
             uid: uid.into(),
             name: "web-0".into(),
             namespace: "shop".into(),
@@ -1141,8 +1138,9 @@ mod tests {
                 name: "app".into(),
                 id: Some(cid.clone()),
             }],
+            ips: Vec::new(),
         });
-        let (mut c, mut rx) = converter(Some((resolver, pods)));
+        let (mut c, mut rx) = converter(Some(node));
 
         let mut tcp = types::tapio_tcp_event {
             hdr: hdr(Kind::TAPIO_KIND_TCP),

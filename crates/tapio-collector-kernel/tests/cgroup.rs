@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tapio_core::node::NodeModel;
 
 use common::*;
 use tapio_collector_kernel::{
@@ -81,10 +82,9 @@ async fn start_learning(tag: &str, config: KernelConfig) -> Learning {
     let collector = KernelCollector::new(config);
     let events = collector.events().expect("stream");
     collector
-        .start(CollectorContext {
-            cgroups: Some(resolver.clone()),
-            ..Default::default()
-        })
+        .start(CollectorContext::default().with_node(Arc::new(
+            NodeModel::default().with_cgroups(resolver.clone()),
+        )))
         .await
         .expect("start kernel collector");
     Learning {

@@ -337,6 +337,7 @@ impl ObjectSnapshot {
             node: self.node.clone(),
             labels: self.labels.clone(),
             containers: self.containers.clone(),
+            ips: Vec::new(),
         }
     }
 }

@@ -238,7 +238,7 @@ impl Observer for Kube {
                 breaker: self.breaker.clone(),
                 counters: self.counters.clone(),
                 cache: self.cache.clone(),
-                pods: emitter.pods().cloned(),
+                node: emitter.node().cloned(),
                 cancel: tasks.token(),
             });
             let (tx, rx) = tokio::sync::mpsc::channel(self.config.resources.len().max(1));

@@ -14,7 +14,7 @@ use kube::core::{DynamicObject, PartialObjectMeta, TypeMeta};
 use kube::runtime::watcher::{self, Event};
 use parking_lot::RwLock;
 use tapio_core::health::HealthParts;
-use tapio_core::pod::PodDirectory;
+use tapio_core::node::NodeModel;
 use tapio_core::resilience::CircuitBreaker;
 use tapio_core::{Emitter, ErrorChain, Metadata};
 use tokio::sync::mpsc;
@@ -147,7 +147,7 @@ pub(crate) struct Watcher {
     pub breaker: CircuitBreaker,
     pub counters: Arc<Counters>,
     pub cache: Arc<Cache>,
-    pub pods: Option<Arc<PodDirectory>>,
+    pub node: Option<Arc<NodeModel>>,
     pub cancel: CancellationToken,
 }
 
@@ -400,9 +400,9 @@ impl Watcher {
             return;
         }
         if r == WatchedResource::Pods
-            && let Some(pods) = &self.pods
+            && let Some(node) = &self.node
         {
-            pods.upsert(snap.pod_meta());
+            node.upsert_pod(snap.pod_meta());
         }
         if !self.allowed(r, &snap) {
             return;
@@ -447,9 +447,9 @@ impl Watcher {
 
     fn delete(&self, r: WatchedResource, snap: &ObjectSnapshot) {
         if r == WatchedResource::Pods
-            && let Some(pods) = &self.pods
+            && let Some(node) = &self.node
         {
-            pods.remove(&snap.uid);
+            node.remove_pod(&snap.uid);
         }
         if self.cache.of(r).write().remove(&snap.uid).is_some() {
             self.counters.cached.fetch_sub(1, Ordering::Relaxed);
@@ -464,9 +464,9 @@ impl Watcher {
     /// After a (re)list: what the cache holds and the list did not is gone.
     fn finish_list(&self, r: WatchedResource, seen: &HashSet<String>) {
         if r == WatchedResource::Pods
-            && let Some(pods) = &self.pods
+            && let Some(node) = &self.node
         {
-            pods.retain(|p| seen.contains(&p.uid));
+            node.retain_pods(|p| seen.contains(&p.uid));
         }
         let gone: Vec<(String, CachedObject)> = {
             let mut cache = self.cache.of(r).write();

@@ -8,11 +8,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tapio_core::node::NodeModel;
 
 use common::*;
 use serde_json::json;
 use tapio_collector_kube::{Action, KubeCollector, KubeConfig, WatchedResource};
-use tapio_core::pod::PodDirectory;
 use tapio_core::{Collector, CollectorContext, HealthState};
 
 fn by_type(events: &[tapio_core::RawEvent]) -> BTreeMap<(String, String), tapio_core::RawEvent> {
@@ -60,7 +60,8 @@ async fn watch_reports_exact_objects_changes_and_relations() {
         json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"selector": {"app": "web"}}}),
     );
 
-    let pods = Arc::new(PodDirectory::new(100));
+    let node = Arc::new(NodeModel::default());
+    let pods = node.pods();
     let collector = KubeCollector::new(peer.config(&[
         WatchedResource::Deployments,
         WatchedResource::ReplicaSets,
@@ -73,10 +74,7 @@ async fn watch_reports_exact_objects_changes_and_relations() {
     // relation a later event (a modify) — the initial list order across
     // resources is not defined.
     collector
-        .start(CollectorContext {
-            pods: Some(pods.clone()),
-            ..Default::default()
-        })
+        .start(CollectorContext::default().with_node(node.clone()))
         .await
         .expect("start");
     let initial = by_type(&exactly(&mut rx, 5, 300).await);
@@ -270,14 +268,12 @@ async fn relist_after_410_reports_only_real_changes() {
     let peer = Peer::start().await;
     let s = &peer.server;
     seed(s, 4);
-    let pods = Arc::new(PodDirectory::new(100));
+    let node = Arc::new(NodeModel::default());
+    let pods = node.pods();
     let collector = KubeCollector::new(pods_only(&peer));
     let mut rx = collector.events().unwrap();
     collector
-        .start(CollectorContext {
-            pods: Some(pods.clone()),
-            ..Default::default()
-        })
+        .start(CollectorContext::default().with_node(node.clone()))
         .await
         .unwrap();
     assert_eq!(exactly(&mut rx, 4, 200).await.len(), 4);

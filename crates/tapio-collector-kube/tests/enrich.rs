@@ -7,12 +7,12 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use tapio_core::node::NodeModel;
 
 use common::*;
 use serde_json::json;
 use tapio_collector_kube::{KubeCollector, WatchedResource};
 use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig, cgroup2_mount};
-use tapio_core::pod::PodDirectory;
 use tapio_core::{Collector, CollectorBase, CollectorContext, RawEvent};
 
 const UID: &str = "7c0e5b1a-2d3f-4a5b-8c6d-9e0f1a2b3c4d";
@@ -54,7 +54,6 @@ async fn pod_directory_names_the_pod_of_a_real_cgroup() {
         "restartCount": 0, "containerID": format!("containerd://{CID}"), "state": {"running": {}}}]});
     peer.server.create("pods", p);
 
-    let directory = Arc::new(PodDirectory::default());
     let resolver = Arc::new(
         CgroupResolver::new(CgroupResolverConfig {
             root: Some(root.clone()),
@@ -62,11 +61,9 @@ async fn pod_directory_names_the_pod_of_a_real_cgroup() {
         })
         .expect("cgroup resolver"),
     );
-    let ctx = CollectorContext {
-        cgroups: Some(resolver.clone()),
-        pods: Some(directory.clone()),
-        ..Default::default()
-    };
+    let node = Arc::new(NodeModel::default().with_cgroups(resolver.clone()));
+    let directory = node.pods();
+    let ctx = CollectorContext::default().with_node(node.clone());
     let kube = KubeCollector::new(peer.config(&[WatchedResource::Pods]));
     let mut rx = kube.events().unwrap();
     kube.start(ctx.clone()).await.unwrap();

@@ -17,10 +17,11 @@ use opentelemetry::metrics::Meter;
 use parking_lot::Mutex;
 
 use crate::RawEvent;
-use crate::cgroup::CgroupResolver;
+use crate::cgroup::{CgroupInfo, CgroupResolver};
 use crate::channel::{self, EventReceiver, EventSender, OverflowPolicy, SendOutcome};
 use crate::error::ErrorChain;
 use crate::health::{Health, HealthParts, HealthReport, HealthState};
+use crate::node::NodeModel;
 use crate::pod::PodDirectory;
 use crate::stats::{DropStage, Stats};
 use crate::telemetry::{Telemetry, noop_meter};
@@ -67,34 +68,55 @@ pub trait Collector: Send + Sync {
     }
 }
 
-/// What a collector is started with: the application's meter and shared
-/// metadata resolvers. `Default` gives a no-op meter and no resolver.
+/// What a collector is started with: the application's meter and the node
+/// model every collector feeds and reads. `Default` gives a no-op meter and
+/// no node model (events then carry no pod metadata and join no chain).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tapio_core::CollectorContext;
+/// use tapio_core::node::NodeModel;
+///
+/// let node = Arc::new(NodeModel::default());
+/// let ctx = CollectorContext::default().with_node(node.clone());
+/// assert!(Arc::ptr_eq(ctx.node.as_ref().unwrap(), &node));
+/// ```
 #[derive(Clone)]
 pub struct CollectorContext {
     /// Meter the collector creates its instruments on.
     pub meter: Meter,
-    /// Resolves BPF cgroup ids to pod / container metadata.
-    pub cgroups: Option<Arc<CgroupResolver>>,
-    /// Pod UID → name, namespace, containers; filled by a collector that
-    /// watches pods, read by [`Emitter::attach_cgroup`].
-    pub pods: Option<Arc<PodDirectory>>,
+    /// The node model (pods, IPs, cgroups, DNS names, chain anchors); see
+    /// [`node`](crate::node).
+    pub node: Option<Arc<NodeModel>>,
 }
 
 impl Default for CollectorContext {
     fn default() -> Self {
         Self {
             meter: noop_meter(),
-            cgroups: None,
-            pods: None,
+            node: None,
         }
+    }
+}
+
+impl CollectorContext {
+    /// This context with `meter`.
+    pub fn with_meter(mut self, meter: Meter) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    /// This context with `node`.
+    pub fn with_node(mut self, node: Arc<NodeModel>) -> Self {
+        self.node = Some(node);
+        self
     }
 }
 
 impl std::fmt::Debug for CollectorContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CollectorContext")
-            .field("cgroups", &self.cgroups.is_some())
-            .field("pods", &self.pods.as_ref().map(|p| p.len()))
+            .field("node", &self.node.as_ref().map(|n| n.stats()))
             .finish_non_exhaustive()
     }
 }
@@ -225,8 +247,7 @@ pub struct CollectorBase {
     stats: Stats,
     health: Health,
     telemetry: OnceLock<Telemetry>,
-    cgroups: Mutex<Option<Arc<CgroupResolver>>>,
-    pods: Mutex<Option<Arc<PodDirectory>>>,
+    node: Mutex<Option<Arc<NodeModel>>>,
     lifecycle: Mutex<Lifecycle>,
 }
 
@@ -258,8 +279,7 @@ impl CollectorBase {
             stats,
             health: Health::default(),
             telemetry: OnceLock::new(),
-            cgroups: Mutex::new(None),
-            pods: Mutex::new(None),
+            node: Mutex::new(None),
             lifecycle: Mutex::new(Lifecycle::Stopped),
         }
     }
@@ -288,8 +308,7 @@ impl CollectorBase {
                 self.health.clone(),
             )
         });
-        *self.cgroups.lock() = ctx.cgroups.clone();
-        *self.pods.lock() = ctx.pods.clone();
+        *self.node.lock() = ctx.node.clone();
         self.health.set(HealthState::Starting, None);
         Ok(())
     }
@@ -345,8 +364,7 @@ impl CollectorBase {
             stats: self.stats.clone(),
             health: self.health.clone(),
             telemetry: self.telemetry.get().cloned(),
-            cgroups: self.cgroups.lock().clone(),
-            pods: self.pods.lock().clone(),
+            node: self.node.lock().clone(),
         }
     }
 
@@ -637,8 +655,7 @@ pub struct Emitter {
     stats: Stats,
     health: Health,
     telemetry: Option<Telemetry>,
-    cgroups: Option<Arc<CgroupResolver>>,
-    pods: Option<Arc<PodDirectory>>,
+    node: Option<Arc<NodeModel>>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -746,26 +763,25 @@ impl Emitter {
         self.telemetry.as_ref()
     }
 
-    /// The cgroup resolver the collector was started with.
-    pub fn cgroups(&self) -> Option<&Arc<CgroupResolver>> {
-        self.cgroups.as_ref()
+    /// The node model the collector was started with.
+    pub fn node(&self) -> Option<&Arc<NodeModel>> {
+        self.node.as_ref()
     }
 
-    /// The pod directory the collector was started with.
-    pub fn pods(&self) -> Option<&Arc<PodDirectory>> {
-        self.pods.as_ref()
+    /// The node model's cgroup resolver.
+    pub fn cgroups(&self) -> Option<&Arc<CgroupResolver>> {
+        self.node.as_ref()?.cgroups()
+    }
+
+    /// The node model's pod table.
+    pub fn pods(&self) -> Option<&PodDirectory> {
+        self.node.as_ref().map(|n| n.pods())
     }
 
     /// Add pod / container metadata for BPF cgroup id `cgroup_id` to `event`
-    /// when a resolver is configured and the id resolves; with a pod
-    /// directory that knows the pod, also its name, namespace and the
-    /// container's name.
-    pub fn attach_cgroup(&self, event: &mut RawEvent, cgroup_id: u64) {
-        if let Some(info) = self.cgroups.as_ref().and_then(|r| r.resolve(cgroup_id)) {
-            info.write_metadata(&mut event.metadata);
-            if let (Some(pods), Some(uid)) = (&self.pods, &info.pod_uid) {
-                pods.write_metadata(uid, info.container_id.as_deref(), &mut event.metadata);
-            }
-        }
+    /// (see [`NodeModel::attach_cgroup`]); returns the cgroup's information
+    /// when it resolved.
+    pub fn attach_cgroup(&self, event: &mut RawEvent, cgroup_id: u64) -> Option<Arc<CgroupInfo>> {
+        self.node.as_ref()?.attach_cgroup(event, cgroup_id)
     }
 }

@@ -494,6 +494,23 @@ pub enum TraceOrigin {
         /// The `traceparent`'s sampled flag.
         sampled: bool,
     },
+    /// A step of a causal chain found by correlation (see
+    /// [`node`](crate::node)): the agent exports the chain as a trace, one
+    /// span per event.
+    Correlated {
+        /// The step that caused this one; `None` for the chain's first step.
+        parent: Option<SpanId>,
+    },
+}
+
+/// The trace and span of one event, as a later step of its chain refers to
+/// it (see [`RawEvent::follows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanRef {
+    /// The chain's trace.
+    pub trace_id: TraceId,
+    /// The step's span.
+    pub span_id: SpanId,
 }
 
 /// One observation from a collector.
@@ -617,10 +634,51 @@ impl RawEvent {
         self
     }
 
+    /// Make this event the first step of a causal chain: its own trace id
+    /// becomes the chain's, and the agent exports the chain as a trace.
+    pub fn start_chain(mut self) -> Self {
+        self.trace_origin = TraceOrigin::Correlated { parent: None };
+        self
+    }
+
+    /// Make this event a step of the chain that `cause` belongs to: it takes
+    /// the cause's trace id and names its span as parent.
+    ///
+    /// ```
+    /// use tapio_core::{RawEvent, TraceOrigin};
+    ///
+    /// let query = RawEvent::new("dns.query", "dns", "example.com").start_chain();
+    /// let answer = RawEvent::new("dns.response", "dns", "93.184.215.14").follows(query.span_ref());
+    /// assert_eq!(answer.trace_id, query.trace_id);
+    /// assert_eq!(answer.parent_span_id(), Some(query.span_id));
+    /// assert_eq!(answer.trace_origin, TraceOrigin::Correlated { parent: Some(query.span_id) });
+    /// ```
+    pub fn follows(mut self, cause: SpanRef) -> Self {
+        self.trace_id = cause.trace_id;
+        self.trace_origin = TraceOrigin::Correlated {
+            parent: Some(cause.span_id),
+        };
+        self
+    }
+
+    /// This event's trace and span, for a later step to refer to.
+    pub fn span_ref(&self) -> SpanRef {
+        SpanRef {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+        }
+    }
+
+    /// Whether the event is a step of a correlated chain.
+    pub fn in_chain(&self) -> bool {
+        matches!(self.trace_origin, TraceOrigin::Correlated { .. })
+    }
+
     /// The parent span, when the event continues a trace.
     pub fn parent_span_id(&self) -> Option<SpanId> {
         match self.trace_origin {
             TraceOrigin::Propagated { parent, .. } => Some(parent),
+            TraceOrigin::Correlated { parent } => parent,
             TraceOrigin::Event => None,
         }
     }
@@ -635,7 +693,7 @@ impl RawEvent {
     pub fn traceparent(&self) -> TraceParent {
         let sampled = match self.trace_origin {
             TraceOrigin::Propagated { sampled, .. } => sampled,
-            TraceOrigin::Event => true,
+            TraceOrigin::Correlated { .. } | TraceOrigin::Event => true,
         };
         TraceParent {
             trace_id: self.trace_id,

@@ -37,6 +37,7 @@ pub mod error;
 pub mod event;
 pub mod health;
 pub mod metadata;
+pub mod node;
 pub mod peer;
 pub mod pod;
 pub mod registry;
@@ -60,7 +61,8 @@ pub use collector::{
 };
 pub use error::ErrorChain;
 pub use event::{
-    EventData, Payload, RawEvent, SpanId, TraceContextError, TraceId, TraceOrigin, TraceParent,
+    EventData, Payload, RawEvent, SpanId, SpanRef, TraceContextError, TraceId, TraceOrigin,
+    TraceParent,
 };
 pub use health::{Health, HealthReport, HealthState};
 pub use metadata::Metadata;

@@ -9,8 +9,8 @@
 //! adds `k8s.pod.name`, `k8s.namespace.name` and `k8s.container.name` to
 //! events whose cgroup belongs to a known pod.
 //!
-//! The directory is bounded: past its capacity new pods are refused and
-//! counted ([`PodDirectory::refused`]), existing entries are still updated.
+//! The directory is bounded: past its capacity the pod written longest ago
+//! is evicted and counted ([`PodDirectory::evicted`]).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -24,19 +24,19 @@
 //!     node: Some("node-a".into()),
 //!     labels: BTreeMap::from([("app".into(), "web".into())]),
 //!     containers: vec![PodContainer { name: "nginx".into(), id: Some("0123abcd".into()) }],
+//!     ips: vec!["10.244.1.7".parse().unwrap()],
 //! });
 //! let pod = pods.get("6b9b6a1e-1c4f-4c38-9a3e-1b2c3d4e5f60").unwrap();
 //! assert_eq!(pod.name, "web-0");
 //! assert_eq!(pod.container_name("0123abcd"), Some("nginx"));
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::RwLock;
 
 use crate::Metadata;
+use crate::node::table::Table;
 
 /// Event metadata key for the pod name (OpenTelemetry semantic convention).
 pub const KEY_POD_NAME: &str = "k8s.pod.name";
@@ -70,6 +70,9 @@ pub struct PodMeta {
     pub labels: BTreeMap<String, String>,
     /// Containers (init, regular and ephemeral).
     pub containers: Vec<PodContainer>,
+    /// The pod's IP addresses (`status.podIPs`, or what the CNI plugin
+    /// returned).
+    pub ips: Vec<IpAddr>,
 }
 
 impl PodMeta {
@@ -82,12 +85,12 @@ impl PodMeta {
     }
 }
 
-/// Bounded, concurrent map pod UID → [`PodMeta`].
+/// Bounded, concurrent map pod UID → [`PodMeta`]: the pod table of the
+/// [`NodeModel`](crate::node::NodeModel). Past its capacity, the pod written
+/// longest ago is evicted and counted ([`PodDirectory::evicted`]).
 #[derive(Debug)]
 pub struct PodDirectory {
-    pods: RwLock<HashMap<String, Arc<PodMeta>>>,
-    capacity: usize,
-    refused: AtomicU64,
+    pods: Table<Arc<str>, Arc<PodMeta>>,
 }
 
 impl Default for PodDirectory {
@@ -101,52 +104,68 @@ impl PodDirectory {
     /// An empty directory holding at most `capacity` pods.
     pub fn new(capacity: usize) -> Self {
         Self {
-            pods: RwLock::new(HashMap::new()),
-            capacity,
-            refused: AtomicU64::new(0),
+            pods: Table::new(capacity),
         }
     }
 
-    /// Insert or replace the entry for `meta.uid`. Returns `false` (and
-    /// counts it) when the pod is new and the directory is full.
-    pub fn upsert(&self, meta: PodMeta) -> bool {
-        let mut pods = self.pods.write();
-        if !pods.contains_key(&meta.uid) && pods.len() >= self.capacity {
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return false;
+    /// Insert or replace the entry for `meta.uid`, returning the entry it
+    /// replaced. IPs already known for the pod are kept when `meta` has
+    /// none (the kube collector may see a pod before its IP is reported;
+    /// CNI reports the IP as it assigns it).
+    pub fn upsert(&self, mut meta: PodMeta) -> Option<Arc<PodMeta>> {
+        let uid: Arc<str> = Arc::from(meta.uid.as_str());
+        let previous = self.pods.get(&*uid);
+        if meta.ips.is_empty()
+            && let Some(previous) = &previous
+        {
+            meta.ips.clone_from(&previous.ips);
         }
-        pods.insert(meta.uid.clone(), Arc::new(meta));
-        true
+        self.pods.insert(uid, Arc::new(meta));
+        previous
     }
 
     /// Remove the pod with `uid`, returning its last entry.
     pub fn remove(&self, uid: &str) -> Option<Arc<PodMeta>> {
-        self.pods.write().remove(uid)
+        self.pods.remove(uid)
     }
 
     /// The pod with `uid`.
     pub fn get(&self, uid: &str) -> Option<Arc<PodMeta>> {
-        self.pods.read().get(uid).cloned()
+        self.pods.get(uid)
     }
 
-    /// Keep only the pods for which `keep` returns true (used after a relist).
-    pub fn retain(&self, mut keep: impl FnMut(&PodMeta) -> bool) {
-        self.pods.write().retain(|_, pod| keep(pod));
+    /// Keep only the pods for which `keep` returns true; returns the
+    /// removed ones.
+    pub fn retain(&self, mut keep: impl FnMut(&PodMeta) -> bool) -> Vec<Arc<PodMeta>> {
+        let mut removed = Vec::new();
+        self.pods.retain(|_, pod| {
+            let kept = keep(pod);
+            if !kept {
+                removed.push(pod.clone());
+            }
+            kept
+        });
+        removed
     }
 
     /// Number of pods held.
     pub fn len(&self) -> usize {
-        self.pods.read().len()
+        self.pods.len()
     }
 
     /// Whether no pod is held.
     pub fn is_empty(&self) -> bool {
-        self.pods.read().is_empty()
+        self.pods.len() == 0
     }
 
-    /// Pods refused because the directory was full.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+    /// Pods evicted because the directory was full.
+    pub fn evicted(&self) -> u64 {
+        self.pods.evicted()
+    }
+
+    /// The most pods held.
+    pub fn capacity(&self) -> usize {
+        self.pods.capacity()
     }
 
     /// Add pod name, namespace and (when `container_id` matches) container
@@ -157,15 +176,15 @@ impl PodDirectory {
         container_id: Option<&str>,
         metadata: &mut Metadata,
     ) -> bool {
-        let Some(pod) = self.get(uid) else {
-            return false;
-        };
-        metadata.insert(KEY_POD_NAME, pod.name.as_str());
-        metadata.insert(KEY_NAMESPACE, pod.namespace.as_str());
-        if let Some(name) = container_id.and_then(|id| pod.container_name(id)) {
-            metadata.insert(KEY_CONTAINER_NAME, name);
-        }
-        true
+        self.pods
+            .with(uid, |pod| {
+                metadata.insert(KEY_POD_NAME, pod.name.as_str());
+                metadata.insert(KEY_NAMESPACE, pod.namespace.as_str());
+                if let Some(name) = container_id.and_then(|id| pod.container_name(id)) {
+                    metadata.insert(KEY_CONTAINER_NAME, name);
+                }
+            })
+            .is_some()
     }
 }
 
@@ -184,23 +203,32 @@ mod tests {
                 name: "app".into(),
                 id: Some("c1".into()),
             }],
+            ips: Vec::new(),
         }
     }
 
     #[test]
-    fn bounded_insert_counts_refusals_but_updates_existing() {
+    fn bounded_insert_evicts_the_oldest_and_keeps_known_ips() {
         let dir = PodDirectory::new(2);
-        assert!(dir.upsert(pod("a", "a0")));
-        assert!(dir.upsert(pod("b", "b0")));
-        assert!(!dir.upsert(pod("c", "c0")));
-        assert_eq!(dir.refused(), 1);
-        assert!(dir.upsert(pod("a", "a1")), "update of a held pod");
-        assert_eq!(dir.get("a").unwrap().name, "a1");
+        assert!(dir.upsert(pod("a", "a0")).is_none());
+        let mut b = pod("b", "b0");
+        b.ips = vec!["10.0.0.2".parse().unwrap()];
+        dir.upsert(b);
+        // An update without IPs (kube before the kubelet reports them)
+        // keeps what CNI said.
+        assert_eq!(dir.upsert(pod("b", "b1")).unwrap().name, "b0");
+        assert_eq!(
+            dir.get("b").unwrap().ips,
+            ["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        dir.upsert(pod("c", "c0")); // evicts "a", written longest ago
+        assert_eq!(dir.evicted(), 1);
+        assert!(dir.get("a").is_none());
         assert_eq!(dir.len(), 2);
-        assert_eq!(dir.remove("a").unwrap().name, "a1");
-        assert!(dir.upsert(pod("c", "c0")));
-        dir.retain(|p| p.uid != "b");
-        assert_eq!(dir.len(), 1);
+        let removed = dir.retain(|p| p.uid != "b");
+        assert_eq!(removed[0].name, "b1");
+        assert_eq!(dir.remove("c").unwrap().name, "c0");
+        assert!(dir.is_empty());
     }
 
     #[test]

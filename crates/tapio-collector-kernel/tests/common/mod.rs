@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tapio_core::node::NodeModel;
 
 use tapio_collector_kernel::{KernelCollector, KernelConfig};
 use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
@@ -23,10 +24,9 @@ pub async fn start(config: KernelConfig) -> Running {
     let collector = KernelCollector::new(config);
     let events = collector.events().expect("stream");
     collector
-        .start(CollectorContext {
-            cgroups: Some(resolver.clone()),
-            ..Default::default()
-        })
+        .start(CollectorContext::default().with_node(Arc::new(
+            NodeModel::default().with_cgroups(resolver.clone()),
+        )))
         .await
         .expect("start kernel collector");
     Running {
