@@ -34,6 +34,8 @@ pub mod types {
     pub const RETRANSMIT: &str = "kernel.network.retransmit";
     /// A TCP reset was received or sent.
     pub const RESET: &str = "kernel.network.reset";
+    /// A flow summary (network mode `flows` or `both`).
+    pub const FLOW: &str = "kernel.network.flow";
     /// A file under a watched prefix was opened for writing.
     pub const FILE_OPEN: &str = "kernel.file.open";
     /// A file under a watched prefix was created (`O_CREAT`).
@@ -140,7 +142,7 @@ pub struct ExitEvent {
 }
 
 /// Direction of a TCP connection relative to the local process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// The local process connected out.
@@ -178,6 +180,48 @@ pub struct TcpEvent {
     pub retransmits: u32,
     /// Time since connect / accept, in nanoseconds.
     pub duration_ns: u64,
+}
+
+/// Payload of `kernel.network.flow`: what one cgroup's TCP traffic with one
+/// peer and service port, one way, did in one interval, counted in the
+/// kernel (see [`NetworkConfig`](crate::config::NetworkConfig)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEvent {
+    /// cgroup v2 id of the sockets' owner.
+    pub cgroup_id: u64,
+    /// Who initiated the connections.
+    pub direction: Direction,
+    /// The peer's address.
+    pub peer_addr: IpAddr,
+    /// The service port: the peer's for outbound flows, the local
+    /// (listening) one for inbound flows.
+    pub port: u16,
+    /// `tcp`.
+    pub protocol: CompactString,
+    /// Start of the interval (the previous read, or the collector's start).
+    pub interval_start: DateTime<Utc>,
+    /// End of the interval (this read).
+    pub interval_end: DateTime<Utc>,
+    /// Connections established.
+    pub opened: u64,
+    /// Connects that never were established (refused, timed out, unreachable).
+    pub failed: u64,
+    /// Established connections closed.
+    pub closed: u64,
+    /// Data bytes sent by the connections closed in the interval.
+    pub bytes_sent: u64,
+    /// Data bytes received by the connections closed in the interval.
+    pub bytes_received: u64,
+    /// Segments retransmitted.
+    pub retransmits: u64,
+    /// Resets received.
+    pub resets_received: u64,
+    /// Resets sent.
+    pub resets_sent: u64,
+    /// Smoothed RTT of the connections closed, as a log2 histogram: entry
+    /// `(b, n)` counts `n` connections with an RTT in `[2^b, 2^(b+1))`
+    /// microseconds (`b = 0` includes 0 µs; empty buckets are left out).
+    pub rtt_log2_us: Vec<(u8, u64)>,
 }
 
 /// Payload of `kernel.file.*`.

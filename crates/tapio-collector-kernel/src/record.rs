@@ -30,6 +30,8 @@ unsafe impl bpf::plain::Plain for types::tapio_oom_event {}
 unsafe impl bpf::plain::Plain for types::tapio_rss_event {}
 unsafe impl bpf::plain::Plain for types::tapio_throttle_event {}
 unsafe impl bpf::plain::Plain for types::tapio_cgroup_event {}
+unsafe impl bpf::plain::Plain for types::tapio_flow_key {}
+unsafe impl bpf::plain::Plain for types::tapio_flow_stats {}
 
 /// The record layout version this decoder reads: `TAPIO_KERNEL_VERSION` in
 /// `bpf/kernel/records.h`, read from the object's BTF through the skeleton,
@@ -144,6 +146,8 @@ pub(crate) struct Converter {
     batch: Vec<RawEvent>,
     /// TCP failures, retransmits, resets and OOM kills, for the metrics.
     counters: Arc<KernelCounters>,
+    /// Reads flow summaries on each tick (network mode with flows).
+    flows: Option<crate::flow::FlowReader>,
 }
 
 impl RecordHandler<KernelRecord> for Converter {
@@ -156,6 +160,14 @@ impl RecordHandler<KernelRecord> for Converter {
 
     fn batch_end(&mut self) {
         self.flush();
+    }
+
+    fn tick(&mut self) {
+        self.read_flows();
+    }
+
+    fn finish(&mut self) {
+        self.read_flows();
     }
 }
 
@@ -187,7 +199,7 @@ fn compact_cstr(raw: &[i8]) -> CompactString {
     CompactString::from_utf8_lossy(&buf[..len])
 }
 
-fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+pub(crate) fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
     const AF_INET: u16 = 2;
     if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -237,6 +249,20 @@ impl Converter {
             attrs: Vec::with_capacity(MAX_ATTRS),
             batch: Vec::with_capacity(MAX_BATCH),
             counters: Arc::default(),
+            flows: None,
+        }
+    }
+
+    /// Read flow summaries with `flows` on every tick and at the end.
+    pub(crate) fn with_flows(mut self, flows: crate::flow::FlowReader) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    fn read_flows(&mut self) {
+        if let Some(flows) = &mut self.flows {
+            flows.read(&mut self.batch);
+            self.flush();
         }
     }
 
