@@ -61,8 +61,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Duration;
 
 use kernel_support::*;
-use tapio::kernel::{KernelConfig, NetworkMode};
 use tapio::kernel::bench::BareConsumer;
+use tapio::kernel::{KernelConfig, NetworkMode};
 
 /// One workload run: its wall time, and where CPU went meanwhile.
 #[derive(Default, Clone, Copy)]

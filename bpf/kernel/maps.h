@@ -21,6 +21,8 @@ const volatile __u64 cfg_rate_burst = 0;
 const volatile __u64 cfg_rss_step_bytes = 64 << 20;
 const volatile __u64 cfg_page_size = 4096;
 const volatile __u32 cfg_network_mode = TAPIO_NETWORK_EVENTS; /* enum tapio_network_mode bits */
+const volatile __u32 cfg_shed = 0;            /* shed high-volume kinds to summaries */
+const volatile __u64 cfg_shed_watermark = 0;  /* ring bytes unread past which to shed; 0: never */
 
 /* ---- network: socket owners ---- */
 /* A connection's 4-tuple, captured while established: at TCP_CLOSE the
@@ -87,6 +89,16 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } flow_drops SEC(".maps");
+
+/* ---- load shedding: observations counted instead of reported, drained by userspace ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tapio_summary_key);
+	__type(value, __u64);
+} summaries SEC(".maps");
+
+static const __u64 zero_count = 0;
 
 /* ---- syscalls in flight (enter stashed the arguments; exit emits with the result) ---- */
 struct tapio_pending {

@@ -132,7 +132,7 @@ static __always_inline void emit_tcp_record(const struct sock *sk, enum tapio_tc
 	struct tapio_tuple tuple;
 	__u64 cg = owner ? owner->task.cgroup_id : 0;
 
-	if (!rate_allow(cg))
+	if (!admit(cg, TAPIO_KIND_TCP, op))
 		return;
 	e = tapio_reserve(sizeof(*e));
 	if (!e)

@@ -125,6 +125,14 @@ struct tapio_flow_stats {
 	__u64 rtt_log2_us[TAPIO_FLOW_RTT_BUCKETS];
 };
 
+/* ---- shed observations: the key of the `summaries` hash map (value: a count) ---- */
+struct tapio_summary_key {
+	__u64 cgroup_id;
+	__u16 kind; /* enum tapio_kind */
+	__u16 op;   /* the kind's op code, 0 where it has none */
+	__u32 _pad;
+};
+
 /* ---- records: every one starts with struct tapio_hdr ---- */
 
 /* The process a record is about (the current task unless noted). */
@@ -313,6 +321,7 @@ struct tapio_kernel_abi {
 	enum tapio_network_mode network_mode;
 	struct tapio_flow_key flow_key;
 	struct tapio_flow_stats flow_stats;
+	struct tapio_summary_key summary_key;
 } tapio_kernel_abi = {};
 
 #endif /* __TAPIO_KERNEL_RECORDS_H */

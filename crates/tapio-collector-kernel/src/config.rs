@@ -48,6 +48,9 @@ pub struct KernelConfig {
     pub filter: FilterConfig,
     /// Per-cgroup rate limit applied in the kernel.
     pub rate_limit: RateLimitConfig,
+    /// What happens to high-volume observations over the rate limit or when
+    /// the ring buffer fills: counted into summaries instead of dropped.
+    pub shedding: SheddingConfig,
     /// How records travel from the ring buffer: wake-up batching, which
     /// trades a bounded delivery delay for much less overhead.
     pub delivery: DeliveryConfig,
@@ -69,6 +72,7 @@ impl Default for KernelConfig {
             memory: MemoryConfig::default(),
             filter: FilterConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            shedding: SheddingConfig::default(),
             delivery: DeliveryConfig::default(),
             hooks: HookMode::default(),
         }
@@ -384,6 +388,48 @@ pub struct RateLimitConfig {
     pub burst: u64,
 }
 
+/// Adaptive load shedding in the kernel.
+///
+/// High-volume kinds (exec, fork, exit, TCP steps, file operations, RSS
+/// growth) of a cgroup that is over its [`RateLimitConfig`] budget, or of
+/// any cgroup while the ring buffer holds more than `ring_watermark_percent`
+/// unread, are not dropped but counted in the kernel per (cgroup, kind, op)
+/// and reported every `summary_interval_ms` as `kernel.<kind>.summary`
+/// events (`kernel.process.summary`, `kernel.network.summary`,
+/// `kernel.file.summary`, `kernel.memory.summary`) with the counts. The
+/// cgroup's records come back one by one as soon as its budget allows (the
+/// `kernel.throttle.start` / `.stop` events mark the period). Security and
+/// OOM records are never shed. Per stage: produced = delivered + summarized
+/// (`kernel_events_summarized_total`) + dropped.
+///
+/// ```toml
+/// [kernel.shedding]
+/// enabled = true
+/// ring_watermark_percent = 75   # 0: only the rate limit sheds
+/// summary_interval_ms = 1000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SheddingConfig {
+    /// Shed to summaries instead of dropping.
+    pub enabled: bool,
+    /// Shed while more than this share of the ring buffer is unread
+    /// (percent, 1 to 100; 0 turns the watermark off).
+    pub ring_watermark_percent: u8,
+    /// How often the counts are read and reported (milliseconds).
+    pub summary_interval_ms: u64,
+}
+
+impl Default for SheddingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ring_watermark_percent: 75,
+            summary_interval_ms: 1000,
+        }
+    }
+}
+
 /// What is wrong with a [`KernelConfig`].
 pub(crate) fn validate(config: &KernelConfig) -> Result<(), String> {
     if config.args_bytes > MAX_ARGS_BYTES {
@@ -430,6 +476,20 @@ pub(crate) fn validate(config: &KernelConfig) -> Result<(), String> {
         }
         if config.network.max_flows == 0 {
             return Err("network.max_flows must be positive".into());
+        }
+    }
+    if config.shedding.enabled {
+        if config.shedding.ring_watermark_percent > 100 {
+            return Err(format!(
+                "shedding.ring_watermark_percent {} exceeds 100",
+                config.shedding.ring_watermark_percent
+            ));
+        }
+        if config.shedding.summary_interval_ms < MIN_FLOW_INTERVAL_MS {
+            return Err(format!(
+                "shedding.summary_interval_ms {} is below the minimum {MIN_FLOW_INTERVAL_MS}",
+                config.shedding.summary_interval_ms
+            ));
         }
     }
     if config.memory.enabled && config.memory.rss_step_bytes == 0 {

@@ -66,6 +66,14 @@ pub mod types {
     pub const THROTTLE_START: &str = "kernel.throttle.start";
     /// A cgroup stopped being rate limited; carries the drop count.
     pub const THROTTLE_STOP: &str = "kernel.throttle.stop";
+    /// Exec / fork / exit counts of a cgroup whose records were shed.
+    pub const PROCESS_SUMMARY: &str = "kernel.process.summary";
+    /// TCP step counts of a cgroup whose records were shed.
+    pub const NETWORK_SUMMARY: &str = "kernel.network.summary";
+    /// File operation counts of a cgroup whose records were shed.
+    pub const FILE_SUMMARY: &str = "kernel.file.summary";
+    /// RSS growth counts of a cgroup whose records were shed.
+    pub const MEMORY_SUMMARY: &str = "kernel.memory.summary";
 }
 
 /// The process an event is about (or that caused it).
@@ -222,6 +230,24 @@ pub struct FlowEvent {
     /// `(b, n)` counts `n` connections with an RTT in `[2^b, 2^(b+1))`
     /// microseconds (`b = 0` includes 0 µs; empty buckets are left out).
     pub rtt_log2_us: Vec<(u8, u64)>,
+}
+
+/// Payload of `kernel.<kind>.summary`: observations of one cgroup that
+/// were counted in the kernel instead of reported one by one (load
+/// shedding; see [`SheddingConfig`](crate::config::SheddingConfig)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryEvent {
+    /// cgroup v2 id the observations belong to.
+    pub cgroup_id: u64,
+    /// `process`, `network`, `file` or `memory`.
+    pub kind: CompactString,
+    /// Count per operation (`exec`, `fork`, `exit`; `connect`, `close`, …;
+    /// `open`, `unlink`, …; `rss_growth`).
+    pub counts: std::collections::BTreeMap<CompactString, u64>,
+    /// Start of the interval (the previous read, or the collector's start).
+    pub interval_start: DateTime<Utc>,
+    /// End of the interval (this read).
+    pub interval_end: DateTime<Utc>,
 }
 
 /// Payload of `kernel.file.*`.

@@ -9,6 +9,7 @@
 //! one event. The session's last read happens before the programs detach.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tapio_core::bpf::libbpf_rs::{MapCore as _, MapFlags, MapHandle};
@@ -24,21 +25,23 @@ use crate::skel::types;
 /// Flows taken per system call.
 pub(crate) const BATCH: u32 = 256;
 
-/// The maps a loaded object hands to the reader: `flows` and `flow_drops`.
+/// The maps a loaded object hands to the reader besides its ring buffer:
+/// `flows`, `flow_drops` and `summaries`.
 #[derive(Debug)]
-pub(crate) struct FlowMaps {
+pub(crate) struct DrainMaps {
     pub flows: MapHandle,
-    pub drops: MapHandle,
+    pub flow_drops: MapHandle,
+    pub summaries: MapHandle,
 }
 
 /// Where [`KernelProgram::load`](crate::program::KernelProgram) leaves the
-/// flow maps for the reader (they exist only once the object is loaded, on
-/// the session thread).
-pub(crate) type FlowSlot = Arc<Mutex<Option<FlowMaps>>>;
+/// maps for the reader (they exist only once the object is loaded, on the
+/// session thread).
+pub(crate) type MapSlot = Arc<Mutex<Option<DrainMaps>>>;
 
 /// Reads flows on the reader thread.
 pub(crate) struct FlowReader {
-    slot: FlowSlot,
+    slot: MapSlot,
     emitter: Emitter,
     counters: Arc<KernelCounters>,
     /// Count failures / retransmits / resets from flows (no per-connection
@@ -46,14 +49,17 @@ pub(crate) struct FlowReader {
     count: bool,
     since: DateTime<Utc>,
     drops_seen: u64,
+    every: Duration,
+    last: Instant,
 }
 
 impl FlowReader {
     pub(crate) fn new(
-        slot: FlowSlot,
+        slot: MapSlot,
         emitter: Emitter,
         counters: Arc<KernelCounters>,
         count: bool,
+        every: Duration,
     ) -> Self {
         Self {
             slot,
@@ -62,7 +68,14 @@ impl FlowReader {
             count,
             since: Utc::now(),
             drops_seen: 0,
+            every,
+            last: Instant::now(),
         }
+    }
+
+    /// Whether an interval has passed since the last read.
+    pub(crate) fn due(&self) -> bool {
+        self.last.elapsed() >= self.every
     }
 
     /// Take every flow from the kernel and add its event to `out`.
@@ -95,7 +108,7 @@ impl FlowReader {
                 tracing::warn!(error = %err, "reading the flows map failed");
             }
         }
-        if let Some(total) = read_percpu_total(&maps.drops)
+        if let Some(total) = read_percpu_total(&maps.flow_drops)
             && total > self.drops_seen
         {
             self.emitter
@@ -103,6 +116,7 @@ impl FlowReader {
             self.drops_seen = total;
         }
         self.since = now;
+        self.last = Instant::now();
     }
 
     fn event(

@@ -102,6 +102,7 @@ mod flow;
 pub mod metrics;
 mod program;
 mod record;
+mod summary;
 
 #[allow(
     missing_docs,
@@ -118,7 +119,7 @@ mod skel {
 
 pub use config::{
     DeliveryConfig, FileConfig, FilterConfig, HookMode, KernelConfig, MemoryConfig, NetworkConfig,
-    NetworkMode, RateLimitConfig,
+    NetworkMode, RateLimitConfig, SheddingConfig,
 };
 pub use events::*;
 
@@ -198,7 +199,7 @@ impl Observer for Kernel {
             self_pid: std::process::id(),
             page_size,
             learn_cgroups,
-            flow_slot: None,
+            map_slot: None,
         };
         let timing = cx.emitter.telemetry().cloned();
         let stats = cx.emitter.stats().clone();
@@ -209,17 +210,30 @@ impl Observer for Kernel {
         let mut converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
             .with_counters(self.metrics.counters.clone());
         let network = &self.config.network;
-        let mut tick_every = None;
+        let shedding = &self.config.shedding;
+        let mut tick_every: Option<std::time::Duration> = None;
+        let slot = flow::MapSlot::default();
+        if network.flows() || shedding.enabled {
+            program.map_slot = Some(slot.clone());
+        }
         if network.flows() {
-            let slot = flow::FlowSlot::default();
-            program.flow_slot = Some(slot.clone());
             converter = converter.with_flows(flow::FlowReader::new(
-                slot,
+                slot.clone(),
                 cx.emitter.clone(),
                 self.metrics.counters.clone(),
                 !network.events(),
+                std::time::Duration::from_millis(network.flow_interval_ms),
             ));
             tick_every = Some(std::time::Duration::from_millis(network.flow_interval_ms));
+        }
+        if shedding.enabled {
+            let every = std::time::Duration::from_millis(shedding.summary_interval_ms);
+            converter = converter.with_summaries(summary::SummaryReader::new(
+                slot,
+                cx.emitter.clone(),
+                every,
+            ));
+            tick_every = Some(tick_every.map_or(every, |t| t.min(every)));
         }
         let reader_config = RingBufReaderConfig {
             thread_name: "tapio-kernel".into(),
@@ -376,7 +390,7 @@ pub mod bench {
                             self_pid: std::process::id(),
                             page_size: crate::page_size(),
                             learn_cgroups: false,
-                            flow_slot: None,
+                            map_slot: None,
                         };
                         let mut storage = MaybeUninit::uninit();
                         let loaded = match program.load(&mut storage) {

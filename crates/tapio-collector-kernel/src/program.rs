@@ -10,7 +10,7 @@ use tapio_core::bpf::{self, BpfProgram, Loaded};
 
 use crate::NAME;
 use crate::config::{self, HookMode, KernelConfig};
-use crate::flow::{FlowMaps, FlowSlot};
+use crate::flow::{DrainMaps, MapSlot};
 use crate::record::KernelRecord;
 use crate::skel::KernelSkelBuilder;
 use crate::skel::types;
@@ -165,8 +165,9 @@ pub(crate) struct KernelProgram {
     pub page_size: u64,
     /// Attach the cgroup mkdir/rmdir hooks (a resolver will consume them).
     pub learn_cgroups: bool,
-    /// Where to leave the flow maps for the reader (network mode with flows).
-    pub flow_slot: Option<FlowSlot>,
+    /// Where to leave the flow and summary maps for the reader (flows or
+    /// shedding on).
+    pub map_slot: Option<MapSlot>,
 }
 
 impl KernelProgram {
@@ -255,6 +256,12 @@ impl BpfProgram for KernelProgram {
             rodata.cfg_network_mode = bit(c.network.events(), Mode::TAPIO_NETWORK_EVENTS)
                 | bit(c.network.flows(), Mode::TAPIO_NETWORK_FLOWS);
         }
+        rodata.cfg_shed = u32::from(c.shedding.enabled);
+        rodata.cfg_shed_watermark = if c.shedding.enabled {
+            u64::from(ring_bytes) * u64::from(c.shedding.ring_watermark_percent) / 100
+        } else {
+            0
+        };
         rodata.tapio_wakeup_delay_ns = c.delivery.max_delay_ms.saturating_mul(1_000_000);
         rodata.tapio_wakeup_bytes = c.delivery.watermark(ring_bytes);
 
@@ -276,12 +283,13 @@ impl BpfProgram for KernelProgram {
             links.push(link);
         }
         tracing::debug!(programs = links.len(), "kernel collector attached");
-        if let Some(slot) = &self.flow_slot {
+        if let Some(slot) = &self.map_slot {
             let object = skel.object();
-            let maps = FlowMaps {
+            let maps = DrainMaps {
                 flows: bpf::map_handle(object, "flows").map_err(err("open flow map"))?,
-                drops: bpf::map_handle(object, "flow_drops")
+                flow_drops: bpf::map_handle(object, "flow_drops")
                     .map_err(err("open flow drop counter"))?,
+                summaries: bpf::map_handle(object, "summaries").map_err(err("open summary map"))?,
             };
             *slot
                 .lock()
@@ -354,7 +362,7 @@ mod tests {
             self_pid: 1,
             page_size: 4096,
             learn_cgroups: false,
-            flow_slot: None,
+            map_slot: None,
         };
         assert!(p.wants("tapio_exec_btf"), "security needs the exec hook");
         assert!(!p.wants("tapio_exec_tp"));

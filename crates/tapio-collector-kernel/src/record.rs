@@ -32,6 +32,7 @@ unsafe impl bpf::plain::Plain for types::tapio_throttle_event {}
 unsafe impl bpf::plain::Plain for types::tapio_cgroup_event {}
 unsafe impl bpf::plain::Plain for types::tapio_flow_key {}
 unsafe impl bpf::plain::Plain for types::tapio_flow_stats {}
+unsafe impl bpf::plain::Plain for types::tapio_summary_key {}
 
 /// The record layout version this decoder reads: `TAPIO_KERNEL_VERSION` in
 /// `bpf/kernel/records.h`, read from the object's BTF through the skeleton,
@@ -148,6 +149,8 @@ pub(crate) struct Converter {
     counters: Arc<KernelCounters>,
     /// Reads flow summaries on each tick (network mode with flows).
     flows: Option<crate::flow::FlowReader>,
+    /// Reads the counts of shed observations on each tick.
+    summaries: Option<crate::summary::SummaryReader>,
 }
 
 impl RecordHandler<KernelRecord> for Converter {
@@ -163,11 +166,11 @@ impl RecordHandler<KernelRecord> for Converter {
     }
 
     fn tick(&mut self) {
-        self.read_flows();
+        self.read_maps(false);
     }
 
     fn finish(&mut self) {
-        self.read_flows();
+        self.read_maps(true);
     }
 }
 
@@ -250,7 +253,14 @@ impl Converter {
             batch: Vec::with_capacity(MAX_BATCH),
             counters: Arc::default(),
             flows: None,
+            summaries: None,
         }
+    }
+
+    /// Read the counts of shed observations with `summaries`.
+    pub(crate) fn with_summaries(mut self, summaries: crate::summary::SummaryReader) -> Self {
+        self.summaries = Some(summaries);
+        self
     }
 
     /// Read flow summaries with `flows` on every tick and at the end.
@@ -259,11 +269,19 @@ impl Converter {
         self
     }
 
-    fn read_flows(&mut self) {
-        if let Some(flows) = &mut self.flows {
+    /// Read the flow and summary maps: those due, or (`all`) every one.
+    fn read_maps(&mut self, all: bool) {
+        if let Some(flows) = &mut self.flows
+            && (all || flows.due())
+        {
             flows.read(&mut self.batch);
-            self.flush();
         }
+        if let Some(summaries) = &mut self.summaries
+            && (all || summaries.due())
+        {
+            summaries.read(&mut self.batch);
+        }
+        self.flush();
     }
 
     /// Count into `counters` (the collector's, shared by its runs).
