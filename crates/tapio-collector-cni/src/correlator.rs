@@ -16,10 +16,13 @@
 //! is evicted and counted.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use tapio_core::node::{Anchor, NodeModel};
+use tapio_core::{SpanId, SpanRef, TraceId};
 
 use crate::cni::{self, CniEnv, CniError, CniResult, PluginOutput};
 use crate::event::{
@@ -180,6 +183,40 @@ impl TableSizes {
     }
 }
 
+/// The trace context of one step of the pod-setup chain (see the crate
+/// docs), assigned when the step *starts*: a plugin that an ADD's plugin
+/// delegated to exits, and is emitted, before the plugin that ran it, and
+/// every plugin before the ADD's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainStep {
+    /// The chain's trace and this step's span.
+    pub span: SpanRef,
+    /// The step that caused this one; `None` for the ADD (the chain's root).
+    pub parent: Option<SpanId>,
+}
+
+impl ChainStep {
+    fn root() -> Self {
+        Self {
+            span: SpanRef {
+                trace_id: TraceId::random(),
+                span_id: SpanId::random(),
+            },
+            parent: None,
+        }
+    }
+
+    fn child_of(parent: SpanRef) -> Self {
+        Self {
+            span: SpanRef {
+                trace_id: parent.trace_id,
+                span_id: SpanId::random(),
+            },
+            parent: Some(parent.span_id),
+        }
+    }
+}
+
 /// What the correlator produces: typed payloads with the boot-time stamp they
 /// happened at.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +229,8 @@ pub enum Output {
         event: Box<PodNetworkEvent>,
         /// When the operation ended (or timed out).
         at_ns: u64,
+        /// The operation's span, for an `ADD` (the root of its chain).
+        chain: Option<ChainStep>,
     },
     /// `cni.plugin.invocation`.
     Plugin {
@@ -201,6 +240,8 @@ pub enum Output {
         at_ns: u64,
         /// cgroup of the plugin process.
         cgroup_id: u64,
+        /// Its span in its `ADD`'s chain.
+        chain: Option<ChainStep>,
     },
     /// `cni.netns.*`.
     Netns {
@@ -271,10 +312,16 @@ struct Tracked {
     own_netns: Option<u64>,
     stdout: Vec<u8>,
     stdout_truncated: bool,
+    chain: Option<ChainStep>,
 }
 
 struct Operation {
     env: Arc<CniEnv>,
+    /// The `ADD`'s span (root of the pod-setup chain).
+    span: Option<SpanRef>,
+    /// Spans of the plugins of this operation that exited (a delegated
+    /// plugin whose parent's exit was seen first still finds its parent).
+    plugin_spans: Vec<(u32, SpanRef)>,
     first_ns: u64,
     last_activity_ns: u64,
     last_exit_ns: Option<u64>,
@@ -344,6 +391,7 @@ pub struct Correlator {
     named_netns: HashMap<String, u64>,
     early: HashMap<u32, Early>,
     early_ipam: Vec<IpamChange>,
+    node: Option<Arc<NodeModel>>,
 }
 
 /// Steps of a pid whose exec has not been seen (yet).
@@ -406,7 +454,15 @@ impl Correlator {
             named_netns: HashMap::new(),
             early: HashMap::new(),
             early_ipam: Vec::new(),
+            node: None,
         }
+    }
+
+    /// Feed `node` with the pods the operations name (see the crate docs,
+    /// "Node model and chains").
+    pub fn with_node(mut self, node: Option<Arc<NodeModel>>) -> Self {
+        self.node = node;
+        self
     }
 
     /// The counters.
@@ -523,6 +579,7 @@ impl Correlator {
                     own_netns: start.own_netns_inode,
                     stdout: Vec::new(),
                     stdout_truncated: false,
+                    chain: None,
                 },
             );
             self.take_early_exit(start.pid, wall, out);
@@ -547,8 +604,11 @@ impl Correlator {
                 if self.ops.len() >= self.config.max_operations {
                     self.evict_operation(wall, out);
                 }
+                let span = (key.command == "ADD").then(|| ChainStep::root().span);
                 let mut op = Operation {
                     env: env.clone(),
+                    span,
+                    plugin_spans: Vec::new(),
                     first_ns: start.at_ns,
                     last_activity_ns: start.at_ns,
                     last_exit_ns: None,
@@ -576,6 +636,9 @@ impl Correlator {
                     !matches
                 });
                 debug_assert!(self.early_ipam.len() + op.ipam.len() == before);
+                if let Some(span) = span {
+                    self.setup_started(&env, span, wall(start.at_ns));
+                }
                 self.ops.insert(key.clone(), op);
             }
             if let Some(op) = self.ops.get_mut(key) {
@@ -589,6 +652,25 @@ impl Correlator {
                 }
             }
         }
+        // Its place in the ADD's chain: a delegated plugin follows the
+        // plugin that ran it (whatever its own command: bridge runs its
+        // IPAM plugin's DEL to undo a failed ADD), a chained one the ADD.
+        let op = key.as_ref().and_then(|k| self.ops.get(k));
+        let parent = if delegated {
+            self.plugins
+                .get(&start.ppid)
+                .and_then(|t| t.chain)
+                .map(|c| c.span)
+                .or_else(|| {
+                    op?.plugin_spans
+                        .iter()
+                        .find(|(pid, _)| *pid == start.ppid)
+                        .map(|(_, s)| *s)
+                })
+        } else {
+            None
+        };
+        let chain = parent.or_else(|| op?.span).map(ChainStep::child_of);
         self.plugins.insert(
             start.pid,
             Tracked {
@@ -600,6 +682,7 @@ impl Correlator {
                 own_netns: start.own_netns_inode,
                 stdout: Vec::new(),
                 stdout_truncated: false,
+                chain,
             },
         );
         self.take_early_exit(start.pid, wall, out);
@@ -696,6 +779,7 @@ impl Correlator {
                 }),
                 at_ns: exit.at_ns,
                 cgroup_id: tracked.cgroup_id,
+                chain: tracked.chain,
             });
         }
         let Some(op) = tracked.key.as_ref().and_then(|k| self.ops.get_mut(k)) else {
@@ -704,7 +788,20 @@ impl Correlator {
         op.running.retain(|&p| p != exit.pid);
         op.last_exit_ns = Some(op.last_exit_ns.map_or(exit.at_ns, |t| t.max(exit.at_ns)));
         op.last_activity_ns = op.last_activity_ns.max(exit.at_ns);
+        if let Some(chain) = tracked.chain {
+            op.plugin_spans.push((exit.pid, chain.span));
+        }
         let ok = exit.exit_code == 0 && exit.signal == 0;
+        if let (Some(PluginOutput::Result(result)), true) = (&parsed, ok) {
+            let ips: Vec<&str> = result.ips.iter().map(|ip| ip.address.as_str()).collect();
+            if op.span.is_some() {
+                let env = op.env.clone();
+                self.pod_ips(&env, &ips);
+            }
+        }
+        let Some(op) = tracked.key.as_ref().and_then(|k| self.ops.get_mut(k)) else {
+            return;
+        };
         match parsed {
             Some(PluginOutput::Result(result)) if ok => {
                 if tracked.run.delegated {
@@ -899,7 +996,12 @@ impl Correlator {
             (None, _) => None,
         };
         if let Some(op) = claimed {
+            let feed = (change.allocated && op.span.is_some()).then(|| op.env.clone());
+            let ip = change.ip.clone();
             op.ipam.push(change);
+            if let Some(env) = feed {
+                self.pod_ips(&env, &[ip.as_str()]);
+            }
             return;
         }
         // A release whose container is remembered but whose DEL is not seen
@@ -913,6 +1015,50 @@ impl Correlator {
             self.evicted();
         }
         self.early_ipam.push(change);
+    }
+
+    /// An `ADD` of a Kubernetes pod started: the node model learns the pod
+    /// (without IPs yet) and, unless the interface is the loopback, its
+    /// [`Anchor::PodSetup`] is this operation's span.
+    fn setup_started(&self, env: &CniEnv, span: SpanRef, at: chrono::DateTime<chrono::Utc>) {
+        let (Some(node), Some((uid, name, namespace))) = (&self.node, k8s_pod(env)) else {
+            return;
+        };
+        node.pod_from_cni(uid, name, namespace, &[]);
+        if env.ifname != "lo" {
+            node.mark(Anchor::PodSetup(uid), span, at, None);
+        }
+    }
+
+    /// Addresses an `ADD` of a Kubernetes pod obtained (a result, or a
+    /// host-local reservation): added to the pod's in the node model.
+    /// Loopback addresses (the `loopback` plugin's result) are not the pod's.
+    fn pod_ips(&self, env: &CniEnv, addresses: &[&str]) {
+        let (Some(node), Some((uid, name, namespace))) = (&self.node, k8s_pod(env)) else {
+            return;
+        };
+        // Another interface's addresses stay (multus); released ones (a DEL
+        // leaves them listed but no longer indexed) do not come back.
+        let mut ips: Vec<IpAddr> = node
+            .pods()
+            .get(uid)
+            .map(|p| p.ips.clone())
+            .unwrap_or_default();
+        ips.retain(|ip| node.pod_by_ip(ip).is_some_and(|p| p.uid == uid));
+        let before = ips.len();
+        for address in addresses {
+            let bare = address.split_once('/').map_or(*address, |(ip, _)| ip);
+            match bare.parse::<IpAddr>() {
+                Ok(ip) if !ip.is_loopback() && !ip.is_unspecified() && !ips.contains(&ip) => {
+                    ips.push(ip);
+                }
+                Ok(_) => {}
+                Err(_) => CorrelatorCounters::inc(&self.counters.malformed),
+            }
+        }
+        if ips.len() > before {
+            node.pod_from_cni(uid, name, namespace, &ips);
+        }
     }
 
     /// Evict the operation idle the longest, reporting it incomplete.
@@ -1020,6 +1166,7 @@ impl Correlator {
                         ..Default::default()
                     }),
                     at_ns: exit.at_ns,
+                    chain: None,
                 });
             }
         }
@@ -1220,6 +1367,15 @@ impl Correlator {
             }
         });
         let success = op.failure.is_none() && !incomplete;
+        // The node model: a pod whose ADD failed has no address from it (the
+        // runtime will DEL and retry with a new sandbox); a DEL releases them.
+        if env.ifname != "lo" && self.node.is_some() {
+            match key.command.as_str() {
+                "ADD" if op.failure.is_some() => self.release_pod_ips(env),
+                "DEL" if success => self.release_pod_ips(env),
+                _ => {}
+            }
+        }
         let (error, failed_exit_code) = match op.failure.take() {
             Some((err, code)) => (err, Some(code)),
             None => (None, None),
@@ -1290,6 +1446,23 @@ impl Correlator {
             event_type,
             event: Box::new(event),
             at_ns: last.max(at_ns),
+            chain: op.span.map(|span| ChainStep { span, parent: None }),
         });
     }
+
+    fn release_pod_ips(&self, env: &CniEnv) {
+        if let (Some(node), Some((uid, _, _))) = (&self.node, k8s_pod(env)) {
+            node.release_pod_ips(uid);
+        }
+    }
+}
+
+/// `K8S_POD_UID`, `K8S_POD_NAME`, `K8S_POD_NAMESPACE` of an operation,
+/// when `CNI_ARGS` carries all three.
+fn k8s_pod(env: &CniEnv) -> Option<(&str, &str, &str)> {
+    Some((
+        env.pod_uid.as_deref().filter(|s| !s.is_empty())?,
+        env.pod_name.as_deref().filter(|s| !s.is_empty())?,
+        env.pod_namespace.as_deref().filter(|s| !s.is_empty())?,
+    ))
 }

@@ -22,7 +22,7 @@
 //! | event | keys |
 //! |---|---|
 //! | outcomes | `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid` (from `CNI_ARGS`), `network.interface.name`, `tapio.cni.operation` (`setup`/`teardown`/`check`/…), `tapio.cni.success` (bool) |
-//! | `cni.plugin.invocation` | `container.id`, `process.executable.path`, `process.pid`, `process.parent_pid` (ints) |
+//! | `cni.plugin.invocation` | `container.id`, `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid` (from `CNI_ARGS`, when present), `process.executable.path`, `process.pid`, `process.parent_pid` (ints) |
 //! | `cni.netns.*` | `process.pid` (int, when a process did it) |
 //! | `cni.link.*` | `network.interface.name`, `container.id` (when known) |
 //! | `cni.ipam.*` | `container.id` (when known) |
@@ -71,6 +71,46 @@
 //! println!("{:?}", cni.observer().stats());
 //! # Ok(()) }
 //! ```
+//!
+//! # Node model and chains
+//!
+//! Started with a node model ([`CollectorContext::with_node`](tapio_core::CollectorContext::with_node)),
+//! the correlator feeds it and starts the **pod-setup chain** (see
+//! [`tapio_core::node`]):
+//!
+//! | step | event | trace | when it joins |
+//! |---|---|---|---|
+//! | 1 | `cni.pod_network.setup` (or `.incomplete`) of an `ADD` | root: starts the chain | every `ADD` |
+//! | 2 | `cni.plugin.invocation` of a chained plugin (`bridge`, then `tuning` …) | child of the `ADD` | same container id, interface and command |
+//! | 2' | `cni.plugin.invocation` of a delegated plugin (`host-local` run by `bridge`, also the `DEL` a failing plugin runs to undo its IPAM) | child of the plugin that ran it | its parent is a tracked plugin |
+//! | 3 | the pod's first `kernel.process.exec` (kernel collector) | child of the `ADD` | [`Anchor::PodSetup`](tapio_core::node::Anchor::PodSetup)`(uid)`, within [`NodeConfig::pod_setup_window`](tapio_core::node::NodeConfig::pod_setup_window) (5 min) of the `ADD`'s first plugin exec |
+//!
+//! Spans are assigned when a step *starts* (an `ADD`'s first plugin exec, a
+//! plugin's exec), because events go out when steps *end*: a delegated
+//! plugin's event before its parent's, every plugin's before the `ADD`'s
+//! outcome. A failing `ADD` is the same trace: the failing plugin's event
+//! and the outcome carry the CNI error. `DEL` and `CHECK` are not chains
+//! (their events are traces of their own).
+//!
+//! When `CNI_ARGS` carries `K8S_POD_UID`, `K8S_POD_NAME` and
+//! `K8S_POD_NAMESPACE`:
+//!
+//! - at the `ADD`'s first plugin exec the pod is added to the node model
+//!   (`pod_from_cni`, no IPs yet) and, unless the interface is `lo`, its
+//!   [`Anchor::PodSetup`](tapio_core::node::Anchor::PodSetup) is marked with the `ADD`'s span at that time
+//!   (the latest non-loopback `ADD` of a pod wins: a new sandbox after a
+//!   failure, a second interface);
+//! - as soon as a plugin's result (top-level or IPAM) or a host-local
+//!   reservation names addresses, they are added to the pod's (loopback
+//!   addresses are not), so `pod_by_ip` works before the outcome is out;
+//! - a failed `ADD` releases the pod's IPs (the runtime deletes the
+//!   sandbox and retries); a successful `DEL` (not of `lo`) releases them.
+//!
+//! What breaks the chain: an `ADD` whose plugins the collector did not see
+//! start (started before the collector; environment cut, see Limits) has no
+//! span to join; without `K8S_POD_UID` there is no anchor for the pod's
+//! first process; the kernel collector not running, or the first process
+//! later than the window.
 //!
 //! # Tests: two tiers, and why
 //!
@@ -130,6 +170,7 @@ use tapio_core::collector::{Started, blocking};
 use tapio_core::health::HealthParts;
 use tapio_core::{
     CollectorError, Emitter, ErrorChain, Managed, Metadata, Observer, OverflowPolicy, Payload,
+    SpanRef,
 };
 
 #[cfg(doc)]
@@ -166,7 +207,7 @@ pub use event::{
     PluginRun, PodNetworkEvent, PodRef, types,
 };
 
-use correlator::{CorrelatorCounters, Output};
+use correlator::{ChainStep, CorrelatorCounters, Output};
 use kernel::{BpfExecSource, CniProgram, StepForwarder};
 use metrics::CniMetrics;
 use pipeline::Pipeline;
@@ -220,7 +261,12 @@ pub(crate) fn emit(
 ) {
     let event_type = output.event_type();
     match output {
-        Output::PodNetwork { event, at_ns, .. } => {
+        Output::PodNetwork {
+            event,
+            at_ns,
+            chain,
+            ..
+        } => {
             let event = *event;
             if let Some(metrics) = metrics {
                 metrics.outcome(event_type, &event);
@@ -239,23 +285,37 @@ pub(crate) fn emit(
             m.insert("network.interface.name", event.interface.as_str());
             m.insert("tapio.cni.operation", event.operation.as_str());
             m.insert("tapio.cni.success", event.success);
-            send(emitter, clock, event_type, at_ns, event, m);
+            send(emitter, clock, event_type, at_ns, event, m, chain);
         }
-        Output::Plugin { event, at_ns, .. } => {
+        Output::Plugin {
+            event,
+            at_ns,
+            chain,
+            ..
+        } => {
             let event = *event;
-            let mut m = Metadata::with_capacity(4);
+            let mut m = Metadata::with_capacity(7);
             m.insert("container.id", event.container_id.as_str());
+            if let Some(v) = &event.pod.namespace {
+                m.insert("k8s.namespace.name", v.as_str());
+            }
+            if let Some(v) = &event.pod.name {
+                m.insert("k8s.pod.name", v.as_str());
+            }
+            if let Some(v) = &event.pod.uid {
+                m.insert("k8s.pod.uid", v.as_str());
+            }
             m.insert("process.executable.path", event.run.path.as_str());
             m.insert("process.parent_pid", event.run.ppid);
             m.insert("process.pid", event.run.pid);
-            send(emitter, clock, event_type, at_ns, event, m);
+            send(emitter, clock, event_type, at_ns, event, m, chain);
         }
         Output::Netns { event, at_ns, .. } => {
             let mut m = Metadata::new();
             if let Some(pid) = event.pid {
                 m.insert("process.pid", pid);
             }
-            send(emitter, clock, event_type, at_ns, event, m);
+            send(emitter, clock, event_type, at_ns, event, m, None);
         }
         Output::Link { event, at_ns, .. } => {
             let mut m = Metadata::with_capacity(2);
@@ -263,22 +323,31 @@ pub(crate) fn emit(
                 m.insert("container.id", cid.as_str());
             }
             m.insert("network.interface.name", event.name.as_str());
-            send(emitter, clock, event_type, at_ns, event, m);
+            send(emitter, clock, event_type, at_ns, event, m, None);
         }
         Output::Address { event, at_ns, .. } => {
-            send(emitter, clock, event_type, at_ns, event, Metadata::new());
+            send(
+                emitter,
+                clock,
+                event_type,
+                at_ns,
+                event,
+                Metadata::new(),
+                None,
+            );
         }
         Output::Ipam { event, at_ns, .. } => {
             let mut m = Metadata::new();
             if let Some(cid) = &event.container_id {
                 m.insert("container.id", cid.as_str());
             }
-            send(emitter, clock, event_type, at_ns, event, m);
+            send(emitter, clock, event_type, at_ns, event, m, None);
         }
     }
 }
 
-/// Queue one event; a loss in the queue is counted by the queue itself.
+/// Queue one event, in its chain when it is a step of one; a loss in the
+/// queue is counted by the queue itself.
 fn send(
     emitter: &Emitter,
     clock: &SystemClock,
@@ -286,10 +355,24 @@ fn send(
     at_ns: u64,
     payload: impl Payload,
     metadata: Metadata,
+    chain: Option<ChainStep>,
 ) {
     use source::Clock as _;
     let mut ev = emitter.event_at(clock.wall(at_ns), event_type, payload);
     ev.metadata = metadata;
+    if let Some(step) = chain {
+        ev.span_id = step.span.span_id;
+        ev = match step.parent {
+            None => {
+                ev.trace_id = step.span.trace_id;
+                ev.start_chain()
+            }
+            Some(parent) => ev.follows(SpanRef {
+                trace_id: step.span.trace_id,
+                span_id: parent,
+            }),
+        };
+    }
     emitter.emit(ev);
 }
 
@@ -498,6 +581,7 @@ impl Observer for Cni {
             ipam,
             Box::new(SystemClock::default()),
         )
+        .with_node(emitter.node().cloned())
         .with_health(cx.health.clone());
         let stop = Arc::new(AtomicBool::new(false));
         match self.spawn_correlator(pipeline, emitter, cx.health, stop.clone()) {
@@ -590,6 +674,7 @@ mod tests {
                 event_type: types::SETUP,
                 event: Box::new(setup.clone()),
                 at_ns: 5_000,
+                chain: None,
             },
         );
         let invocation = PluginInvocationEvent {
@@ -612,6 +697,7 @@ mod tests {
                 event: Box::new(invocation.clone()),
                 at_ns: 4_000,
                 cgroup_id: 1,
+                chain: None,
             },
         );
         emit(
@@ -714,6 +800,7 @@ mod tests {
                 ..Default::default()
             }),
             at_ns: 1,
+            chain: None,
         };
         for o in [
             outcome(types::SETUP, "setup", 20, true),

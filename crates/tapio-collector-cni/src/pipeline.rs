@@ -103,6 +103,13 @@ impl Pipeline {
         }
     }
 
+    /// Feed `node` (the agent's node model) with the pods the operations
+    /// name, and mark their pod-setup anchors (see [`Correlator::with_node`]).
+    pub fn with_node(mut self, node: Option<Arc<tapio_core::node::NodeModel>>) -> Self {
+        self.correlator = self.correlator.with_node(node);
+        self
+    }
+
     /// Report source failures as problems of the parts in [`parts`].
     pub fn with_health(mut self, health: Arc<HealthParts>) -> Self {
         self.health = Some(health);

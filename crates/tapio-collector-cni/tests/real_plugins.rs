@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Links, Netns, Network, bridge_ports, ifindex, ip, run_plugin, wait_for};
@@ -10,7 +11,8 @@ use tapio_collector_cni::{
     CniCollector, CniConfig, CorrelatorConfig, IpamEvent, LinkEvent, NetnsEvent,
     PluginInvocationEvent, PodNetworkEvent, types,
 };
-use tapio_core::{Collector, CollectorContext, HealthState, RawEvent};
+use tapio_core::node::{Anchor, NodeModel};
+use tapio_core::{Collector, CollectorContext, HealthState, RawEvent, TraceOrigin};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -29,6 +31,155 @@ fn config(network: &Network) -> CniConfig {
 
 fn is(ev: &RawEvent, ty: &str, cid: &str) -> bool {
     ev.event_type == ty && ev.metadata.get_str("container.id") == Some(cid)
+}
+
+/// The invocation event of `plugin` for container `cid` and `command`.
+fn invocation<'a>(seen: &'a [RawEvent], cid: &str, plugin: &str, command: &str) -> &'a RawEvent {
+    seen.iter()
+        .find(|e| {
+            is(e, types::PLUGIN, cid)
+                && e.payload_ref::<PluginInvocationEvent>()
+                    .is_some_and(|p| p.run.plugin == plugin && p.command == command)
+        })
+        .unwrap_or_else(|| panic!("no {command} invocation of {plugin}"))
+}
+
+/// A bridge ADD (delegating to host-local) followed by a chained `tuning`,
+/// as a runtime runs them for a Kubernetes pod: the node model learns the
+/// pod and its IP, the ADD is the root of one trace whose spans are the
+/// plugins (host-local under bridge), and the pod-setup anchor is the ADD's
+/// span. The DEL releases the IP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_setup_is_one_trace_and_feeds_the_node_model() {
+    if !tapio_core::testing::require_root("pod_setup_is_one_trace_and_feeds_the_node_model") {
+        return;
+    }
+    let network = Network::new(15);
+    let netns = Netns::new();
+    let node = Arc::new(NodeModel::default());
+    let collector = CniCollector::new(config(&network));
+    let mut rx = collector.events().unwrap();
+    collector
+        .start(CollectorContext::default().with_node(node.clone()))
+        .await
+        .unwrap();
+
+    let cid = format!("tapio-chain-{}", std::process::id());
+    let uid = "7c3a9e10-1111-4222-8333-944455556666";
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1;\
+         K8S_POD_INFRA_CONTAINER_ID={cid};K8S_POD_UID={uid}"
+    );
+    let add = run_plugin(
+        "bridge",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "eth0",
+        &args,
+        &network.config(),
+    );
+    assert_eq!(add.exit_code, 0, "bridge ADD failed: {}", add.stdout);
+    let cidr = add.json["ips"][0]["address"]
+        .as_str()
+        .expect("ip in result");
+    let pod_ip: std::net::IpAddr = cidr.split('/').next().unwrap().parse().unwrap();
+    let tuning_config = format!(
+        r#"{{"cniVersion":"1.0.0","name":"{}","type":"tuning","prevResult":{}}}"#,
+        network.name, add.stdout
+    );
+    let tuning = run_plugin(
+        "tuning",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "eth0",
+        &args,
+        &tuning_config,
+    );
+    assert_eq!(tuning.exit_code, 0, "tuning ADD failed: {}", tuning.stdout);
+
+    let mut seen = Vec::new();
+    let setup = wait_for(&mut rx, &mut seen, WAIT, "setup", |e| {
+        is(e, types::SETUP, &cid)
+    })
+    .await;
+    assert!(setup.payload_ref::<PodNetworkEvent>().unwrap().success);
+    // The ADD is the chain's root.
+    assert_eq!(setup.trace_origin, TraceOrigin::Correlated { parent: None });
+    // Plugin events precede the outcome (they are emitted at their exit).
+    let bridge = invocation(&seen, &cid, "bridge", "ADD");
+    let host_local = invocation(&seen, &cid, "host-local", "ADD");
+    let tuned = invocation(&seen, &cid, "tuning", "ADD");
+    for ev in [bridge, host_local, tuned] {
+        assert_eq!(ev.trace_id, setup.trace_id, "{}", ev.event_type);
+        assert!(ev.in_chain());
+        assert_eq!(ev.metadata["k8s.pod.name"], "web-1");
+        assert_eq!(ev.metadata["k8s.namespace.name"], "shop");
+        assert_eq!(ev.metadata["k8s.pod.uid"], uid);
+    }
+    // Chained plugins follow the ADD, the delegated IPAM plugin the bridge.
+    assert_eq!(bridge.parent_span_id(), Some(setup.span_id));
+    assert_eq!(tuned.parent_span_id(), Some(setup.span_id));
+    assert_eq!(host_local.parent_span_id(), Some(bridge.span_id));
+    let spans: std::collections::HashSet<_> = [
+        setup.span_id,
+        bridge.span_id,
+        host_local.span_id,
+        tuned.span_id,
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(spans.len(), 4, "one span per step");
+
+    // The pod-setup anchor, for the pod's first process.
+    let mark = node
+        .anchor(Anchor::PodSetup(uid), setup.timestamp)
+        .expect("pod-setup anchor");
+    assert_eq!(mark.span, setup.span_ref());
+    // The pod, by UID and by the IP the plugin returned.
+    let pod = node.pods().get(uid).expect("pod from CNI");
+    assert_eq!(
+        (pod.name.as_str(), pod.namespace.as_str()),
+        ("web-1", "shop")
+    );
+    assert_eq!(pod.ips, vec![pod_ip]);
+    assert_eq!(node.pod_by_ip(&pod_ip).expect("pod by IP").uid, uid);
+
+    // Teardown: not a chain, but the pod's events carry its identity, and
+    // the IP is released.
+    let del = run_plugin(
+        "tuning",
+        "DEL",
+        &cid,
+        &netns.path(),
+        "eth0",
+        &args,
+        &tuning_config,
+    );
+    assert_eq!(del.exit_code, 0, "tuning DEL failed: {}", del.stdout);
+    let del = run_plugin(
+        "bridge",
+        "DEL",
+        &cid,
+        &netns.path(),
+        "eth0",
+        &args,
+        &network.config(),
+    );
+    assert_eq!(del.exit_code, 0, "bridge DEL failed: {}", del.stdout);
+    let teardown = wait_for(&mut rx, &mut seen, WAIT, "teardown", |e| {
+        is(e, types::TEARDOWN, &cid)
+    })
+    .await;
+    assert_eq!(teardown.metadata["k8s.pod.uid"], uid);
+    assert_eq!(teardown.trace_origin, TraceOrigin::Event);
+    let bridge_del = invocation(&seen, &cid, "bridge", "DEL");
+    assert_eq!(bridge_del.metadata["k8s.pod.name"], "web-1");
+    assert!(!bridge_del.in_chain());
+    assert!(node.pod_by_ip(&pod_ip).is_none(), "IP released by the DEL");
+    assert_eq!(node.pods().get(uid).expect("pod kept").name, "web-1");
+    collector.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,19 +497,24 @@ async fn failing_add_reports_the_plugin_error() {
     }
     let network = Network::new(12);
     let netns = Netns::new();
+    let node = Arc::new(NodeModel::default());
     let collector = CniCollector::new(config(&network));
     let mut rx = collector.events().unwrap();
-    collector.start(CollectorContext::default()).await.unwrap();
+    collector
+        .start(CollectorContext::default().with_node(node.clone()))
+        .await
+        .unwrap();
 
     let cid = format!("tapio-fail-{}", std::process::id());
     let bad = network.config_with_subnet("10.250.12.0/99");
+    let uid = "0badc0de-2222-4333-8444-955566667777";
     let add = run_plugin(
         "bridge",
         "ADD",
         &cid,
         &netns.path(),
         "eth0",
-        "K8S_POD_NAME=broken",
+        &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=broken;K8S_POD_UID={uid}"),
         &bad,
     );
     assert_ne!(add.exit_code, 0);
@@ -379,8 +535,89 @@ async fn failing_add_reports_the_plugin_error() {
     assert_eq!(s.failed_exit_code, Some(add.exit_code));
     assert_eq!(s.pod.name.as_deref(), Some("broken"));
     assert!(s.ips.is_empty());
+    // One trace: the failed ADD is its root; the bridge (which printed the
+    // error) follows it, host-local (which rejected the range) the bridge.
+    assert_eq!(ev.trace_origin, TraceOrigin::Correlated { parent: None });
+    let bridge = invocation(&seen, &cid, "bridge", "ADD");
+    let b = bridge.payload_ref::<PluginInvocationEvent>().unwrap();
+    assert_eq!(b.run.error.as_ref().map(|e| e.code), Some(code));
+    assert_eq!(b.run.exit_code, Some(add.exit_code));
+    assert_eq!(bridge.trace_id, ev.trace_id);
+    assert_eq!(bridge.parent_span_id(), Some(ev.span_id));
+    let host_local = invocation(&seen, &cid, "host-local", "ADD");
+    let h = host_local.payload_ref::<PluginInvocationEvent>().unwrap();
+    assert_eq!(h.run.error.as_ref().map(|e| e.code), Some(code));
+    assert_eq!(host_local.trace_id, ev.trace_id);
+    assert_eq!(host_local.parent_span_id(), Some(bridge.span_id));
+    // The node model knows the pod, without an address.
+    assert!(node.pods().get(uid).expect("pod from CNI").ips.is_empty());
+    assert_eq!(
+        node.anchor(Anchor::PodSetup(uid), ev.timestamp)
+            .map(|m| m.span),
+        Some(ev.span_ref())
+    );
+
+    // An exhausted IPAM range: host-local runs and fails, the bridge
+    // reports its error (and runs host-local's DEL to undo): one trace.
+    let only = "10.250.12.10";
+    let state = network.data_dir.join(&network.name);
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join(only), "someone-else\neth0").unwrap();
+    let cid = format!("tapio-full-{}", std::process::id());
+    let netns = Netns::new(); // the failed ADD left its veth in the first
+    let add = run_plugin(
+        "bridge",
+        "ADD",
+        &cid,
+        &netns.path(),
+        "eth0",
+        &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=full;K8S_POD_UID={uid}"),
+        &network.config_with_one_address(only),
+    );
+    assert_ne!(add.exit_code, 0, "{}", add.stdout);
+    let msg = add.json["msg"].as_str().expect("CNI error msg").to_string();
+    let ev = wait_for(&mut rx, &mut seen, WAIT, "setup, range full", |e| {
+        is(e, types::SETUP, &cid)
+    })
+    .await;
+    let s = ev.payload_ref::<PodNetworkEvent>().unwrap();
+    assert_eq!(s.error.as_ref().map(|e| e.msg.as_str()), Some(msg.as_str()));
+    assert_eq!(ev.trace_origin, TraceOrigin::Correlated { parent: None });
+    let bridge = invocation(&seen, &cid, "bridge", "ADD");
+    assert_eq!(
+        bridge
+            .payload_ref::<PluginInvocationEvent>()
+            .unwrap()
+            .run
+            .error
+            .as_ref()
+            .map(|e| e.msg.as_str()),
+        Some(msg.as_str())
+    );
+    assert_eq!(bridge.parent_span_id(), Some(ev.span_id));
+    let host_local = invocation(&seen, &cid, "host-local", "ADD");
+    let h = host_local.payload_ref::<PluginInvocationEvent>().unwrap();
+    assert!(h.run.delegated && h.run.exit_code != Some(0), "{h:?}");
+    assert!(h.run.error.is_some(), "{h:?}");
+    for step in [bridge, host_local] {
+        assert_eq!(step.trace_id, ev.trace_id);
+    }
+    assert_eq!(host_local.parent_span_id(), Some(bridge.span_id));
+    let bridge_span = bridge.span_id;
     collector.stop().await.unwrap();
-    assert_eq!(collector.observer().stats().failures, 1);
+    // The undo (host-local DEL, run by the bridge) is in the trace too.
+    while let Some(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    if let Some(undo) = seen.iter().find(|e| {
+        is(e, types::PLUGIN, &cid)
+            && e.payload_ref::<PluginInvocationEvent>()
+                .is_some_and(|p| p.run.plugin == "host-local" && p.command == "DEL")
+    }) {
+        assert_eq!(undo.trace_id, ev.trace_id);
+        assert_eq!(undo.parent_span_id(), Some(bridge_span));
+    }
+    assert_eq!(collector.observer().stats().failures, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,28 @@
 //! and the querier's `tapio.cgroup.id`, `k8s.pod.uid`, `container.id` …
 //! through the cgroup resolver of the [`CollectorContext`].
 //!
+//! # Correlation
+//!
+//! With a [`NodeModel`](tapio_core::node::NodeModel) in the context, the
+//! pod's name and namespace come with the querier's cgroup (when the kube or
+//! CNI collector described the pod), and the transaction is a causal chain
+//! ([`TraceOrigin::Correlated`](tapio_core::TraceOrigin)):
+//!
+//! | event | chain step |
+//! |---|---|
+//! | `dns.query` (first transmission) | starts a chain |
+//! | `dns.query` (retransmission) | child of the first transmission |
+//! | `dns.response` | child of the matched query; starts a chain when unmatched |
+//! | `dns.timeout` | child of the query |
+//!
+//! A client-side NOERROR response records its addresses in the node model
+//! ([`NodeModel::record_answer`](tapio_core::node::NodeModel::record_answer)):
+//! for the querier's pod (else its cgroup), the question's name → each
+//! A/AAAA address of that name or of the names it is a CNAME chain to
+//! ([`DnsMessage::addresses_of`]), with the record's TTL, in the response's
+//! span. The kernel collector's connections from that pod to those
+//! addresses become the response's children.
+//!
 //! # Capture: why `cgroup_skb` on the cgroup v2 root
 //!
 //! Two `cgroup_skb` programs (egress and ingress) attached to the root of
@@ -541,7 +563,12 @@ impl Sink {
         // Metadata first (it borrows the payload), then the payload moves
         // into the event, stamped with the kernel time (no clock read).
         let (mut ev, cgroup_id) = match out {
-            Output::Query { ktime_ns, event } => {
+            Output::Query {
+                ktime_ns,
+                event,
+                span,
+                cause,
+            } => {
                 let metadata = self.text.metadata(
                     &event.connection,
                     &event.query,
@@ -551,9 +578,16 @@ impl Sink {
                 let cgroup_id = event.connection.cgroup_id;
                 let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::QUERY, event);
                 ev.metadata = metadata;
-                (ev, cgroup_id)
+                // The span the matcher named, for the response to follow.
+                ev.trace_id = span.trace_id;
+                ev.span_id = span.span_id;
+                (chain(ev, cause), cgroup_id)
             }
-            Output::Response { ktime_ns, event } => {
+            Output::Response {
+                ktime_ns,
+                event,
+                cause,
+            } => {
                 if let (Some(h), Some(us)) = (&self.latency, event.latency_us) {
                     let rcode = match message::rcode_static(event.response.rcode) {
                         Some(s) => KeyValue::new("rcode", s),
@@ -574,9 +608,19 @@ impl Sink {
                 let cgroup_id = event.connection.cgroup_id;
                 let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::RESPONSE, event);
                 ev.metadata = metadata;
-                (ev, cgroup_id)
+                let mut ev = chain(ev, cause);
+                let info = emitter.attach_cgroup(&mut ev, cgroup_id);
+                if let Some(node) = emitter.node() {
+                    record_answers(node, &ev, cgroup_id, info.as_deref());
+                }
+                self.push(emitter, ev);
+                return;
             }
-            Output::Timeout { ktime_ns, event } => {
+            Output::Timeout {
+                ktime_ns,
+                event,
+                cause,
+            } => {
                 let metadata = self.text.metadata(
                     &event.connection,
                     &event.query,
@@ -586,12 +630,58 @@ impl Sink {
                 let cgroup_id = event.connection.cgroup_id;
                 let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::TIMEOUT, event);
                 ev.metadata = metadata;
-                (ev, cgroup_id)
+                (chain(ev, cause), cgroup_id)
             }
         };
         emitter.attach_cgroup(&mut ev, cgroup_id);
         self.push(emitter, ev);
     }
+}
+
+/// A step of the transaction's chain: the child of the first query's event,
+/// or the first step itself when there is none.
+fn chain(ev: RawEvent, cause: Option<tapio_core::SpanRef>) -> RawEvent {
+    match cause {
+        Some(query) => ev.follows(query),
+        None => ev.start_chain(),
+    }
+}
+
+/// Teach the node model the addresses a NOERROR response gave the querier
+/// (client side only: a local resolver's answers are its clients'), for
+/// the querier's pod, or its cgroup outside pods: connections from there
+/// to those addresses join the response's chain. The name recorded is the
+/// question's, whatever CNAMEs led to the addresses.
+fn record_answers(
+    node: &tapio_core::node::NodeModel,
+    ev: &RawEvent,
+    cgroup_id: u64,
+    info: Option<&tapio_core::cgroup::CgroupInfo>,
+) {
+    let Some(r) = ev.payload_ref::<DnsResponseEvent>() else {
+        return;
+    };
+    if r.response.rcode != 0 || r.connection.side != Side::Client || cgroup_id == 0 {
+        return;
+    }
+    let Some(question) = r
+        .response
+        .question()
+        .or_else(|| r.query.as_deref()?.question())
+    else {
+        return;
+    };
+    let mut answers = r.response.addresses_of(&question.name).peekable();
+    if answers.peek().is_none() {
+        return;
+    }
+    node.record_answer(
+        tapio_core::node::Scope::of(cgroup_id, info),
+        &question.name,
+        answers,
+        ev.timestamp,
+        ev.span_ref(),
+    );
 }
 
 /// Bucket bounds (µs) of `dns_response_latency_us`.
@@ -869,6 +959,11 @@ mod tests {
 
         let base = CollectorBase::new(NAME, 64, OverflowPolicy::DropNewest);
         let mut rx = base.take_events().unwrap();
+        // A node model without a cgroup resolver: answers are per cgroup.
+        let node = Arc::new(tapio_core::node::NodeModel::default());
+        base.begin_start(&tapio_core::CollectorContext::default().with_node(node.clone()))
+            .unwrap();
+        base.finish_start();
         let emitter = base.emitter();
         let mut matcher = Matcher::new(
             MatcherConfig {
@@ -1001,6 +1096,29 @@ mod tests {
         );
         let decoded: DnsResponseEvent = events[3].payload().unwrap();
         assert_eq!(&decoded, r);
+
+        // Each query starts a chain; its response is its child.
+        use tapio_core::TraceOrigin;
+        use tapio_core::node::Scope;
+        for pair in events.chunks(2) {
+            let (q, r) = (&pair[0], &pair[1]);
+            assert_eq!(q.trace_origin, TraceOrigin::Correlated { parent: None });
+            assert_eq!(r.trace_id, q.trace_id);
+            assert_eq!(r.parent_span_id(), Some(q.span_id));
+        }
+        assert_ne!(events[0].trace_id, events[2].trace_id);
+        // The node model knows the answer for the querier's cgroup (3), in
+        // the latest response's span, within its 60 s TTL; not for another.
+        let ip: std::net::IpAddr = "10.96.0.10".parse().unwrap();
+        let at = events[3].timestamp + chrono::Duration::seconds(59);
+        let found = node.resolved(Scope::Cgroup(3), ip, at).expect("resolved");
+        assert_eq!(&*found.name, "web.shop.svc.cluster.local");
+        assert_eq!(found.span, events[3].span_ref());
+        assert!(node.resolved(Scope::Cgroup(4), ip, at).is_none());
+        assert!(
+            node.resolved(Scope::Cgroup(3), ip, at + chrono::Duration::seconds(2))
+                .is_none()
+        );
     }
 
     /// The record layout the decoder relies on (it reads fields at fixed

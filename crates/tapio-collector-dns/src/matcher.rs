@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tapio_core::{SpanId, SpanRef, TraceId};
+
 use crate::event::{DnsConnection, DnsQueryEvent, DnsResponseEvent, DnsTimeoutEvent, Side};
 use crate::k8s::{self, KubernetesName};
 use crate::message::{self, DnsMessage};
@@ -89,19 +91,36 @@ impl DnsCounters {
 /// What the matcher decided, in order, with the kernel time of the event.
 /// Each payload is moved into its event as is.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// Chains: a query's event is a span the matcher names (`span`) so that the
+/// event closing its transaction can name it as its parent (`cause`). The
+/// first transmission starts the chain (`cause: None`); a retransmission,
+/// the response and the timeout follow the first transmission.
 pub(crate) enum Output {
     Query {
         ktime_ns: u64,
         event: DnsQueryEvent,
+        span: SpanRef,
+        cause: Option<SpanRef>,
     },
     Response {
         ktime_ns: u64,
         event: DnsResponseEvent,
+        cause: Option<SpanRef>,
     },
     Timeout {
         ktime_ns: u64,
         event: DnsTimeoutEvent,
+        cause: Option<SpanRef>,
     },
+}
+
+/// A fresh span for a query's event.
+fn new_span() -> SpanRef {
+    SpanRef {
+        trace_id: TraceId::random(),
+        span_id: SpanId::random(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +178,9 @@ struct Pending {
     /// Shared with the `dns.query` event and, later, the event that closes
     /// the transaction: decoded once, never copied.
     query: Arc<DnsMessage>,
+    /// The span of the first transmission's `dns.query` event (none when
+    /// queries are not emitted).
+    span: Option<SpanRef>,
 }
 
 /// Matches DNS responses to the queries they answer: the bounded in-flight
@@ -324,6 +346,7 @@ impl Matcher {
             // A retransmission: report this transmission, keep the first.
             p.attempts += 1;
             let attempt = p.attempts;
+            let cause = p.span;
             if self.cfg.emit_queries {
                 let kubernetes = self.kubernetes(&msg);
                 out(Output::Query {
@@ -334,6 +357,8 @@ impl Matcher {
                         attempt,
                         kubernetes,
                     },
+                    span: new_span(),
+                    cause,
                 });
             }
             return;
@@ -353,6 +378,7 @@ impl Matcher {
             None
         };
         let query = Arc::new(msg);
+        let span = self.cfg.emit_queries.then(new_span);
         let event = self.cfg.emit_queries.then(|| DnsQueryEvent {
             connection: connection.clone(),
             query: query.clone(),
@@ -367,10 +393,16 @@ impl Matcher {
                 attempts: 1,
                 connection,
                 query,
+                span,
             },
         );
-        if let Some(event) = event {
-            out(Output::Query { ktime_ns, event });
+        if let (Some(event), Some(span)) = (event, span) {
+            out(Output::Query {
+                ktime_ns,
+                event,
+                span,
+                cause: None,
+            });
         }
         self.publish_inflight();
     }
@@ -393,6 +425,7 @@ impl Matcher {
             2 => DnsCounters::inc(&self.counters.servfail),
             _ => {}
         }
+        let cause = pending.as_ref().and_then(|p| p.span);
         let (query, latency_us, attempts, slow) = match pending {
             Some(p) => {
                 DnsCounters::inc(&self.counters.matched);
@@ -429,6 +462,7 @@ impl Matcher {
                 slow,
                 kubernetes,
             },
+            cause,
         });
     }
 
@@ -489,6 +523,7 @@ impl Matcher {
                     waited_us: now_ns.saturating_sub(p.first_ktime) / 1000,
                     kubernetes,
                 },
+                cause: p.span,
             });
         }
         self.publish_inflight();
@@ -579,9 +614,15 @@ mod tests {
                 query(7, "web.shop.svc.cluster.local."),
             ),
         );
-        let Output::Query { event, .. } = &q[0] else {
+        let Output::Query {
+            event, span, cause, ..
+        } = &q[0]
+        else {
             panic!("{q:?}")
         };
+        // The first transmission starts the chain.
+        assert_eq!(*cause, None);
+        let query_span = *span;
         assert_eq!(event.connection.client_port, 40000);
         assert_eq!(event.connection.server_port, 53);
         assert_eq!(event.kubernetes.as_ref().unwrap().namespace, "shop");
@@ -595,9 +636,11 @@ mod tests {
                 response(7, "web.shop.svc.cluster.local.", ResponseCode::NoError),
             ),
         );
-        let Output::Response { event, .. } = &r[0] else {
+        let Output::Response { event, cause, .. } = &r[0] else {
             panic!("{r:?}")
         };
+        // The response is the query's child.
+        assert_eq!(*cause, Some(query_span));
         assert_eq!(event.latency_us, Some(251)); // 250.5 µs rounded up
         assert_eq!(event.connection.pid, Some(100));
         assert_eq!(event.query.as_ref().unwrap().id, 7);
@@ -624,20 +667,31 @@ mod tests {
                 response(1, "x.", ResponseCode::NXDomain),
             ),
         );
-        let Output::Response { event, .. } = &r[0] else {
+        let Output::Response { event, cause, .. } = &r[0] else {
             panic!()
         };
+        // No query: the sink starts a chain at the response.
+        assert_eq!(*cause, None);
         assert_eq!(event.latency_us, None);
         assert_eq!(event.response.rcode_name, "NXDOMAIN");
-        run(&mut e, &pkt(0, Direction::Egress, query(2, "y.")));
+        let first = run(&mut e, &pkt(0, Direction::Egress, query(2, "y.")));
+        let Output::Query { span: first, .. } = first[0] else {
+            panic!()
+        };
         let again = run(
             &mut e,
             &pkt(1_000_000_000, Direction::Egress, query(2, "y.")),
         );
-        let Output::Query { event, .. } = &again[0] else {
+        let Output::Query {
+            event, span, cause, ..
+        } = &again[0]
+        else {
             panic!()
         };
         assert_eq!(event.attempt, 2);
+        // A retransmission follows the first transmission, as its own span.
+        assert_eq!(*cause, Some(first));
+        assert_ne!(*span, first);
         let r = run(
             &mut e,
             &pkt(
@@ -651,6 +705,10 @@ mod tests {
         };
         assert_eq!(event.latency_us, Some(1_200_000));
         assert_eq!(event.attempts, 2);
+        let Output::Response { cause, .. } = &r[0] else {
+            panic!()
+        };
+        assert_eq!(*cause, Some(first));
         assert!(event.slow);
         assert_eq!(counters.unmatched.load(Ordering::Relaxed), 1);
         assert_eq!(counters.nxdomain.load(Ordering::Relaxed), 1);
@@ -676,8 +734,17 @@ mod tests {
         assert_eq!(counters.evictions.load(Ordering::Relaxed), 2);
         let mut out = Vec::new();
         e.sweep(8_000_000_000, &mut |o| {
-            if let Output::Timeout { ktime_ns, event } = o {
-                out.push(Output::Timeout { ktime_ns, event });
+            if let Output::Timeout {
+                ktime_ns,
+                event,
+                cause,
+            } = o
+            {
+                out.push(Output::Timeout {
+                    ktime_ns,
+                    event,
+                    cause,
+                });
             }
         });
         // ids 2 and 3 were sent at 2 s and 3 s: 5 s timeout passed by 8 s.
@@ -689,7 +756,10 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![2, 3]);
-        if let Output::Timeout { event, ktime_ns } = &out[0] {
+        if let Output::Timeout {
+            event, ktime_ns, ..
+        } = &out[0]
+        {
             assert_eq!(event.waited_us, 6_000_000);
             assert_eq!(*ktime_ns, 7_000_000_000);
         }

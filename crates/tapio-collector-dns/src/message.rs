@@ -248,6 +248,34 @@ impl DnsMessage {
     pub fn answer_ips(&self) -> Vec<IpAddr> {
         self.answers.iter().filter_map(|a| a.ip).collect()
     }
+
+    /// The addresses (with their TTL in seconds) that the answer section
+    /// gives for `name`: A/AAAA records owned by `name` or by a name it is
+    /// an alias of through a chain of CNAME records in the answer section
+    /// (names compare case-insensitively). Records for other names are left
+    /// out.
+    ///
+    pub fn addresses_of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (IpAddr, u32)> + 'a {
+        // The names `name` stands for: itself and its CNAME targets. At most
+        // one per answer record, so the loop ends.
+        let mut names: Vec<&str> = vec![name];
+        let known = |names: &[&str], n: &str| names.iter().any(|k| k.eq_ignore_ascii_case(n));
+        loop {
+            let before = names.len();
+            for a in &self.answers {
+                if a.rtype == "CNAME" && known(&names, &a.name) && !known(&names, &a.data) {
+                    names.push(&a.data);
+                }
+            }
+            if names.len() == before {
+                break;
+            }
+        }
+        self.answers
+            .iter()
+            .filter(move |a| a.ip.is_some() && known(&names, &a.name))
+            .filter_map(|a| Some((a.ip?, a.ttl)))
+    }
 }
 
 /// Response code mnemonic per the IANA registry; `RCODE<n>` when unassigned.
@@ -748,6 +776,32 @@ mod tests {
         edns.set_dnssec_ok(true);
         m.set_edns(edns);
         m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn addresses_of_follows_cnames_from_the_question_only() {
+        let bytes = response();
+        let mut msg = decode(&bytes, bytes.len()).unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let got: Vec<_> = msg.addresses_of("svc.example").collect();
+        assert_eq!(got, [(v4, 30), (v6, 30)]);
+        // Case-insensitive; the alias target itself; an unrelated name.
+        assert_eq!(msg.addresses_of("SVC.Example").count(), 2);
+        assert_eq!(msg.addresses_of("real.example").count(), 2);
+        assert_eq!(msg.addresses_of("t.example").count(), 0);
+        // A CNAME loop ends.
+        msg.answers[1].name = "loop.example".into();
+        msg.answers.push(DnsAnswer {
+            name: "real.example".into(),
+            rtype: "CNAME".into(),
+            ttl: 1,
+            data: "svc.example".into(),
+            ip: None,
+            truncated: false,
+        });
+        let got: Vec<_> = msg.addresses_of("svc.example").collect();
+        assert_eq!(got, [(v6, 30)]);
     }
 
     #[test]

@@ -244,6 +244,160 @@ async fn dig_on_loopback_v4_and_v6_exact_values() {
     dns.stop().await.expect("stop");
 }
 
+/// Removes the cgroups a test made (deepest first), also on failure.
+struct Cgroups(Vec<std::path::PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// `dig` run from inside cgroup `dir` (the shell moves itself there, then
+/// execs dig: same pid).
+fn dig_in_cgroup(dir: &std::path::Path, port: u16, name: &str) -> (u32, String) {
+    let procs = dir.join("cgroup.procs");
+    let script =
+        format!("echo $$ > \"$0\" && exec dig @127.0.0.1 -p {port} +tries=1 +timeout=2 {name} A");
+    let child = std::process::Command::new("sh")
+        .args(["-c", &script, procs.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn sh + dig");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait dig");
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A query from a pod's cgroup: both events name the pod (known to the node
+/// model through CNI), the response is the query's child, and the node
+/// model maps the answered address to the question's name for that pod
+/// only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_query_chain_and_answers_in_the_node_model() {
+    use tapio_core::TraceOrigin;
+    use tapio_core::node::Scope;
+    if !require_root("pod_query_chain_and_answers_in_the_node_model") {
+        return;
+    }
+    const UID: &str = "5d4c3b2a-1908-4f7e-8d6c-5b4a39281706";
+    let cid = format!(
+        "{}{}",
+        tapio_core::TraceId::random(),
+        tapio_core::TraceId::random()
+    );
+    let root = tapio_core::cgroup::cgroup2_mount().expect("cgroup2");
+    let top = root.join(format!("{}.slice", unique("kubepods")));
+    let pod_dir = top.join(format!(
+        "kubepods-besteffort-pod{}.slice",
+        UID.replace('-', "_")
+    ));
+    let container = pod_dir.join(format!("cri-containerd-{cid}.scope"));
+    let guard = Cgroups(vec![top.clone(), pod_dir.clone(), container.clone()]);
+    for dir in &guard.0 {
+        std::fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    }
+    let pod_cgroup = tapio_core::cgroup::CgroupResolver::id_of(&container).expect("cgroup id");
+
+    let port = free_port();
+    let _dnsmasq = Dnsmasq::start("127.0.0.1", port, None, &[]);
+    let cgroups = resolver();
+    let my_cgroup = own_cgroup_id(&cgroups);
+    let node = Arc::new(NodeModel::default().with_cgroups(cgroups));
+    node.pod_from_cni(UID, "client-0", "shop", &[]);
+    let (dns, mut seen) = start(
+        config(&[port]),
+        CollectorContext::default().with_node(node.clone()),
+    )
+    .await;
+
+    let (pid, out) = dig_in_cgroup(&container, port, "www.tapio.test");
+    assert!(out.contains("10.53.0.7"), "{out}");
+    let of_pid = |kind: &'static str, name: &'static str| {
+        move |e: &RawEvent| {
+            is(kind, name, port)(e) && e.metadata.get_i64("process.pid") == Some(i64::from(pid))
+        }
+    };
+    let q = seen
+        .find(WAIT, "pod query", of_pid(QUERY, "www.tapio.test"))
+        .await;
+    let r = seen
+        .find(WAIT, "pod response", of_pid(RESPONSE, "www.tapio.test"))
+        .await;
+    for ev in [&q, &r] {
+        assert_eq!(ev.metadata["k8s.pod.name"], "client-0", "{}", ev.event_type);
+        assert_eq!(ev.metadata["k8s.namespace.name"], "shop");
+        assert_eq!(ev.metadata["k8s.pod.uid"], UID);
+        assert_eq!(ev.metadata["container.id"], cid.as_str());
+        assert_eq!(ev.metadata["tapio.cgroup.id"], pod_cgroup as i64);
+    }
+    // The query starts the chain; the response is its child.
+    assert_eq!(q.trace_origin, TraceOrigin::Correlated { parent: None });
+    assert_eq!(r.trace_id, q.trace_id);
+    assert_eq!(r.parent_span_id(), Some(q.span_id));
+    assert_eq!(
+        r.trace_origin,
+        TraceOrigin::Correlated {
+            parent: Some(q.span_id)
+        }
+    );
+
+    // The pod's answer: dnsmasq's TTL is 0, so it holds for min_name_ttl.
+    let ip: IpAddr = "10.53.0.7".parse().unwrap();
+    let found = node
+        .resolved(Scope::Pod(UID), ip, r.timestamp)
+        .expect("the pod's answer");
+    assert_eq!(&*found.name, "www.tapio.test");
+    assert_eq!(found.span, r.span_ref());
+    // Not for this test's own cgroup, nor another pod.
+    assert!(
+        node.resolved(Scope::Cgroup(my_cgroup), ip, r.timestamp)
+            .is_none()
+    );
+    assert!(
+        node.resolved(Scope::Cgroup(pod_cgroup), ip, r.timestamp)
+            .is_none()
+    );
+    assert!(
+        node.resolved(Scope::Pod("another-pod"), ip, r.timestamp)
+            .is_none()
+    );
+
+    // Through a CNAME: the question's name, in the newer response's span.
+    let (pid2, out) = dig_in_cgroup(&container, port, "alias.tapio.test");
+    assert!(out.contains("10.53.0.7"), "{out}");
+    let r2 = seen
+        .find(WAIT, "alias response", |e| {
+            is(RESPONSE, "alias.tapio.test", port)(e)
+                && e.metadata.get_i64("process.pid") == Some(i64::from(pid2))
+        })
+        .await;
+    let found = node
+        .resolved(Scope::Pod(UID), ip, r2.timestamp)
+        .expect("the alias answer");
+    assert_eq!(&*found.name, "alias.tapio.test");
+    assert_eq!(found.span, r2.span_ref());
+
+    // NXDOMAIN teaches nothing.
+    let before = node.stats().names;
+    let (_, out) = dig_in_cgroup(&container, port, "nx.tapio.test");
+    assert!(out.contains("NXDOMAIN"), "{out}");
+    seen.find(
+        WAIT,
+        "NXDOMAIN response",
+        is(RESPONSE, "nx.tapio.test", port),
+    )
+    .await;
+    assert_eq!(node.stats().names, before);
+    dns.stop().await.expect("stop");
+    drop(guard);
+    assert!(!top.exists(), "test cgroups removed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_fallback_for_large_txt() {
     if !require_root("tcp_fallback_for_large_txt") {

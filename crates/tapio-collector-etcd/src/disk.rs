@@ -316,6 +316,34 @@ impl PathCache {
     }
 }
 
+/// The last WAL sync of the etcd process: when it completed (wall clock,
+/// ns) and how long it took. The watch reads it to give a write its sync
+/// (see the crate docs, "Chains").
+#[derive(Debug, Default)]
+pub(crate) struct LastSync(parking_lot::Mutex<Option<(i64, u64)>>);
+
+impl LastSync {
+    /// How close before a write's watch event its WAL sync must have
+    /// completed to be attributed to it.
+    pub(crate) const WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+    pub(crate) fn record(&self, completed: chrono::DateTime<chrono::Utc>, latency_ns: u64) {
+        let at = completed.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        *self.0.lock() = Some((at, latency_ns));
+    }
+
+    /// The latency of the WAL sync that completed at most [`Self::WINDOW`]
+    /// before `at` (and not after it).
+    pub(crate) fn before(&self, at: chrono::DateTime<chrono::Utc>) -> Option<std::time::Duration> {
+        let at = at.timestamp_nanos_opt()?;
+        let (done, latency) = (*self.0.lock())?;
+        let ago = at.checked_sub(done)?;
+        (0..=Self::WINDOW.as_nanos() as i64)
+            .contains(&ago)
+            .then(|| std::time::Duration::from_nanos(latency))
+    }
+}
+
 /// Counters of the disk part.
 #[derive(Debug, Default)]
 pub(crate) struct DiskCounters {
@@ -332,6 +360,7 @@ pub(crate) fn handler(
     emitter: Emitter,
     instruments: Instruments,
     counters: Arc<DiskCounters>,
+    last_sync: Arc<LastSync>,
 ) -> impl FnMut(IoRecord) + Send + 'static {
     let clock = BootClock::new();
     // Threshold in ns; validated finite and non-negative.
@@ -357,6 +386,9 @@ pub(crate) fn handler(
                     .sync_duration
                     .record(rec.latency_ns as f64 / 1e6, &attrs);
                 instruments.sync_bytes.record(rec.bytes, &attrs);
+                if kind == EtcdFileKind::Wal && rec.ret >= 0 {
+                    last_sync.record(clock.to_wall(rec.ktime_ns), rec.latency_ns);
+                }
                 if rec.latency_ns >= threshold_ns {
                     counters.slow_syncs.fetch_add(1, Ordering::Relaxed);
                     let payload = EtcdSlowSyncEvent {

@@ -53,6 +53,32 @@
 //! propagated into the event's trace context
 //! ([`RawEvent::parent_span_id`](tapio_core::RawEvent::parent_span_id)).
 //!
+//! Every write of a Kubernetes key also carries `tapio.k8s.object.name`
+//! ([`KEY_OBJECT_NAME`]: the object's name from the key, for every
+//! resource) beside `tapio.etcd.k8s.resource` and `k8s.namespace.name`.
+//!
+//! # Chains
+//!
+//! With a node model ([`CollectorContext::with_node`](tapio_core::CollectorContext::with_node))
+//! a Kubernetes write is the first step of the **etcd chain** of
+//! [`tapio_core::node`]:
+//!
+//! | step | event | trace | key, window | broken by |
+//! |---|---|---|---|---|
+//! | 1 | `etcd.put` / `etcd.delete` of a key under the Kubernetes prefix (`/registry/<resource>/<ns>/<name>`, cluster-scoped `/registry/<resource>/<name>`, custom resources) | starts a chain (a propagated `traceparent` is kept instead: the chain continues that trace); marks `EtcdRevision(mod_revision)` with the write's WAL sync | — | a key outside the Kubernetes prefix (no chain) |
+//! | 2 | the kube watch event whose `resourceVersion` is that revision (kube collector) | child of the write | revision, 5 min (`etcd_window`) | the agent not beside that etcd member; the kube watch not running |
+//!
+//! **The write's WAL sync.** The disk part times every sync of the etcd
+//! process but cannot see which revision a sync persisted. The rule: a
+//! write gets the last sync of a WAL file (`member/wal/*.wal`) that
+//! completed at most 100 ms before the write's watch event was received
+//! (etcd syncs the WAL before it commits, and notifies watchers after it
+//! applies). It goes on the event as `tapio.etcd.disk.sync_duration`
+//! ([`KEY_SYNC_DURATION`], seconds, a double) and into the revision's
+//! anchor, from which the kube collector copies it. With the disk part off,
+//! or no WAL sync in those 100 ms, there is none. Under a burst of writes
+//! one group-commit sync persists several revisions: each gets it.
+//!
 //! ```no_run
 //! use tapio_collector_etcd::{EtcdCollector, EtcdConfig, EtcdGapEvent, EtcdPutEvent, types};
 //! use tapio_core::{Collector, CollectorContext};
@@ -118,7 +144,7 @@ pub use events::{
     CapturedEncoding, CapturedValue, EtcdDeleteEvent, EtcdFileKind, EtcdGapEvent, EtcdPutEvent,
     EtcdSlowSyncEvent, KubernetesInfo, PrevKv, SyncSyscall, types,
 };
-pub use watch::{DB_SYSTEM_NAME, EtcdError};
+pub use watch::{DB_SYSTEM_NAME, EtcdError, KEY_OBJECT_NAME, KEY_SYNC_DURATION};
 
 /// Entry points of the fuzz targets (`fuzz/`) for decoders that are not
 /// public. **Not API**: they may change or go away in any release.
@@ -140,7 +166,7 @@ pub mod fuzzing {
     }
 }
 
-use crate::disk::{DiskCounters, DiskProgram, SyscallHook};
+use crate::disk::{DiskCounters, DiskProgram, LastSync, SyscallHook};
 use crate::metrics::Instruments;
 use crate::watch::{Counters, Cursor, Outcome, Watcher};
 
@@ -188,6 +214,7 @@ pub struct Etcd {
     config: Arc<EtcdConfig>,
     counters: Arc<Counters>,
     disk_counters: Arc<DiskCounters>,
+    last_sync: Arc<LastSync>,
     cursors: Arc<Mutex<Vec<Cursor>>>,
     breaker: CircuitBreaker,
     instruments: OnceLock<Instruments>,
@@ -223,6 +250,7 @@ impl Observer for Etcd {
             breaker: CircuitBreaker::new(config.breaker.breaker()),
             counters: Arc::default(),
             disk_counters: Arc::default(),
+            last_sync: Arc::default(),
             cursors: Arc::new(Mutex::new(cursors)),
             instruments: OnceLock::new(),
             config: Arc::new(config),
@@ -261,6 +289,8 @@ impl Observer for Etcd {
                 tls,
                 auth,
                 outcome: Mutex::new(Some(tx)),
+                node: cx.emitter.node().cloned(),
+                last_sync: self.last_sync.clone(),
             });
             tasks.push(tokio::spawn(watcher.clone().run()));
             tasks.push(tokio::spawn(watcher.poll_status()));
@@ -412,7 +442,13 @@ impl Etcd {
         let emitter = cx.emitter.clone();
         let timing = emitter.telemetry().cloned();
         let stats = emitter.stats().clone();
-        let handler = disk::handler(disk, emitter, instruments, self.disk_counters.clone());
+        let handler = disk::handler(
+            disk,
+            emitter,
+            instruments,
+            self.disk_counters.clone(),
+            self.last_sync.clone(),
+        );
         let span = tracing::info_span!("etcd.attach", hook = hook.name());
         let started = RingBufReader::spawn_async(
             NAME,

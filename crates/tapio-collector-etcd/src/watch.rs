@@ -29,6 +29,15 @@ use crate::k8s::{self, KubernetesKey};
 /// conventions); its value on every etcd event is `etcd`.
 pub const DB_SYSTEM_NAME: &str = "db.system.name";
 
+/// Event metadata key for the duration, in seconds (a double), of the WAL
+/// sync attributed to a write (see the crate docs, "Chains"); the kube
+/// collector puts the same key on the watch event of that write.
+pub const KEY_SYNC_DURATION: &str = "tapio.etcd.disk.sync_duration";
+
+/// Event metadata key for the name of the Kubernetes object a registry key
+/// names (every resource; `k8s.<kind>.name` only exists for some).
+pub const KEY_OBJECT_NAME: &str = "tapio.k8s.object.name";
+
 /// Why talking to etcd failed. Each variant names the endpoint and what was
 /// attempted; a client error is the [`source`](std::error::Error::source),
 /// not part of the message (print the whole with [`ErrorChain`]).
@@ -375,6 +384,10 @@ pub(crate) struct Watcher {
     pub auth: Option<(String, String)>,
     /// Where the first outcome goes (taken when sent).
     pub outcome: Mutex<Option<tokio::sync::oneshot::Sender<Outcome>>>,
+    /// The agent's node model: Kubernetes writes mark their revision.
+    pub node: Option<Arc<tapio_core::node::NodeModel>>,
+    /// The last WAL sync the disk part saw.
+    pub last_sync: Arc<crate::disk::LastSync>,
 }
 
 impl Watcher {
@@ -967,7 +980,8 @@ impl Watcher {
         if let Some(info) = &payload.kubernetes {
             k8s_metadata(&mut m, info);
         }
-        self.emit(types::PUT, payload, m, traceparent);
+        let revision = payload.kubernetes.is_some().then_some(payload.revision);
+        self.emit(types::PUT, payload, m, traceparent, revision);
     }
 
     fn emit_delete(
@@ -994,22 +1008,45 @@ impl Watcher {
         if let Some(info) = &payload.kubernetes {
             k8s_metadata(&mut m, info);
         }
-        self.emit(types::DELETE, payload, m, traceparent);
+        let revision = payload.kubernetes.is_some().then_some(payload.revision);
+        self.emit(types::DELETE, payload, m, traceparent, revision);
     }
 
     /// Queue one put or delete: its metadata, and the trace of the
-    /// object's `traceparent` annotation when it has one.
+    /// object's `traceparent` annotation when it has one. A write of a
+    /// Kubernetes object (`revision`) is the first step of the etcd chain:
+    /// it starts one (unless it continues a propagated trace) and marks
+    /// [`Anchor::EtcdRevision`](tapio_core::node::Anchor::EtcdRevision) with
+    /// the WAL sync attributed to it (see the crate docs, "Chains").
     fn emit(
         &self,
         event_type: &str,
         payload: impl tapio_core::Payload,
         metadata: Metadata,
         traceparent: Option<tapio_core::TraceParent>,
+        revision: Option<i64>,
     ) {
         let mut ev = self.emitter.event(event_type, payload);
         ev.metadata = metadata;
         if let Some(tp) = traceparent {
             ev = ev.with_traceparent(&tp);
+        }
+        if let Some(revision) = revision {
+            let sync = self.last_sync.before(ev.timestamp);
+            if let Some(sync) = sync {
+                ev.metadata.insert(KEY_SYNC_DURATION, sync.as_secs_f64());
+            }
+            if let Some(node) = &self.node {
+                if !matches!(ev.trace_origin, tapio_core::TraceOrigin::Propagated { .. }) {
+                    ev = ev.start_chain();
+                }
+                node.mark(
+                    tapio_core::node::Anchor::EtcdRevision(revision),
+                    ev.span_ref(),
+                    ev.timestamp,
+                    sync,
+                );
+            }
         }
         self.emitter.emit(ev);
     }
@@ -1106,6 +1143,7 @@ fn kv_metadata(m: &mut Metadata, key: &str, prefix: &str, revision: i64) {
 fn k8s_metadata(m: &mut Metadata, info: &KubernetesInfo) {
     let key: &KubernetesKey = &info.key;
     m.insert("tapio.etcd.k8s.resource", key.qualified_resource());
+    m.insert(KEY_OBJECT_NAME, key.name.as_str());
     if let Some(ns) = &key.namespace {
         m.insert("k8s.namespace.name", ns.as_str());
     }
@@ -1151,6 +1189,8 @@ mod tests {
             tls_client_cert: false,
             auth: None,
             outcome: Mutex::new(None),
+            node: None,
+            last_sync: Arc::default(),
         });
         (engine, rx, base)
     }

@@ -241,3 +241,53 @@ fn without_privileges_the_disk_part_names_the_capability() {
     }
     assert_child_passes_unprivileged("unprivileged_child", "needs CAP_BPF and CAP_PERFMON");
 }
+
+/// With the disk part on, a registry write carries the WAL sync that
+/// persisted it (the last one of the etcd process completed within 100 ms
+/// before the write's watch event), and its revision anchor has that
+/// latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_write_carries_its_wal_sync() {
+    if !require_root("a_registry_write_carries_its_wal_sync") {
+        return;
+    }
+    use std::sync::Arc;
+    use tapio_core::node::{Anchor, NodeModel};
+
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let node = Arc::new(NodeModel::default());
+    let mut config = disk_only(DiskTarget::Pid(etcd.pid()), DiskHook::Auto);
+    config.endpoints = vec![etcd.endpoint()];
+    config.prefixes = vec!["/registry/".into()];
+    let collector = EtcdCollector::new(config);
+    let mut events = collector.events().expect("stream");
+    collector
+        .start(CollectorContext::default().with_node(node.clone()))
+        .await
+        .expect("start");
+    let rev = client
+        .put("/registry/pods/shop/web-0", "{}", None)
+        .await
+        .expect("put")
+        .header()
+        .expect("header")
+        .revision();
+    let got = collect(&mut events, 1, WAIT, |e| e.event_type == types::PUT).await;
+    let put = &got[0];
+    let seconds = put
+        .metadata
+        .get(tapio_collector_etcd::KEY_SYNC_DURATION)
+        .and_then(|v| match v {
+            tapio_core::metadata::Value::Double(d) => Some(*d),
+            _ => None,
+        })
+        .expect("the write's WAL sync, in seconds");
+    assert!(seconds > 0.0 && seconds < 5.0, "{seconds}");
+    let mark = node
+        .anchor(Anchor::EtcdRevision(rev), put.timestamp)
+        .expect("revision anchor");
+    assert_eq!(mark.span, put.span_ref());
+    assert_eq!(mark.latency.map(|l| l.as_secs_f64()), Some(seconds));
+    collector.stop().await.expect("stop");
+}

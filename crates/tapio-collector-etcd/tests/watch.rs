@@ -1303,3 +1303,105 @@ async fn invalid_configuration_is_rejected_at_start() {
     assert!(err.to_string().contains("overlap"), "{err}");
     assert_eq!(collector.health().state, HealthState::Failed);
 }
+
+/// A write of a Kubernetes object is the first step of the etcd chain: the
+/// event starts a trace and the node model's anchor for its revision is the
+/// event's span (the kube watch event with that resourceVersion joins it).
+/// A write outside the registry starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_writes_mark_their_revision_for_the_kube_watch() {
+    use std::sync::Arc;
+    use tapio_core::node::{Anchor, NodeModel};
+
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let node = Arc::new(NodeModel::default());
+    let collector = EtcdCollector::new(EtcdConfig {
+        prefixes: vec!["/registry/".into(), "/other/".into()],
+        ..config(etcd.endpoint(), "/registry/")
+    });
+    let mut events = collector.events().expect("stream");
+    collector
+        .start(CollectorContext::default().with_node(node.clone()))
+        .await
+        .expect("start");
+    let pod = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-0","namespace":"shop","uid":"uid-web-0"}}"#;
+    let rev = put(&mut client, "/registry/pods/shop/web-0", pod.to_vec()).await;
+    let ns_rev = put(
+        &mut client,
+        "/registry/namespaces/shop",
+        br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop","uid":"uid-ns"}}"#
+            .to_vec(),
+    )
+    .await;
+    let other_rev = put(&mut client, "/other/key", "v").await;
+    let del_rev = client
+        .delete("/registry/pods/shop/web-0", None)
+        .await
+        .expect("delete")
+        .header()
+        .expect("header")
+        .revision();
+    let got = collect(&mut events, 4, WAIT, is_kv).await;
+
+    let put_ev = &got[0];
+    assert_eq!(put_ev.event_type, types::PUT);
+    assert_eq!(put_ev.metadata["tapio.etcd.revision"], rev);
+    assert_eq!(
+        put_ev.trace_origin,
+        TraceOrigin::Correlated { parent: None }
+    );
+    let mark = node
+        .anchor(Anchor::EtcdRevision(rev), put_ev.timestamp)
+        .expect("revision anchor");
+    assert_eq!(mark.span, put_ev.span_ref());
+    assert_eq!(mark.latency, None, "no disk part: no sync measured");
+    assert!(
+        !put_ev
+            .metadata
+            .contains_key(tapio_collector_etcd::KEY_SYNC_DURATION)
+    );
+    // What the registry key names.
+    assert_eq!(put_ev.metadata["tapio.etcd.k8s.resource"], "pods");
+    assert_eq!(put_ev.metadata["k8s.namespace.name"], "shop");
+    assert_eq!(
+        put_ev.metadata[tapio_collector_etcd::KEY_OBJECT_NAME],
+        "web-0"
+    );
+    assert_eq!(put_ev.metadata["k8s.pod.name"], "web-0");
+
+    // A cluster-scoped object.
+    let ns_ev = &got[1];
+    assert_eq!(ns_ev.metadata["tapio.etcd.revision"], ns_rev);
+    assert_eq!(
+        ns_ev.metadata[tapio_collector_etcd::KEY_OBJECT_NAME],
+        "shop"
+    );
+    assert_eq!(ns_ev.metadata["tapio.etcd.k8s.resource"], "namespaces");
+    assert!(ns_ev.in_chain());
+    assert_eq!(
+        node.anchor(Anchor::EtcdRevision(ns_rev), ns_ev.timestamp)
+            .map(|m| m.span),
+        Some(ns_ev.span_ref())
+    );
+
+    // Outside the Kubernetes prefix: no chain, no anchor.
+    let other = &got[2];
+    assert_eq!(other.metadata["tapio.etcd.revision"], other_rev);
+    assert_eq!(other.trace_origin, TraceOrigin::Event);
+    assert!(
+        node.anchor(Anchor::EtcdRevision(other_rev), other.timestamp)
+            .is_none()
+    );
+
+    // A delete is a write too.
+    let del = &got[3];
+    assert_eq!(del.event_type, types::DELETE);
+    assert_eq!(del.trace_origin, TraceOrigin::Correlated { parent: None });
+    assert_eq!(
+        node.anchor(Anchor::EtcdRevision(del_rev), del.timestamp)
+            .map(|m| m.span),
+        Some(del.span_ref())
+    );
+    collector.stop().await.expect("stop");
+}

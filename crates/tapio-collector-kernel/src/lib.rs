@@ -64,6 +64,29 @@
 //! [`tapio_core::cgroup::CgroupResolver`] is in the
 //! [`CollectorContext`](tapio_core::CollectorContext).
 //!
+//! **Correlation.** With a [`NodeModel`](tapio_core::node::NodeModel) in
+//! the context, events become steps of causal chains
+//! ([`TraceOrigin::Correlated`](tapio_core::TraceOrigin)) and network events
+//! are named by the node's pods; without one nothing is looked up.
+//!
+//! | event | chain step | anchor |
+//! |---|---|---|
+//! | `kernel.process.exec` | starts a chain; the first exec in a pod cgroup whose CNI ADD marked [`PodSetup`](tapio_core::node::Anchor::PodSetup) is that mark's child instead (taken once) | marks [`Process(pid)`](tapio_core::node::Anchor::Process) with its own span |
+//! | `kernel.security.privileged_exec` | child of its exec | |
+//! | `kernel.process.fork` | child of the parent's `Process(pid)` | marks `Process(child)` with the fork's span: the child continues the chain until it execs |
+//! | `kernel.network.*` but `accept` | child of the DNS response the socket's pod (else cgroup) resolved the peer IP from ([`NodeModel::resolved`](tapio_core::node::NodeModel::resolved), within the TTL: the DNS chain wins); else child of `Process(pid)` | |
+//! | `kernel.network.accept`, `kernel.file.*` | child of `Process(pid)` | |
+//! | `kernel.process.exit` | child of `Process(pid)` | ends it |
+//! | `kernel.memory.oom_kill` | starts a chain | marks [`OomKill(uid)`](tapio_core::node::Anchor::OomKill) when the victim's cgroup is a pod's |
+//!
+//! `pid` is the thread-group id. On a DNS join `server.address` is the name
+//! (the IP stays in `network.peer.address`). Network events whose socket is
+//! not in a pod cgroup get `k8s.pod.name`, `k8s.namespace.name` and
+//! `k8s.pod.uid` from the local IP when it is a pod's, and every network
+//! event gets `tapio.peer.k8s.pod.name`, `tapio.peer.k8s.namespace.name` and
+//! `tapio.peer.k8s.pod.uid` when the peer IP is a pod of this node
+//! ([`NodeModel::pod_by_ip`](tapio_core::node::NodeModel::pod_by_ip)).
+//!
 //! ```no_run
 //! use tapio_collector_kernel::{ExecEvent, KernelCollector, KernelConfig, types};
 //! use tapio_core::{Collector, CollectorContext};

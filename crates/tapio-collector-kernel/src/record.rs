@@ -4,10 +4,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
+use tapio_core::cgroup::CgroupInfo;
 use tapio_core::clock::BootClock;
 use tapio_core::metadata::Value;
-use tapio_core::{CompactString, Emitter, Payload, RawEvent, ToCompactString};
+use tapio_core::node::{self, Anchor, NodeModel, Scope};
+use tapio_core::pod::{KEY_NAMESPACE, KEY_POD_NAME};
+use tapio_core::{CompactString, Emitter, Payload, RawEvent, SpanRef, ToCompactString};
 
 use crate::events::{self, types as ev};
 use crate::metrics::{Count, KernelCounters};
@@ -126,6 +130,54 @@ const CGROUP_ATTRS: usize = 9;
 /// One attribute of our own.
 type Attr = (&'static str, Value);
 
+/// How an event joins a causal chain (see the crate docs, "Correlation").
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// Not a chain step.
+    None,
+    /// The first step of a chain.
+    Start,
+    /// A later step: the cause's span.
+    Follows(SpanRef),
+}
+
+impl Link {
+    fn apply(self, ev: RawEvent) -> RawEvent {
+        match self {
+            Link::None => ev,
+            Link::Start => ev.start_chain(),
+            Link::Follows(cause) => ev.follows(cause),
+        }
+    }
+
+    /// Follow `mark`'s span when there is one.
+    fn after(mark: Option<node::Mark>) -> Self {
+        mark.map_or(Link::None, |m| Link::Follows(m.span))
+    }
+}
+
+const KEY_POD_UID: &str = "k8s.pod.uid";
+
+/// Name the pod of this node that has `ip` under the given keys (no
+/// allocation for the keys; the values are copied).
+fn attach_pod(
+    node: &NodeModel,
+    ev: &mut RawEvent,
+    ip: &IpAddr,
+    [name, namespace, uid]: [&'static str; 3],
+) {
+    // Pod IPs are never loopback or unspecified: skip the lookup.
+    if ip.is_loopback() || ip.is_unspecified() {
+        return;
+    }
+    if let Some(pod) = node.pod_by_ip(ip) {
+        let m = &mut ev.metadata;
+        m.insert(CompactString::const_new(name), pod.name.as_str());
+        m.insert(CompactString::const_new(namespace), pod.namespace.as_str());
+        m.insert(CompactString::const_new(uid), pod.uid.as_str());
+    }
+}
+
 /// Turns records into events (wall-clock timestamps, typed payloads moved
 /// in, semantic-convention metadata, pod/container metadata from the cgroup
 /// id) and hands them to the queue once per ring-buffer batch. Runs on the
@@ -138,6 +190,9 @@ pub(crate) struct Converter {
     clock: BootClock,
     page_size: u64,
     emitter: Emitter,
+    /// The node model the events are correlated in; without one, no
+    /// lookup is made at all.
+    node: Option<Arc<NodeModel>>,
     /// The collector name, inline (cloning it allocates nothing).
     source: CompactString,
     /// The current event's attributes of our own, in ascending key order;
@@ -248,6 +303,7 @@ impl Converter {
             clock,
             page_size,
             source: CompactString::from(emitter.source()),
+            node: emitter.node().cloned(),
             emitter,
             attrs: Vec::with_capacity(MAX_ATTRS),
             batch: Vec::with_capacity(MAX_BATCH),
@@ -299,31 +355,59 @@ impl Converter {
 
     /// The event of `payload` observed at `ktime_ns`, with the attributes
     /// collected in `self.attrs` and, when `cgroup_id` resolves, its cgroup's
-    /// pod / container metadata; added to the batch.
+    /// pod / container metadata; added to the batch as a step of `link`.
     fn push(
         &mut self,
         event_type: &'static str,
         ktime_ns: u64,
         payload: impl Payload,
         cgroup_id: Option<u64>,
+        link: Link,
     ) {
-        let mut ev = RawEvent::at(
+        let info = self.resolve(cgroup_id);
+        let ev = self.build(
+            event_type,
             self.clock.to_wall(ktime_ns),
+            payload,
+            info.as_deref(),
+        );
+        self.batch.push(link.apply(ev));
+    }
+
+    /// The cgroup `cgroup_id`'s information, when it resolves.
+    fn resolve(&self, cgroup_id: Option<u64>) -> Option<Arc<CgroupInfo>> {
+        cgroup_id.and_then(|id| self.emitter.cgroups()?.resolve(id))
+    }
+
+    /// The process anchor of `pid` for a step `at` that time (none without
+    /// a node model).
+    fn process_anchor(&self, pid: u32, at: DateTime<Utc>) -> Link {
+        self.node.as_deref().map_or(Link::None, |n| {
+            Link::after(n.anchor(Anchor::Process(pid), at))
+        })
+    }
+
+    /// The event of `payload` observed `at`, with the attributes collected
+    /// in `self.attrs` and `info`'s pod / container metadata (not queued).
+    fn build(
+        &mut self,
+        event_type: &'static str,
+        at: DateTime<Utc>,
+        payload: impl Payload,
+        info: Option<&CgroupInfo>,
+    ) -> RawEvent {
+        let mut ev = RawEvent::at(
+            at,
             CompactString::const_new(event_type),
             self.source.clone(),
             payload,
         );
-        let info = cgroup_id.and_then(|id| self.emitter.cgroups()?.resolve(id));
         let metadata = &mut ev.metadata;
         // One allocation for all of them.
         metadata.reserve(self.attrs.len() + if info.is_some() { CGROUP_ATTRS } else { 0 });
         // Ours and the cgroup's attributes each come in key order: merged,
         // every insert appends.
-        let mut cgroup = info
-            .as_deref()
-            .into_iter()
-            .flat_map(|info| info.metadata())
-            .peekable();
+        let mut cgroup = info.into_iter().flat_map(|info| info.metadata()).peekable();
         for (key, value) in self.attrs.drain(..) {
             while let Some((k, v)) = cgroup.next_if(|(k, _)| *k < key) {
                 metadata.insert(k, v);
@@ -333,12 +417,12 @@ impl Converter {
         for (k, v) in cgroup {
             metadata.insert(k, v);
         }
-        if let (Some(info), Some(pods)) = (&info, self.emitter.pods())
+        if let (Some(info), Some(pods)) = (info, self.emitter.pods())
             && let Some(uid) = &info.pod_uid
         {
             pods.write_metadata(uid, info.container_id.as_deref(), metadata);
         }
-        self.batch.push(ev);
+        ev
     }
 
     /// Collect the attributes of process `p`; returns its cgroup id.
@@ -354,12 +438,22 @@ impl Converter {
             KernelRecord::Fork(e) => {
                 let process = process(&e.task);
                 let cgroup = self.about(&process);
+                let parent = process.pid;
                 let payload = events::ForkEvent {
                     process,
                     child_pid: e.child_pid,
                     child_start_time: self.clock.to_wall(e.child_start_ns),
                 };
-                self.push(ev::FORK, e.hdr.ktime_ns, payload, cgroup);
+                // The parent's step; the child continues the chain from
+                // the fork until it execs (see the crate docs).
+                let at = self.clock.to_wall(e.hdr.ktime_ns);
+                let link = self.process_anchor(parent, at);
+                let info = self.resolve(cgroup);
+                let ev = link.apply(self.build(ev::FORK, at, payload, info.as_deref()));
+                if let (Link::Follows(_), Some(node)) = (link, &self.node) {
+                    node.mark(Anchor::Process(e.child_pid), ev.span_ref(), at, None);
+                }
+                self.batch.push(ev);
             }
             KernelRecord::Exit(e) => {
                 let process = process(&e.task);
@@ -374,7 +468,10 @@ impl Converter {
                     minor_faults: e.min_flt,
                     major_faults: e.maj_flt,
                 };
-                self.push(ev::EXIT, e.hdr.ktime_ns, payload, cgroup);
+                let link = self.node.as_deref().map_or(Link::None, |n| {
+                    Link::after(n.end_process(payload.process.pid))
+                });
+                self.push(ev::EXIT, e.hdr.ktime_ns, payload, cgroup, link);
             }
             KernelRecord::Tcp(e) => self.tcp(&e),
             KernelRecord::File(e) => self.file(&e),
@@ -403,7 +500,13 @@ impl Converter {
                         cap_effective: e.new_cap_effective,
                     },
                 };
-                self.push(ev::CREDENTIAL_CHANGE, e.hdr.ktime_ns, payload, cgroup);
+                self.push(
+                    ev::CREDENTIAL_CHANGE,
+                    e.hdr.ktime_ns,
+                    payload,
+                    cgroup,
+                    Link::None,
+                );
             }
             KernelRecord::Ptrace(e) => {
                 let process = process(&e.task);
@@ -414,7 +517,7 @@ impl Converter {
                     target_pid: e.target_pid,
                     result: e.ret,
                 };
-                self.push(ev::PTRACE, e.hdr.ktime_ns, payload, cgroup);
+                self.push(ev::PTRACE, e.hdr.ktime_ns, payload, cgroup, Link::None);
             }
             KernelRecord::Bpf(e) => {
                 let command = match types::bpf_cmd(e.cmd) {
@@ -431,7 +534,7 @@ impl Converter {
                     command: CompactString::const_new(command),
                     result: e.ret,
                 };
-                self.push(ev::BPF, e.hdr.ktime_ns, payload, cgroup);
+                self.push(ev::BPF, e.hdr.ktime_ns, payload, cgroup, Link::None);
             }
             KernelRecord::Mount(e) => {
                 let process = process(&e.task);
@@ -453,7 +556,7 @@ impl Converter {
                     flags: e.flags,
                     result: e.ret,
                 };
-                self.push(ev::MOUNT, e.hdr.ktime_ns, payload, cgroup);
+                self.push(ev::MOUNT, e.hdr.ktime_ns, payload, cgroup, Link::None);
             }
             KernelRecord::Oom(e) => {
                 self.counters.add(Count::OomKill);
@@ -476,12 +579,18 @@ impl Converter {
                     ("process.pid", e.victim_pid.into()),
                     ("process.user.id", e.victim_uid.into()),
                 ]);
-                self.push(
-                    ev::OOM_KILL,
-                    e.hdr.ktime_ns,
-                    payload,
-                    Some(e.victim_cgroup_id),
-                );
+                let at = self.clock.to_wall(e.hdr.ktime_ns);
+                let info = self.resolve(Some(e.victim_cgroup_id));
+                let mut ev = self.build(ev::OOM_KILL, at, payload, info.as_deref());
+                if let Some(node) = &self.node {
+                    // The first step of the OOM chain; the kubelet's
+                    // transition and the kube Event join the pod's mark.
+                    ev = ev.start_chain();
+                    if let Some(uid) = info.as_ref().and_then(|i| i.pod_uid.as_deref()) {
+                        node.mark(Anchor::OomKill(uid), ev.span_ref(), at, None);
+                    }
+                }
+                self.batch.push(ev);
             }
             KernelRecord::Rss(e) => {
                 let process = process(&e.task);
@@ -491,7 +600,7 @@ impl Converter {
                     rss_bytes: e.rss_bytes,
                     previous_bytes: e.previous_bytes,
                 };
-                self.push(ev::RSS_GROWTH, e.hdr.ktime_ns, payload, cgroup);
+                self.push(ev::RSS_GROWTH, e.hdr.ktime_ns, payload, cgroup, Link::None);
             }
             KernelRecord::Throttle(e) => {
                 let payload = events::ThrottleEvent {
@@ -506,7 +615,13 @@ impl Converter {
                     ev::THROTTLE_STOP
                 };
                 // About a cgroup, not a process.
-                self.push(event_type, e.hdr.ktime_ns, payload, Some(e.cgroup_id));
+                self.push(
+                    event_type,
+                    e.hdr.ktime_ns,
+                    payload,
+                    Some(e.cgroup_id),
+                    Link::None,
+                );
             }
             KernelRecord::Cgroup(e) => self.cgroup(&e),
         }
@@ -572,8 +687,25 @@ impl Converter {
                 Some(("process.executable.path", path())),
             ],
         );
-        let cgroup = Some(payload.process.cgroup_id);
-        self.push(ev::EXEC, e.hdr.ktime_ns, payload, cgroup);
+        let pid = payload.process.pid;
+        let at = self.clock.to_wall(e.hdr.ktime_ns);
+        let info = self.resolve(Some(payload.process.cgroup_id));
+        // A process chain starts here, unless this is the first process of
+        // a pod whose CNI ADD was seen: then it continues the pod's setup.
+        let link = match &self.node {
+            None => Link::None,
+            Some(node) => info
+                .as_ref()
+                .and_then(|i| i.pod_uid.as_deref())
+                .and_then(|uid| node.take_anchor(Anchor::PodSetup(uid), at))
+                .map_or(Link::Start, |m| Link::Follows(m.span)),
+        };
+        let ev = link.apply(self.build(ev::EXEC, at, payload, info.as_deref()));
+        let exec_span = ev.span_ref();
+        if let Some(node) = &self.node {
+            node.mark(Anchor::Process(pid), exec_span, at, None);
+        }
+        self.batch.push(ev);
         if let Some(payload) = privileged {
             let path = Value::String(CompactString::from(payload.filename.as_str()));
             push_process(
@@ -581,8 +713,12 @@ impl Converter {
                 &payload.process,
                 [Some(("process.executable.path", path)), None],
             );
-            let cgroup = Some(payload.process.cgroup_id);
-            self.push(ev::PRIVILEGED_EXEC, e.hdr.ktime_ns, payload, cgroup);
+            let link = match self.node {
+                Some(_) => Link::Follows(exec_span),
+                None => Link::None,
+            };
+            let ev = self.build(ev::PRIVILEGED_EXEC, at, payload, info.as_deref());
+            self.batch.push(link.apply(ev));
         }
     }
 
@@ -635,6 +771,19 @@ impl Converter {
             ),
             None => (None, None),
         };
+        let at = self.clock.to_wall(e.hdr.ktime_ns);
+        let process = (e.owner_known != 0).then(|| process(&e.task));
+        let info = self.resolve(process.as_ref().map(|p| p.cgroup_id));
+        // The name the socket's pod (or cgroup) resolved the peer from, for
+        // every event of a connection but an accept (the peer is a client).
+        let resolved = match (&self.node, &process) {
+            (Some(node), Some(p))
+                if direction != Some(events::Direction::Inbound) && !remote.is_unspecified() =>
+            {
+                node.resolved(Scope::of(p.cgroup_id, info.as_deref()), remote, at)
+            }
+            _ => None,
+        };
         let attrs = &mut self.attrs;
         if let Some((addr, port)) = client {
             attrs.extend([("client.address", addr), ("client.port", port.into())]);
@@ -650,14 +799,31 @@ impl Converter {
                 text(if local.is_ipv4() { "ipv4" } else { "ipv6" }),
             ),
         ]);
-        let process = (e.owner_known != 0).then(|| process(&e.task));
-        let cgroup = process.as_ref().map(|p| {
+        if let Some(p) = &process {
             push_process(attrs, p, [None, None]);
-            p.cgroup_id
-        });
-        if let Some((addr, port)) = server {
-            attrs.extend([("server.address", addr), ("server.port", port.into())]);
         }
+        match (&resolved, server) {
+            // The peer by the name it was resolved from (the IP stays in
+            // `network.peer.address`).
+            (Some(r), _) => attrs.extend([
+                (
+                    "server.address",
+                    Value::String(CompactString::from(&*r.name)),
+                ),
+                ("server.port", e.dport.into()),
+            ]),
+            (None, Some((addr, port))) => {
+                attrs.extend([("server.address", addr), ("server.port", port.into())]);
+            }
+            (None, None) => {}
+        }
+        // A connection in a DNS chain continues it; otherwise it is a step
+        // of its process.
+        let link = match (&resolved, &process) {
+            (Some(r), _) => Link::Follows(r.span),
+            (None, Some(p)) => self.process_anchor(p.pid, at),
+            (None, None) => Link::None,
+        };
         let payload = events::TcpEvent {
             process,
             op: CompactString::const_new(op),
@@ -672,7 +838,30 @@ impl Converter {
             retransmits: e.retransmits,
             duration_ns: e.duration_ns,
         };
-        self.push(event_type, e.hdr.ktime_ns, payload, cgroup);
+        let mut ev = link.apply(self.build(event_type, at, payload, info.as_deref()));
+        if let Some(node) = &self.node {
+            // Softirq events of sockets whose owner is unknown, and sockets
+            // of processes outside pod cgroups: the pod by its IP.
+            if info.as_ref().and_then(|i| i.pod_uid.as_ref()).is_none() {
+                attach_pod(
+                    node,
+                    &mut ev,
+                    &local,
+                    [KEY_POD_NAME, KEY_NAMESPACE, KEY_POD_UID],
+                );
+            }
+            attach_pod(
+                node,
+                &mut ev,
+                &remote,
+                [
+                    node::KEY_PEER_POD_NAME,
+                    node::KEY_PEER_NAMESPACE,
+                    node::KEY_PEER_POD_UID,
+                ],
+            );
+        }
+        self.batch.push(ev);
     }
 
     fn file(&mut self, e: &types::tapio_file_event) {
@@ -710,7 +899,8 @@ impl Converter {
             Value::String(CompactString::from(payload.path.as_str())),
         ));
         let cgroup = self.about(&payload.process);
-        self.push(event_type, e.hdr.ktime_ns, payload, cgroup);
+        let link = self.process_anchor(payload.process.pid, self.clock.to_wall(e.hdr.ktime_ns));
+        self.push(event_type, e.hdr.ktime_ns, payload, cgroup, link);
     }
 }
 
@@ -1407,6 +1597,250 @@ mod tests {
         assert_eq!(compact_cstr(&raw), "é".repeat(20));
         set(&mut raw, b"ab\xffc\0");
         assert_eq!(compact_cstr(&raw), "ab\u{fffd}c");
+    }
+
+    /// A node model whose resolver knows cgroup 99 as a container of pod
+    /// `POD` (named web-0 in shop, IP 10.244.0.5) and whose CNI named pod
+    /// `PEER` (db-0 in shop, IP 10.244.0.9).
+    const POD: &str = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+    const PEER: &str = "9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0";
+
+    fn pod_node(tag: &str) -> (Arc<NodeModel>, std::path::PathBuf) {
+        let root = std::env::temp_dir().join(format!("tapio-kernel-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let resolver = Arc::new(
+            CgroupResolver::new(CgroupResolverConfig {
+                root: Some(root.clone()),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let path = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{}.scope",
+            POD.replace('-', "_"),
+            "cd".repeat(32)
+        );
+        resolver.learn(99, &path).expect("valid path");
+        let node = Arc::new(NodeModel::default().with_cgroups(resolver));
+        node.pod_from_cni(POD, "web-0", "shop", &["10.244.0.5".parse().unwrap()]);
+        node.pod_from_cni(PEER, "db-0", "shop", &["10.244.0.9".parse().unwrap()]);
+        (node, root)
+    }
+
+    fn tcp_record(
+        op: types::tapio_tcp_op,
+        owner: Option<(u32, u64)>,
+        ktime_ns: u64,
+    ) -> KernelRecord {
+        let mut tcp = types::tapio_tcp_event {
+            hdr: hdr(Kind::TAPIO_KIND_TCP),
+            ..Default::default()
+        };
+        tcp.hdr.ktime_ns = ktime_ns;
+        tcp.op = op.0;
+        tcp.family = 2;
+        tcp.saddr[..4].copy_from_slice(&[10, 244, 0, 5]);
+        tcp.daddr[..4].copy_from_slice(&[10, 244, 0, 9]);
+        tcp.sport = 40000;
+        tcp.dport = 5432;
+        if let Some((pid, cgroup)) = owner {
+            tcp.owner_known = 1;
+            tcp.task = task(pid, b"app\0", cgroup);
+        }
+        KernelRecord::Tcp(tcp)
+    }
+
+    #[test]
+    fn process_dns_and_pod_chains_join_exactly() {
+        use tapio_core::TraceOrigin;
+        use types::tapio_tcp_op as Op;
+        let (node, root) = pod_node("chains");
+        let (mut c, mut rx) = converter(Some(node.clone()));
+        let t = |ns: u64| c.clock.to_wall(ns);
+        let (t1, t2, t3) = (t(1_000_000_000), t(2_000_000_000), t(3_000_000_000));
+
+        // The CNI ADD of the pod, as the CNI collector marks it.
+        let cni = RawEvent::at(t1, "cni.add", "cni", ()).start_chain();
+        node.mark(Anchor::PodSetup(POD), cni.span_ref(), t1, None);
+
+        // The pod's first process continues its setup.
+        let mut exec = types::tapio_exec_event {
+            hdr: hdr(Kind::TAPIO_KIND_EXEC),
+            ..Default::default()
+        };
+        exec.hdr.ktime_ns = 2_000_000_000;
+        exec.task = task(700, b"app\0", 99);
+        set(&mut exec.filename, b"/app\0");
+        let ex = convert(&mut c, &mut rx, KernelRecord::Exec(Box::new(exec))).remove(0);
+        assert_eq!(ex.trace_id, cni.trace_id);
+        assert_eq!(ex.parent_span_id(), Some(cni.span_id));
+        assert_eq!(
+            node.anchor(Anchor::Process(700), t2).unwrap().span,
+            ex.span_ref()
+        );
+        // Taken once: the pod's second process starts its own chain.
+        exec.task.pid = 701;
+        let ex2 = convert(&mut c, &mut rx, KernelRecord::Exec(Box::new(exec))).remove(0);
+        assert_eq!(ex2.trace_origin, TraceOrigin::Correlated { parent: None });
+        assert_ne!(ex2.trace_id, cni.trace_id);
+
+        // A connect of process 700 with no DNS answer: a step of the process.
+        // The peer IP names the other pod; the socket's own pod comes from
+        // its cgroup.
+        let conn = convert(
+            &mut c,
+            &mut rx,
+            tcp_record(Op::TAPIO_TCP_CONNECT, Some((700, 99)), 2_500_000_000),
+        )
+        .remove(0);
+        assert_eq!(conn.trace_id, ex.trace_id);
+        assert_eq!(conn.parent_span_id(), Some(ex.span_id));
+        assert_eq!(conn.metadata["server.address"], "10.244.0.9");
+        assert_eq!(conn.metadata["k8s.pod.name"], "web-0");
+        assert_eq!(conn.metadata["tapio.peer.k8s.pod.name"], "db-0");
+        assert_eq!(conn.metadata["tapio.peer.k8s.namespace.name"], "shop");
+        assert_eq!(conn.metadata["tapio.peer.k8s.pod.uid"], PEER);
+
+        // The pod resolved the peer's IP: the DNS chain wins.
+        let response = RawEvent::at(t2, "dns.response", "dns", ()).start_chain();
+        node.record_answer(
+            Scope::Pod(POD),
+            "db.shop.svc.cluster.local",
+            [("10.244.0.9".parse().unwrap(), 30)],
+            t2,
+            response.span_ref(),
+        );
+        let conn = convert(
+            &mut c,
+            &mut rx,
+            tcp_record(Op::TAPIO_TCP_CONNECT, Some((700, 99)), 3_000_000_000),
+        )
+        .remove(0);
+        assert_eq!(conn.trace_id, response.trace_id);
+        assert_eq!(conn.parent_span_id(), Some(response.span_id));
+        assert_eq!(conn.metadata["server.address"], "db.shop.svc.cluster.local");
+        assert_eq!(conn.metadata["network.peer.address"], "10.244.0.9");
+        assert_eq!(conn.metadata.get("server.port"), Some(&Value::Int(5432)));
+        // Also its close (no direction, but the same socket and peer).
+        let close = convert(
+            &mut c,
+            &mut rx,
+            tcp_record(Op::TAPIO_TCP_CLOSE, Some((700, 99)), 3_000_000_000),
+        )
+        .remove(0);
+        assert_eq!(close.parent_span_id(), Some(response.span_id));
+        assert_eq!(
+            close.metadata["server.address"],
+            "db.shop.svc.cluster.local"
+        );
+        // An accept of the same peer is not: the peer was the client.
+        let accept = convert(
+            &mut c,
+            &mut rx,
+            tcp_record(Op::TAPIO_TCP_ACCEPT, Some((700, 99)), 3_000_000_000),
+        )
+        .remove(0);
+        assert_eq!(accept.parent_span_id(), Some(ex.span_id));
+        assert_eq!(accept.metadata["client.address"], "10.244.0.9");
+        assert_eq!(accept.metadata["tapio.peer.k8s.pod.name"], "db-0");
+
+        // A retransmit in softirq, owner unknown: both pods by their IPs,
+        // not in a chain.
+        let rt = convert(
+            &mut c,
+            &mut rx,
+            tcp_record(Op::TAPIO_TCP_RETRANSMIT, None, 3_000_000_000),
+        )
+        .remove(0);
+        assert_eq!(rt.trace_origin, TraceOrigin::Event);
+        assert_eq!(rt.metadata["k8s.pod.name"], "web-0");
+        assert_eq!(rt.metadata["k8s.namespace.name"], "shop");
+        assert_eq!(rt.metadata["k8s.pod.uid"], POD);
+        assert_eq!(rt.metadata["tapio.peer.k8s.pod.name"], "db-0");
+        assert!(rt.metadata.get("server.address").is_none());
+
+        // A file write of process 700: a step of the process.
+        let file = types::tapio_file_event {
+            hdr: types::tapio_hdr {
+                ktime_ns: 3_000_000_000,
+                ..hdr(Kind::TAPIO_KIND_FILE)
+            },
+            op: types::tapio_file_op::TAPIO_FILE_OPEN.0,
+            task: task(700, b"app\0", 99),
+            ..Default::default()
+        };
+        let f = convert(&mut c, &mut rx, KernelRecord::File(Box::new(file))).remove(0);
+        assert_eq!(f.parent_span_id(), Some(ex.span_id));
+        assert_eq!(f.trace_id, ex.trace_id);
+
+        // Fork: the child continues from the fork until it execs.
+        let fork = types::tapio_fork_event {
+            hdr: types::tapio_hdr {
+                ktime_ns: 3_000_000_000,
+                ..hdr(Kind::TAPIO_KIND_FORK)
+            },
+            task: task(700, b"app\0", 99),
+            child_pid: 800,
+            ..Default::default()
+        };
+        let fk = convert(&mut c, &mut rx, KernelRecord::Fork(fork)).remove(0);
+        assert_eq!(fk.parent_span_id(), Some(ex.span_id));
+        assert_eq!(
+            node.anchor(Anchor::Process(800), t3).unwrap().span,
+            fk.span_ref()
+        );
+
+        // Exit of 700 ends its process anchor.
+        let exit = types::tapio_exit_event {
+            hdr: types::tapio_hdr {
+                ktime_ns: 3_000_000_000,
+                ..hdr(Kind::TAPIO_KIND_EXIT)
+            },
+            task: task(700, b"app\0", 99),
+            ..Default::default()
+        };
+        let x = convert(&mut c, &mut rx, KernelRecord::Exit(exit)).remove(0);
+        assert_eq!(x.trace_id, ex.trace_id);
+        assert_eq!(x.parent_span_id(), Some(ex.span_id));
+        assert!(node.anchor(Anchor::Process(700), t3).is_none());
+
+        // OOM kill of a pod process: a chain's first step, marked for the pod.
+        let oom = types::tapio_oom_event {
+            hdr: types::tapio_hdr {
+                ktime_ns: 3_000_000_000,
+                ..hdr(Kind::TAPIO_KIND_OOM)
+            },
+            victim_pid: 801,
+            victim_cgroup_id: 99,
+            ..Default::default()
+        };
+        let o = convert(&mut c, &mut rx, KernelRecord::Oom(oom)).remove(0);
+        assert_eq!(o.trace_origin, TraceOrigin::Correlated { parent: None });
+        assert_eq!(
+            node.anchor(Anchor::OomKill(POD), t3).unwrap().span,
+            o.span_ref()
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn without_a_node_model_nothing_is_correlated() {
+        let (mut c, mut rx) = converter(None);
+        let mut exec = types::tapio_exec_event {
+            hdr: hdr(Kind::TAPIO_KIND_EXEC),
+            ..Default::default()
+        };
+        exec.task = task(700, b"app\0", 99);
+        let ex = convert(&mut c, &mut rx, KernelRecord::Exec(Box::new(exec))).remove(0);
+        assert_eq!(ex.trace_origin, tapio_core::TraceOrigin::Event);
+        let conn = convert(
+            &mut c,
+            &mut rx,
+            tcp_record(types::tapio_tcp_op::TAPIO_TCP_CONNECT, Some((700, 99)), 1),
+        )
+        .remove(0);
+        assert_eq!(conn.trace_origin, tapio_core::TraceOrigin::Event);
+        assert!(conn.metadata.get("tapio.peer.k8s.pod.name").is_none());
     }
 
     #[test]

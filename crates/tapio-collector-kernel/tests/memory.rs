@@ -174,3 +174,59 @@ async fn rss_growth_is_aggregated_into_threshold_crossings() {
     assert!(growth.windows(2).all(|w| w[1].rss_bytes > w[0].rss_bytes));
     k.collector.stop().await.unwrap();
 }
+
+/// An OOM kill of a process in a pod's cgroup is the first step of the
+/// OOM chain and marks the pod for the kubelet's transition to join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kill_in_a_pod_cgroup_marks_the_pod() {
+    use tapio_core::TraceOrigin;
+    use tapio_core::node::Anchor;
+    if !require_root("oom_kill_in_a_pod_cgroup_marks_the_pod") {
+        return;
+    }
+    const UID: &str = "6f5e4d3c-2b1a-4098-8765-43210fedcba9";
+    let mut k = start(only(false, false, false, false, true)).await;
+    let pod = PodCgroup::new("oom", UID);
+    k.node.pod_from_cni(UID, "hog-0", "batch", &[]);
+    let mut cmd = hog(400_000_000);
+    // The memory limit: the v1 memory controller's on hybrid hosts (the
+    // process joins both hierarchies), else memory.max on the pod's top
+    // slice in the unified hierarchy.
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory").is_dir();
+    let limit = if v1 {
+        Some(MemCgroup::new(48 << 20))
+    } else {
+        std::fs::write(pod.dirs[0].join("memory.max"), (48u64 << 20).to_string())
+            .expect("memory.max on the pod's top slice");
+        None
+    };
+    match &limit {
+        Some(cg) => join_cgroups(&mut cmd, &[&cg.dir, pod.leaf()]),
+        None => join_cgroups(&mut cmd, &[pod.leaf()]),
+    }
+    let (pid, status) = run(cmd).await;
+    assert_eq!(status.signal(), Some(9), "OOM-killed: {status:?}");
+    let ev = wait_for(&mut k.events, Duration::from_secs(10), |ev| {
+        ev.event_type == types::OOM_KILL
+            && ev
+                .payload_ref::<OomKillEvent>()
+                .is_some_and(|o| o.victim_pid == pid)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no OOM kill event for pid {pid}"));
+    let oom = ev.payload_ref::<OomKillEvent>().unwrap();
+    assert_eq!(oom.victim_cgroup_id, pod.id);
+    assert_eq!(ev.metadata["k8s.pod.uid"], UID);
+    assert_eq!(ev.metadata["k8s.pod.name"], "hog-0");
+    assert_eq!(ev.metadata["k8s.namespace.name"], "batch");
+    assert_eq!(ev.trace_origin, TraceOrigin::Correlated { parent: None });
+    let mark = k
+        .node
+        .anchor(Anchor::OomKill(UID), ev.timestamp)
+        .expect("the pod's OOM mark");
+    assert_eq!(mark.span, ev.span_ref());
+    assert_eq!(mark.at, ev.timestamp);
+    drop(limit);
+    drop(pod);
+    k.collector.stop().await.unwrap();
+}

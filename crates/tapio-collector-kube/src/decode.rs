@@ -81,6 +81,12 @@ pub struct ObjectSnapshot {
     pub node: Option<String>,
     /// Pods: containers (init, regular, ephemeral) with runtime ids.
     pub containers: Vec<PodContainer>,
+    /// Pods: `status.podIPs` (else `status.podIP`); a pod on the host
+    /// network has the node's.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Pods: containers (named as in [`ObjectStatus::containers`]) whose
+    /// current or last termination is `OOMKilled`.
+    pub oom_killed: Vec<String>,
     /// Services: `spec.selector`.
     pub selector: Option<BTreeMap<String, String>>,
     /// Events: the involved object.
@@ -242,6 +248,54 @@ fn pod_containers(data: &Value) -> Vec<PodContainer> {
     out
 }
 
+/// `status.podIPs[].ip`, else `status.podIP`; addresses that do not parse
+/// are left out.
+fn pod_ips(data: &Value) -> Vec<std::net::IpAddr> {
+    let status = data.get("status").unwrap_or(&Value::Null);
+    let mut ips: Vec<std::net::IpAddr> = Vec::new();
+    for ip in status
+        .get("podIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("ip").and_then(Value::as_str))
+        .chain(str_at(status, &["podIP"]))
+        .filter_map(|s| s.parse().ok())
+    {
+        // podIP is podIPs[0]; at most one per family, bounded anyway.
+        if !ips.contains(&ip) && ips.len() < 8 {
+            ips.push(ip);
+        }
+    }
+    ips
+}
+
+/// Containers whose `state` or `lastState` is a termination with reason
+/// `OOMKilled` (init containers with the `init:` prefix).
+fn oom_killed(data: &Value) -> Vec<String> {
+    let status = data.get("status").unwrap_or(&Value::Null);
+    let mut out = Vec::new();
+    for (key, prefix) in [
+        ("initContainerStatuses", "init:"),
+        ("containerStatuses", ""),
+    ] {
+        for c in status
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let oom = ["state", "lastState"].iter().any(|s| {
+                str_at(c, &[s, "terminated", "reason"]) == Some(crate::chains::OOM_KILLED)
+            });
+            if let (true, Some(name)) = (oom, c.get("name").and_then(Value::as_str)) {
+                out.push(format!("{prefix}{name}"));
+            }
+        }
+    }
+    out
+}
+
 impl ObjectSnapshot {
     /// The snapshot of `obj`, read as a `resource` object (`None`: as
     /// whatever kind it states).
@@ -296,6 +350,8 @@ impl ObjectSnapshot {
             Some(WatchedResource::Pods) => {
                 snap.node = str_at(data, &["spec", "nodeName"]).map(str::to_owned);
                 snap.containers = pod_containers(data);
+                snap.ips = pod_ips(data);
+                snap.oom_killed = oom_killed(data);
             }
             Some(WatchedResource::Services) => {
                 snap.selector = string_map(data.get("spec").and_then(|s| s.get("selector")));
@@ -337,7 +393,7 @@ impl ObjectSnapshot {
             node: self.node.clone(),
             labels: self.labels.clone(),
             containers: self.containers.clone(),
-            ips: Vec::new(),
+            ips: self.ips.clone(),
         }
     }
 }

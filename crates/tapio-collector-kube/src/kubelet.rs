@@ -423,8 +423,14 @@ impl Poller {
                     for (event_type, payload) in transitions {
                         self.counters.transitions.fetch_add(1, Ordering::Relaxed);
                         let metadata = container_metadata(&payload);
+                        let oom = (event_type == types::CONTAINER_TERMINATED
+                            && payload.reason.as_deref() == Some(crate::chains::OOM_KILLED))
+                        .then(|| payload.pod_uid.clone());
                         let mut e = self.emitter.event(event_type, payload);
                         e.metadata = metadata;
+                        if let (Some(uid), Some(node)) = (oom, self.emitter.node()) {
+                            e = crate::chains::oom_killed(node, &uid, e, None);
+                        }
                         self.emitter.emit(e);
                     }
                 }

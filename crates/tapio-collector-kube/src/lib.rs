@@ -34,9 +34,24 @@
 //!   `tapio.k8s.resource_version` (an opaque string). Kubelet container
 //!   events carry `k8s.pod.uid`, `k8s.pod.name`, `k8s.namespace.name`,
 //!   `k8s.container.name`, `container.id`.
-//! - Pods fill the [`PodDirectory`](tapio_core::pod::PodDirectory) passed in
-//!   [`CollectorContext::pods`](tapio_core::CollectorContext::pods), so core's `Emitter::attach_cgroup` names
-//!   the pod and namespace of other collectors' cgroup-attributed events.
+//! - Pods fill the pod table of the [`NodeModel`](tapio_core::node::NodeModel)
+//!   in [`CollectorContext::node`](tapio_core::CollectorContext::node) (with
+//!   their `status.podIPs`, else `status.podIP`, so IP → pod works from kube
+//!   too), so core's `Emitter::attach_cgroup` names the pod and namespace of
+//!   other collectors' cgroup-attributed events.
+//!
+//! # Chains
+//!
+//! With a node model ([`CollectorContext::with_node`](tapio_core::CollectorContext::with_node)),
+//! events join the causal chains of [`tapio_core::node`] (one parent each:
+//! the OOM chain, else the etcd write, else a propagated `traceparent`):
+//!
+//! | chain | step here | parent | join key, window | what breaks it |
+//! |---|---|---|---|---|
+//! | OOM | [`types::CONTAINER_TERMINATED`] with reason `OOMKilled` (kubelet poller), or `kube.pod.modified` where a container is newly `OOMKilled` (`state` or `lastState`, with a changed state or a higher restart count) | the kernel's `kernel.memory.oom_kill` ([`Anchor::OomKill`](tapio_core::node::Anchor::OomKill)`(pod uid)`), else the etcd write below, else none (starts a chain); marks [`Anchor::OomKilled`](tapio_core::node::Anchor::OomKilled)`(pod uid)` | pod UID, [`NodeConfig::oom_window`](tapio_core::node::NodeConfig::oom_window) (5 min) | kernel collector not running (the chain starts here); a victim outside a pod cgroup |
+//! | OOM | the other of those two, reporting the same kill (an `OomKilled` mark not older than the `OomKill` mark, or any live one without a kernel mark) | that first report | pod UID, 5 min | — (without the kernel collector, a second kill of the pod within 5 min joins the first's trace) |
+//! | OOM | `kube.event.*` whose `involvedObject` is a Pod with that UID (any reason: the kubelet's `BackOff`, `Killing`, `Pulled`, `Started` after the restart; node-problem-detector's `OOMKilling` is about the Node, not the pod) | the `OomKilled` step | pod UID, 5 min after the `OomKilled` step | an Event about the pod written before the transition was seen; Events not watched |
+//! | etcd | every watch event (not a relist's synthesized deletion) whose `resourceVersion` parses as an integer revision the etcd collector marked | the `etcd.put` / `etcd.delete` of that revision ([`Anchor::EtcdRevision`](tapio_core::node::Anchor::EtcdRevision)); adds [`KEY_ETCD_REVISION`] and, when measured, [`KEY_ETCD_SYNC_DURATION`] | revision (the API server's resourceVersion *is* the etcd revision of its write), [`NodeConfig::etcd_window`](tapio_core::node::NodeConfig::etcd_window) (5 min) | no etcd collector on this node (the agent is not beside that etcd member); an API server that does not use etcd revisions |
 //!
 //! **Kubelet** ([`KubeletConfig`]): `/pods` and `/stats/summary` are polled
 //! over HTTPS (bearer token or client certificate; CA verification unless
@@ -82,6 +97,7 @@ use tapio_core::collector::{Started, TaskGroup};
 use tapio_core::resilience::CircuitBreaker;
 use tapio_core::{CollectorError, ErrorChain, Managed, Observer, OverflowPolicy};
 
+mod chains;
 mod config;
 pub mod decode;
 mod events;
@@ -92,6 +108,7 @@ mod resources;
 pub mod testing;
 mod watch;
 
+pub use chains::{KEY_ETCD_REVISION, KEY_ETCD_SYNC_DURATION};
 pub use config::{BreakerConfig, KubeConfig, KubeletConfig, NamespaceFilter, RetryConfig};
 pub use events::{
     Action, ContainerEvent, ContainerState, EventDetails, KubeObjectEvent, NodePressureEvent,

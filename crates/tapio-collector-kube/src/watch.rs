@@ -14,7 +14,7 @@ use kube::core::{DynamicObject, PartialObjectMeta, TypeMeta};
 use kube::runtime::watcher::{self, Event};
 use parking_lot::RwLock;
 use tapio_core::health::HealthParts;
-use tapio_core::node::NodeModel;
+use tapio_core::node::{Anchor, NodeModel};
 use tapio_core::resilience::CircuitBreaker;
 use tapio_core::{Emitter, ErrorChain, Metadata};
 use tokio::sync::mpsc;
@@ -418,11 +418,12 @@ impl Watcher {
                 if r == WatchedResource::Nodes {
                     self.pressure(&snap, Some(&old.status));
                 }
+                let oom = r == WatchedResource::Pods && newly_oom_killed(&old.status, &snap);
                 cache
                     .write()
                     .insert(snap.uid.clone(), CachedObject::from_snapshot(&snap));
                 self.counters.modified.fetch_add(1, Ordering::Relaxed);
-                self.emit(r, Action::Modified, &snap, changed, relist);
+                self.emit_step(r, Action::Modified, &snap, changed, relist, oom);
             }
             None => {
                 if self.counters.cached.load(Ordering::Relaxed) < self.config.cache_capacity {
@@ -584,6 +585,22 @@ impl Watcher {
         changed: Vec<String>,
         from_relist: bool,
     ) {
+        self.emit_step(r, action, snap, changed, from_relist, false);
+    }
+
+    /// Queue one object event, as a step of the chains it belongs to (see
+    /// the crate docs, "Chains"): `oom_killed` when a container of the pod
+    /// has just been OOM-killed. One parent at most: the OOM chain, else
+    /// the etcd write, else a propagated `traceparent`.
+    fn emit_step(
+        &self,
+        r: WatchedResource,
+        action: Action,
+        snap: &ObjectSnapshot,
+        changed: Vec<String>,
+        from_relist: bool,
+        oom_killed: bool,
+    ) {
         let mut relations = Relations::default();
         match r {
             WatchedResource::Pods => {
@@ -623,11 +640,56 @@ impl Watcher {
             .emitter
             .event(&object_event_type(r.kind_lower(), action), payload);
         e.metadata = metadata;
-        if let Some(tp) = &snap.traceparent {
+        let mut joined = false;
+        if let Some(node) = &self.node {
+            // A relist's synthesized deletion carries the last version
+            // seen, not the deletion's revision.
+            let write = if from_relist {
+                None
+            } else {
+                crate::chains::etcd_write(node, &snap.resource_version, &mut e)
+            };
+            let about_pod = snap
+                .involved_object
+                .as_ref()
+                .filter(|o| o.kind == "Pod")
+                .and_then(|o| o.uid.as_deref());
+            if oom_killed {
+                e = crate::chains::oom_killed(node, &snap.uid, e, write);
+                joined = true;
+            } else if let Some(uid) = about_pod
+                && let Some(m) = node.anchor(Anchor::OomKilled(uid), e.timestamp)
+            {
+                e = e.follows(m.span);
+                joined = true;
+            }
+            if !joined && let Some(write) = write {
+                e = e.follows(write);
+                joined = true;
+            }
+        }
+        if !joined && let Some(tp) = &snap.traceparent {
             e = e.with_traceparent(tp);
         }
         self.emitter.emit(e);
     }
+}
+
+/// A container of the pod was OOM-killed since `old`: it is listed as
+/// OOM-killed now, and its state changed to a termination, or its restart
+/// count went up (a quick restart shows the kill only in `lastState`).
+fn newly_oom_killed(old: &ObjectStatus, snap: &ObjectSnapshot) -> bool {
+    snap.status.containers.iter().any(|c| {
+        snap.oom_killed.contains(&c.name)
+            && old
+                .containers
+                .iter()
+                .find(|o| o.name == c.name)
+                .is_none_or(|o| {
+                    c.restart_count > o.restart_count
+                        || (c.state != o.state && c.state.starts_with("terminated:"))
+                })
+    })
 }
 
 /// Kinds whose `k8s.<kind>.name` / `.uid` OpenTelemetry semantic

@@ -124,6 +124,18 @@ impl Network {
         )
     }
 
+    /// [`config`](Self::config) whose host-local range holds the one
+    /// address `only` (of the network's /24).
+    pub fn config_with_one_address(&self, only: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"{}","type":"bridge","bridge":"{}","isGateway":false,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{}","rangeStart":"{only}","rangeEnd":"{only}"}}]],"dataDir":"{}"}}}}"#,
+            self.name,
+            self.bridge,
+            self.subnet,
+            self.data_dir.display()
+        )
+    }
+
     pub fn loopback_config(&self) -> String {
         format!(
             r#"{{"cniVersion":"1.0.0","name":"{}-lo","type":"loopback"}}"#,

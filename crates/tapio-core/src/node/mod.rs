@@ -402,6 +402,8 @@ impl NodeModel {
             for ip in &pod.ips {
                 self.unindex_ip(ip, uid);
             }
+            // Remove first: an upsert without IPs keeps the known ones.
+            self.pods.remove(uid);
             self.pods.upsert(PodMeta {
                 ips: Vec::new(),
                 ..(*pod).clone()
@@ -682,6 +684,7 @@ mod tests {
         assert_eq!(pod.node.as_deref(), Some("n1"));
         node.release_pod_ips("u1");
         assert!(node.pod_by_ip(&ip("10.244.0.5")).is_none());
+        assert!(node.pods().get("u1").unwrap().ips.is_empty());
         assert_eq!(node.pods().get("u1").unwrap().name, "web-0");
         assert_eq!(node.remove_pod("u1").unwrap().name, "web-0");
         assert_eq!(node.stats().pods, 0);
