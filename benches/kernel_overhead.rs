@@ -45,7 +45,11 @@
 //! ```text
 //! sudo cargo bench --bench kernel_overhead
 //! TAPIO_BENCH_REPS=11 TAPIO_BENCH_ONLY=network cargo bench --bench kernel_overhead
+//! TAPIO_BENCH_ONLY=network TAPIO_BENCH_NETWORK_MODE=flows cargo bench --bench kernel_overhead
 //! ```
+//!
+//! `TAPIO_BENCH_NETWORK_MODE` (`events`, `flows`, `both`) sets the network
+//! mode of every mode that loads the object (flows read every second).
 
 mod kernel_support;
 
@@ -57,8 +61,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Duration;
 
 use kernel_support::*;
-use tapio::kernel::KernelConfig;
 use tapio::kernel::bench::BareConsumer;
+use tapio::kernel::{KernelConfig, NetworkMode};
 
 /// One workload run: its wall time, and where CPU went meanwhile.
 #[derive(Default, Clone, Copy)]
@@ -161,10 +165,19 @@ fn config() -> KernelConfig {
     if let Ok(only) = std::env::var("TAPIO_BENCH_ONLY") {
         let on = |name: &str| only.split(',').any(|s| s.trim() == name);
         c.process = on("process");
-        c.network = on("network");
+        c.network = on("network").into();
         c.file.enabled = on("file");
         c.security = on("security");
         c.memory.enabled = on("memory");
+    }
+    if let Ok(mode) = std::env::var("TAPIO_BENCH_NETWORK_MODE") {
+        c.network.mode = match mode.as_str() {
+            "events" => NetworkMode::Events,
+            "flows" => NetworkMode::Flows,
+            "both" => NetworkMode::Both,
+            other => panic!("TAPIO_BENCH_NETWORK_MODE={other}: events, flows or both"),
+        };
+        c.network.flow_interval_ms = 1000;
     }
     c
 }

@@ -511,7 +511,7 @@ fn receiver_away_and_back_loses_nothing_beyond_the_counted_queue_bound() {
                 .filter_map(|w| w.parse().ok())
                 .collect::<Vec<u64>>()
         })
-        .find(|n| n.len() == 7)
+        .find(|n| n.len() == 8)
         .unwrap_or_else(|| panic!("no kernel summary row: {stderr}"));
     let (dropped_merge, dropped_export) = (row[4], row[5]);
     assert_eq!(dropped_export, dropped, "{stderr}");

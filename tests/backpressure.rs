@@ -74,7 +74,7 @@ async fn kernel_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
 
     let mut config = KernelConfig {
         process: false,
-        network: false,
+        network: false.into(),
         security: false,
         queue_capacity: QUEUE,
         ring_buffer_bytes: 64 << 10,

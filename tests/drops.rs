@@ -169,7 +169,7 @@ async fn every_stage_loss_is_one_number_in_metrics_health_and_summary() {
     let line = tapio::export::summary_row(&report, delivered);
     assert_eq!(
         line.split_whitespace().collect::<Vec<_>>(),
-        ["burst", "100", "25", "0", "40", "35", "25", "0"]
+        ["burst", "100", "25", "0", "40", "35", "25", "0", "0"]
     );
     assert!(
         tokio::time::timeout(Duration::from_secs(5), events.recv())

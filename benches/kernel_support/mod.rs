@@ -88,7 +88,7 @@ impl Drop for TempDir {
 pub fn file_only(prefix: &str) -> KernelConfig {
     let mut c = KernelConfig {
         process: false,
-        network: false,
+        network: false.into(),
         security: false,
         ..Default::default()
     };

@@ -40,7 +40,7 @@ static __always_inline int file_enter(enum tapio_file_op op, const char *path, c
 
 static __always_inline void file_exit(struct tapio_pending *p, long ret)
 {
-	struct tapio_file_event *f = reserve_event(sizeof(*f));
+	struct tapio_file_event *f = reserve_event(sizeof(*f), TAPIO_KIND_FILE, p->file.op);
 
 	if (!f)
 		return;

@@ -76,9 +76,36 @@ static __always_inline void emit_throttle(__u64 cgroup_id, enum tapio_throttle_o
 	tapio_submit(e, sizeof(*e));
 }
 
-/* Per-cgroup token bucket. Returns true when the event may be emitted;
- * a refused event is counted in tapio_drops. */
-static __always_inline bool rate_allow(__u64 cgroup_id)
+/* High-volume kinds: over budget they are counted into summaries (load
+ * shedding) instead of dropped. Security and OOM records never are. */
+static __always_inline bool sheddable(enum tapio_kind kind)
+{
+	return kind == TAPIO_KIND_EXEC || kind == TAPIO_KIND_FORK || kind == TAPIO_KIND_EXIT ||
+	       kind == TAPIO_KIND_TCP || kind == TAPIO_KIND_FILE || kind == TAPIO_KIND_RSS;
+}
+
+/* Count one observation of (cgroup, kind, op) instead of reporting it; a
+ * full summary map loses it, counted in tapio_drops. */
+static __always_inline void summarize(__u64 cgroup_id, __u16 kind, __u16 op)
+{
+	struct tapio_summary_key key = { .cgroup_id = cgroup_id, .kind = kind, .op = op };
+	__u64 *n = bpf_map_lookup_elem(&summaries, &key);
+
+	if (!n) {
+		bpf_map_update_elem(&summaries, &key, &zero_count, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&summaries, &key);
+	}
+	if (!n) {
+		tapio_count_drop();
+		return;
+	}
+	__sync_fetch_and_add(n, 1);
+}
+
+/* Per-cgroup token bucket. Returns true when the event may be emitted. A
+ * refused event of a sheddable `kind` (non-zero) is summarized; any other is
+ * counted in tapio_drops. */
+static __always_inline bool rate_allow(__u64 cgroup_id, __u16 kind, __u16 op)
 {
 	struct tapio_bucket *b, fresh = {};
 	__u64 now, burst_milli, refill;
@@ -116,15 +143,34 @@ static __always_inline bool rate_allow(__u64 cgroup_id)
 		b->throttled = 1;
 		emit_throttle(cgroup_id, TAPIO_THROTTLE_START, 0);
 	}
-	b->dropped += 1;
-	tapio_count_drop();
+	if (kind) {
+		summarize(cgroup_id, kind, op);
+	} else {
+		b->dropped += 1;
+		tapio_count_drop();
+	}
 	return false;
 }
 
-/* Reserve a record for the current task's cgroup, under its rate limit. */
-static __always_inline void *reserve_event(__u64 size)
+/* May a record of `kind`/`op` for `cgroup_id` be reserved? With shedding on,
+ * a sheddable kind is summarized instead when the ring buffer holds more
+ * than the watermark unread or the cgroup is over its budget. */
+static __always_inline bool admit(__u64 cgroup_id, enum tapio_kind kind, __u32 op)
 {
-	if (!rate_allow(bpf_get_current_cgroup_id()))
+	bool shed = cfg_shed && sheddable(kind);
+
+	if (shed && cfg_shed_watermark &&
+	    bpf_ringbuf_query(&tapio_events, BPF_RB_AVAIL_DATA) > cfg_shed_watermark) {
+		summarize(cgroup_id, kind, op);
+		return false;
+	}
+	return rate_allow(cgroup_id, shed ? kind : 0, op);
+}
+
+/* Reserve a record of `kind`/`op` for the current task's cgroup (see admit). */
+static __always_inline void *reserve_event(__u64 size, enum tapio_kind kind, __u32 op)
+{
+	if (!admit(bpf_get_current_cgroup_id(), kind, op))
 		return NULL;
 	return tapio_reserve(size);
 }

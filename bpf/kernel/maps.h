@@ -20,6 +20,9 @@ const volatile __u64 cfg_rate_per_sec = 0;  /* per-cgroup events/s, 0: unlimited
 const volatile __u64 cfg_rate_burst = 0;
 const volatile __u64 cfg_rss_step_bytes = 64 << 20;
 const volatile __u64 cfg_page_size = 4096;
+const volatile __u32 cfg_network_mode = TAPIO_NETWORK_EVENTS; /* enum tapio_network_mode bits */
+const volatile __u32 cfg_shed = 0;            /* shed high-volume kinds to summaries */
+const volatile __u64 cfg_shed_watermark = 0;  /* ring bytes unread past which to shed; 0: never */
 
 /* ---- network: socket owners ---- */
 /* A connection's 4-tuple, captured while established: at TCP_CLOSE the
@@ -37,6 +40,8 @@ struct tapio_sock_owner {
 	struct tapio_task task;
 	__u64 start_ns;
 	struct tapio_tuple tuple;
+	__u32 inbound; /* accepted, not connected */
+	__u32 _pad;
 };
 
 /* socket -> owning process, recorded in process context (connect, listen). */
@@ -65,6 +70,35 @@ struct {
 	__type(key, struct tapio_listener_key);
 	__type(value, struct tapio_task);
 } listeners SEC(".maps");
+
+/* ---- network: flow summaries (network mode "flows"), drained by userspace ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384); /* resized by userspace before load */
+	__type(key, struct tapio_flow_key);
+	__type(value, struct tapio_flow_stats);
+} flows SEC(".maps");
+
+/* A flow's first value (read-only data: too large for the BPF stack). */
+static const struct tapio_flow_stats empty_flow = {};
+
+/* Flow updates lost because `flows` was full (one per-CPU slot). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_drops SEC(".maps");
+
+/* ---- load shedding: observations counted instead of reported, drained by userspace ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tapio_summary_key);
+	__type(value, __u64);
+} summaries SEC(".maps");
+
+static const __u64 zero_count = 0;
 
 /* ---- syscalls in flight (enter stashed the arguments; exit emits with the result) ---- */
 struct tapio_pending {

@@ -54,7 +54,7 @@ int BPF_PROG(tapio_rss_stat, struct mm_struct *mm, int member)
 	}
 	if (rss < *last + cfg_rss_step_bytes)
 		return 0;
-	e = reserve_event(sizeof(*e));
+	e = reserve_event(sizeof(*e), TAPIO_KIND_RSS, 0);
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, TAPIO_KIND_RSS);

@@ -31,15 +31,108 @@ static __always_inline void read_tuple(struct tapio_tuple *t, const struct sock 
 	}
 }
 
-static __always_inline void emit_tcp(const struct sock *sk, enum tapio_tcp_op op,
-				     struct tapio_sock_owner *owner)
+/* floor(log2(v)) for v >= 1, 0 for v == 0, capped at the last RTT bucket. */
+static __always_inline __u32 rtt_bucket(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >= (1ULL << 16)) {
+		v >>= 16;
+		r += 16;
+	}
+	if (v >= (1ULL << 8)) {
+		v >>= 8;
+		r += 8;
+	}
+	if (v >= (1ULL << 4)) {
+		v >>= 4;
+		r += 4;
+	}
+	if (v >= (1ULL << 2)) {
+		v >>= 2;
+		r += 2;
+	}
+	if (v >= 2)
+		r += 1;
+	return r < TAPIO_FLOW_RTT_BUCKETS ? r : TAPIO_FLOW_RTT_BUCKETS - 1;
+}
+
+/* Add one TCP step of a socket with a known owner to its flow. */
+static __always_inline void flow_account(const struct sock *sk, enum tapio_tcp_op op,
+					 const struct tapio_sock_owner *owner,
+					 const struct tapio_tuple *tuple)
+{
+	struct tapio_flow_key key = {};
+	struct tapio_flow_stats *st;
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	__u32 zero = 0;
+
+	key.cgroup_id = owner->task.cgroup_id;
+	__builtin_memcpy(key.addr, tuple->daddr, sizeof(key.addr));
+	key.family = tuple->family;
+	key.direction = owner->inbound ? TAPIO_FLOW_INBOUND : TAPIO_FLOW_OUTBOUND;
+	key.port = owner->inbound ? tuple->sport : tuple->dport;
+	key.protocol = IPPROTO_TCP;
+
+	st = bpf_map_lookup_elem(&flows, &key);
+	if (!st) {
+		/* BPF_NOEXIST: if another CPU inserted it first, use theirs. */
+		bpf_map_update_elem(&flows, &key, &empty_flow, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&flows, &key);
+	}
+	if (!st) {
+		/* The map is full: this step is lost, and counted. */
+		__u64 *lost = bpf_map_lookup_elem(&flow_drops, &zero);
+
+		if (lost)
+			*lost += 1;
+		return;
+	}
+	switch (op) {
+	case TAPIO_TCP_CONNECT:
+	case TAPIO_TCP_ACCEPT:
+		__sync_fetch_and_add(&st->opened, 1);
+		break;
+	case TAPIO_TCP_CONNECT_FAILED:
+		__sync_fetch_and_add(&st->failed, 1);
+		break;
+	case TAPIO_TCP_CLOSE: {
+		__u64 sent = BPF_CORE_READ(tp, bytes_sent);
+		__u64 received = BPF_CORE_READ(tp, bytes_received);
+		__u32 b;
+
+		if ((BPF_CORE_READ(sk, __sk_common.skc_flags) >> SOCK_DONE) & 1 && received)
+			received -= 1;
+		__sync_fetch_and_add(&st->closed, 1);
+		__sync_fetch_and_add(&st->bytes_sent, sent);
+		__sync_fetch_and_add(&st->bytes_received, received);
+		b = rtt_bucket(BPF_CORE_READ(tp, srtt_us) >> 3);
+		__sync_fetch_and_add(&st->rtt_log2_us[b], 1);
+		break;
+	}
+	case TAPIO_TCP_RETRANSMIT:
+		__sync_fetch_and_add(&st->retransmits, 1);
+		break;
+	case TAPIO_TCP_RESET_RECEIVED:
+		__sync_fetch_and_add(&st->resets_received, 1);
+		break;
+	case TAPIO_TCP_RESET_SENT:
+		__sync_fetch_and_add(&st->resets_sent, 1);
+		break;
+	default:
+		break;
+	}
+}
+
+static __always_inline void emit_tcp_record(const struct sock *sk, enum tapio_tcp_op op,
+					    struct tapio_sock_owner *owner)
 {
 	struct tapio_tcp_event *e;
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	struct tapio_tuple tuple;
 	__u64 cg = owner ? owner->task.cgroup_id : 0;
 
-	if (!rate_allow(cg))
+	if (!admit(cg, TAPIO_KIND_TCP, op))
 		return;
 	e = tapio_reserve(sizeof(*e));
 	if (!e)
@@ -73,6 +166,24 @@ static __always_inline void emit_tcp(const struct sock *sk, enum tapio_tcp_op op
 	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 	e->retransmits = BPF_CORE_READ(tp, total_retrans);
 	tapio_submit(e, sizeof(*e));
+}
+
+/* One TCP step of a socket: a record, a flow update, or both (cfg_network_mode).
+ * Flows need the owner: its cgroup is the flow's. */
+static __always_inline void emit_tcp(const struct sock *sk, enum tapio_tcp_op op,
+				     struct tapio_sock_owner *owner)
+{
+	if ((cfg_network_mode & TAPIO_NETWORK_FLOWS) && owner) {
+		struct tapio_tuple tuple;
+
+		if (owner->tuple.valid)
+			tuple = owner->tuple;
+		else
+			read_tuple(&tuple, sk);
+		flow_account(sk, op, owner, &tuple);
+	}
+	if (cfg_network_mode & TAPIO_NETWORK_EVENTS)
+		emit_tcp_record(sk, op, owner);
 }
 
 static __always_inline struct tapio_listener_key listener_key(const struct sock *sk, __u16 family)
@@ -135,6 +246,7 @@ int BPF_PROG(tapio_sock_state, const struct sock *sk, const int oldstate, const 
 			return 0;
 		owner.task = *listener;
 		owner.start_ns = bpf_ktime_get_boot_ns();
+		owner.inbound = 1;
 		read_tuple(&owner.tuple, sk);
 		bpf_map_update_elem(&sock_owners, &key, &owner, BPF_ANY);
 		emit_tcp(sk, TAPIO_TCP_ACCEPT, &owner);

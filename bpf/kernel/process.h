@@ -15,7 +15,7 @@ static __always_inline int emit_exec(struct task_struct *task, const char *filen
 
 	if (filtered_out())
 		return 0;
-	e = reserve_event(sizeof(*e));
+	e = reserve_event(sizeof(*e), TAPIO_KIND_EXEC, 0);
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, TAPIO_KIND_EXEC);
@@ -61,7 +61,7 @@ int BPF_PROG(tapio_fork, struct task_struct *parent, struct task_struct *child)
 	/* New processes only, not threads. */
 	if (child->pid != child->tgid || filtered_out())
 		return 0;
-	e = reserve_event(sizeof(*e));
+	e = reserve_event(sizeof(*e), TAPIO_KIND_FORK, 0);
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, TAPIO_KIND_FORK);
@@ -83,7 +83,7 @@ static __always_inline int emit_exit(struct task_struct *p, bool group_dead)
 	/* Whole-process exits only. */
 	if (!group_dead || filtered_out())
 		return 0;
-	e = reserve_event(sizeof(*e));
+	e = reserve_event(sizeof(*e), TAPIO_KIND_EXIT, 0);
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, TAPIO_KIND_EXIT);

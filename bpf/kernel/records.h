@@ -87,6 +87,52 @@ enum tapio_throttle_op { TAPIO_THROTTLE_STOP = 0, TAPIO_THROTTLE_START = 1 };
 /* `tapio_cgroup_event.op`. */
 enum tapio_cgroup_op { TAPIO_CGROUP_MKDIR = 1, TAPIO_CGROUP_RMDIR = 2 };
 
+/* `tapio_flow_key.direction`. */
+enum tapio_flow_direction { TAPIO_FLOW_OUTBOUND = 1, TAPIO_FLOW_INBOUND = 2 };
+
+/* `cfg_network_mode` bits: per-connection records, in-kernel flow summaries. */
+enum tapio_network_mode { TAPIO_NETWORK_EVENTS = 1, TAPIO_NETWORK_FLOWS = 2 };
+
+/* RTT histogram buckets of a flow: bucket b counts closed connections whose
+ * smoothed RTT in microseconds was in [2^b, 2^(b+1)) (bucket 0 also holds
+ * 0 us, the last bucket everything above). */
+#define TAPIO_FLOW_RTT_BUCKETS 24
+
+/* ---- flows: not records, the key and value of the `flows` hash map ---- */
+
+/* One flow: a cgroup's TCP traffic with one peer and service port, one way. */
+struct tapio_flow_key {
+	__u64 cgroup_id;
+	__u8 addr[16];	 /* the peer's address (IPv4 in the first 4 bytes) */
+	__u16 family;	 /* AF_INET or AF_INET6 */
+	__u16 port;	 /* outbound: the peer's port; inbound: the local (listening) port */
+	__u8 direction;	 /* enum tapio_flow_direction */
+	__u8 protocol;	 /* IPPROTO_TCP */
+	__u16 _pad;
+};
+
+/* What happened on a flow since userspace last drained it. Bytes and RTT of
+ * a connection are added when it closes. */
+struct tapio_flow_stats {
+	__u64 opened;	      /* connections established */
+	__u64 failed;	      /* connects that never were established */
+	__u64 closed;	      /* established connections closed */
+	__u64 bytes_sent;     /* data octets, of connections closed */
+	__u64 bytes_received; /* data octets, of connections closed */
+	__u64 retransmits;    /* segments retransmitted */
+	__u64 resets_received;
+	__u64 resets_sent;
+	__u64 rtt_log2_us[TAPIO_FLOW_RTT_BUCKETS];
+};
+
+/* ---- shed observations: the key of the `summaries` hash map (value: a count) ---- */
+struct tapio_summary_key {
+	__u64 cgroup_id;
+	__u16 kind; /* enum tapio_kind */
+	__u16 op;   /* the kind's op code, 0 where it has none */
+	__u32 _pad;
+};
+
 /* ---- records: every one starts with struct tapio_hdr ---- */
 
 /* The process a record is about (the current task unless noted). */
@@ -271,6 +317,11 @@ struct tapio_kernel_abi {
 	enum tapio_mount_op mount_op;
 	enum tapio_throttle_op throttle_op;
 	enum tapio_cgroup_op cgroup_op;
+	enum tapio_flow_direction flow_direction;
+	enum tapio_network_mode network_mode;
+	struct tapio_flow_key flow_key;
+	struct tapio_flow_stats flow_stats;
+	struct tapio_summary_key summary_key;
 } tapio_kernel_abi = {};
 
 #endif /* __TAPIO_KERNEL_RECORDS_H */

@@ -39,7 +39,7 @@ static __always_inline void cred_exit(struct tapio_pending *p, long ret)
 
 	if (ret != 0) /* only changes that happened */
 		return;
-	c = reserve_event(sizeof(*c));
+	c = reserve_event(sizeof(*c), TAPIO_KIND_CRED, 0);
 	if (!c)
 		return;
 	bpf_probe_read_kernel(c, sizeof(*c), &p->cred);
@@ -104,7 +104,7 @@ PLAIN_EXIT(ptrace)
 
 static __always_inline void ptrace_exit(struct tapio_pending *p, long ret)
 {
-	struct tapio_ptrace_event *t = reserve_event(sizeof(*t));
+	struct tapio_ptrace_event *t = reserve_event(sizeof(*t), TAPIO_KIND_PTRACE, 0);
 
 	if (!t)
 		return;
@@ -137,7 +137,7 @@ PLAIN_EXIT(bpf)
 
 static __always_inline void bpf_exit(struct tapio_pending *p, long ret)
 {
-	struct tapio_bpf_event *b = reserve_event(sizeof(*b));
+	struct tapio_bpf_event *b = reserve_event(sizeof(*b), TAPIO_KIND_BPF, 0);
 
 	if (!b)
 		return;
@@ -195,7 +195,7 @@ PLAIN_EXIT(umount)
 
 static __always_inline void mount_exit(struct tapio_pending *p, long ret)
 {
-	struct tapio_mount_event *m = reserve_event(sizeof(*m));
+	struct tapio_mount_event *m = reserve_event(sizeof(*m), TAPIO_KIND_MOUNT, 0);
 
 	if (!m)
 		return;

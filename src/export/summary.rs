@@ -17,7 +17,7 @@
 //! assert_eq!(summary_header().split_whitespace().nth(5), Some("dropped_merge"));
 //! assert_eq!(
 //!     summary_row(&report, 8).split_whitespace().collect::<Vec<_>>(),
-//!     ["dns", "10", "8", "0", "0", "2", "0", "0"]
+//!     ["dns", "10", "8", "0", "0", "2", "0", "0", "0"]
 //! );
 //! ```
 
@@ -26,7 +26,7 @@ use tapio_core::HealthReport;
 /// The header row.
 pub fn summary_header() -> String {
     format!(
-        "{:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>14} {:>8}",
+        "{:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>14} {:>8} {:>10}",
         "summary",
         "processed",
         "written",
@@ -34,16 +34,19 @@ pub fn summary_header() -> String {
         "dropped_queue",
         "dropped_merge",
         "dropped_export",
-        "errors"
+        "errors",
+        "summarized"
     )
 }
 
 /// One collector's row: its counters, and `written`, what the agent wrote
-/// of its events.
+/// of its events. `summarized` counts observations reported in summary
+/// events instead of one by one (load shedding): produced = delivered +
+/// summarized + dropped.
 pub fn summary_row(report: &HealthReport, written: u64) -> String {
     let s = report.stats;
     format!(
-        "{:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>14} {:>8}",
+        "{:<8} {:>10} {:>10} {:>14} {:>13} {:>13} {:>14} {:>8} {:>10}",
         report.collector,
         s.processed,
         written,
@@ -51,6 +54,7 @@ pub fn summary_row(report: &HealthReport, written: u64) -> String {
         s.dropped_queue,
         s.dropped_merge,
         s.dropped_export,
-        s.errors
+        s.errors,
+        s.summarized
     )
 }

@@ -35,8 +35,9 @@ pub struct KernelConfig {
     pub process: bool,
     /// Argv bytes copied into exec events (at most [`MAX_ARGS_BYTES`]).
     pub args_bytes: u32,
-    /// TCP connect / accept / close / retransmit / reset.
-    pub network: bool,
+    /// TCP connections: per-connection events, in-kernel flow summaries,
+    /// or both. `network = true` / `false` is short for the defaults / off.
+    pub network: NetworkConfig,
     /// File operations under watched prefixes.
     pub file: FileConfig,
     /// Credential changes, ptrace, privileged execs, `bpf()` and mounts.
@@ -47,6 +48,9 @@ pub struct KernelConfig {
     pub filter: FilterConfig,
     /// Per-cgroup rate limit applied in the kernel.
     pub rate_limit: RateLimitConfig,
+    /// What happens to high-volume observations over the rate limit or when
+    /// the ring buffer fills: counted into summaries instead of dropped.
+    pub shedding: SheddingConfig,
     /// How records travel from the ring buffer: wake-up batching, which
     /// trades a bounded delivery delay for much less overhead.
     pub delivery: DeliveryConfig,
@@ -62,12 +66,13 @@ impl Default for KernelConfig {
             ring_buffer_bytes: 4 << 20,
             process: true,
             args_bytes: 256,
-            network: true,
+            network: NetworkConfig::default(),
             file: FileConfig::default(),
             security: true,
             memory: MemoryConfig::default(),
             filter: FilterConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            shedding: SheddingConfig::default(),
             delivery: DeliveryConfig::default(),
             hooks: HookMode::default(),
         }
@@ -164,6 +169,137 @@ pub enum HookMode {
     Tracepoint,
 }
 
+/// What the network hooks report.
+///
+/// | mode | reports | cost per connection |
+/// |---|---|---|
+/// | `events` (default) | `kernel.network.{connect,connect_failed,accept,close,retransmit,reset}`, one per step | a ring-buffer record and an event per step |
+/// | `flows` | `kernel.network.flow` every `flow_interval_ms`: per (cgroup, direction, peer address, service port, protocol) the connections opened, failed and closed, bytes each way, retransmits, resets and an RTT histogram, counted in a BPF hash map | a few atomic adds in the kernel; userspace reads the map in batches |
+/// | `both` | both | both |
+///
+/// ```toml
+/// [kernel.network]
+/// mode = "flows"
+/// flow_interval_ms = 10000
+/// max_flows = 16384
+/// ```
+///
+/// A flow's bytes and RTT are those of the connections that closed in the
+/// interval (a long-lived connection's bytes arrive with its close). The
+/// service port is the peer's for outbound connections and the local
+/// (listening) port for inbound ones, so clients' ephemeral ports do not
+/// make every inbound connection a flow of its own. When the map is full,
+/// steps of new flows are lost and counted (`kernel` drop stage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Attach the network hooks at all.
+    pub enabled: bool,
+    /// Per-connection events, flow summaries, or both.
+    pub mode: NetworkMode,
+    /// How often flow summaries are read from the kernel and emitted
+    /// (milliseconds, [`MIN_FLOW_INTERVAL_MS`] at least).
+    pub flow_interval_ms: u64,
+    /// Most flows the kernel map holds between two reads.
+    pub max_flows: u32,
+}
+
+/// Shortest [`NetworkConfig::flow_interval_ms`].
+pub const MIN_FLOW_INTERVAL_MS: u64 = 100;
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: NetworkMode::Events,
+            flow_interval_ms: 10_000,
+            max_flows: 16_384,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The network hooks off.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// Whether per-connection events are reported.
+    pub fn events(&self) -> bool {
+        self.enabled && matches!(self.mode, NetworkMode::Events | NetworkMode::Both)
+    }
+
+    /// Whether flow summaries are reported.
+    pub fn flows(&self) -> bool {
+        self.enabled && matches!(self.mode, NetworkMode::Flows | NetworkMode::Both)
+    }
+}
+
+impl From<bool> for NetworkConfig {
+    fn from(enabled: bool) -> Self {
+        Self {
+            enabled,
+            ..Self::default()
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NetworkConfig {
+    /// A table, or a bool (`network = false`, as before modes existed).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Table {
+            enabled: bool,
+            mode: NetworkMode,
+            flow_interval_ms: u64,
+            max_flows: u32,
+        }
+        impl Default for Table {
+            fn default() -> Self {
+                let d = NetworkConfig::default();
+                Self {
+                    enabled: d.enabled,
+                    mode: d.mode,
+                    flow_interval_ms: d.flow_interval_ms,
+                    max_flows: d.max_flows,
+                }
+            }
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Setting {
+            Bool(bool),
+            Table(Table),
+        }
+        Ok(match Setting::deserialize(d)? {
+            Setting::Bool(enabled) => enabled.into(),
+            Setting::Table(t) => Self {
+                enabled: t.enabled,
+                mode: t.mode,
+                flow_interval_ms: t.flow_interval_ms,
+                max_flows: t.max_flows,
+            },
+        })
+    }
+}
+
+/// See [`NetworkConfig`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// One event per connection step.
+    #[default]
+    Events,
+    /// Flow summaries aggregated in the kernel.
+    Flows,
+    /// Both.
+    Both,
+}
+
 /// File-operation settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -252,6 +388,48 @@ pub struct RateLimitConfig {
     pub burst: u64,
 }
 
+/// Adaptive load shedding in the kernel.
+///
+/// High-volume kinds (exec, fork, exit, TCP steps, file operations, RSS
+/// growth) of a cgroup that is over its [`RateLimitConfig`] budget, or of
+/// any cgroup while the ring buffer holds more than `ring_watermark_percent`
+/// unread, are not dropped but counted in the kernel per (cgroup, kind, op)
+/// and reported every `summary_interval_ms` as `kernel.<kind>.summary`
+/// events (`kernel.process.summary`, `kernel.network.summary`,
+/// `kernel.file.summary`, `kernel.memory.summary`) with the counts. The
+/// cgroup's records come back one by one as soon as its budget allows (the
+/// `kernel.throttle.start` / `.stop` events mark the period). Security and
+/// OOM records are never shed. Per stage: produced = delivered + summarized
+/// (`kernel_events_summarized_total`) + dropped.
+///
+/// ```toml
+/// [kernel.shedding]
+/// enabled = true
+/// ring_watermark_percent = 75   # 0: only the rate limit sheds
+/// summary_interval_ms = 1000
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SheddingConfig {
+    /// Shed to summaries instead of dropping.
+    pub enabled: bool,
+    /// Shed while more than this share of the ring buffer is unread
+    /// (percent, 1 to 100; 0 turns the watermark off).
+    pub ring_watermark_percent: u8,
+    /// How often the counts are read and reported (milliseconds).
+    pub summary_interval_ms: u64,
+}
+
+impl Default for SheddingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ring_watermark_percent: 75,
+            summary_interval_ms: 1000,
+        }
+    }
+}
+
 /// What is wrong with a [`KernelConfig`].
 pub(crate) fn validate(config: &KernelConfig) -> Result<(), String> {
     if config.args_bytes > MAX_ARGS_BYTES {
@@ -289,6 +467,31 @@ pub(crate) fn validate(config: &KernelConfig) -> Result<(), String> {
             config.delivery.max_delay_ms
         ));
     }
+    if config.network.flows() {
+        if config.network.flow_interval_ms < MIN_FLOW_INTERVAL_MS {
+            return Err(format!(
+                "network.flow_interval_ms {} is below the minimum {MIN_FLOW_INTERVAL_MS}",
+                config.network.flow_interval_ms
+            ));
+        }
+        if config.network.max_flows == 0 {
+            return Err("network.max_flows must be positive".into());
+        }
+    }
+    if config.shedding.enabled {
+        if config.shedding.ring_watermark_percent > 100 {
+            return Err(format!(
+                "shedding.ring_watermark_percent {} exceeds 100",
+                config.shedding.ring_watermark_percent
+            ));
+        }
+        if config.shedding.summary_interval_ms < MIN_FLOW_INTERVAL_MS {
+            return Err(format!(
+                "shedding.summary_interval_ms {} is below the minimum {MIN_FLOW_INTERVAL_MS}",
+                config.shedding.summary_interval_ms
+            ));
+        }
+    }
     if config.memory.enabled && config.memory.rss_step_bytes == 0 {
         return Err("memory.rss_step_bytes must be positive".into());
     }
@@ -315,7 +518,24 @@ mod tests {
             toml::from_str("args_bytes = 64\n[file]\nprefixes = [\"/tmp/x/\"]\n").unwrap();
         assert_eq!(partial.args_bytes, 64);
         assert_eq!(partial.file.prefixes, vec!["/tmp/x/"]);
-        assert!(partial.network);
+        assert_eq!(partial.network, NetworkConfig::default());
+    }
+
+    #[test]
+    fn network_is_a_bool_or_a_table() {
+        let off: KernelConfig = toml::from_str("network = false").unwrap();
+        assert_eq!(off.network, NetworkConfig::disabled());
+        assert!(!off.network.events() && !off.network.flows());
+        let flows: KernelConfig =
+            toml::from_str("[network]\nmode = \"flows\"\nflow_interval_ms = 500\n").unwrap();
+        assert_eq!(flows.network.mode, NetworkMode::Flows);
+        assert_eq!(flows.network.flow_interval_ms, 500);
+        assert!(flows.network.flows() && !flows.network.events());
+        assert!(toml::from_str::<KernelConfig>("[network]\nmode = \"packets\"\n").is_err());
+        let mut c = KernelConfig::default();
+        c.network.mode = NetworkMode::Both;
+        c.network.flow_interval_ms = 10;
+        assert!(validate(&c).unwrap_err().contains("flow_interval_ms 10"));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub mod types {
     pub const RETRANSMIT: &str = "kernel.network.retransmit";
     /// A TCP reset was received or sent.
     pub const RESET: &str = "kernel.network.reset";
+    /// A flow summary (network mode `flows` or `both`).
+    pub const FLOW: &str = "kernel.network.flow";
     /// A file under a watched prefix was opened for writing.
     pub const FILE_OPEN: &str = "kernel.file.open";
     /// A file under a watched prefix was created (`O_CREAT`).
@@ -64,6 +66,14 @@ pub mod types {
     pub const THROTTLE_START: &str = "kernel.throttle.start";
     /// A cgroup stopped being rate limited; carries the drop count.
     pub const THROTTLE_STOP: &str = "kernel.throttle.stop";
+    /// Exec / fork / exit counts of a cgroup whose records were shed.
+    pub const PROCESS_SUMMARY: &str = "kernel.process.summary";
+    /// TCP step counts of a cgroup whose records were shed.
+    pub const NETWORK_SUMMARY: &str = "kernel.network.summary";
+    /// File operation counts of a cgroup whose records were shed.
+    pub const FILE_SUMMARY: &str = "kernel.file.summary";
+    /// RSS growth counts of a cgroup whose records were shed.
+    pub const MEMORY_SUMMARY: &str = "kernel.memory.summary";
 }
 
 /// The process an event is about (or that caused it).
@@ -140,7 +150,7 @@ pub struct ExitEvent {
 }
 
 /// Direction of a TCP connection relative to the local process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// The local process connected out.
@@ -178,6 +188,66 @@ pub struct TcpEvent {
     pub retransmits: u32,
     /// Time since connect / accept, in nanoseconds.
     pub duration_ns: u64,
+}
+
+/// Payload of `kernel.network.flow`: what one cgroup's TCP traffic with one
+/// peer and service port, one way, did in one interval, counted in the
+/// kernel (see [`NetworkConfig`](crate::config::NetworkConfig)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEvent {
+    /// cgroup v2 id of the sockets' owner.
+    pub cgroup_id: u64,
+    /// Who initiated the connections.
+    pub direction: Direction,
+    /// The peer's address.
+    pub peer_addr: IpAddr,
+    /// The service port: the peer's for outbound flows, the local
+    /// (listening) one for inbound flows.
+    pub port: u16,
+    /// `tcp`.
+    pub protocol: CompactString,
+    /// Start of the interval (the previous read, or the collector's start).
+    pub interval_start: DateTime<Utc>,
+    /// End of the interval (this read).
+    pub interval_end: DateTime<Utc>,
+    /// Connections established.
+    pub opened: u64,
+    /// Connects that never were established (refused, timed out, unreachable).
+    pub failed: u64,
+    /// Established connections closed.
+    pub closed: u64,
+    /// Data bytes sent by the connections closed in the interval.
+    pub bytes_sent: u64,
+    /// Data bytes received by the connections closed in the interval.
+    pub bytes_received: u64,
+    /// Segments retransmitted.
+    pub retransmits: u64,
+    /// Resets received.
+    pub resets_received: u64,
+    /// Resets sent.
+    pub resets_sent: u64,
+    /// Smoothed RTT of the connections closed, as a log2 histogram: entry
+    /// `(b, n)` counts `n` connections with an RTT in `[2^b, 2^(b+1))`
+    /// microseconds (`b = 0` includes 0 µs; empty buckets are left out).
+    pub rtt_log2_us: Vec<(u8, u64)>,
+}
+
+/// Payload of `kernel.<kind>.summary`: observations of one cgroup that
+/// were counted in the kernel instead of reported one by one (load
+/// shedding; see [`SheddingConfig`](crate::config::SheddingConfig)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryEvent {
+    /// cgroup v2 id the observations belong to.
+    pub cgroup_id: u64,
+    /// `process`, `network`, `file` or `memory`.
+    pub kind: CompactString,
+    /// Count per operation (`exec`, `fork`, `exit`; `connect`, `close`, …;
+    /// `open`, `unlink`, …; `rss_growth`).
+    pub counts: std::collections::BTreeMap<CompactString, u64>,
+    /// Start of the interval (the previous read, or the collector's start).
+    pub interval_start: DateTime<Utc>,
+    /// End of the interval (this read).
+    pub interval_end: DateTime<Utc>,
 }
 
 /// Payload of `kernel.file.*`.

@@ -4,7 +4,7 @@
 //! | sub-collector | events | hooks |
 //! |---|---|---|
 //! | process | `kernel.process.{exec,fork,exit}` | `tp_btf/sched_process_{exec,fork,exit}` (classic tracepoint fallback for exec and exit) |
-//! | network | `kernel.network.{connect,connect_failed,accept,close,retransmit,reset}` | `tp_btf/inet_sock_set_state`, `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset` |
+//! | network | `kernel.network.{connect,connect_failed,accept,close,retransmit,reset}` (mode `events`), `kernel.network.flow` summaries aggregated in the kernel (mode `flows`; see [`NetworkConfig`]) | `tp_btf/inet_sock_set_state`, `tcp_retransmit_skb`, `tcp_receive_reset`, `tcp_send_reset` |
 //! | file | `kernel.file.{open,create,unlink,rename,chmod,chown}` | syscall tracepoints, path prefixes filtered in the kernel |
 //! | security | `kernel.security.{credential_change,privileged_exec,ptrace,bpf,mount}` | syscall tracepoints, exec hook |
 //! | memory | `kernel.memory.{oom_kill,rss_growth}` | `tp_btf/mark_victim`, `tp_btf/rss_stat` (aggregated in the kernel) |
@@ -121,9 +121,11 @@ use tracing::Instrument as _;
 
 pub mod config;
 pub mod events;
+mod flow;
 pub mod metrics;
 mod program;
 mod record;
+mod summary;
 
 #[allow(
     missing_docs,
@@ -139,7 +141,8 @@ mod skel {
 }
 
 pub use config::{
-    DeliveryConfig, FileConfig, FilterConfig, HookMode, KernelConfig, MemoryConfig, RateLimitConfig,
+    DeliveryConfig, FileConfig, FilterConfig, HookMode, KernelConfig, MemoryConfig, NetworkConfig,
+    NetworkMode, RateLimitConfig, SheddingConfig,
 };
 pub use events::*;
 
@@ -219,18 +222,47 @@ impl Observer for Kernel {
             self_pid: std::process::id(),
             page_size,
             learn_cgroups,
+            map_slot: None,
         };
         let timing = cx.emitter.telemetry().cloned();
         let stats = cx.emitter.stats().clone();
         if let Some(telemetry) = &timing {
             self.metrics.register(telemetry);
         }
-        let converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
+        let mut program = program;
+        let mut converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
             .with_counters(self.metrics.counters.clone());
+        let network = &self.config.network;
+        let shedding = &self.config.shedding;
+        let mut tick_every: Option<std::time::Duration> = None;
+        let slot = flow::MapSlot::default();
+        if network.flows() || shedding.enabled {
+            program.map_slot = Some(slot.clone());
+        }
+        if network.flows() {
+            converter = converter.with_flows(flow::FlowReader::new(
+                slot.clone(),
+                cx.emitter.clone(),
+                self.metrics.counters.clone(),
+                !network.events(),
+                std::time::Duration::from_millis(network.flow_interval_ms),
+            ));
+            tick_every = Some(std::time::Duration::from_millis(network.flow_interval_ms));
+        }
+        if shedding.enabled {
+            let every = std::time::Duration::from_millis(shedding.summary_interval_ms);
+            converter = converter.with_summaries(summary::SummaryReader::new(
+                slot,
+                cx.emitter.clone(),
+                every,
+            ));
+            tick_every = Some(tick_every.map_or(every, |t| t.min(every)));
+        }
         let reader_config = RingBufReaderConfig {
             thread_name: "tapio-kernel".into(),
             // With batched wake-ups the reader drains on this timer.
             poll_timeout: self.config.delivery.poll_timeout(),
+            tick_every,
             timing,
             ..Default::default()
         };
@@ -381,6 +413,7 @@ pub mod bench {
                             self_pid: std::process::id(),
                             page_size: crate::page_size(),
                             learn_cgroups: false,
+                            map_slot: None,
                         };
                         let mut storage = MaybeUninit::uninit();
                         let loaded = match program.load(&mut storage) {

@@ -58,6 +58,11 @@ pub(crate) enum Count {
 
 impl KernelCounters {
     pub(crate) fn add(&self, what: Count) {
+        self.add_n(what, 1);
+    }
+
+    /// Count `n` of `what` (flow summaries carry counts).
+    pub(crate) fn add_n(&self, what: Count, n: u64) {
         let c = match what {
             Count::ConnectFailure => &self.connect_failures,
             Count::Retransmit => &self.retransmits,
@@ -65,7 +70,7 @@ impl KernelCounters {
             Count::ResetSent => &self.resets_sent,
             Count::OomKill => &self.oom_kills,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The counts so far.

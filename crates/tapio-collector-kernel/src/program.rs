@@ -10,8 +10,10 @@ use tapio_core::bpf::{self, BpfProgram, Loaded};
 
 use crate::NAME;
 use crate::config::{self, HookMode, KernelConfig};
+use crate::flow::{DrainMaps, MapSlot};
 use crate::record::KernelRecord;
 use crate::skel::KernelSkelBuilder;
+use crate::skel::types;
 
 /// Sub-collector a BPF program belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +165,9 @@ pub(crate) struct KernelProgram {
     pub page_size: u64,
     /// Attach the cgroup mkdir/rmdir hooks (a resolver will consume them).
     pub learn_cgroups: bool,
+    /// Where to leave the flow and summary maps for the reader (flows or
+    /// shedding on).
+    pub map_slot: Option<MapSlot>,
 }
 
 impl KernelProgram {
@@ -172,7 +177,7 @@ impl KernelProgram {
             // Privileged-exec detection rides on the exec hook.
             Group::Exec => c.process || c.security,
             Group::Process => c.process,
-            Group::Network => c.network,
+            Group::Network => c.network.enabled,
             Group::File => c.file.enabled && !c.file.prefixes.is_empty(),
             Group::Security => c.security,
             Group::Memory => c.memory.enabled,
@@ -205,6 +210,16 @@ impl BpfProgram for KernelProgram {
             .set_max_entries(ring_bytes)
             .map_err(err("size ring buffer"))?;
         let c = &self.config;
+        // The flow map is preallocated: one entry when flows are off.
+        let max_flows = if c.network.flows() {
+            c.network.max_flows.max(1)
+        } else {
+            1
+        };
+        open.maps
+            .flows
+            .set_max_entries(max_flows)
+            .map_err(err("size flow map"))?;
         let rodata = bpf::rodata(open.maps.rodata_data.as_deref_mut(), NAME)?;
         rodata.cfg_self_pid = if c.filter.exclude_self {
             self.self_pid
@@ -235,6 +250,18 @@ impl BpfProgram for KernelProgram {
         rodata.cfg_rate_burst = c.rate_limit.burst;
         rodata.cfg_rss_step_bytes = c.memory.rss_step_bytes.max(1);
         rodata.cfg_page_size = self.page_size;
+        {
+            use types::tapio_network_mode as Mode;
+            let bit = |on: bool, mode: Mode| if on { mode.0 } else { 0 };
+            rodata.cfg_network_mode = bit(c.network.events(), Mode::TAPIO_NETWORK_EVENTS)
+                | bit(c.network.flows(), Mode::TAPIO_NETWORK_FLOWS);
+        }
+        rodata.cfg_shed = u32::from(c.shedding.enabled);
+        rodata.cfg_shed_watermark = if c.shedding.enabled {
+            u64::from(ring_bytes) * u64::from(c.shedding.ring_watermark_percent) / 100
+        } else {
+            0
+        };
         rodata.tapio_wakeup_delay_ns = c.delivery.max_delay_ms.saturating_mul(1_000_000);
         rodata.tapio_wakeup_bytes = c.delivery.watermark(ring_bytes);
 
@@ -256,6 +283,18 @@ impl BpfProgram for KernelProgram {
             links.push(link);
         }
         tracing::debug!(programs = links.len(), "kernel collector attached");
+        if let Some(slot) = &self.map_slot {
+            let object = skel.object();
+            let maps = DrainMaps {
+                flows: bpf::map_handle(object, "flows").map_err(err("open flow map"))?,
+                flow_drops: bpf::map_handle(object, "flow_drops")
+                    .map_err(err("open flow drop counter"))?,
+                summaries: bpf::map_handle(object, "summaries").map_err(err("open summary map"))?,
+            };
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(maps);
+        }
         let details = vec![
             ("programs_attached".to_string(), links.len().to_string()),
             (
@@ -313,7 +352,7 @@ mod tests {
     #[test]
     fn sub_collectors_select_programs() {
         let config = KernelConfig {
-            network: false,
+            network: false.into(),
             process: false,
             ..Default::default()
         };
@@ -323,6 +362,7 @@ mod tests {
             self_pid: 1,
             page_size: 4096,
             learn_cgroups: false,
+            map_slot: None,
         };
         assert!(p.wants("tapio_exec_btf"), "security needs the exec hook");
         assert!(!p.wants("tapio_exec_tp"));

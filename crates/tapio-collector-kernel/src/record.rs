@@ -34,6 +34,9 @@ unsafe impl bpf::plain::Plain for types::tapio_oom_event {}
 unsafe impl bpf::plain::Plain for types::tapio_rss_event {}
 unsafe impl bpf::plain::Plain for types::tapio_throttle_event {}
 unsafe impl bpf::plain::Plain for types::tapio_cgroup_event {}
+unsafe impl bpf::plain::Plain for types::tapio_flow_key {}
+unsafe impl bpf::plain::Plain for types::tapio_flow_stats {}
+unsafe impl bpf::plain::Plain for types::tapio_summary_key {}
 
 /// The record layout version this decoder reads: `TAPIO_KERNEL_VERSION` in
 /// `bpf/kernel/records.h`, read from the object's BTF through the skeleton,
@@ -199,6 +202,10 @@ pub(crate) struct Converter {
     batch: Vec<RawEvent>,
     /// TCP failures, retransmits, resets and OOM kills, for the metrics.
     counters: Arc<KernelCounters>,
+    /// Reads flow summaries on each tick (network mode with flows).
+    flows: Option<crate::flow::FlowReader>,
+    /// Reads the counts of shed observations on each tick.
+    summaries: Option<crate::summary::SummaryReader>,
 }
 
 impl RecordHandler<KernelRecord> for Converter {
@@ -211,6 +218,14 @@ impl RecordHandler<KernelRecord> for Converter {
 
     fn batch_end(&mut self) {
         self.flush();
+    }
+
+    fn tick(&mut self) {
+        self.read_maps(false);
+    }
+
+    fn finish(&mut self) {
+        self.read_maps(true);
     }
 }
 
@@ -242,7 +257,7 @@ fn compact_cstr(raw: &[i8]) -> CompactString {
     CompactString::from_utf8_lossy(&buf[..len])
 }
 
-fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+pub(crate) fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
     const AF_INET: u16 = 2;
     if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -293,7 +308,36 @@ impl Converter {
             attrs: Vec::with_capacity(MAX_ATTRS),
             batch: Vec::with_capacity(MAX_BATCH),
             counters: Arc::default(),
+            flows: None,
+            summaries: None,
         }
+    }
+
+    /// Read the counts of shed observations with `summaries`.
+    pub(crate) fn with_summaries(mut self, summaries: crate::summary::SummaryReader) -> Self {
+        self.summaries = Some(summaries);
+        self
+    }
+
+    /// Read flow summaries with `flows` on every tick and at the end.
+    pub(crate) fn with_flows(mut self, flows: crate::flow::FlowReader) -> Self {
+        self.flows = Some(flows);
+        self
+    }
+
+    /// Read the flow and summary maps: those due, or (`all`) every one.
+    fn read_maps(&mut self, all: bool) {
+        if let Some(flows) = &mut self.flows
+            && (all || flows.due())
+        {
+            flows.read(&mut self.batch);
+        }
+        if let Some(summaries) = &mut self.summaries
+            && (all || summaries.due())
+        {
+            summaries.read(&mut self.batch);
+        }
+        self.flush();
     }
 
     /// Count into `counters` (the collector's, shared by its runs).

@@ -52,6 +52,9 @@ async fn per_cgroup_rate_limit_throttles_and_counts_every_drop() {
     config.filter.comm = Some("tapiothrottle".into());
     config.rate_limit.events_per_sec = 5;
     config.rate_limit.burst = 10;
+    // The drop path: without shedding, refused records are dropped (with
+    // shedding they are summarized: tests/shedding.rs).
+    config.shedding.enabled = false;
     let mut k = start(config).await;
 
     // 50 runs: an exec and an exit each, 100 events against a burst of 10.

@@ -59,6 +59,7 @@ struct Counters {
     dropped_queue: AtomicU64,
     dropped_merge: AtomicU64,
     dropped_export: AtomicU64,
+    summarized: AtomicU64,
     types: TypeCounts,
 }
 
@@ -165,6 +166,9 @@ pub struct StatsSnapshot {
     pub dropped_merge: u64,
     /// Events lost at export.
     pub dropped_export: u64,
+    /// Observations not reported one by one but counted into summary
+    /// events (load shedding): neither delivered nor lost.
+    pub summarized: u64,
 }
 
 impl StatsSnapshot {
@@ -175,6 +179,12 @@ impl StatsSnapshot {
 }
 
 impl Stats {
+    /// Count `n` observations that went into summaries instead of events of
+    /// their own (`{collector}_events_summarized_total`).
+    pub fn add_summarized(&self, n: u64) {
+        self.inner.summarized.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Count `n` produced events.
     pub fn add_processed(&self, n: u64) {
         self.inner.processed.fetch_add(n, Ordering::Relaxed);
@@ -252,6 +262,7 @@ impl Stats {
             dropped_queue: c.dropped_queue.load(Ordering::Relaxed),
             dropped_merge: c.dropped_merge.load(Ordering::Relaxed),
             dropped_export: c.dropped_export.load(Ordering::Relaxed),
+            summarized: c.summarized.load(Ordering::Relaxed),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | `{collector}_events_total{type}` | counter | [`Stats::event_types`]: the same events by event type (at most [`MAX_EVENT_TYPES`](crate::MAX_EVENT_TYPES) values, then `other`) |
 //! | `{collector}_errors_total` | counter | [`Stats`] |
 //! | `{collector}_events_dropped_total{stage=kernel\|queue\|merge\|export}` | counter | [`Stats`] |
+//! | `{collector}_events_summarized_total` | counter | [`Stats`]: observations counted into summary events (load shedding) |
 //! | `{collector}_collector_healthy` | gauge (1/0) | [`Health`] |
 //! | `{collector}_processing_duration_ms` | histogram | [`Telemetry::record_duration`] |
 //!
@@ -82,6 +83,14 @@ impl Telemetry {
             .u64_observable_counter(name("errors_total"))
             .with_description("Errors while collecting (decode, peer, kernel)")
             .with_callback(move |o| o.observe(s.snapshot().errors, &[]))
+            .build();
+        let s = stats.clone();
+        meter
+            .u64_observable_counter(name("events_summarized_total"))
+            .with_description(
+                "Observations counted into summary events instead of events of their own (load shedding)",
+            )
+            .with_callback(move |o| o.observe(s.snapshot().summarized, &[]))
             .build();
         let s = stats;
         meter
@@ -194,6 +203,7 @@ mod tests {
         stats.add_dropped(DropStage::Kernel, 3);
         stats.add_dropped(DropStage::Queue, 4);
         stats.add_dropped(DropStage::Merge, 5);
+        stats.add_summarized(6);
         health.set(HealthState::Healthy, None);
         t.record_duration(Duration::from_micros(1500));
         t.record_duration(Duration::from_micros(500));
@@ -206,10 +216,12 @@ mod tests {
                 "dns_errors_total",
                 "dns_events_dropped_total",
                 "dns_events_processed_total",
+                "dns_events_summarized_total",
                 "dns_events_total",
                 "dns_processing_duration_ms",
             ]
         );
+        assert_eq!(m["dns_events_summarized_total"], vec![(String::new(), 6.0)]);
         assert_eq!(m["dns_events_processed_total"], vec![(String::new(), 7.0)]);
         assert_eq!(
             m["dns_events_total"],

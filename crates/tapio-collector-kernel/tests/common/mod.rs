@@ -139,7 +139,7 @@ pub fn only(
 ) -> KernelConfig {
     let mut c = KernelConfig {
         process,
-        network,
+        network: network.into(),
         security,
         ..Default::default()
     };

@@ -13,7 +13,7 @@ mod record;
 pub use load::{ring_buffer_size, rodata, write_cstr};
 pub use reader::{
     BpfProgram, KeepAlive, Loaded, ReaderStats, RecordHandler, RingBufReader, RingBufReaderConfig,
-    map_handle,
+    map_handle, read_percpu_total,
 };
 pub use record::{CChar, DecodeError, Record, check_version, decode_pod, read_cstr};
 

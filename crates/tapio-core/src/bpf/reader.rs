@@ -81,7 +81,7 @@ impl std::fmt::Debug for RingBufReader {
 }
 
 /// Sum of a one-slot per-CPU `u64` array.
-fn read_percpu_total(map: &MapHandle) -> Option<u64> {
+pub fn read_percpu_total(map: &MapHandle) -> Option<u64> {
     let values = map
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
         .ok()??;
@@ -105,6 +105,10 @@ pub trait RecordHandler<R>: Send + 'static {
     fn batch_end(&mut self) {}
     /// Every [`RingBufReaderConfig::tick_every`].
     fn tick(&mut self) {}
+    /// The session ends: the last records were handed over and the
+    /// programs are still attached (a last read of the object's other
+    /// maps belongs here).
+    fn finish(&mut self) {}
 }
 
 impl<R, F: FnMut(R) + Send + 'static> RecordHandler<R> for F {
@@ -291,6 +295,7 @@ impl RingBufReader {
                     // Deliver what is already in the buffer, then the final drop count.
                     let _ = rb.consume_raw();
                     end_batch();
+                    handler.borrow_mut().finish();
                     poll_drops(&mut last_kernel_total);
                     // Explicit order: ring buffer, then links and skeleton, then storage.
                     drop(rb);
