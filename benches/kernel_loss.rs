@@ -1,7 +1,7 @@
 //! Loss accounting of the kernel collector: a sustained paced rate that must
-//! lose nothing, then floods above the saturation rate where every lost
-//! event must be counted (`produced = delivered + dropped(kernel) +
-//! dropped(queue)`, exactly).
+//! lose nothing, then floods above the saturation rate where every record
+//! must be delivered, summarized or counted as lost (`produced = delivered +
+//! summarized + dropped(kernel) + dropped(queue)`, exactly).
 //!
 //! Load: a child process looping `openat(O_WRONLY)` on a missing file under
 //! a watched temporary directory (`ENOENT`: one syscall and one
@@ -17,9 +17,15 @@
 //! 1. paced at `TAPIO_BENCH_RATE` (100 000/s) for `TAPIO_BENCH_SECS` (30 s),
 //!    one generator thread: zero drops expected;
 //! 2. flood: `TAPIO_BENCH_FLOOD_EVENTS` (2 000 000) unpaced from
-//!    `TAPIO_BENCH_THREADS` (2) threads, default settings;
-//! 3. the same flood with a 1 024-event queue, so that the userspace stage
+//!    `TAPIO_BENCH_THREADS` (2) threads, default settings: past the ring's
+//!    watermark, records are counted into `kernel.file.summary` events
+//!    (load shedding) rather than lost;
+//! 3. the same flood with shedding off (the drop path);
+//! 4. the same flood with a 1 024-event queue, so that the userspace stage
 //!    drops too.
+//!
+//! Every run checks `produced = delivered + summarized + dropped(kernel) +
+//! dropped(queue)` exactly.
 //!
 //! ```text
 //! sudo cargo bench --bench kernel_loss
@@ -39,12 +45,14 @@ struct Run {
     delivered: u64,
     dropped_kernel: u64,
     dropped_queue: u64,
+    /// Records counted into summary events instead (load shedding).
+    summarized: u64,
     delivered_rate: f64,
 }
 
 impl Run {
     fn exact(&self) -> bool {
-        self.produced == self.delivered + self.dropped_kernel + self.dropped_queue
+        self.produced == self.delivered + self.summarized + self.dropped_kernel + self.dropped_queue
     }
 }
 
@@ -53,6 +61,8 @@ impl Run {
 struct Spec {
     name: String,
     queue_capacity: Option<usize>,
+    /// Load shedding (on by default).
+    shedding: bool,
     count: u64,
     threads: u64,
     rate: u64,
@@ -62,6 +72,7 @@ fn run(rt: &tokio::runtime::Runtime, dir: &TempDir, spec: Spec, missing: bool) -
     let Spec {
         name,
         queue_capacity,
+        shedding,
         count,
         threads,
         rate,
@@ -70,6 +81,7 @@ fn run(rt: &tokio::runtime::Runtime, dir: &TempDir, spec: Spec, missing: bool) -
     if let Some(capacity) = queue_capacity {
         config.queue_capacity = capacity;
     }
+    config.shedding.enabled = shedding;
     let running = start_collector(rt, config);
     let out = run_child(
         "open",
@@ -92,6 +104,7 @@ fn run(rt: &tokio::runtime::Runtime, dir: &TempDir, spec: Spec, missing: bool) -
         delivered: outcome.seen.events,
         dropped_kernel: outcome.dropped_kernel,
         dropped_queue: outcome.dropped_queue,
+        summarized: outcome.seen.summarized,
         delivered_rate: outcome.seen.rate(),
     }
 }
@@ -120,21 +133,31 @@ fn main() {
     );
     println!();
     println!(
-        "| run | produced | generator/s | delivered | dropped kernel | dropped queue | delivered + dropped = produced | delivered/s |"
+        "| run | produced | generator/s | delivered | summarized | dropped kernel | dropped queue | delivered + summarized + dropped = produced | dropped / produced | delivered/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
 
     let runs = [
         Spec {
             name: format!("paced {}/s × {secs} s", si(rate as f64)),
             queue_capacity: None,
+            shedding: true,
             count: rate * secs,
             threads: 1,
             rate,
         },
         Spec {
-            name: "flood, defaults".to_string(),
+            name: "flood, defaults (shedding)".to_string(),
             queue_capacity: None,
+            shedding: true,
+            count: flood,
+            threads,
+            rate: 0,
+        },
+        Spec {
+            name: "flood, shedding off".to_string(),
+            queue_capacity: None,
+            shedding: false,
             count: flood,
             threads,
             rate: 0,
@@ -142,6 +165,7 @@ fn main() {
         Spec {
             name: "flood, queue 1 024".to_string(),
             queue_capacity: Some(1024),
+            shedding: true,
             count: flood,
             threads,
             rate: 0,
@@ -151,14 +175,16 @@ fn main() {
     for spec in runs {
         let r = run(&rt, &dir, spec, missing);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.4} | {} |",
             r.name,
             r.produced,
             si(r.generator_rate),
             r.delivered,
+            r.summarized,
             r.dropped_kernel,
             r.dropped_queue,
             if r.exact() { "exact" } else { "NO" },
+            (r.dropped_kernel + r.dropped_queue) as f64 / r.produced.max(1) as f64,
             si(r.delivered_rate),
         );
         results.push(r);

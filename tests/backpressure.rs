@@ -85,6 +85,9 @@ async fn kernel_paused_consumer_blocks_nothing_and_every_drop_is_counted() {
     config.file.prefixes = vec![dir.to_str().unwrap().to_string()];
     // The generator is this process.
     config.filter.exclude_self = false;
+    // The drop path: with shedding, a filling ring sheds records into
+    // summaries instead (crates/tapio-collector-kernel/tests/shedding.rs).
+    config.shedding.enabled = false;
     let kernel = KernelCollector::new(config);
     let mut events = kernel.events().unwrap();
     kernel

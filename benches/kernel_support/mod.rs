@@ -25,7 +25,7 @@ use tapio::core::node::NodeModel;
 
 use tapio::EventReceiver;
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
-use tapio::kernel::{KernelCollector, KernelConfig};
+use tapio::kernel::{KernelCollector, KernelConfig, SummaryEvent};
 use tapio::{Collector, CollectorContext};
 
 /// First argument that selects the child (load) mode of a harness binary.
@@ -95,6 +95,9 @@ pub fn file_only(prefix: &str) -> KernelConfig {
     c.memory.enabled = false;
     c.file.enabled = true;
     c.file.prefixes = vec![prefix.to_string()];
+    // Throughput is measured on the per-record path; kernel_loss turns
+    // shedding back on for its floods.
+    c.shedding.enabled = false;
     c
 }
 
@@ -285,7 +288,11 @@ pub fn run_child(kind: &str, opts: &[(&str, String)]) -> BTreeMap<String, u128> 
 /// Events a consumer took and when the first and last batch arrived.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Seen {
+    /// Events of one record each (summary events excluded).
     pub events: u64,
+    /// Observations reported inside `kernel.<kind>.summary` events (load
+    /// shedding), summed over their counts.
+    pub summarized: u64,
     pub first: Option<Instant>,
     pub last: Option<Instant>,
 }
@@ -354,12 +361,19 @@ impl Drain {
                                                 .expect("write to /dev/null");
                                         }
                                     }
+                                    let mut summaries = 0;
+                                    for ev in std::iter::once(&event).chain(&batch) {
+                                        if let Some(s) = ev.payload_ref::<SummaryEvent>() {
+                                            summaries += 1;
+                                            seen.summarized += s.counts.values().sum::<u64>();
+                                        }
+                                    }
                                     drop(event);
                                     batch.clear();
                                     let now = Instant::now();
                                     seen.first.get_or_insert(now);
                                     seen.last = Some(now);
-                                    seen.events += n;
+                                    seen.events += n - summaries;
                                     events.fetch_add(n, Ordering::Relaxed);
                                 }
                                 Ok(None) => break,
