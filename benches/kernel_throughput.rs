@@ -131,6 +131,7 @@ fn bare(dir: &TempDir, load: Load) -> Row {
     let counts = consumer.finish();
     let seen = Seen {
         events: counts.records,
+        summarized: 0,
         first: counts.first,
         last: counts.last,
     };
@@ -167,6 +168,7 @@ fn bare_drain(dir: &TempDir, load: Load) -> Row {
     let counts = consumer.finish();
     let seen = Seen {
         events: counts.records,
+        summarized: 0,
         first: counts.started,
         last: counts.last,
     };
