@@ -13,7 +13,9 @@
 //!   `OTEL_EXPORTER_OTLP_*ENDPOINT` variable): events as OTLP log records,
 //!   the collectors' metrics and spans, over gRPC or HTTP/protobuf, batched,
 //!   through a bounded queue with retry and circuit breaker; export drops
-//!   are counted. `OTEL_EXPORTER_OTLP_*` (endpoint, protocol, headers,
+//!   are counted. The causal chains correlation finds go to the traces
+//!   endpoint as spans, one per chain step (`[otlp] chain_traces`, on by
+//!   default; see `tapio::export::spans`). `OTEL_EXPORTER_OTLP_*` (endpoint, protocol, headers,
 //!   compression, TLS, timeout), `OTEL_SERVICE_NAME` and
 //!   `OTEL_RESOURCE_ATTRIBUTES` apply under the file and the flags (see
 //!   `tapio::export::settings`); all three signals carry one resource.
@@ -23,6 +25,9 @@
 //!   event pipeline alive), whatever the collectors do; `/readyz` is 200 iff
 //!   every enabled collector runs, else 503 naming each one that does not
 //!   and why. See `tapio::export::http`.
+//! - Per-pod metrics derived from the events (DNS, TCP, CNI, OOM; capped
+//!   cardinality; `[pod_signals]`, see `tapio::signals`) and the node
+//!   model's table sizes, on `/metrics` and over OTLP.
 //! - Status on stderr: one line per collector at start (started / skipped
 //!   and why / not enabled and why), a summary table at the end. Logs on
 //!   stderr (`RUST_LOG`), coloured only when stderr is a terminal.
@@ -68,9 +73,10 @@ use serde::{Deserialize, Serialize};
 use tapio::core::cgroup::{CgroupResolver, CgroupResolverConfig};
 use tapio::core::node::NodeModel;
 use tapio::export::{
-    HttpEndpoint, OtlpConfig, OtlpLogExporter, OtlpSettings, Probes, TelemetryPipeline,
+    EventExports, HttpEndpoint, OtlpConfig, OtlpSettings, Probes, TelemetryPipeline,
     TelemetryResource,
 };
+use tapio::signals::{PodSignals, PodSignalsConfig};
 use tapio::{Collector, CollectorContext, Registry, RegistryConfig, StartMode};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -148,6 +154,8 @@ struct AgentConfig {
     metrics: MetricsConfig,
     /// OTLP export; present (or `--otlp-endpoint`) enables it.
     otlp: Option<OtlpConfig>,
+    /// Per-pod metrics derived from the events (`tapio::signals`).
+    pod_signals: PodSignalsConfig,
     /// Kernel collector settings.
     #[cfg(feature = "kernel")]
     kernel: tapio::kernel::KernelConfig,
@@ -177,6 +185,7 @@ impl Default for AgentConfig {
             stdout: true,
             metrics: MetricsConfig::default(),
             otlp: None,
+            pod_signals: PodSignalsConfig::default(),
             #[cfg(feature = "kernel")]
             kernel: Default::default(),
             #[cfg(feature = "cni")]
@@ -559,15 +568,20 @@ async fn watch_signals(
     }
 }
 
-/// Where events go: JSON lines on stdout (while it is open) and OTLP.
+/// Where events go: the per-pod metrics, JSON lines on stdout (while it
+/// is open) and OTLP (log records, chain spans).
 struct Output<W: Write> {
     out: BufWriter<W>,
     open: bool,
     written: BTreeMap<tapio::core::CompactString, u64>,
+    signals: Option<PodSignals>,
 }
 
 impl<W: Write> Output<W> {
-    fn handle(&mut self, ev: tapio::RawEvent, exporter: Option<&OtlpLogExporter>) {
+    fn handle(&mut self, ev: tapio::RawEvent, exporter: Option<&EventExports>) {
+        if let Some(signals) = &self.signals {
+            signals.observe(&ev);
+        }
         if let Some(exporter) = exporter {
             exporter.submit(&ev);
         }
@@ -679,20 +693,21 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
                     stats.add_dropped(tapio::core::DropStage::Export, 1);
                 }
             });
-            let exporter = OtlpLogExporter::start_with_settings(
-                otlp_config,
-                &otlp.logs,
-                &resource,
-                Some(on_drop),
-            )
-            .map_err(|err| tapio::core::ErrorChain(&err).to_string())?;
+            let exporter = EventExports::start(otlp_config, otlp, &resource, Some(on_drop))
+                .map_err(|err| tapio::core::ErrorChain(&err).to_string())?;
             exporter.register_metrics(&telemetry.meter());
             eprintln!(
-                "tapio-agent: exporting OTLP ({}) logs to {}, metrics to {}, traces to {}",
+                "tapio-agent: exporting OTLP ({}) logs to {}, metrics to {}, traces to {} \
+                 (causal chains {})",
                 otlp.logs.protocol.as_str(),
                 otlp.logs.endpoint,
                 otlp.metrics.endpoint,
-                otlp.traces.endpoint
+                otlp.traces.endpoint,
+                if otlp_config.chain_traces {
+                    "on"
+                } else {
+                    "off"
+                }
             );
             Some(exporter)
         }
@@ -739,9 +754,11 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         Some(resolver) => NodeModel::default().with_cgroups(resolver),
         None => NodeModel::default(),
     };
+    let node = Arc::new(node);
+    tapio::signals::register_node_model_metrics(&telemetry.meter(), node.clone());
     let ctx = CollectorContext::default()
         .with_meter(telemetry.meter())
-        .with_node(Arc::new(node));
+        .with_node(node);
     let report = registry
         .start(ctx)
         .await
@@ -774,6 +791,10 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         out: BufWriter::with_capacity(64 * 1024, stdout.lock()),
         open: config.stdout,
         written: BTreeMap::new(),
+        signals: config
+            .pod_signals
+            .enabled
+            .then(|| PodSignals::new(&telemetry.meter(), &config.pod_signals)),
     };
     let mut flush = tokio::time::interval(Duration::from_millis(200));
     loop {
@@ -860,10 +881,17 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         merged.delivered, merged.dropped
     );
     if let Some(stats) = export {
+        let tapio::export::EventExportStats { logs, spans } = stats;
         eprintln!(
             "tapio-agent: otlp export: {} submitted, {} exported, {} dropped, {} failed requests",
-            stats.submitted, stats.exported, stats.dropped, stats.failed_requests
+            logs.submitted, logs.exported, logs.dropped, logs.failed_requests
         );
+        if let Some(spans) = spans {
+            eprintln!(
+                "tapio-agent: otlp chain spans: {} submitted, {} exported, {} dropped, {} failed requests",
+                spans.submitted, spans.exported, spans.dropped, spans.failed_requests
+            );
+        }
     }
     if finished {
         Ok(())

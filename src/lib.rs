@@ -22,6 +22,12 @@ pub use tapio_core::{
 #[cfg(feature = "export")]
 pub mod export;
 
+#[cfg(feature = "export")]
+pub mod signals;
+
+#[cfg(all(test, feature = "dns", feature = "kernel", feature = "cni"))]
+mod fixtures;
+
 /// Process, network, file, security and memory events via eBPF.
 #[cfg(feature = "kernel")]
 pub use tapio_collector_kernel as kernel;

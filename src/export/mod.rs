@@ -7,13 +7,17 @@
 //! collectors (via `CollectorContext::meter`), adds
 //! [`TelemetryPipeline::tracing_layer`] to its `tracing` subscriber so the
 //! collectors' spans (`collector.start`, `kernel.attach`, …) are exported,
-//! and feeds every event to an [`OtlpLogExporter`].
+//! and feeds every event to an [`OtlpLogExporter`] and, to export the
+//! causal chains correlation finds as traces, an [`OtlpSpanExporter`]
+//! ([`spans`]).
 
 pub mod any_value;
+pub mod events;
 pub mod http;
 pub mod otlp;
 pub mod prometheus;
 pub mod settings;
+pub mod spans;
 pub mod summary;
 pub mod transport;
 
@@ -25,12 +29,14 @@ use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicCo
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
+pub use events::{EventExportStats, EventExports};
 pub use http::{CollectorReason, HttpEndpoint, Liveness, Probes, Readiness};
 pub use otlp::{ExportStats, OtlpConfig, OtlpError, OtlpLogExporter, OtlpTlsConfig};
 pub use prometheus::PrometheusExporter;
 pub use settings::{
     OtlpCompression, OtlpProtocol, OtlpSettings, SettingsError, SignalSettings, TelemetryResource,
 };
+pub use spans::OtlpSpanExporter;
 pub use summary::{summary_header, summary_row};
 
 /// Why the telemetry pipeline could not be built.

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value,
 };
@@ -27,10 +29,11 @@ use super::settings::{
     OtlpCompression, OtlpProtocol, OtlpSettings, SettingsError, SignalSettings, TelemetryResource,
 };
 use super::transport::{self, HttpTransport, TransportError};
-use tapio_core::RawEvent;
+
 use tapio_core::channel::{self, EventReceiver, EventSender, OnDrop, OverflowPolicy, SendOutcome};
 use tapio_core::metadata::Value;
 use tapio_core::resilience::{CircuitBreaker, CircuitBreakerConfig, RetryError, RetryPolicy};
+use tapio_core::{RawEvent, TraceOrigin};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +72,15 @@ pub struct OtlpConfig {
     /// `service.name` of the exported resource; empty: `OTEL_SERVICE_NAME`,
     /// else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else `tapio-agent`.
     pub service_name: String,
+    /// Export the causal chains correlation finds as OTLP traces, one span
+    /// per chain step, to the `traces` endpoint (see
+    /// [`spans`](super::spans)); default on. Off: no chain is exported,
+    /// and the log records of chain steps carry `tapio.event.id` instead
+    /// of trace context (a record refers only to a trace the agent
+    /// exports). The log exporter reads it to decide exactly that, so set
+    /// it to whether an [`OtlpSpanExporter`](super::spans::OtlpSpanExporter)
+    /// runs beside it.
+    pub chain_traces: bool,
 }
 
 /// TLS files of the OTLP exporters (PEM). Unset: `OTEL_EXPORTER_OTLP_CERTIFICATE`,
@@ -98,6 +110,7 @@ impl Default for OtlpConfig {
             timeout_ms: 0,
             shutdown_timeout_ms: 5000,
             service_name: String::new(),
+            chain_traces: true,
         }
     }
 }
@@ -145,22 +158,23 @@ pub enum OtlpError {
     #[error("invalid OTLP settings")]
     Settings(#[from] SettingsError),
     /// The transport could not be built (endpoint, TLS).
-    #[error("setting up the OTLP logs transport failed")]
-    Transport(#[from] TransportError),
+    #[error("setting up the OTLP {signal} transport failed")]
+    Transport {
+        /// `logs` or `traces`.
+        signal: &'static str,
+        /// Why.
+        #[source]
+        source: TransportError,
+    },
 }
 
 /// Exports events as OTLP log records: body = the typed payload (built
 /// straight from it, no JSON in between), attributes = the typed metadata,
 /// `event_name` = the event type, one instrumentation scope per collector;
 /// trace context only for events whose trace exists beyond them (see
-/// [`to_log_record`]).
+/// [`to_log_record_with`]).
 pub struct OtlpLogExporter {
-    sender: EventSender,
-    counters: Arc<Counters>,
-    breaker: CircuitBreaker,
-    cancel: CancellationToken,
-    task: Option<JoinHandle<()>>,
-    shutdown_timeout: Duration,
+    core: EventExporter,
 }
 
 impl std::fmt::Debug for OtlpLogExporter {
@@ -170,6 +184,20 @@ impl std::fmt::Debug for OtlpLogExporter {
             .finish_non_exhaustive()
     }
 }
+
+/// The log exporter's health metrics.
+const LOG_METRICS: MetricNames = MetricNames {
+    exported: "tapio_export_events_exported_total",
+    exported_help: "Events the OTLP receiver accepted",
+    dropped: "tapio_export_events_dropped_total",
+    dropped_help: "Events lost at export: queue overflow, or unsent at shutdown",
+    failed: "tapio_export_requests_failed_total",
+    failed_help: "OTLP log export requests that failed (and were retried)",
+    queue: "tapio_export_queue_events",
+    queue_help: "Events accepted for OTLP export and not yet exported or dropped",
+    breaker: "tapio_export_breaker_state",
+    breaker_help: "OTLP export circuit breaker: 0 closed, 1 half-open, 2 open",
+};
 
 impl OtlpLogExporter {
     /// Start the export task (needs a tokio runtime) with `config` alone
@@ -194,27 +222,150 @@ impl OtlpLogExporter {
 
     /// Start with resolved settings (transport: endpoint, protocol,
     /// headers, compression, TLS, timeout) and the agent's one resource;
-    /// `config` gives the queue, batching and shutdown settings.
+    /// `config` gives the queue, batching and shutdown settings, and
+    /// [`OtlpConfig::chain_traces`] says whether an
+    /// [`OtlpSpanExporter`](super::spans::OtlpSpanExporter) exports the
+    /// chains (then the records of chain steps carry their trace context).
     pub fn start_with_settings(
         config: &OtlpConfig,
         logs: &SignalSettings,
         resource: &TelemetryResource,
         on_drop: Option<OnDrop>,
     ) -> Result<Self, OtlpError> {
-        let transport = match logs.protocol {
+        let encoding = Encoding::Logs {
+            chains_exported: config.chain_traces,
+        };
+        Ok(Self {
+            core: EventExporter::start(config, logs, resource, on_drop, encoding)?,
+        })
+    }
+
+    /// Register the exporter's health on `meter` (observed at each
+    /// collection): `tapio_export_events_exported_total`,
+    /// `tapio_export_events_dropped_total`,
+    /// `tapio_export_requests_failed_total`, `tapio_export_queue_events`
+    /// (events accepted and not yet exported or dropped) and
+    /// `tapio_export_breaker_state` (0 closed, 1 half-open, 2 open). Call
+    /// once per meter.
+    pub fn register_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+        self.core.register_metrics(meter, &LOG_METRICS);
+    }
+
+    /// Queue one event for export; never waits. Overflow is counted (by
+    /// the queue's drop hook).
+    pub fn submit(&self, event: &RawEvent) -> SendOutcome {
+        self.core.sender.send(event.clone())
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ExportStats {
+        self.core.stats()
+    }
+
+    /// Events dropped at export, by the collector that produced them.
+    pub fn dropped_by_source(&self) -> BTreeMap<String, u64> {
+        self.core.counters.dropped_by_source.lock().clone()
+    }
+
+    /// State of the export circuit breaker.
+    pub fn breaker_state(&self) -> tapio_core::resilience::CircuitState {
+        self.core.breaker.state()
+    }
+
+    /// Deliver what is queued (within the shutdown timeout), then stop.
+    /// Whatever could not be delivered is counted as dropped.
+    pub async fn shutdown(self) -> ExportStats {
+        self.core.shutdown().await
+    }
+}
+
+/// Names and descriptions of an event exporter's health metrics.
+pub(crate) struct MetricNames {
+    pub(crate) exported: &'static str,
+    pub(crate) exported_help: &'static str,
+    pub(crate) dropped: &'static str,
+    pub(crate) dropped_help: &'static str,
+    pub(crate) failed: &'static str,
+    pub(crate) failed_help: &'static str,
+    pub(crate) queue: &'static str,
+    pub(crate) queue_help: &'static str,
+    pub(crate) breaker: &'static str,
+    pub(crate) breaker_help: &'static str,
+}
+
+/// What an [`EventExporter`] sends each event as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// A log record; `chains_exported`: the chains are exported as traces,
+    /// so chain steps carry their trace context.
+    Logs { chains_exported: bool },
+    /// A span (chain steps only: the caller filters).
+    Spans,
+}
+
+impl Encoding {
+    fn signal(self) -> &'static str {
+        match self {
+            Self::Logs { .. } => "logs",
+            Self::Spans => "traces",
+        }
+    }
+}
+
+/// The machinery shared by the log and span exporters: a bounded queue, a
+/// batching task that retries through a circuit breaker, counters.
+pub(crate) struct EventExporter {
+    pub(crate) sender: EventSender,
+    counters: Arc<Counters>,
+    breaker: CircuitBreaker,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl EventExporter {
+    pub(crate) fn start(
+        config: &OtlpConfig,
+        settings: &SignalSettings,
+        resource: &TelemetryResource,
+        on_drop: Option<OnDrop>,
+        encoding: Encoding,
+    ) -> Result<Self, OtlpError> {
+        let signal = encoding.signal();
+        let transport_err = |source| OtlpError::Transport { signal, source };
+        let transport = match settings.protocol {
             OtlpProtocol::Grpc => {
-                let mut client = LogsServiceClient::new(transport::grpc_channel(logs)?);
-                if logs.compression == OtlpCompression::Gzip {
-                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-                }
-                LogsTransport::Grpc {
-                    client: Box::new(client),
-                    metadata: transport::grpc_metadata(logs),
+                let channel = transport::grpc_channel(settings).map_err(transport_err)?;
+                let metadata = transport::grpc_metadata(settings);
+                let gzip = settings.compression == OtlpCompression::Gzip;
+                match encoding {
+                    Encoding::Logs { .. } => {
+                        let mut client = LogsServiceClient::new(channel);
+                        if gzip {
+                            client =
+                                client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                        }
+                        Transport::GrpcLogs {
+                            client: Box::new(client),
+                            metadata,
+                        }
+                    }
+                    Encoding::Spans => {
+                        let mut client = TraceServiceClient::new(channel);
+                        if gzip {
+                            client =
+                                client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+                        }
+                        Transport::GrpcTraces {
+                            client: Box::new(client),
+                            metadata,
+                        }
+                    }
                 }
             }
-            OtlpProtocol::HttpProtobuf => LogsTransport::Http {
-                http: Box::new(HttpTransport::new(logs)?),
-                url: logs.endpoint.clone(),
+            OtlpProtocol::HttpProtobuf => Transport::Http {
+                http: Box::new(HttpTransport::new(settings).map_err(transport_err)?),
+                url: settings.endpoint.clone(),
             },
         };
         let counters = Arc::new(Counters {
@@ -228,12 +379,13 @@ impl OtlpLogExporter {
             Arc::new(move |event: &RawEvent| counted.lost(event)),
         );
         let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
-        breaker.on_state_change(|from, to| {
-            tracing::warn!(%from, %to, "OTLP export circuit breaker changed state");
+        breaker.on_state_change(move |from, to| {
+            tracing::warn!(%from, %to, signal, "OTLP export circuit breaker changed state");
         });
         let cancel = CancellationToken::new();
         let worker = Worker {
             transport,
+            encoding,
             receiver,
             counters: counters.clone(),
             breaker: breaker.clone(),
@@ -253,24 +405,21 @@ impl OtlpLogExporter {
         })
     }
 
-    /// Register the exporter's health on `meter` (observed at each
-    /// collection): `tapio_export_events_exported_total`,
-    /// `tapio_export_events_dropped_total`,
-    /// `tapio_export_requests_failed_total`, `tapio_export_queue_events`
-    /// (events accepted and not yet exported or dropped) and
-    /// `tapio_export_breaker_state` (0 closed, 1 half-open, 2 open). Call
-    /// once per meter.
-    pub fn register_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+    pub(crate) fn register_metrics(
+        &self,
+        meter: &opentelemetry::metrics::Meter,
+        names: &MetricNames,
+    ) {
         let c = self.counters.clone();
         meter
-            .u64_observable_counter("tapio_export_events_exported_total")
-            .with_description("Events the OTLP receiver accepted")
+            .u64_observable_counter(names.exported)
+            .with_description(names.exported_help)
             .with_callback(move |o| o.observe(c.exported.load(Ordering::Relaxed), &[]))
             .build();
         let (c, q) = (self.counters.clone(), self.sender.clone());
         meter
-            .u64_observable_counter("tapio_export_events_dropped_total")
-            .with_description("Events lost at export: queue overflow, or unsent at shutdown")
+            .u64_observable_counter(names.dropped)
+            .with_description(names.dropped_help)
             .with_callback(move |o| {
                 o.observe(
                     q.stats().dropped + c.dropped_unsent.load(Ordering::Relaxed),
@@ -280,14 +429,14 @@ impl OtlpLogExporter {
             .build();
         let c = self.counters.clone();
         meter
-            .u64_observable_counter("tapio_export_requests_failed_total")
-            .with_description("OTLP log export requests that failed (and were retried)")
+            .u64_observable_counter(names.failed)
+            .with_description(names.failed_help)
             .with_callback(move |o| o.observe(c.failed_requests.load(Ordering::Relaxed), &[]))
             .build();
         let (c, q) = (self.counters.clone(), self.sender.clone());
         meter
-            .u64_observable_gauge("tapio_export_queue_events")
-            .with_description("Events accepted for OTLP export and not yet exported or dropped")
+            .u64_observable_gauge(names.queue)
+            .with_description(names.queue_help)
             .with_callback(move |o| {
                 let s = q.stats();
                 let done =
@@ -297,20 +446,13 @@ impl OtlpLogExporter {
             .build();
         let breaker = self.breaker.clone();
         meter
-            .u64_observable_gauge("tapio_export_breaker_state")
-            .with_description("OTLP export circuit breaker: 0 closed, 1 half-open, 2 open")
+            .u64_observable_gauge(names.breaker)
+            .with_description(names.breaker_help)
             .with_callback(move |o| o.observe(breaker_state_value(breaker.state()), &[]))
             .build();
     }
 
-    /// Queue one event for export; never waits. Overflow is counted (by
-    /// the queue's drop hook).
-    pub fn submit(&self, event: &RawEvent) -> SendOutcome {
-        self.sender.send(event.clone())
-    }
-
-    /// Counters so far.
-    pub fn stats(&self) -> ExportStats {
+    pub(crate) fn stats(&self) -> ExportStats {
         let queue = self.sender.stats();
         ExportStats {
             submitted: queue.sent,
@@ -320,19 +462,15 @@ impl OtlpLogExporter {
         }
     }
 
-    /// Events dropped at export, by the collector that produced them.
-    pub fn dropped_by_source(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn dropped_by_source(&self) -> BTreeMap<String, u64> {
         self.counters.dropped_by_source.lock().clone()
     }
 
-    /// State of the export circuit breaker.
-    pub fn breaker_state(&self) -> tapio_core::resilience::CircuitState {
+    pub(crate) fn breaker_state(&self) -> CircuitState {
         self.breaker.state()
     }
 
-    /// Deliver what is queued (within the shutdown timeout), then stop.
-    /// Whatever could not be delivered is counted as dropped.
-    pub async fn shutdown(mut self) -> ExportStats {
+    pub(crate) async fn shutdown(mut self) -> ExportStats {
         let Some(task) = self.task.take() else {
             return self.stats();
         };
@@ -358,7 +496,7 @@ impl OtlpLogExporter {
     }
 }
 
-impl Drop for OtlpLogExporter {
+impl Drop for EventExporter {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
@@ -373,11 +511,15 @@ pub fn breaker_state_value(state: CircuitState) -> u64 {
     }
 }
 
-/// Where log export requests go.
+/// Where export requests go.
 #[derive(Clone)]
-enum LogsTransport {
-    Grpc {
+enum Transport {
+    GrpcLogs {
         client: Box<LogsServiceClient<tonic::transport::Channel>>,
+        metadata: tonic::metadata::MetadataMap,
+    },
+    GrpcTraces {
+        client: Box<TraceServiceClient<tonic::transport::Channel>>,
         metadata: tonic::metadata::MetadataMap,
     },
     Http {
@@ -386,38 +528,62 @@ enum LogsTransport {
     },
 }
 
-/// Why one log export request failed.
+/// One export request.
+#[derive(Clone)]
+enum Request {
+    Logs(ExportLogsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+}
+
+/// Why one export request failed.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
     #[error("gRPC export failed: {0}")]
     Grpc(#[source] tonic::Status),
     #[error("HTTP export failed: {0}")]
     Http(#[source] transport::HttpSendError),
+    #[error("the transport does not carry this signal")]
+    Mismatch,
 }
 
-impl LogsTransport {
-    async fn export(&self, request: ExportLogsServiceRequest) -> Result<(), SendError> {
-        match self {
-            Self::Grpc { client, metadata } => {
-                let mut client = (**client).clone();
-                let mut request = tonic::Request::new(request);
-                *request.metadata_mut() = metadata.clone();
-                client
-                    .export(request)
-                    .await
-                    .map(|_| ())
-                    .map_err(SendError::Grpc)
-            }
-            Self::Http { http, url } => http
-                .post_protobuf(url, prost::Message::encode_to_vec(&request))
+impl Transport {
+    async fn export(&self, request: Request) -> Result<(), SendError> {
+        fn with_metadata<T>(
+            request: T,
+            metadata: &tonic::metadata::MetadataMap,
+        ) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(request);
+            *request.metadata_mut() = metadata.clone();
+            request
+        }
+        match (self, request) {
+            (Self::GrpcLogs { client, metadata }, Request::Logs(request)) => (**client)
+                .clone()
+                .export(with_metadata(request, metadata))
                 .await
-                .map_err(SendError::Http),
+                .map(|_| ())
+                .map_err(SendError::Grpc),
+            (Self::GrpcTraces { client, metadata }, Request::Traces(request)) => (**client)
+                .clone()
+                .export(with_metadata(request, metadata))
+                .await
+                .map(|_| ())
+                .map_err(SendError::Grpc),
+            (Self::Http { http, url }, request) => {
+                let body = match request {
+                    Request::Logs(r) => prost::Message::encode_to_vec(&r),
+                    Request::Traces(r) => prost::Message::encode_to_vec(&r),
+                };
+                http.post_protobuf(url, body).await.map_err(SendError::Http)
+            }
+            _ => Err(SendError::Mismatch),
         }
     }
 }
 
 struct Worker {
-    transport: LogsTransport,
+    transport: Transport,
+    encoding: Encoding,
     receiver: EventReceiver,
     counters: Arc<Counters>,
     breaker: CircuitBreaker,
@@ -478,7 +644,12 @@ impl Worker {
 
     /// Send one batch, retrying until it is accepted. `false` when cancelled.
     async fn send(&mut self, batch: &[RawEvent]) -> bool {
-        let request = to_request(batch, &self.resource);
+        let request = match self.encoding {
+            Encoding::Logs { chains_exported } => {
+                Request::Logs(to_request(batch, &self.resource, chains_exported))
+            }
+            Encoding::Spans => Request::Traces(super::spans::to_request(batch, &self.resource)),
+        };
         // Retry with backoff; a batch outlives any number of retry rounds.
         let policy = RetryPolicy::default().with_max_delay(Duration::from_secs(5));
         loop {
@@ -517,13 +688,13 @@ impl Worker {
     }
 }
 
-fn string(s: String) -> AnyValue {
+pub(crate) fn string(s: String) -> AnyValue {
     AnyValue {
         value: Some(any_value::Value::StringValue(s)),
     }
 }
 
-fn kv(key: &str, value: AnyValue) -> KeyValue {
+pub(crate) fn kv(key: &str, value: AnyValue) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(value),
@@ -593,23 +764,42 @@ fn body(event: &RawEvent) -> AnyValue {
 /// [`to_log_record`]): its span id, in hex.
 pub const EVENT_ID_KEY: &str = "tapio.event.id";
 
+/// Whether an event's log record carries its trace context (else
+/// [`EVENT_ID_KEY`]): an event continuing a `traceparent` of its source
+/// object always (that trace exists outside the agent); a step of a causal
+/// chain only when `chains_exported` (the agent exports the chain as a
+/// trace, see [`spans`](super::spans)); an event that is a trace of its own
+/// never.
+pub fn carries_trace_context(event: &RawEvent, chains_exported: bool) -> bool {
+    match event.trace_origin {
+        TraceOrigin::Propagated { .. } => true,
+        TraceOrigin::Correlated { .. } => chains_exported,
+        _ => false,
+    }
+}
+
+/// One event as an OTLP log record, chains not exported as traces: see
+/// [`to_log_record_with`].
+pub fn to_log_record(event: &RawEvent) -> LogRecord {
+    to_log_record_with(event, false)
+}
+
 /// One event as an OTLP log record.
 ///
-/// An exported log record refers only to a trace that exists: an event
-/// continuing a `traceparent` of its source object carries that trace id,
-/// its own span id and the `traceparent`'s sampled flag. Every other event
-/// is a trace of its own that no one exports, so the record carries no
-/// trace context (a backend would look for that trace in vain) and names
-/// the event by [`EVENT_ID_KEY`] instead.
-pub fn to_log_record(event: &RawEvent) -> LogRecord {
+/// An exported log record refers only to a trace that exists
+/// ([`carries_trace_context`]): an event continuing a `traceparent` of its
+/// source object carries that trace id, its own span id and the
+/// `traceparent`'s sampled flag; a chain step, when `chains_exported`,
+/// carries the chain's trace id, its span id (the span the span exporter
+/// sends for it) and the sampled flag. Every other event is a trace of its
+/// own that no one exports, so the record carries no trace context (a
+/// backend would look for that trace in vain) and names the event by
+/// [`EVENT_ID_KEY`] instead.
+pub fn to_log_record_with(event: &RawEvent, chains_exported: bool) -> LogRecord {
     let mut attributes: Vec<KeyValue> = Vec::with_capacity(event.metadata.len() + 1);
     attributes.extend(event.metadata.iter().map(|(k, v)| kv(k, attribute(v))));
-    let time = event
-        .timestamp
-        .timestamp_nanos_opt()
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(0);
-    let (trace_id, span_id, flags) = if event.in_trace() {
+    let time = unix_nanos(event);
+    let (trace_id, span_id, flags) = if carries_trace_context(event, chains_exported) {
         (
             event.trace_id.to_bytes().to_vec(),
             event.span_id.to_bytes().to_vec(),
@@ -634,9 +824,41 @@ pub fn to_log_record(event: &RawEvent) -> LogRecord {
     }
 }
 
+/// The event's timestamp in nanoseconds since the Unix epoch, as OTLP
+/// carries times (0 before 1970 or beyond 2262).
+pub(crate) fn unix_nanos(event: &RawEvent) -> u64 {
+    event
+        .timestamp
+        .timestamp_nanos_opt()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// The event's metadata as OTLP attributes.
+pub(crate) fn attributes(event: &RawEvent) -> Vec<KeyValue> {
+    event
+        .metadata
+        .iter()
+        .map(|(k, v)| kv(k, attribute(v)))
+        .collect()
+}
+
+/// The instrumentation scope of a collector's records and spans.
+pub(crate) fn scope(source: &str) -> InstrumentationScope {
+    InstrumentationScope {
+        name: source.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
 /// One request: the batch's records grouped into one instrumentation scope
 /// per collector (the scope names the source, so no record repeats it).
-fn to_request(batch: &[RawEvent], resource: &Resource) -> ExportLogsServiceRequest {
+fn to_request(
+    batch: &[RawEvent],
+    resource: &Resource,
+    chains_exported: bool,
+) -> ExportLogsServiceRequest {
     let mut scopes: Vec<ScopeLogs> = Vec::new();
     for event in batch {
         let scope = match scopes.iter_mut().position(|s| {
@@ -647,18 +869,16 @@ fn to_request(batch: &[RawEvent], resource: &Resource) -> ExportLogsServiceReque
             Some(i) => &mut scopes[i],
             None => {
                 scopes.push(ScopeLogs {
-                    scope: Some(InstrumentationScope {
-                        name: event.source.to_string(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope(&event.source)),
                     ..Default::default()
                 });
                 let last = scopes.len() - 1;
                 &mut scopes[last]
             }
         };
-        scope.log_records.push(to_log_record(event));
+        scope
+            .log_records
+            .push(to_log_record_with(event, chains_exported));
     }
     ExportLogsServiceRequest {
         resource_logs: vec![ResourceLogs {
@@ -746,13 +966,39 @@ mod tests {
     }
 
     #[test]
+    fn chain_steps_carry_trace_context_only_when_chains_are_exported() {
+        let first = RawEvent::new("dns.query", "dns", 1u32).start_chain();
+        let second = RawEvent::new("dns.response", "dns", 2u32).follows(first.span_ref());
+        for ev in [&first, &second] {
+            // Not exported as a trace: the record names the event only.
+            let rec = to_log_record_with(ev, false);
+            assert!(rec.trace_id.is_empty() && rec.span_id.is_empty());
+            assert_eq!(rec.flags, 0);
+            assert!(rec.attributes.iter().any(|a| a.key == EVENT_ID_KEY
+                && a.value.as_ref().unwrap().value
+                    == Some(any_value::Value::StringValue(ev.span_id.to_string()))));
+            assert_eq!(to_log_record(ev), rec);
+            // Exported: the chain's trace, the step's span, sampled.
+            let rec = to_log_record_with(ev, true);
+            assert_eq!(rec.trace_id, first.trace_id.to_bytes().to_vec());
+            assert_eq!(rec.span_id, ev.span_id.to_bytes().to_vec());
+            assert_eq!(rec.flags, 1);
+            assert!(rec.attributes.iter().all(|a| a.key != EVENT_ID_KEY));
+        }
+        // An event of its own never carries trace context.
+        let alone = RawEvent::new("t", "s", 1u32);
+        assert!(to_log_record_with(&alone, true).trace_id.is_empty());
+        assert!(OtlpConfig::default().chain_traces);
+    }
+
+    #[test]
     fn records_are_grouped_by_collector_scope_in_arrival_order() {
         let batch = [
             RawEvent::new("dns.query", "dns", 1u32),
             RawEvent::new("kernel.process.exec", "kernel", 2u32),
             RawEvent::new("dns.response", "dns", 3u32),
         ];
-        let req = to_request(&batch, &Resource::default());
+        let req = to_request(&batch, &Resource::default(), false);
         let scopes: Vec<(String, Vec<String>)> = req.resource_logs[0]
             .scope_logs
             .iter()
