@@ -667,6 +667,72 @@ fn check_config_prints_the_effective_configuration_as_toml() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `[kube].node_name`: the file's value wins; unset, a non-empty
+/// `NODE_NAME` (the DaemonSet's downward API) is used and `--check-config`
+/// shows it as the effective value and says where it came from; without a
+/// kube collector it is not added; an invalid name is a clear error.
+#[test]
+fn check_config_takes_kube_node_name_from_node_name_unless_the_file_sets_it() {
+    let dir = temp_dir("check-config-node-name");
+    let config = dir.join("agent.toml");
+    let run = |text: &str, node_name: Option<&str>| {
+        std::fs::write(&config, text).unwrap();
+        let mut command = Command::new(agent_binary());
+        command.arg("--check-config").arg("--config").arg(&config);
+        match node_name {
+            Some(v) => command.env("NODE_NAME", v),
+            None => command.env_remove("NODE_NAME"),
+        };
+        command.output().unwrap()
+    };
+    let effective = |out: &std::process::Output| -> (String, toml::Value) {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        let value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (text, value)
+    };
+    let kube = "[kube]\nkubeconfig = \"/etc/kubernetes/kubelet.conf\"\n";
+
+    let (text, v) = effective(&run(kube, Some("node-7")));
+    assert_eq!(v["kube"]["node_name"].as_str(), Some("node-7"), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .ends_with("; [kube].node_name from NODE_NAME); secrets redacted"),
+        "{text}"
+    );
+    let with_file = format!("{kube}node_name = \"node-file\"\n");
+    let (text, v) = effective(&run(&with_file, Some("node-7")));
+    assert_eq!(v["kube"]["node_name"].as_str(), Some("node-file"), "{text}");
+    assert!(!text.contains("from NODE_NAME"), "{text}");
+    for unset in [None, Some(""), Some("  ")] {
+        let (text, v) = effective(&run(kube, unset));
+        assert_eq!(v["kube"].get("node_name"), None, "{unset:?}: {text}");
+    }
+    // No kube collector configured: NODE_NAME does not create one.
+    let (text, v) = effective(&run("", Some("node-7")));
+    assert_eq!(v.get("kube"), None, "{text}");
+
+    let out = run(kube, Some("Node_7"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[kube]: node_name \"Node_7\" is not a valid node name"),
+        "{stderr}"
+    );
+    let out = run(&format!("{kube}node_name = \"\"\n"), Some("node-7"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[kube]: node_name is empty"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn check_config_rejects_an_invalid_configuration_with_a_clear_error() {
     let dir = temp_dir("check-config-invalid");

@@ -407,6 +407,23 @@ fn with_kube_grants_list_and_watch_on_exactly_the_watched_resources() {
         tapio::kube::WatchedResource::ALL.to_vec(),
         "the overlay watches the collector's default set"
     );
+    // No node_name in the file: the agent takes NODE_NAME (downward API
+    // spec.nodeName, checked below) and scopes the pods watch to the node.
+    assert_eq!(kube.node_name, None);
+    let out = Command::new(agent_binary())
+        .arg("--check-config")
+        .arg("--config")
+        .arg(root().join("deploy/overlays/with-kube/agent.toml"))
+        .env("NODE_NAME", "node-7")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(effective["kube"]["node_name"].as_str(), Some("node-7"));
     let kubelet = kube.kubelet.as_ref().unwrap();
     let sa = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
     assert_eq!(
@@ -1204,7 +1221,10 @@ poll_interval_ms = 200
             .arg("--kubeconfig")
             .arg(dir.0.join("kubeconfig"))
             .args(["--kubelet-url", &kube.url()])
-            .args(["--metrics-addr", "127.0.0.1:0", "--duration", "300"]),
+            .args(["--metrics-addr", "127.0.0.1:0", "--duration", "300"])
+            // The fake's pod has no node: no NODE_NAME scoping from the
+            // environment the test runs in.
+            .env_remove("NODE_NAME"),
     );
     let line = agent.wait_line("metrics on http://");
     let metrics: SocketAddr = line
