@@ -708,6 +708,10 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
         }
     }
 
+    // /readyz's verdict as metrics (tapio_agent_ready,
+    // tapio_collector_ready{collector}): an alert needs only /metrics.
+    probes.register_metrics(&telemetry.meter(), registry.health_watch());
+
     let mut exporter = match (&config.otlp, &otlp) {
         (Some(otlp_config), Some(otlp)) => {
             // What export loses is charged to the collector that produced

@@ -183,6 +183,31 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// The lines of `/metrics` that begin with `prefix`, sorted, once they
+/// equal `expected` (sorted; polled: metrics are collected every second),
+/// else the last ones seen.
+fn metric_lines(addr: SocketAddr, prefix: &str, expected: &[&str]) -> Vec<String> {
+    let end = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let mut lines: Vec<String> = response
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        let mut expected = expected.to_vec();
+        expected.sort();
+        if lines == expected || Instant::now() > end {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Poll `/readyz` until the collectors have been started (it no longer
 /// answers "starting").
 fn readyz_after_start(addr: SocketAddr) -> (u16, serde_json::Value) {
@@ -439,6 +464,14 @@ fn requested_collector_that_cannot_start_is_named_by_readyz_but_healthz_is_200()
     assert_eq!(status, 200, "{live}");
     assert_eq!(live["live"], true);
     assert_eq!(live["stopping"], false);
+    // The verdict on /metrics, for alerting without kube-state-metrics.
+    let ready = ["tapio_agent_ready 0"];
+    assert_eq!(metric_lines(addr, "tapio_agent_ready", &ready), ready);
+    let per_collector = ["tapio_collector_ready{collector=\"etcd\"} 0"];
+    assert_eq!(
+        metric_lines(addr, "tapio_collector_ready", &per_collector),
+        per_collector
+    );
     agent.signal(libc::SIGTERM);
     let ended = agent.end();
     assert_eq!(ended.status.code(), Some(0), "{}", ended.stderr);
@@ -551,6 +584,23 @@ fn readyz_is_200_when_every_enabled_collector_runs() {
     );
     let (status, live) = http_get(addr, "/healthz");
     assert_eq!(status, 200, "{live}");
+    // /metrics says the same: ready, and so is each enabled collector
+    // (not enabled ones, etcd and kube here, have no series).
+    let ready = ["tapio_agent_ready 1"];
+    assert_eq!(metric_lines(addr, "tapio_agent_ready", &ready), ready);
+    let mut per_collector = vec![
+        "tapio_collector_ready{collector=\"kernel\"} 1",
+        "tapio_collector_ready{collector=\"cni\"} 1",
+        "tapio_collector_ready{collector=\"dns\"} 1",
+    ];
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        per_collector.push("tapio_collector_ready{collector=\"systemd\"} 1");
+    }
+    per_collector.sort();
+    assert_eq!(
+        metric_lines(addr, "tapio_collector_ready", &per_collector),
+        per_collector
+    );
     agent.signal(libc::SIGINT);
     let ended = agent.end();
     assert_eq!(ended.status.code(), Some(0), "{}", ended.stderr);
