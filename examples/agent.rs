@@ -35,6 +35,9 @@
 //! `--etcd-endpoints http://127.0.0.1:2379` enables the etcd collector.
 //! `--kubeconfig FILE` (API server watch) and/or `--kubelet-url URL`
 //! (kubelet polling; token and CA in `[kube.kubelet]`) enable the kube collector.
+//! Its pods watch is scoped to one node by `[kube].node_name`; when the file
+//! does not set it, a non-empty `NODE_NAME` (the downward API's
+//! `spec.nodeName` in the DaemonSet) is used. The file wins over the variable.
 //!
 //! Stopping: the end of `--duration`, SIGTERM or SIGINT stop gracefully
 //! within the grace period (`shutdown_grace_ms`, `--grace-period`, default
@@ -48,10 +51,11 @@
 //! (143 for SIGTERM, 130 for SIGINT) when a second signal arrives during
 //! the graceful stop, which exits at once without the summary.
 //!
-//! `--check-config` prints the effective configuration (file, then flags)
-//! as TOML and exits; secrets (`password`, `token`) are printed as
-//! `"<redacted>"`. See `examples/agent.toml` for every configuration
-//! option; command-line flags override the file.
+//! `--check-config` prints the effective configuration (file, then flags,
+//! then `NODE_NAME` for an unset `[kube].node_name`) as TOML and exits;
+//! secrets (`password`, `token`) are printed as `"<redacted>"`. See
+//! `examples/agent.toml` for every configuration option; command-line flags
+//! override the file.
 
 /// jemalloc instead of glibc malloc: events are allocated on the collectors'
 /// reader threads and freed on the writer's, a pattern glibc serves through
@@ -229,9 +233,41 @@ fn load_config(path: Option<&PathBuf>) -> Result<AgentConfig, String> {
     toml::from_str(&text).map_err(|err| format!("invalid config {}: {err}", path.display()))
 }
 
+/// Where a value of the effective configuration came from, when it is
+/// neither the file nor a flag (for `--check-config`).
+#[derive(Debug, Default)]
+struct FromEnv {
+    /// `[kube].node_name` was taken from `NODE_NAME`.
+    node_name: bool,
+}
+
+/// `[kube].node_name` from `NODE_NAME` (set by the DaemonSet from the
+/// downward API) when the kube collector is configured, the file does not
+/// set it, and the variable is non-empty. Returns whether it was used.
+#[cfg(feature = "kube")]
+fn node_name_from_env(
+    kube: Option<&mut tapio::kube::KubeConfig>,
+    env: impl Fn(&str) -> Option<String>,
+) -> bool {
+    let Some(kube) = kube else { return false };
+    if kube.node_name.is_some() {
+        return false;
+    }
+    match env("NODE_NAME").filter(|v| !v.trim().is_empty()) {
+        Some(node) => {
+            kube.node_name = Some(node.trim().to_string());
+            true
+        }
+        None => false,
+    }
+}
+
 /// The configuration file (or the defaults) with the command-line flags
-/// applied over it, validated.
-fn effective_config(args: &Args) -> Result<AgentConfig, String> {
+/// applied over it, then the environment where the file and flags left a
+/// value unset, validated.
+fn effective_config(args: &Args) -> Result<(AgentConfig, FromEnv), String> {
+    #[cfg_attr(not(feature = "kube"), allow(unused_mut))]
+    let mut from_env = FromEnv::default();
     let mut config = load_config(args.config.as_ref())?;
     if let Some(collectors) = &args.collectors {
         config.collectors = Some(collectors.clone());
@@ -282,11 +318,15 @@ fn effective_config(args: &Args) -> Result<AgentConfig, String> {
     if args.kubeconfig.is_some() || args.kubelet_url.is_some() {
         return Err("--kubeconfig/--kubelet-url: the kube collector is not compiled in".into());
     }
+    #[cfg(feature = "kube")]
+    {
+        from_env.node_name = node_name_from_env(config.kube.as_mut(), process_env);
+    }
     if config.otlp.is_none() && otlp_enabled_by_env() {
         config.otlp = Some(OtlpConfig::default());
     }
     validate(&config)?;
-    Ok(config)
+    Ok((config, from_env))
 }
 
 /// What can be checked without starting anything.
@@ -375,16 +415,19 @@ fn redact(value: &mut toml::Value) {
 }
 
 /// `--check-config`: the effective configuration as TOML on stdout.
-fn print_config(args: &Args, config: &AgentConfig) -> Result<(), String> {
+fn print_config(args: &Args, config: &AgentConfig, from_env: &FromEnv) -> Result<(), String> {
     let mut value = toml::Value::try_from(config)
         .map_err(|err| format!("cannot render the configuration: {err}"))?;
     redact(&mut value);
     let text =
         toml::to_string(&value).map_err(|err| format!("cannot render the configuration: {err}"))?;
-    let source = match &args.config {
+    let mut source = match &args.config {
         Some(path) => format!("{} and the command line", path.display()),
         None => "defaults and the command line".to_string(),
     };
+    if from_env.node_name {
+        source.push_str("; [kube].node_name from NODE_NAME");
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -442,7 +485,7 @@ fn build_collector(name: &str, config: &AgentConfig) -> Result<Box<dyn Collector
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match effective_config(&args) {
+    let (config, from_env) = match effective_config(&args) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("tapio-agent: {err}");
@@ -450,7 +493,7 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        return match print_config(&args, &config) {
+        return match print_config(&args, &config, &from_env) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("tapio-agent: {err}");
@@ -678,6 +721,10 @@ async fn run(args: Args, config: AgentConfig) -> Result<(), String> {
             }
         }
     }
+
+    // /readyz's verdict as metrics (tapio_agent_ready,
+    // tapio_collector_ready{collector}): an alert needs only /metrics.
+    probes.register_metrics(&telemetry.meter(), registry.health_watch());
 
     let mut exporter = match (&config.otlp, &otlp) {
         (Some(otlp_config), Some(otlp)) => {

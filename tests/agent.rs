@@ -264,7 +264,8 @@ fn agent_reports_etcd_puts() {
 
 /// `--collectors kube --kubeconfig … --kubelet-url …` against the kube
 /// crate's fake API server and kubelet (HTTPS, token): the listed pod and a
-/// kubelet transition become JSON lines.
+/// kubelet transition become JSON lines. `NODE_NAME` (as the DaemonSet sets
+/// it) scopes the pods watch: another node's pod is not reported.
 #[test]
 fn agent_reports_kube_objects_and_kubelet_transitions() {
     use tapio_collector_kube::testing::{FakeApiServer, FakeApiServerOptions, TestPki};
@@ -282,7 +283,13 @@ fn agent_reports_kube_objects_and_kubelet_transitions() {
         .unwrap();
     server.create(
         "pods",
-        serde_json::json!({"metadata": {"name": "agent-pod", "namespace": "shop"}}),
+        serde_json::json!({"metadata": {"name": "agent-pod", "namespace": "shop"},
+                           "spec": {"nodeName": "node-a"}}),
+    );
+    server.create(
+        "pods",
+        serde_json::json!({"metadata": {"name": "elsewhere", "namespace": "shop"},
+                           "spec": {"nodeName": "node-b"}}),
     );
     server.set_kubelet_pods(serde_json::json!({"items": [{"metadata":
         {"name": "agent-pod", "namespace": "shop", "uid": "u-agent"},
@@ -312,6 +319,7 @@ fn agent_reports_kube_objects_and_kubelet_transitions() {
         .arg(&kubeconfig)
         .args(["--kubelet-url", &server.url()])
         .args(["--duration", "3", "--metrics-addr", "off"])
+        .env("NODE_NAME", "node-a")
         .output()
         .expect("run agent");
     let _ = std::fs::remove_dir_all(&dir);
@@ -329,6 +337,21 @@ fn agent_reports_kube_objects_and_kubelet_transitions() {
         .unwrap_or_else(|| panic!("no kube.pod.added in:\n{stdout}\n{stderr}"));
     assert_eq!(added.metadata["k8s.pod.name"], "agent-pod");
     assert_eq!(added.metadata["k8s.namespace.name"], "shop");
+    let pods: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type.starts_with("kube.pod."))
+        .map(|e| e.metadata["k8s.pod.name"].to_string())
+        .collect();
+    assert_eq!(pods, ["agent-pod"], "only node-a's pod:\n{stdout}");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /api/v1/pods?"))
+            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{:?}",
+        server.requests()
+    );
     let waiting: Vec<_> = events
         .iter()
         .filter(|e| e.event_type == "kubelet.container.waiting")

@@ -183,6 +183,31 @@ fn http_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     (status, body)
 }
 
+/// The lines of `/metrics` that begin with `prefix`, sorted, once they
+/// equal `expected` (sorted; polled: metrics are collected every second),
+/// else the last ones seen.
+fn metric_lines(addr: SocketAddr, prefix: &str, expected: &[&str]) -> Vec<String> {
+    let end = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let mut lines: Vec<String> = response
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        let mut expected = expected.to_vec();
+        expected.sort();
+        if lines == expected || Instant::now() > end {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Poll `/readyz` until the collectors have been started (it no longer
 /// answers "starting").
 fn readyz_after_start(addr: SocketAddr) -> (u16, serde_json::Value) {
@@ -439,6 +464,14 @@ fn requested_collector_that_cannot_start_is_named_by_readyz_but_healthz_is_200()
     assert_eq!(status, 200, "{live}");
     assert_eq!(live["live"], true);
     assert_eq!(live["stopping"], false);
+    // The verdict on /metrics, for alerting without kube-state-metrics.
+    let ready = ["tapio_agent_ready 0"];
+    assert_eq!(metric_lines(addr, "tapio_agent_ready", &ready), ready);
+    let per_collector = ["tapio_collector_ready{collector=\"etcd\"} 0"];
+    assert_eq!(
+        metric_lines(addr, "tapio_collector_ready", &per_collector),
+        per_collector
+    );
     agent.signal(libc::SIGTERM);
     let ended = agent.end();
     assert_eq!(ended.status.code(), Some(0), "{}", ended.stderr);
@@ -551,6 +584,23 @@ fn readyz_is_200_when_every_enabled_collector_runs() {
     );
     let (status, live) = http_get(addr, "/healthz");
     assert_eq!(status, 200, "{live}");
+    // /metrics says the same: ready, and so is each enabled collector
+    // (not enabled ones, etcd and kube here, have no series).
+    let ready = ["tapio_agent_ready 1"];
+    assert_eq!(metric_lines(addr, "tapio_agent_ready", &ready), ready);
+    let mut per_collector = vec![
+        "tapio_collector_ready{collector=\"kernel\"} 1",
+        "tapio_collector_ready{collector=\"cni\"} 1",
+        "tapio_collector_ready{collector=\"dns\"} 1",
+    ];
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        per_collector.push("tapio_collector_ready{collector=\"systemd\"} 1");
+    }
+    per_collector.sort();
+    assert_eq!(
+        metric_lines(addr, "tapio_collector_ready", &per_collector),
+        per_collector
+    );
     agent.signal(libc::SIGINT);
     let ended = agent.end();
     assert_eq!(ended.status.code(), Some(0), "{}", ended.stderr);
@@ -664,6 +714,72 @@ fn check_config_prints_the_effective_configuration_as_toml() {
     let defaults: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
     assert_eq!(defaults["shutdown_grace_ms"].as_integer(), Some(20_000));
     assert_eq!(defaults.get("collectors"), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `[kube].node_name`: the file's value wins; unset, a non-empty
+/// `NODE_NAME` (the DaemonSet's downward API) is used and `--check-config`
+/// shows it as the effective value and says where it came from; without a
+/// kube collector it is not added; an invalid name is a clear error.
+#[test]
+fn check_config_takes_kube_node_name_from_node_name_unless_the_file_sets_it() {
+    let dir = temp_dir("check-config-node-name");
+    let config = dir.join("agent.toml");
+    let run = |text: &str, node_name: Option<&str>| {
+        std::fs::write(&config, text).unwrap();
+        let mut command = Command::new(agent_binary());
+        command.arg("--check-config").arg("--config").arg(&config);
+        match node_name {
+            Some(v) => command.env("NODE_NAME", v),
+            None => command.env_remove("NODE_NAME"),
+        };
+        command.output().unwrap()
+    };
+    let effective = |out: &std::process::Output| -> (String, toml::Value) {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        let value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (text, value)
+    };
+    let kube = "[kube]\nkubeconfig = \"/etc/kubernetes/kubelet.conf\"\n";
+
+    let (text, v) = effective(&run(kube, Some("node-7")));
+    assert_eq!(v["kube"]["node_name"].as_str(), Some("node-7"), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .ends_with("; [kube].node_name from NODE_NAME); secrets redacted"),
+        "{text}"
+    );
+    let with_file = format!("{kube}node_name = \"node-file\"\n");
+    let (text, v) = effective(&run(&with_file, Some("node-7")));
+    assert_eq!(v["kube"]["node_name"].as_str(), Some("node-file"), "{text}");
+    assert!(!text.contains("from NODE_NAME"), "{text}");
+    for unset in [None, Some(""), Some("  ")] {
+        let (text, v) = effective(&run(kube, unset));
+        assert_eq!(v["kube"].get("node_name"), None, "{unset:?}: {text}");
+    }
+    // No kube collector configured: NODE_NAME does not create one.
+    let (text, v) = effective(&run("", Some("node-7")));
+    assert_eq!(v.get("kube"), None, "{text}");
+
+    let out = run(kube, Some("Node_7"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[kube]: node_name \"Node_7\" is not a valid node name"),
+        "{stderr}"
+    );
+    let out = run(&format!("{kube}node_name = \"\"\n"), Some("node-7"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[kube]: node_name is empty"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

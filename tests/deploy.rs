@@ -407,6 +407,23 @@ fn with_kube_grants_list_and_watch_on_exactly_the_watched_resources() {
         tapio::kube::WatchedResource::ALL.to_vec(),
         "the overlay watches the collector's default set"
     );
+    // No node_name in the file: the agent takes NODE_NAME (downward API
+    // spec.nodeName, checked below) and scopes the pods watch to the node.
+    assert_eq!(kube.node_name, None);
+    let out = Command::new(agent_binary())
+        .arg("--check-config")
+        .arg("--config")
+        .arg(root().join("deploy/overlays/with-kube/agent.toml"))
+        .env("NODE_NAME", "node-7")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: toml::Value = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(effective["kube"]["node_name"].as_str(), Some("node-7"));
     let kubelet = kube.kubelet.as_ref().unwrap();
     let sa = Path::new("/var/run/secrets/kubernetes.io/serviceaccount");
     assert_eq!(
@@ -739,8 +756,7 @@ fn metric_names_are_found_in_expressions() {
 }
 
 /// The metric names the agent exports (checked against a live /metrics by
-/// the Prometheus test), plus the recording rules' names, `up`, and the one
-/// kube-state-metrics series the readiness alert reads.
+/// the Prometheus test).
 fn exported_names() -> BTreeSet<String> {
     let mut names: BTreeSet<String> = COLLECTORS
         .iter()
@@ -780,6 +796,8 @@ fn exported_names() -> BTreeSet<String> {
         "cni_setup_duration_seconds_bucket",
         "cni_setup_duration_seconds_count",
         "cni_setup_failures_total",
+        "tapio_agent_ready",
+        "tapio_collector_ready",
     ] {
         names.insert(n.to_string());
     }
@@ -876,7 +894,6 @@ fn dashboard_and_rule_expressions_are_valid_promql_over_exported_metrics() {
         }
     }
     known.insert("up".into());
-    known.insert("kube_pod_status_ready".into());
     for (title, expr) in dashboard_expressions("1m")
         .into_iter()
         .chain(rule_expressions())
@@ -1204,7 +1221,10 @@ poll_interval_ms = 200
             .arg("--kubeconfig")
             .arg(dir.0.join("kubeconfig"))
             .args(["--kubelet-url", &kube.url()])
-            .args(["--metrics-addr", "127.0.0.1:0", "--duration", "300"]),
+            .args(["--metrics-addr", "127.0.0.1:0", "--duration", "300"])
+            // The fake's pod has no node: no NODE_NAME scoping from the
+            // environment the test runs in.
+            .env_remove("NODE_NAME"),
     );
     let line = agent.wait_line("metrics on http://");
     let metrics: SocketAddr = line
@@ -1323,7 +1343,6 @@ poll_interval_ms = 200
         pending.push((format!("rule {name}"), expr));
     }
     assert_eq!(pending.len(), 58 + 12, "dashboard targets and rules");
-    let needs_kube_state_metrics = "rule TapioAgentNotReady";
     let end = Instant::now() + Duration::from_secs(120);
     let mut round = 0;
     loop {
@@ -1334,9 +1353,6 @@ poll_interval_ms = 200
             continue;
         }
         pending.retain(|(what, expr)| {
-            if what == needs_kube_state_metrics {
-                return true;
-            }
             let result = query(web, expr);
             if std::env::var_os("TAPIO_DEPLOY_DEBUG").is_some() {
                 eprintln!("{what}: {expr} -> {result:?}");
@@ -1350,7 +1366,7 @@ poll_interval_ms = 200
                     .is_some_and(f64::is_finite)
             })
         });
-        if pending.len() == 1 || Instant::now() > end {
+        if pending.is_empty() || Instant::now() > end {
             break;
         }
     }
@@ -1359,24 +1375,10 @@ poll_interval_ms = 200
             .iter()
             .map(|(what, expr)| format!("{what}: {expr}"))
             .collect::<Vec<_>>(),
-        [format!(
-            "{needs_kube_state_metrics}: {}",
-            without_threshold(
-                &rule_expressions()
-                    .into_iter()
-                    .find(|(n, _)| n == "TapioAgentNotReady")
-                    .unwrap()
-                    .1
-            )
-        )],
+        Vec::<String>::new(),
         "expressions without data after {round} rounds"
     );
-    eprintln!(
-        "{test}: every expression but {needs_kube_state_metrics} had data after {round} workload rounds"
-    );
-    // The readiness alert reads kube-state-metrics, which is not here: its
-    // query works and finds nothing.
-    assert!(query(web, &pending[0].1).is_empty());
+    eprintln!("{test}: every expression had data after {round} workload rounds");
 
     // Every rule evaluates without error on the real series.
     let (_, body) = http_get(web, "/api/v1/rules").unwrap();
@@ -1412,6 +1414,22 @@ poll_interval_ms = 200
         "/healthz: {:?}",
         http_get(metrics, "/healthz")
     );
+    // Ready, as /readyz says, and so is every collector.
+    let (status, _) = http_get(metrics, "/readyz").unwrap();
+    assert_eq!(status, 200);
+    let ready = query(web, "tapio_agent_ready");
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert_eq!(ready[0]["value"][1], "1");
+    let collector_ready: BTreeMap<String, String> = query(web, "tapio_collector_ready")
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["collector"].as_str().unwrap().to_string(),
+                s["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(collector_ready, all_one);
     let journal = query(web, "systemd_journal_entries_read_total");
     assert_eq!(journal.len(), 1);
     assert_eq!(journal[0]["value"][1], JOURNAL_ENTRIES.to_string());

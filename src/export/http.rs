@@ -21,6 +21,11 @@
 //!   block readiness.
 //!
 //! Both bodies are JSON and carry the per-collector [`HealthReport`]s.
+//!
+//! The readiness verdict is also a metric ([`Probes::register_metrics`]),
+//! so that alerting on it needs only the agent's own `/metrics`:
+//! `tapio_agent_ready` (1 iff `/readyz` would answer 200) and
+//! `tapio_collector_ready{collector}`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +37,8 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
 use parking_lot::Mutex;
 use tapio_core::{HealthReport, HealthState, HealthWatch};
 use tokio::task::JoinHandle;
@@ -103,6 +110,28 @@ pub struct Readiness {
     pub disabled: Vec<CollectorReason>,
     /// Health of every registered collector.
     pub collectors: Vec<HealthReport>,
+}
+
+impl Readiness {
+    /// Each enabled collector (registered, or enabled but not started) and
+    /// whether it runs; collectors the configuration did not enable are
+    /// left out. Registration order, then the not-started ones by name.
+    pub fn per_collector(&self) -> Vec<(String, bool)> {
+        let not_ready = |name: &str| self.not_ready.iter().any(|r| r.collector == name);
+        let disabled = |name: &str| self.disabled.iter().any(|r| r.collector == name);
+        let mut out: Vec<(String, bool)> = self
+            .collectors
+            .iter()
+            .filter(|r| !disabled(&r.collector))
+            .map(|r| (r.collector.clone(), !not_ready(&r.collector)))
+            .collect();
+        for r in &self.not_ready {
+            if !out.iter().any(|(name, _)| *name == r.collector) {
+                out.push((r.collector.clone(), false));
+            }
+        }
+        out
+    }
 }
 
 /// The body of `/healthz`.
@@ -201,6 +230,44 @@ impl Probes {
             healthy: collectors.iter().all(|r| r.state == HealthState::Healthy),
             collectors,
         }
+    }
+
+    /// Export the readiness verdict on `meter`, computed at each metrics
+    /// collection from `health` exactly as `/readyz` computes it:
+    ///
+    /// - `tapio_agent_ready`: 1 when `/readyz` would answer 200, else 0
+    ///   (also 0 while starting and during a graceful stop);
+    /// - `tapio_collector_ready{collector}`: per enabled collector, 1 while
+    ///   it runs (`healthy` or `degraded`), 0 when it was skipped, failed or
+    ///   stopped. Collectors the configuration did not enable have no series.
+    ///
+    /// Values are as of the last collection (the agent's
+    /// `[metrics].collect_interval_ms`).
+    pub fn register_metrics(&self, meter: &Meter, health: HealthWatch) {
+        let (probes, watch) = (self.clone(), health.clone());
+        meter
+            .u64_observable_gauge("tapio_agent_ready")
+            .with_description(
+                "1 when /readyz answers 200 (every enabled collector runs; not starting or \
+                 stopping), else 0",
+            )
+            .with_callback(move |o| {
+                o.observe(u64::from(probes.readiness(watch.reports()).ready), &[]);
+            })
+            .build();
+        let probes = self.clone();
+        meter
+            .u64_observable_gauge("tapio_collector_ready")
+            .with_description(
+                "1 while the enabled collector runs (healthy or degraded), 0 when it was \
+                 skipped, failed or stopped",
+            )
+            .with_callback(move |o| {
+                for (collector, ready) in probes.readiness(health.reports()).per_collector() {
+                    o.observe(u64::from(ready), &[KeyValue::new("collector", collector)]);
+                }
+            })
+            .build();
     }
 
     /// The readiness verdict given the registered collectors' `reports`.
@@ -423,6 +490,71 @@ mod tests {
                 reason("cni", "stopped"),
             ]
         );
+    }
+
+    #[test]
+    fn per_collector_readiness_leaves_out_disabled_collectors() {
+        let probes = Probes::new(Duration::from_secs(30));
+        probes.not_started("dns", "needs CAP_BPF");
+        probes.not_started("etcd", "no etcd endpoints configured");
+        probes.disabled("kube", "no API server or kubelet configured");
+        probes.startup_complete();
+        let r = probes.readiness(vec![
+            report("kernel", HealthState::Healthy, None),
+            report("cni", HealthState::Failed, Some("netlink")),
+            report("dns", HealthState::Stopped, None),
+            report("systemd", HealthState::Degraded, Some("bus reconnecting")),
+            report("kube", HealthState::Stopped, None),
+        ]);
+        assert!(!r.ready);
+        let s = |n: &str, ready: bool| (n.to_string(), ready);
+        assert_eq!(
+            r.per_collector(),
+            vec![
+                s("kernel", true),
+                s("cni", false),
+                s("dns", false),
+                s("systemd", true),
+                s("etcd", false),
+            ]
+        );
+    }
+
+    /// `tapio_agent_ready` and `tapio_collector_ready` on `/metrics` follow
+    /// the `/readyz` verdict at each collection.
+    #[test]
+    fn readiness_gauges_follow_readyz() {
+        let pipeline =
+            crate::export::TelemetryPipeline::new("test", None, Duration::from_secs(3600)).unwrap();
+        let health =
+            tapio_core::Registry::new(tapio_core::RegistryConfig::default()).health_watch();
+        let probes = Probes::new(Duration::from_secs(30));
+        probes.register_metrics(&pipeline.meter(), health.clone());
+        let sample = |name: &str| -> Vec<String> {
+            pipeline.collect_now();
+            pipeline
+                .prometheus_text()
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .map(str::to_owned)
+                .collect()
+        };
+        // Starting: not ready, no collector enabled yet.
+        assert_eq!(sample("tapio_agent_ready"), ["tapio_agent_ready 0"]);
+        assert!(sample("tapio_collector_ready").is_empty());
+        probes.disabled("etcd", "no etcd endpoints configured");
+        probes.startup_complete();
+        assert!(probes.readiness(health.reports()).ready);
+        assert_eq!(sample("tapio_agent_ready"), ["tapio_agent_ready 1"]);
+        probes.not_started("dns", "needs CAP_BPF");
+        assert_eq!(sample("tapio_agent_ready"), ["tapio_agent_ready 0"]);
+        assert_eq!(
+            sample("tapio_collector_ready"),
+            ["tapio_collector_ready{collector=\"dns\"} 0"]
+        );
+        probes.stopping();
+        assert_eq!(sample("tapio_agent_ready"), ["tapio_agent_ready 0"]);
+        pipeline.shutdown();
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub struct KubeConfig {
     pub resources: Vec<WatchedResource>,
     /// Which namespaces' objects are reported.
     pub namespaces: NamespaceFilter,
+    /// This node's name (`spec.nodeName` of its pods; in a DaemonSet,
+    /// `NODE_NAME` from the downward API). Set: the **pods** watch lists and
+    /// watches only the pods scheduled to this node (field selector
+    /// `spec.nodeName=<node_name>`, applied by the API server), so an agent
+    /// per node no longer receives every pod of the cluster. Pod events and
+    /// the pod directory then hold this node's pods only, and a service's
+    /// `selected_pods` names only those on this node. A pending pod appears
+    /// when it is scheduled here. Other resources are watched cluster-wide
+    /// as before. `None` (default): every pod. Must be a valid node name (a
+    /// DNS-1123 subdomain).
+    pub node_name: Option<String>,
     /// Objects per page of the initial list (and of every relist).
     pub page_size: u32,
     /// Most objects cached across all resources (uid, resourceVersion and the
@@ -74,6 +85,7 @@ impl Default for KubeConfig {
             context: None,
             resources: WatchedResource::ALL.to_vec(),
             namespaces: NamespaceFilter::default(),
+            node_name: None,
             page_size: 500,
             cache_capacity: 500_000,
             max_selected_pods: 64,
@@ -88,6 +100,25 @@ impl Default for KubeConfig {
 }
 
 impl KubeConfig {
+    /// The field selector of the list and watch of `resource`, if any: with
+    /// [`node_name`](Self::node_name) set, `spec.nodeName=<node>` for pods;
+    /// `None` for every other resource.
+    ///
+    /// ```
+    /// use tapio_collector_kube::{KubeConfig, WatchedResource};
+    ///
+    /// let config = KubeConfig { node_name: Some("node-a".into()), ..Default::default() };
+    /// assert_eq!(config.field_selector(WatchedResource::Pods).as_deref(), Some("spec.nodeName=node-a"));
+    /// assert_eq!(config.field_selector(WatchedResource::Services), None);
+    /// assert_eq!(KubeConfig::default().field_selector(WatchedResource::Pods), None);
+    /// ```
+    pub fn field_selector(&self, resource: WatchedResource) -> Option<String> {
+        match (resource, &self.node_name) {
+            (WatchedResource::Pods, Some(node)) => Some(format!("spec.nodeName={node}")),
+            _ => None,
+        }
+    }
+
     /// Check the settings; the message says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if !self.watch_api && self.kubelet.is_none() {
@@ -104,11 +135,50 @@ impl KubeConfig {
         if self.page_size == 0 {
             return Err("page_size must be at least 1".into());
         }
+        if let Some(node) = &self.node_name {
+            validate_node_name(node)?;
+        }
         if let Some(k) = &self.kubelet {
             k.validate()?;
         }
         Ok(())
     }
+}
+
+/// Check `name` is a valid node name, as the API server does: a DNS-1123
+/// subdomain (at most 253 characters; dot-separated labels of lowercase
+/// letters, digits and '-', each starting and ending with a letter or digit).
+fn validate_node_name(name: &str) -> Result<(), String> {
+    const RULE: &str = "a node name is a DNS-1123 subdomain: lowercase letters, digits, '-' \
+                        and '.', starting and ending with a letter or digit, at most 253 \
+                        characters";
+    if name.is_empty() {
+        return Err(
+            "node_name is empty: give this node's name (NODE_NAME from the downward API \
+             spec.nodeName), or leave node_name out to watch the pods of every node"
+                .into(),
+        );
+    }
+    if name.len() > 253 {
+        return Err(format!(
+            "node_name is {} characters long: {RULE}",
+            name.len()
+        ));
+    }
+    let label_ok = |label: &str| {
+        let b = label.as_bytes();
+        let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        !b.is_empty()
+            && b.first().is_some_and(alnum)
+            && b.last().is_some_and(alnum)
+            && b.iter().all(|c| alnum(c) || *c == b'-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(format!(
+            "node_name {name:?} is not a valid node name: {RULE}"
+        ));
+    }
+    Ok(())
 }
 
 /// Namespaces whose objects are reported. An object is reported when its
@@ -244,5 +314,72 @@ impl KubeletConfig {
             return Err("kubelet.poll_interval_ms must be positive".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_node(node: &str) -> Result<(), String> {
+        KubeConfig {
+            node_name: Some(node.into()),
+            ..Default::default()
+        }
+        .validate()
+    }
+
+    #[test]
+    fn node_names_are_dns_1123_subdomains() {
+        for ok in [
+            "node-a",
+            "ip-10-0-1-17.eu-west-1.compute.internal",
+            "a",
+            "0",
+            "kind-control-plane",
+            &"n".repeat(253),
+        ] {
+            assert_eq!(with_node(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "Node-A",
+            "node_a",
+            "-node",
+            "node-",
+            "node..a",
+            ".node",
+            "node.",
+            "node a",
+            "nöde",
+            "node/a",
+            "spec.nodeName=x,b",
+        ] {
+            let err = with_node(bad).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+            assert!(err.contains("DNS-1123 subdomain"), "{err}");
+        }
+        let long = "n".repeat(254);
+        assert_eq!(
+            with_node(&long),
+            Err(
+                "node_name is 254 characters long: a node name is a DNS-1123 subdomain: \
+                 lowercase letters, digits, '-' and '.', starting and ending with a letter or \
+                 digit, at most 253 characters"
+                    .into()
+            )
+        );
+        let empty = with_node("").unwrap_err();
+        assert!(empty.starts_with("node_name is empty"), "{empty}");
+    }
+
+    #[test]
+    fn node_name_reads_from_toml_and_scopes_only_the_pods_watch() {
+        let config: KubeConfig = toml::from_str("node_name = \"node-a\"").unwrap();
+        assert_eq!(config.node_name.as_deref(), Some("node-a"));
+        for r in WatchedResource::ALL {
+            let expected = (r == WatchedResource::Pods).then(|| "spec.nodeName=node-a".to_string());
+            assert_eq!(config.field_selector(r), expected, "{}", r.plural());
+        }
+        assert_eq!(KubeConfig::default().node_name, None);
     }
 }

@@ -23,6 +23,9 @@
 //!   loses and repeats nothing. kube-rs does no periodic resync.
 //! - [`NamespaceFilter`]: include / exclude lists (default excludes
 //!   `kube-system`, `kube-public`, `kube-node-lease`).
+//! - [`KubeConfig::node_name`]: the pods watch scoped to one node (field
+//!   selector `spec.nodeName=<node>`, filtered by the API server), for an
+//!   agent per node; other resources stay cluster-wide.
 //! - A W3C `traceparent` annotation (`traceparent` or `<prefix>/traceparent`)
 //!   is propagated into the event's trace context: same trace id, the
 //!   parent span in [`RawEvent::parent_span_id`](tapio_core::RawEvent::parent_span_id).
@@ -247,6 +250,9 @@ impl Observer for Kube {
         if self.config.watch_api {
             let (client, url) = self.api_client().await?;
             cx.health.detail("api_server", url);
+            if let Some(node) = &self.config.node_name {
+                cx.health.detail("node_name", node.clone());
+            }
             let watcher = Arc::new(Watcher {
                 config: self.config.clone(),
                 client,

@@ -11,6 +11,12 @@
 //!   `{"type":"ERROR","object":{"kind":"Status","code":410,…}}` when the
 //!   resourceVersion was compacted; `timeoutSeconds`;
 //! - metadata-only lists and watches (`Accept: …;as=PartialObjectMetadata…`);
+//! - `fieldSelector` on lists and watches (`=`, `==`, `!=`, comma-separated):
+//!   `metadata.name` and `metadata.namespace` of every resource, and of pods
+//!   `spec.nodeName` and `status.phase`. A watch turns an object that
+//!   starts matching into `ADDED` and one that stops matching into
+//!   `DELETED`, as the API server's watch cache does; any other field is
+//!   `400 BadRequest` (`field label not supported: …`);
 //! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`,
 //!   `/version`) so `kubectl` can talk to it;
 //! - bearer-token authentication (`401` with a `Status` body);
@@ -160,6 +166,87 @@ struct Change {
     namespace: Option<String>,
     line: Bytes,
     meta_line: Bytes,
+    /// `ADDED`, `MODIFIED` or `DELETED` (objects only).
+    event_type: &'static str,
+    /// The object after the change (the last state for `DELETED`).
+    object: Option<Arc<Value>>,
+    /// The object before a `MODIFIED`.
+    previous: Option<Arc<Value>>,
+}
+
+/// One requirement of a `fieldSelector`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FieldRequirement {
+    /// JSON path of the field, e.g. `["spec", "nodeName"]`.
+    path: Vec<String>,
+    /// `=` / `==` (true) or `!=` (false).
+    equal: bool,
+    value: String,
+}
+
+/// A parsed `fieldSelector`: every requirement must hold (empty: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FieldSelector(Vec<FieldRequirement>);
+
+/// Fields the fake API server selects on, per resource: what the real one
+/// supports for these (`metadata.namespace` only for namespaced kinds).
+fn selectable(r: WatchedResource, field: &str) -> bool {
+    match field {
+        "metadata.name" => true,
+        "metadata.namespace" => r.namespaced(),
+        "spec.nodeName" | "status.phase" => r == WatchedResource::Pods,
+        _ => false,
+    }
+}
+
+impl FieldSelector {
+    /// Parse `text` for `r`; the error is the API server's message.
+    fn parse(r: WatchedResource, text: &str) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(format!(
+                    "invalid selector: '{text}'; can't understand '{term}'"
+                ));
+            };
+            let field = field.trim();
+            if !selectable(r, field) {
+                return Err(format!("field label not supported: {field}"));
+            }
+            out.push(FieldRequirement {
+                path: field.split('.').map(str::to_owned).collect(),
+                equal,
+                value: value.trim().to_owned(),
+            });
+        }
+        Ok(Self(out))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `obj` matches (a missing field is the empty string, as for
+    /// the `spec.nodeName` of an unscheduled pod).
+    fn matches(&self, obj: &Value) -> bool {
+        self.0.iter().all(|req| {
+            let mut v = obj;
+            for key in &req.path {
+                v = v.get(key).unwrap_or(&Value::Null);
+            }
+            let actual = match v {
+                Value::String(s) => s.as_str(),
+                _ => "",
+            };
+            (actual == req.value) == req.equal
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -303,10 +390,11 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
         .collect()
 }
 
-/// A parsed resource path.
+/// A parsed resource path (and the request's field selector).
 struct Target {
     resource: WatchedResource,
     namespace: Option<String>,
+    fields: FieldSelector,
 }
 
 fn parse_path(path: &str) -> Option<Target> {
@@ -332,6 +420,7 @@ fn parse_path(path: &str) -> Option<Target> {
     ok.then_some(Target {
         resource,
         namespace,
+        fields: FieldSelector::default(),
     })
 }
 
@@ -426,7 +515,14 @@ impl FakeApiServer {
             .cloned()
     }
 
-    fn record(&self, st: &mut State, r: WatchedResource, event_type: &str, obj: &Value) {
+    fn record(
+        &self,
+        st: &mut State,
+        r: WatchedResource,
+        event_type: &'static str,
+        obj: &Value,
+        previous: Option<Value>,
+    ) {
         let change = Arc::new(Change {
             kind: ChangeKind::Object,
             rv: st.rv,
@@ -434,6 +530,9 @@ impl FakeApiServer {
             namespace: obj["metadata"]["namespace"].as_str().map(str::to_owned),
             line: line(event_type, obj),
             meta_line: line(event_type, &partial(obj)),
+            event_type,
+            object: Some(Arc::new(obj.clone())),
+            previous: previous.map(Arc::new),
         });
         st.history.push_back(change.clone());
         while st.history.len() > self.shared.history {
@@ -499,7 +598,7 @@ impl FakeApiServer {
             .entry(r.plural())
             .or_default()
             .insert(key, obj.clone());
-        self.record(&mut st, r, "ADDED", &obj);
+        self.record(&mut st, r, "ADDED", &obj, None);
         st.rv
     }
 
@@ -532,7 +631,7 @@ impl FakeApiServer {
             .entry(r.plural())
             .or_default()
             .insert(key, obj.clone());
-        self.record(&mut st, r, "MODIFIED", &obj);
+        self.record(&mut st, r, "MODIFIED", &obj, Some(old));
         st.rv
     }
 
@@ -547,7 +646,7 @@ impl FakeApiServer {
         };
         st.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-        self.record(&mut st, r, "DELETED", &obj);
+        self.record(&mut st, r, "DELETED", &obj, None);
         st.rv
     }
 
@@ -587,6 +686,9 @@ impl FakeApiServer {
             namespace: None,
             line: Bytes::new(),
             meta_line: Bytes::new(),
+            event_type: "BOOKMARK",
+            object: None,
+            previous: None,
         }));
     }
 
@@ -603,6 +705,9 @@ impl FakeApiServer {
             namespace: None,
             line: line.clone(),
             meta_line: line,
+            event_type: "",
+            object: None,
+            previous: None,
         }));
     }
 
@@ -802,7 +907,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if let Some(resp) = discovery(&path) {
         return resp;
     }
-    let Some(target) = parse_path(&path) else {
+    let Some(mut target) = parse_path(&path) else {
         return json_response(
             StatusCode::NOT_FOUND,
             &status(
@@ -813,6 +918,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         );
     };
     let q = query(&req);
+    if let Some(text) = q.get("fieldSelector") {
+        match FieldSelector::parse(target.resource, text) {
+            Ok(fields) => target.fields = fields,
+            Err(message) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &status(400, "BadRequest", &message),
+                );
+            }
+        }
+    }
     let meta_only = req
         .headers()
         .get(http::header::ACCEPT)
@@ -914,6 +1030,7 @@ fn list_response(
             m.iter()
                 .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|t| t == ns))
                 .map(|(_, v)| v)
+                .filter(|v| target.fields.matches(v))
                 .collect()
         })
         .unwrap_or_default();
@@ -965,11 +1082,42 @@ fn watch_response(
         .get("resourceVersion")
         .filter(|v| !v.is_empty() && *v != "0")
         .map(|v| v.parse::<u64>());
-    let pick = move |c: &Change| {
-        if meta_only {
-            c.meta_line.clone()
-        } else {
-            c.line.clone()
+    let fields = target.fields.clone();
+    // The line of an object change as this watch sees it: `None` when the
+    // object neither matches now nor did before.
+    let pick = move |c: &Change| -> Option<Bytes> {
+        let as_is = || {
+            Some(if meta_only {
+                c.meta_line.clone()
+            } else {
+                c.line.clone()
+            })
+        };
+        let Some(obj) = c.object.as_deref() else {
+            return as_is();
+        };
+        if fields.is_empty() {
+            return as_is();
+        }
+        let now = fields.matches(obj);
+        let before = c.previous.as_deref().is_some_and(|p| fields.matches(p));
+        let retyped = |event_type: &str, o: &Value| {
+            Some(if meta_only {
+                line(event_type, &partial(o))
+            } else {
+                line(event_type, o)
+            })
+        };
+        match (c.event_type, now, before) {
+            ("MODIFIED", true, false) => retyped("ADDED", obj),
+            ("MODIFIED", false, true) => {
+                // The previous content, at the change's resourceVersion.
+                let mut old = c.previous.as_deref().cloned().unwrap_or(Value::Null);
+                old["metadata"]["resourceVersion"] = json!(c.rv.to_string());
+                retyped("DELETED", &old)
+            }
+            (_, true, _) => as_is(),
+            _ => None,
         }
     };
     let (initial, mut changes, mut last, expired) = {
@@ -989,7 +1137,7 @@ fn watch_response(
                     st.history
                         .iter()
                         .filter(|c| c.rv > rv && matches(c, &target))
-                        .map(|c| pick(c)),
+                        .filter_map(|c| pick(c)),
                 );
             }
             Some(Err(_)) => {
@@ -1001,7 +1149,9 @@ fn watch_response(
             None => {
                 if let Some(m) = st.objects.get(target.resource.plural()) {
                     for ((ns, _), obj) in m {
-                        if target.namespace.as_ref().is_none_or(|t| t == ns) {
+                        if target.namespace.as_ref().is_none_or(|t| t == ns)
+                            && target.fields.matches(obj)
+                        {
                             let o = if meta_only { partial(obj) } else { obj.clone() };
                             initial.push(line("ADDED", &o));
                         }
@@ -1043,10 +1193,13 @@ fn watch_response(
                     Ok(c) => match c.kind {
                         ChangeKind::Object if c.rv > last => {
                             last = c.rv;
-                            pick(&c)
+                            match pick(&c) {
+                                Some(l) => l,
+                                None => continue,
+                            }
                         }
                         ChangeKind::Object => continue,
-                        ChangeKind::Raw => pick(&c),
+                        ChangeKind::Raw => c.line.clone(),
                         ChangeKind::Bookmark if bookmarks => {
                             let obj = json!({"kind": resource.kind(), "apiVersion": api_version(resource),
                                              "metadata": {"resourceVersion": c.rv.to_string()}});

@@ -214,7 +214,14 @@ impl Watcher {
         r: WatchedResource,
     ) -> BoxStream<'static, watcher::Result<Event<DynamicObject>>> {
         let ar = r.api_resource();
-        let wc = watcher::Config::default().page_size(self.config.page_size);
+        let mut wc = watcher::Config::default().page_size(self.config.page_size);
+        // Scoping (pods of this node): the API server filters the list and
+        // the watch, and turns an object that starts or stops matching into
+        // ADDED / DELETED, so the cache and the pod directory stay exact.
+        if let Some(selector) = self.config.field_selector(r) {
+            tracing::info!(resource = r.plural(), field_selector = %selector, "scoped watch");
+            wc = wc.fields(&selector);
+        }
         if r.metadata_only() {
             // An `Api` of `PartialObjectMeta` lists and watches with the
             // metadata-only `Accept` header (what kube's deprecated

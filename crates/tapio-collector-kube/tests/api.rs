@@ -605,3 +605,323 @@ async fn node_pressure_condition_flip_is_reported() {
     assert_eq!(collector.observer().stats().node_pressure_events, 1);
     stop(&collector).await;
 }
+
+/// A pod scheduled to `node` (`None`: not scheduled yet).
+fn pod_on(ns: &str, name: &str, node: Option<&str>) -> serde_json::Value {
+    let mut p = pod(ns, name, json!({"app": name}));
+    match node {
+        Some(node) => p["spec"]["nodeName"] = json!(node),
+        None => {
+            if let Some(spec) = p["spec"].as_object_mut() {
+                spec.remove("nodeName");
+            }
+        }
+    }
+    p
+}
+
+/// Which of `names` (`namespace/name`) the pod directory holds, by the
+/// uid the fake server gave each.
+fn in_directory(
+    s: &tapio_collector_kube::testing::FakeApiServer,
+    pods: &tapio_core::pod::PodDirectory,
+    names: &[&str],
+) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| {
+            let (ns, name) = n.split_once('/').expect("namespace/name");
+            // A deleted pod is not in the fake any more: not known either.
+            s.object("pods", Some(ns), name).is_some_and(|o| {
+                pods.get(
+                    o["metadata"]["uid"]
+                        .as_str()
+                        .expect("uid stamped by the fake"),
+                )
+                .is_some_and(|p| p.name == name)
+            })
+        })
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// `node_name`: the pods watch lists and watches only this node's pods
+/// (`fieldSelector=spec.nodeName=<node>`, applied by the fake server as by
+/// the real one); events and the pod directory hold those pods only, a pod
+/// scheduled here later appears, other resources are not scoped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_name_scopes_the_pods_watch_to_this_node() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    s.create("pods", pod_on("shop", "web-a", Some("node-a")));
+    s.create("pods", pod_on("shop", "web-b", Some("node-b")));
+    s.create("pods", pod_on("kube-system", "proxy-a", Some("node-a")));
+    s.create("pods", pod_on("kube-system", "proxy-b", Some("node-b")));
+    s.create("pods", pod_on("shop", "pending", None));
+    s.create(
+        "services",
+        json!({"metadata": {"name": "web", "namespace": "shop"}, "spec": {"selector": {"app": "web"}}}),
+    );
+    let all = [
+        "shop/web-a",
+        "shop/web-b",
+        "kube-system/proxy-a",
+        "kube-system/proxy-b",
+        "shop/pending",
+        "shop/late-a",
+        "shop/late-b",
+    ];
+
+    let node = Arc::new(NodeModel::default());
+    let pods = node.pods();
+    let collector = KubeCollector::new(KubeConfig {
+        node_name: Some("node-a".into()),
+        page_size: 1,
+        ..peer.config(&[WatchedResource::Pods, WatchedResource::Services])
+    });
+    let mut rx = collector.events().unwrap();
+    collector
+        .start(CollectorContext::default().with_node(node.clone()))
+        .await
+        .expect("start");
+    let k = |t: &str, n: &str| (t.to_string(), n.to_string());
+    let initial: Vec<_> = by_type(&exactly(&mut rx, 2, 300).await)
+        .into_keys()
+        .collect();
+    assert_eq!(
+        initial,
+        [k("kube.pod.added", "web-a"), k("kube.service.added", "web")],
+        "only node-a's pods (kube-system excluded from events); services unscoped"
+    );
+    assert_eq!(
+        in_directory(s, pods, &all),
+        ["shop/web-a", "kube-system/proxy-a"],
+        "the directory knows node-a's pods only, excluded namespaces included"
+    );
+    assert_eq!(pods.len(), 2);
+
+    // Every pods request carried the selector; no services request did.
+    let requests = s.requests();
+    let pod_requests: Vec<_> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?"))
+        .collect();
+    assert!(
+        pod_requests.len() >= 3,
+        "two list pages (page size 1) and a watch: {pod_requests:?}"
+    );
+    for r in &pod_requests {
+        assert!(
+            r.contains("fieldSelector=spec.nodeName%3Dnode-a"),
+            "{r}: {requests:?}"
+        );
+    }
+    assert!(
+        pod_requests.iter().any(|r| r.contains("watch=true")),
+        "{pod_requests:?}"
+    );
+    let service_requests: Vec<_> = requests
+        .iter()
+        .filter(|r| r.contains("/services"))
+        .collect();
+    assert!(!service_requests.is_empty());
+    assert!(
+        service_requests
+            .iter()
+            .all(|r| !r.contains("fieldSelector")),
+        "{service_requests:?}"
+    );
+
+    // Through the watch: a pod added on node-b (first) is never seen; the
+    // one added on node-a (after it) is, and nothing else.
+    s.create("pods", pod_on("shop", "late-b", Some("node-b")));
+    let rv_late_a = s.create("pods", pod_on("shop", "late-a", Some("node-a")));
+    let late = exactly(&mut rx, 1, 300).await;
+    assert_eq!(
+        (late[0].event_type.to_string(), payload(&late[0]).name),
+        k("kube.pod.added", "late-a")
+    );
+    assert_eq!(payload(&late[0]).resource_version, rv_late_a.to_string());
+    assert_eq!(late[0].metadata["k8s.node.name"], "node-a");
+
+    // node-b's pods change and go: nothing. The pending pod is scheduled
+    // to node-a: it appears (ADDED, it starts matching).
+    let mut web_b = pod_on("shop", "web-b", Some("node-b"));
+    web_b["status"]["phase"] = json!("Running");
+    s.update("pods", web_b);
+    s.delete("pods", Some("shop"), "web-b");
+    let rv_scheduled = s.update("pods", pod_on("shop", "pending", Some("node-a")));
+    let scheduled = exactly(&mut rx, 1, 300).await;
+    let p = payload(&scheduled[0]);
+    assert_eq!(
+        (scheduled[0].event_type.to_string(), p.name.clone()),
+        k("kube.pod.added", "pending")
+    );
+    assert_eq!(p.resource_version, rv_scheduled.to_string());
+    assert_eq!(p.relations.node.as_deref(), Some("node-a"));
+
+    // node-a's pod is deleted: reported and gone from the directory.
+    let web_a_uid = s.object("pods", Some("shop"), "web-a").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.delete("pods", Some("shop"), "late-b");
+    s.delete("pods", Some("shop"), "web-a");
+    let deleted = exactly(&mut rx, 1, 300).await;
+    assert_eq!(
+        (deleted[0].event_type.to_string(), payload(&deleted[0]).name),
+        k("kube.pod.deleted", "web-a")
+    );
+    assert!(pods.get(&web_a_uid).is_none());
+    assert_eq!(
+        in_directory(s, pods, &all),
+        ["kube-system/proxy-a", "shop/pending", "shop/late-a"]
+    );
+    assert_eq!(pods.len(), 3);
+    assert_eq!(collector.observer().stats().relists, 0);
+    stop(&collector).await;
+}
+
+/// Without `node_name` nothing is scoped: the same pods are all reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_node_name_every_nodes_pods_are_watched() {
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    s.create("pods", pod_on("shop", "web-a", Some("node-a")));
+    s.create("pods", pod_on("shop", "web-b", Some("node-b")));
+    let collector = KubeCollector::new(peer.config(&[WatchedResource::Pods]));
+    let mut rx = collector.events().unwrap();
+    collector.start(CollectorContext::default()).await.unwrap();
+    let names: Vec<_> = by_type(&exactly(&mut rx, 2, 200).await)
+        .into_keys()
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(names, ["web-a", "web-b"]);
+    s.create("pods", pod_on("shop", "late-b", Some("node-b")));
+    assert_eq!(payload(&exactly(&mut rx, 1, 200).await[0]).name, "late-b");
+    assert!(
+        s.requests().iter().all(|r| !r.contains("fieldSelector")),
+        "{:?}",
+        s.requests()
+    );
+    stop(&collector).await;
+}
+
+/// The collector refuses an invalid `node_name` at start with a config error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_node_name_fails_start_with_a_config_error() {
+    let peer = Peer::start().await;
+    for (node, expected) in [
+        ("", "node_name is empty"),
+        ("Node_A", "node_name \"Node_A\" is not a valid node name"),
+    ] {
+        let collector = KubeCollector::new(KubeConfig {
+            node_name: Some(node.into()),
+            ..peer.config(&[WatchedResource::Pods])
+        });
+        let err = collector
+            .start(CollectorContext::default())
+            .await
+            .expect_err(node);
+        assert!(
+            matches!(&err, tapio_core::CollectorError::Config { collector, message }
+                if collector == "kube" && message.contains(expected)),
+            "{node:?}: {err:?}"
+        );
+    }
+    assert!(
+        peer.server.requests().is_empty(),
+        "nothing was asked of the API server"
+    );
+}
+
+/// The fake server's `fieldSelector` seen by a plain kube-rs client: list
+/// and watch filter; on the watch an object that starts matching arrives as
+/// `ADDED` and one that stops as `DELETED` (its previous content at the new
+/// resourceVersion), as the API server's watch cache sends them; an
+/// unsupported field is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_server_field_selector_filters_list_and_watch() {
+    use futures::StreamExt;
+    use tapio_collector_kube::kube::{
+        self,
+        api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams},
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    s.create("pods", pod_on("shop", "a0", Some("node-a")));
+    s.create("pods", pod_on("shop", "b0", Some("node-b")));
+    let kubeconfig = kube::config::Kubeconfig::read_from(peer.kubeconfig(TOKEN)).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let api: Api<DynamicObject> = Api::all_with(client, &WatchedResource::Pods.api_resource());
+    let on_a = "spec.nodeName=node-a";
+
+    let list = api.list(&ListParams::default().fields(on_a)).await.unwrap();
+    let names: Vec<_> = list
+        .items
+        .iter()
+        .map(|o| o.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(names, ["a0"]);
+    let rv = list.metadata.resource_version.unwrap();
+    assert_eq!(rv, "2");
+    match api
+        .list(&ListParams::default().fields("spec.bogus=x"))
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 400);
+            assert_eq!(status.message, "field label not supported: spec.bogus");
+        }
+        other => panic!("expected a 400: {other:?}"),
+    }
+
+    let mut watch = api
+        .watch(&WatchParams::default().fields(on_a), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    s.create("pods", pod_on("shop", "b1", Some("node-b")));
+    let rv_a1 = s.create("pods", pod_on("shop", "a1", Some("node-a")));
+    let rv_a0_moved = s.update("pods", pod_on("shop", "a0", Some("node-b")));
+    let rv_b0_moved = s.update("pods", pod_on("shop", "b0", Some("node-a")));
+    s.delete("pods", Some("shop"), "b1");
+    let rv_a1_gone = s.delete("pods", Some("shop"), "a1");
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("watch event")
+            .expect("watch open")
+            .unwrap();
+        let (kind, obj) = match ev {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            other => panic!("unexpected {other:?}"),
+        };
+        seen.push((
+            kind,
+            obj.metadata.name.clone().unwrap(),
+            obj.metadata.resource_version.clone().unwrap(),
+            obj.data["spec"]["nodeName"].as_str().unwrap().to_string(),
+        ));
+    }
+    let e = |k, n: &str, rv: u64, node: &str| (k, n.to_string(), rv.to_string(), node.to_string());
+    assert_eq!(
+        seen,
+        [
+            e("ADDED", "a1", rv_a1, "node-a"),
+            e("DELETED", "a0", rv_a0_moved, "node-a"),
+            e("ADDED", "b0", rv_b0_moved, "node-a"),
+            e("DELETED", "a1", rv_a1_gone, "node-a"),
+        ]
+    );
+    // Nothing else: node-b's b1 never shows.
+    let extra = tokio::time::timeout(Duration::from_millis(200), watch.next()).await;
+    assert!(extra.is_err(), "unexpected {extra:?}");
+}

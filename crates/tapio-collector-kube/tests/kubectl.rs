@@ -180,4 +180,70 @@ async fn kubectl_get_watch_sees_exactly_what_the_collector_sees() {
     stop(&collector).await;
 }
 
+/// `kubectl get --field-selector` against the fake: the selector reaches it
+/// as kubectl sends it, only matching pods are listed, and an unsupported
+/// field is refused with the API server's 400 message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_field_selector_lists_only_matching_pods() {
+    let kubectl = kubectl();
+    let peer = Peer::start().await;
+    let s = &peer.server;
+    for (ns, name, node) in [
+        ("default", "a0", "node-a"),
+        ("default", "b0", "node-b"),
+        ("shop", "a1", "node-a"),
+    ] {
+        let mut p = pod(ns, name, json!({}));
+        p["spec"]["nodeName"] = json!(node);
+        s.create("pods", p);
+    }
+    let kubeconfig = peer.kubeconfig(TOKEN);
+    let get = |selector: &str| {
+        Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "get",
+                "pods",
+                "--all-namespaces",
+                "--field-selector",
+                selector,
+            ])
+            .args([
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}",
+            ])
+            .output()
+            .expect("run kubectl")
+    };
+    let names = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let out = tokio::task::block_in_place(|| get("spec.nodeName=node-a"));
+    assert_eq!(names(&out), "default/a0 shop/a1");
+    let out =
+        tokio::task::block_in_place(|| get("spec.nodeName!=node-a,metadata.namespace=default"));
+    assert_eq!(names(&out), "default/b0");
+    let out = tokio::task::block_in_place(|| get("spec.bogus=x"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("field label not supported: spec.bogus"),
+        "{stderr}"
+    );
+    assert!(
+        s.requests()
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?")
+                && r.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "{:?}",
+        s.requests()
+    );
+}
+
 use tapio_collector_kube::KubeConfig;
