@@ -520,4 +520,77 @@ pub mod bench {
             }
         }
     }
+
+    /// The collector's record-to-event path for synthetic TCP connect
+    /// records, with whatever node model `ctx` carries: what
+    /// `benches/node_model.rs` measures enrichment and correlation on.
+    pub struct ConnectConverter {
+        converter: crate::record::Converter,
+        events: tapio_core::EventReceiver,
+        _base: tapio_core::CollectorBase,
+        record: crate::skel::types::tapio_tcp_event,
+    }
+
+    impl ConnectConverter {
+        /// A converter started with `ctx`, queueing up to `capacity` events.
+        pub fn new(ctx: &tapio_core::CollectorContext, capacity: usize) -> Self {
+            use crate::skel::types;
+            let base = tapio_core::CollectorBase::new(crate::NAME, capacity, Default::default());
+            let events = base.take_events().expect("fresh base");
+            base.begin_start(ctx).expect("fresh base");
+            base.finish_start();
+            let converter = crate::record::Converter::new(
+                tapio_core::clock::BootClock::new(),
+                crate::page_size(),
+                base.emitter(),
+            );
+            let mut record = types::tapio_tcp_event::default();
+            record.hdr.kind = types::tapio_kind::TAPIO_KIND_TCP.0 as u16;
+            record.hdr.version = crate::record::VERSION;
+            record.op = types::tapio_tcp_op::TAPIO_TCP_CONNECT.0;
+            record.family = 2;
+            record.owner_known = 1;
+            record.sport = 40000;
+            record.dport = 443;
+            Self {
+                converter,
+                events,
+                _base: base,
+                record,
+            }
+        }
+
+        /// Convert the connect of process `pid` in cgroup `cgroup_id` from
+        /// `local` to `remote`, observed at boot time `ktime_ns`.
+        pub fn connect(
+            &mut self,
+            ktime_ns: u64,
+            pid: u32,
+            cgroup_id: u64,
+            local: std::net::Ipv4Addr,
+            remote: std::net::Ipv4Addr,
+        ) {
+            use tapio_core::bpf::RecordHandler as _;
+            let r = &mut self.record;
+            r.hdr.ktime_ns = ktime_ns;
+            r.task.pid = pid;
+            r.task.tid = pid;
+            r.task.ppid = 1;
+            r.task.cgroup_id = cgroup_id;
+            r.task.comm[..3].copy_from_slice(&[b'a' as _, b'p' as _, b'p' as _]);
+            r.saddr[..4].copy_from_slice(&local.octets());
+            r.daddr[..4].copy_from_slice(&remote.octets());
+            self.converter
+                .record(crate::record::KernelRecord::Tcp(self.record));
+        }
+
+        /// Hand the converted events to the queue and take them out into
+        /// `out` (cleared first).
+        pub fn drain(&mut self, out: &mut Vec<tapio_core::RawEvent>) {
+            use tapio_core::bpf::RecordHandler as _;
+            self.converter.batch_end();
+            out.clear();
+            self.events.drain_into(out, usize::MAX);
+        }
+    }
 }

@@ -41,7 +41,7 @@ unsafe impl bpf::plain::Plain for types::tapio_summary_key {}
 /// The record layout version this decoder reads: `TAPIO_KERNEL_VERSION` in
 /// `bpf/kernel/records.h`, read from the object's BTF through the skeleton,
 /// like every kind and op code below.
-const VERSION: u16 = types::tapio_kernel_version::TAPIO_KERNEL_VERSION.0 as u16;
+pub(crate) const VERSION: u16 = types::tapio_kernel_version::TAPIO_KERNEL_VERSION.0 as u16;
 const _: () = assert!(types::tapio_kernel_version::TAPIO_KERNEL_VERSION.0 <= u16::MAX as u32);
 
 /// The name of a credential syscall (`enum tapio_cred_syscall`).

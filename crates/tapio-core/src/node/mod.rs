@@ -176,17 +176,14 @@ impl OwnedScope {
         }
     }
 
-    /// A hash key that needs no allocation to compute from a [`Scope`];
+    /// A hash key that needs no allocation to compute from a [`Scope`]
+    /// (foldhash with a fixed seed: stable, and a few ns for a pod UID);
     /// the entry keeps the scope itself, so a collision never joins.
     fn key(scope: Scope<'_>) -> u64 {
         use std::hash::BuildHasher;
-        FIXED.hash_one(scope)
+        foldhash::fast::FixedState::with_seed(0x7a71_0000).hash_one(scope)
     }
 }
-
-/// The hasher behind [`OwnedScope::key`]: fixed, so keys are stable.
-static FIXED: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> =
-    std::hash::BuildHasherDefault::new();
 
 #[derive(Debug, Clone)]
 struct Answer {
@@ -285,7 +282,8 @@ pub struct NodeModel {
     config: NodeConfig,
     cgroups: Option<Arc<CgroupResolver>>,
     pods: PodDirectory,
-    ips: Table<IpAddr, Arc<str>>,
+    /// IP → the pod holding it (the pod's current entry: one lookup).
+    ips: Table<IpAddr, Arc<PodMeta>>,
     names: Table<(u64, IpAddr), Answer>,
     pod_marks: Table<Arc<str>, PodMarks>,
     revisions: Table<i64, Held>,
@@ -440,21 +438,20 @@ impl NodeModel {
             }
         }
         for ip in &now.ips {
-            self.ips.insert(*ip, uid.clone());
+            self.ips.insert(*ip, now.clone());
         }
     }
 
     fn unindex_ip(&self, ip: &IpAddr, uid: &str) {
         // Only if the IP still points at this pod: it may have been reused.
-        if self.ips.with(ip, |owner| &**owner == uid) == Some(true) {
+        if self.ips.with(ip, |owner| owner.uid == uid) == Some(true) {
             self.ips.remove(ip);
         }
     }
 
     /// The pod of this node that has `ip`.
     pub fn pod_by_ip(&self, ip: &IpAddr) -> Option<Arc<PodMeta>> {
-        let uid = self.ips.get(ip)?;
-        self.pods.get(&uid)
+        self.ips.get(ip)
     }
 
     /// Add `k8s.pod.name` / `k8s.namespace.name` of the pod with `ip` to
@@ -467,11 +464,8 @@ impl NodeModel {
         namespace_key: &'static str,
         uid_key: Option<&'static str>,
     ) -> bool {
-        let Some(uid) = self.ips.get(ip) else {
-            return false;
-        };
-        self.pods
-            .with_pod(&uid, |pod| {
+        self.ips
+            .with(ip, |pod| {
                 event.metadata.insert(name_key, pod.name.as_str());
                 event.metadata.insert(namespace_key, pod.namespace.as_str());
                 if let Some(key) = uid_key {
@@ -639,12 +633,6 @@ impl NodeModel {
 /// Tolerance for steps stamped slightly before their cause: the kernel and
 /// the collectors stamp events on different CPUs and paths.
 const SKEW_NS: i64 = 1_000_000;
-
-impl PodDirectory {
-    fn with_pod<R>(&self, uid: &str, read: impl FnOnce(&PodMeta) -> R) -> Option<R> {
-        self.get(uid).map(|p| read(&p))
-    }
-}
 
 #[cfg(test)]
 mod tests {
