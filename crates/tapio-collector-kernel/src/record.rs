@@ -332,12 +332,12 @@ impl Converter {
         {
             flows.read(&mut self.batch);
         }
+        self.flush();
         if let Some(summaries) = &mut self.summaries
             && (all || summaries.due())
         {
-            summaries.read(&mut self.batch);
+            summaries.read();
         }
-        self.flush();
     }
 
     /// Count into `counters` (the collector's, shared by its runs).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tapio_core::bpf::libbpf_rs::{MapCore as _, MapFlags};
 use tapio_core::bpf::{self};
-use tapio_core::{CompactString, Emitter, RawEvent};
+use tapio_core::{CompactString, DropStage, Emitter, SendOutcome};
 
 use crate::events::{SummaryEvent, types as ev};
 use crate::flow::{BATCH, MapSlot};
@@ -83,8 +83,13 @@ impl SummaryReader {
         self.last.elapsed() >= self.every
     }
 
-    /// Take every count from the kernel and add the summary events to `out`.
-    pub(crate) fn read(&mut self, out: &mut Vec<RawEvent>) {
+    /// Take every count from the kernel and queue one summary event per
+    /// cgroup and kind. A summary the queue refuses loses all its counts:
+    /// they are charged to the queue stage (the channel counted the event
+    /// once), so produced = delivered + summarized + dropped stays exact.
+    /// (With `drop_oldest`, a summary evicted later by a newer event is
+    /// counted as one event.)
+    pub(crate) fn read(&mut self) {
         let guard = self
             .slot
             .lock()
@@ -95,7 +100,6 @@ impl SummaryReader {
         let now = Utc::now();
         type Group = (&'static str, &'static str, BTreeMap<CompactString, u64>);
         let mut groups: BTreeMap<(u64, &'static str), Group> = BTreeMap::new();
-        let mut total = 0u64;
         match maps
             .summaries
             .lookup_and_delete_batch(BATCH, MapFlags::ANY, MapFlags::ANY)
@@ -113,7 +117,6 @@ impl SummaryReader {
                         tracing::debug!(kind = k.kind, op = k.op, "unknown shed kind");
                         continue;
                     };
-                    total += n;
                     *groups
                         .entry((k.cgroup_id, event_type))
                         .or_insert_with(|| (event_type, kind, BTreeMap::new()))
@@ -128,8 +131,9 @@ impl SummaryReader {
             }
         }
         drop(guard);
-        self.emitter.stats().add_summarized(total);
+        let mut summarized = 0;
         for ((cgroup_id, _), (event_type, kind, counts)) in groups {
+            let count: u64 = counts.values().sum();
             let payload = SummaryEvent {
                 cgroup_id,
                 kind: CompactString::const_new(kind),
@@ -142,8 +146,14 @@ impl SummaryReader {
                 .event_at(now, event_type, payload)
                 .with_metadata("tapio.cgroup.id", cgroup_id);
             self.emitter.attach_cgroup(&mut event, cgroup_id);
-            out.push(event);
+            match self.emitter.emit(event) {
+                SendOutcome::Queued | SendOutcome::QueuedEvictedOldest => summarized += count,
+                SendOutcome::Dropped | SendOutcome::Closed => self
+                    .emitter
+                    .dropped(DropStage::Queue, count.saturating_sub(1)),
+            }
         }
+        self.emitter.stats().add_summarized(summarized);
         self.since = now;
         self.last = Instant::now();
     }
