@@ -104,15 +104,10 @@ fn tcp(ev: &RawEvent) -> TcpEvent {
 /// `bash -c` script of a pod's client: resolve `NAME` at `dns:port`, then
 /// connect to each `(ip, port)` and send `hello`, then exit with `code`.
 ///
-/// Between the answer and the first connection it waits 200 ms (`read -t`
-/// on the stdin pipe the test holds open: no process, no event). The DNS
-/// and kernel collectors deliver independently, each up to 10 ms late, and
-/// a connection the kernel collector converts before the DNS collector has
-/// recorded the answer it follows misses the join: see
-/// `a_connection_right_after_the_answer_joins_it` (ignored: it fails).
+/// It connects right after the answer, as programs do (the immediate case
+/// in bulk: `a_connection_right_after_the_answer_joins_it`).
 fn client_script(dns: IpAddr, dns_port: u16, to: &[(IpAddr, u16)], code: i32) -> String {
-    let mut s =
-        format!("dig +short +tries=1 +timeout=2 -p {dns_port} @{dns} {NAME}; read -t 0.2; ");
+    let mut s = format!("dig +short +tries=1 +timeout=2 -p {dns_port} @{dns} {NAME}; ");
     for (i, (ip, port)) in to.iter().enumerate() {
         let fd = 3 + i;
         s += &format!("exec {fd}<>/dev/tcp/{ip}/{port}; echo hello >&{fd}; ");
@@ -754,17 +749,14 @@ fn two_pods_join_their_own_answers_and_name_each_other() {
 /// A connection made right after the answer (as a program connects after
 /// `getaddrinfo`, tens of microseconds later) joins it, every time.
 ///
-/// Ignored: it fails. The DNS collector records the answer in the node
-/// model when its reader drains its ring buffer (every 10 ms), and the
-/// kernel collector looks the name up when its own reader converts the
-/// connect (every 10 ms, independently). When the kernel reader runs first,
-/// the connection misses the join: `server.address` is the IP and the
-/// connection is a step of its process, not of the DNS chain. Measured on
-/// this machine: 77 and 104 of 150 back-to-back resolve + connect pairs
-/// joined (misses come in runs, as the two readers' phases drift), though
-/// every connect's timestamp was 45–95 µs after its answer's.
+/// The DNS collector records the answer in the node model when its reader
+/// drains its ring buffer (every 10 ms), and the kernel collector converts
+/// the connect on its own schedule: before `network.dns_wait_ms`, when the
+/// kernel reader ran first the connection missed the join (77 and 104 of
+/// 150 back-to-back pairs joined on this machine, though every connect was
+/// 45–95 µs after its answer). A connect without a join now waits up to
+/// 50 ms for its answer.
 #[test]
-#[ignore = "fails: the kernel collector may convert a connect before the DNS collector records the answer it follows"]
 fn a_connection_right_after_the_answer_joins_it() {
     if !require_root("a_connection_right_after_the_answer_joins_it") {
         return;

@@ -182,6 +182,7 @@ pub enum HookMode {
 /// mode = "flows"
 /// flow_interval_ms = 10000
 /// max_flows = 16384
+/// dns_wait_ms = 50      # a connect waits this long for its DNS answer
 /// ```
 ///
 /// A flow's bytes and RTT are those of the connections that closed in the
@@ -202,6 +203,13 @@ pub struct NetworkConfig {
     pub flow_interval_ms: u64,
     /// Most flows the kernel map holds between two reads.
     pub max_flows: u32,
+    /// How long a connect whose peer IP no DNS answer names yet waits for
+    /// the DNS collector before it is emitted (milliseconds; 0: never). The
+    /// DNS collector reads its own ring every `batch_interval_ms` (10 by
+    /// default): an answer captured just before the connect may reach the
+    /// node model a few milliseconds after the connect is converted. Only
+    /// with a node model; only connects without a join wait.
+    pub dns_wait_ms: u64,
 }
 
 /// Shortest [`NetworkConfig::flow_interval_ms`].
@@ -214,6 +222,7 @@ impl Default for NetworkConfig {
             mode: NetworkMode::Events,
             flow_interval_ms: 10_000,
             max_flows: 16_384,
+            dns_wait_ms: 50,
         }
     }
 }
@@ -257,6 +266,7 @@ impl<'de> Deserialize<'de> for NetworkConfig {
             mode: NetworkMode,
             flow_interval_ms: u64,
             max_flows: u32,
+            dns_wait_ms: u64,
         }
         impl Default for Table {
             fn default() -> Self {
@@ -266,6 +276,7 @@ impl<'de> Deserialize<'de> for NetworkConfig {
                     mode: d.mode,
                     flow_interval_ms: d.flow_interval_ms,
                     max_flows: d.max_flows,
+                    dns_wait_ms: d.dns_wait_ms,
                 }
             }
         }
@@ -282,6 +293,7 @@ impl<'de> Deserialize<'de> for NetworkConfig {
                 mode: t.mode,
                 flow_interval_ms: t.flow_interval_ms,
                 max_flows: t.max_flows,
+                dns_wait_ms: t.dns_wait_ms,
             },
         })
     }

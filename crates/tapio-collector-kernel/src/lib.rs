@@ -232,6 +232,7 @@ impl Observer for Kernel {
         let mut program = program;
         let mut converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
             .with_counters(self.metrics.counters.clone());
+        let dns_wait = std::time::Duration::from_millis(self.config.network.dns_wait_ms);
         let network = &self.config.network;
         let shedding = &self.config.shedding;
         let mut tick_every: Option<std::time::Duration> = None;
@@ -256,6 +257,12 @@ impl Observer for Kernel {
                 cx.emitter.clone(),
                 every,
             ));
+            tick_every = Some(tick_every.map_or(every, |t| t.min(every)));
+        }
+        if cx.emitter.node().is_some() && self.config.network.events() && !dns_wait.is_zero() {
+            converter = converter.with_dns_wait(dns_wait);
+            // Held connects are released on the reader's tick.
+            let every = std::time::Duration::from_millis(10);
             tick_every = Some(tick_every.map_or(every, |t| t.min(every)));
         }
         let reader_config = RingBufReaderConfig {

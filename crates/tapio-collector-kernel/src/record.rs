@@ -206,6 +206,30 @@ pub(crate) struct Converter {
     flows: Option<crate::flow::FlowReader>,
     /// Reads the counts of shed observations on each tick.
     summaries: Option<crate::summary::SummaryReader>,
+    /// Connects that found no DNS answer yet, waiting for the DNS
+    /// collector (see [`Held`]).
+    held: std::collections::VecDeque<Held>,
+    /// How long a connect waits for its answer (0: not at all).
+    dns_wait: std::time::Duration,
+}
+
+/// Most connects held for their DNS answer at once; past it the oldest is
+/// released without waiting.
+const MAX_HELD: usize = 8192;
+
+/// A connect (or failed connect) whose peer IP no DNS answer of its pod
+/// named when it was converted. The DNS collector reads its own ring on its
+/// own schedule: an answer captured microseconds before the connect may
+/// reach the node model milliseconds after the kernel reader converts the
+/// connect. The event waits up to `dns_wait` (it is already complete: a
+/// step of its process, `server.address` the IP) and is looked up again
+/// when released.
+struct Held {
+    ev: RawEvent,
+    cgroup_id: u64,
+    info: Option<Arc<CgroupInfo>>,
+    remote: IpAddr,
+    release_at: std::time::Instant,
 }
 
 impl RecordHandler<KernelRecord> for Converter {
@@ -217,14 +241,17 @@ impl RecordHandler<KernelRecord> for Converter {
     }
 
     fn batch_end(&mut self) {
+        self.release_held(false);
         self.flush();
     }
 
     fn tick(&mut self) {
+        self.release_held(false);
         self.read_maps(false);
     }
 
     fn finish(&mut self) {
+        self.release_held(true);
         self.read_maps(true);
     }
 }
@@ -310,6 +337,47 @@ impl Converter {
             counters: Arc::default(),
             flows: None,
             summaries: None,
+            held: std::collections::VecDeque::new(),
+            dns_wait: std::time::Duration::ZERO,
+        }
+    }
+
+    /// Hold connects without a DNS join for up to `wait` for their answer
+    /// (only with a node model).
+    pub(crate) fn with_dns_wait(mut self, wait: std::time::Duration) -> Self {
+        self.dns_wait = wait;
+        self
+    }
+
+    /// Queue the held connects whose wait is over (every one with `all`),
+    /// joining those whose answer arrived meanwhile.
+    fn release_held(&mut self, all: bool) {
+        let now = std::time::Instant::now();
+        while let Some(front) = self.held.front() {
+            if !all && front.release_at > now {
+                break;
+            }
+            let Some(Held {
+                mut ev,
+                cgroup_id,
+                info,
+                remote,
+                ..
+            }) = self.held.pop_front()
+            else {
+                break;
+            };
+            if let Some(node) = &self.node
+                && let Some(found) =
+                    node.resolved(Scope::of(cgroup_id, info.as_deref()), remote, ev.timestamp)
+            {
+                ev.metadata.insert(
+                    "server.address",
+                    Value::String(CompactString::from(&*found.name)),
+                );
+                ev = ev.follows(found.span);
+            }
+            self.batch.push(ev);
         }
     }
 
@@ -860,6 +928,29 @@ impl Converter {
                     node::KEY_PEER_POD_UID,
                 ],
             );
+        }
+        // A connect without an answer yet may be waiting for the DNS
+        // collector to record it (see `Held`).
+        if resolved.is_none()
+            && !self.dns_wait.is_zero()
+            && direction == Some(events::Direction::Outbound)
+            && self.node.is_some()
+            && let Some(cgroup_id) = ev
+                .payload_ref::<events::TcpEvent>()
+                .and_then(|t| t.process.as_ref())
+                .map(|p| p.cgroup_id)
+        {
+            if self.held.len() >= MAX_HELD {
+                self.release_held(true);
+            }
+            self.held.push_back(Held {
+                ev,
+                cgroup_id,
+                info,
+                remote,
+                release_at: std::time::Instant::now() + self.dns_wait,
+            });
+            return;
         }
         self.batch.push(ev);
     }

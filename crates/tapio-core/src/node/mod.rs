@@ -25,7 +25,7 @@
 //!
 //! | chain | steps | join key | window | what breaks it |
 //! |---|---|---|---|---|
-//! | DNS | `dns.query` → `dns.response` → each `kernel.network.*` connection to an answered IP | the querier's pod (else its cgroup) and the IP | the answer's TTL, at least [`NodeConfig::min_name_ttl`], at most [`NodeConfig::max_name_ttl`] | a connection from another pod or cgroup; after the TTL; a newer answer for the IP (it wins); eviction |
+//! | DNS | `dns.query` → `dns.response` → each `kernel.network.*` connection to an answered IP | the querier's pod (else its cgroup) and the IP | the answer's TTL, at least [`NodeConfig::min_name_ttl`], at most [`NodeConfig::max_name_ttl`] | a connection from another pod or cgroup; after the TTL; eviction. A connection joins the latest answer given before it that the model keeps (the last 4 per pod and IP, and the oldest still valid) |
 //! | pod setup | `cni.add` → each plugin exec → the pod's first `kernel.process.exec` | pod UID ([`Anchor::PodSetup`]) | [`NodeConfig::pod_setup_window`] | a pod without `K8S_POD_UID`; no process within the window |
 //! | OOM | `kernel.memory.oom_kill` → the kubelet's `OOMKilled` transition → the kube Event about the pod | pod UID ([`Anchor::OomKill`], then [`Anchor::OomKilled`]) | [`NodeConfig::oom_window`] | a victim outside a pod cgroup; kubelet or kube watch not running; a kube Event that arrives before the transition is seen (the kubelet poll interval); any Event about the pod within the window joins, related or not |
 //! | etcd | `etcd.put`/`etcd.delete` of `/registry/<res>/<ns>/<name>` → the kube watch event whose `resourceVersion` is that revision | revision ([`Anchor::EtcdRevision`]) | [`NodeConfig::etcd_window`] | the agent on a node without that etcd member; the API server's watch event reaching the agent before the etcd collector's own watch delivers the write (the two watches are independent; the kube side looks the revision up once) |
@@ -187,11 +187,59 @@ impl OwnedScope {
 
 #[derive(Debug, Clone)]
 struct Answer {
-    scope: OwnedScope,
     name: Arc<str>,
     at_ns: i64,
     until_ns: i64,
     span: SpanRef,
+}
+
+/// Answers kept per (scope, IP): the most recent [`RECENT`] ones, and the
+/// oldest one still valid. A connection joins the latest of them given at
+/// or before it; one waiting for its answer behind a burst of repeated
+/// lookups of the same name (a client without a cache) still joins,
+/// possibly to an earlier response of that name.
+#[derive(Debug, Clone)]
+struct Answers {
+    scope: OwnedScope,
+    recent: [Option<Answer>; RECENT],
+    next: usize,
+    oldest: Option<Answer>,
+}
+
+/// Answers per (scope, IP) kept besides the oldest valid one.
+const RECENT: usize = 4;
+
+impl Answers {
+    fn new(scope: OwnedScope) -> Self {
+        Self {
+            scope,
+            recent: Default::default(),
+            next: 0,
+            oldest: None,
+        }
+    }
+
+    fn add(&mut self, answer: Answer) {
+        if self
+            .oldest
+            .as_ref()
+            .is_none_or(|o| o.until_ns < answer.at_ns)
+        {
+            self.oldest = Some(answer.clone());
+        }
+        self.recent[self.next] = Some(answer);
+        self.next = (self.next + 1) % RECENT;
+    }
+
+    /// The latest answer given at or before `at_ns` and valid then.
+    fn at(&self, at_ns: i64) -> Option<&Answer> {
+        self.recent
+            .iter()
+            .chain(std::iter::once(&self.oldest))
+            .flatten()
+            .filter(|a| a.at_ns <= at_ns && at_ns <= a.until_ns)
+            .max_by_key(|a| a.at_ns)
+    }
 }
 
 /// A name an IP was resolved from, for one scope.
@@ -284,7 +332,7 @@ pub struct NodeModel {
     pods: PodDirectory,
     /// IP → the pod holding it (the pod's current entry: one lookup).
     ips: Table<IpAddr, Arc<PodMeta>>,
-    names: Table<(u64, IpAddr), Answer>,
+    names: Table<(u64, IpAddr), Answers>,
     pod_marks: Table<Arc<str>, PodMarks>,
     revisions: Table<i64, Held>,
     processes: Table<u32, Held>,
@@ -510,14 +558,21 @@ impl NodeModel {
         for (ip, ttl) in answers {
             let ttl = Duration::from_secs(u64::from(ttl))
                 .clamp(self.config.min_name_ttl, self.config.max_name_ttl);
-            self.names.insert(
+            let answer = Answer {
+                name: name.clone(),
+                at_ns,
+                until_ns: plus(at_ns, ttl),
+                span,
+            };
+            self.names.upsert(
                 (key, ip),
-                Answer {
-                    scope: owned.clone(),
-                    name: name.clone(),
-                    at_ns,
-                    until_ns: plus(at_ns, ttl),
-                    span,
+                || Answers::new(owned.clone()),
+                |a| {
+                    // A hash collision with another scope: that one goes.
+                    if a.scope != owned {
+                        *a = Answers::new(owned.clone());
+                    }
+                    a.add(answer);
                 },
             );
         }
@@ -529,7 +584,10 @@ impl NodeModel {
         let at_ns = nanos(at);
         self.names
             .with(&(OwnedScope::key(scope), ip), |a| {
-                (a.scope.is(scope) && at_ns >= a.at_ns && at_ns <= a.until_ns).then(|| Resolved {
+                if !a.scope.is(scope) {
+                    return None;
+                }
+                a.at(at_ns).map(|a| Resolved {
                     name: a.name.clone(),
                     span: a.span,
                 })
@@ -728,6 +786,36 @@ mod tests {
             node.resolved(Scope::Cgroup(9), ip("10.0.0.1"), t0 + D::seconds(6))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_connection_behind_a_burst_of_lookups_joins_an_answer_before_it() {
+        let node = NodeModel::default();
+        let t0 = Utc::now();
+        let pod = Scope::Pod("p");
+        let addr = ip("10.96.0.7");
+        // Ten lookups of one name, 1 ms apart, recorded before the
+        // connections after them are looked up (the DNS collector ran
+        // first).
+        for i in 0..10u64 {
+            node.record_answer(
+                pod,
+                "api",
+                [(addr, 30)],
+                t0 + D::milliseconds(i as i64),
+                span(i + 1),
+            );
+        }
+        let at = |ms: i64| t0 + D::microseconds(ms * 1000 + 50);
+        // The latest kept answer at or before each connection.
+        assert_eq!(node.resolved(pod, addr, at(9)).unwrap().span, span(10));
+        assert_eq!(node.resolved(pod, addr, at(7)).unwrap().span, span(8));
+        assert_eq!(node.resolved(pod, addr, at(6)).unwrap().span, span(7));
+        // Older than the kept recent ones: the oldest still valid answer.
+        assert_eq!(node.resolved(pod, addr, at(2)).unwrap().span, span(1));
+        assert_eq!(node.resolved(pod, addr, at(0)).unwrap().span, span(1));
+        // Before the first answer: none.
+        assert!(node.resolved(pod, addr, t0 - D::milliseconds(1)).is_none());
     }
 
     #[test]
