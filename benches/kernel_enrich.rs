@@ -24,7 +24,6 @@
 #![allow(clippy::unwrap_used)]
 
 #[path = "../tests/support/node_fixture.rs"]
-#[allow(dead_code)]
 mod node_fixture;
 
 use std::hint::black_box;
