@@ -353,28 +353,45 @@ fn otlp_export_carries_events_metrics_and_spans_and_metrics_pass_promtool() {
         .collect();
     let c = receiver.data.0.lock();
     // Every event written is exported, with its identity, type and payload.
-    // A kernel event is a trace of its own that nobody exports, so its log
-    // record carries no trace context (a backend would look for that trace
-    // in vain) and names the event by `tapio.event.id` instead.
+    // Chain steps (an exec starts its process's chain; see
+    // crates/tapio-collector-kernel/README.md "Correlation") carry their
+    // chain's trace context, whose spans the agent exports too (chain
+    // traces are on by default). Any other kernel event is a trace of its
+    // own that nobody exports: its record carries no trace context (a
+    // backend would look for that trace in vain) and names the event by
+    // `tapio.event.id` instead.
     assert_eq!(c.logs.len(), events.len(), "{stderr}");
-    let event_id = |l: &LogRecord| {
+    let event_id = |l: &LogRecord| -> Option<String> {
+        if l.span_id.len() == 8 {
+            let bytes: [u8; 8] = l.span_id.as_slice().try_into().ok()?;
+            return Some(tapio_core::SpanId::from_u64(u64::from_be_bytes(bytes))?.to_string());
+        }
         l.attributes
             .iter()
             .find(|a| a.key == "tapio.event.id")
-            .and_then(|a| a.value.as_ref()?.value.clone())
+            .and_then(|a| match a.value.as_ref()?.value.clone() {
+                Some(any_value::Value::StringValue(id)) => Some(id),
+                _ => None,
+            })
     };
+    let by_id: std::collections::HashMap<String, &RawEvent> =
+        events.iter().map(|e| (e.span_id.to_string(), e)).collect();
+    let mut in_chains = 0;
     for l in &c.logs {
-        assert!(l.trace_id.is_empty() && l.span_id.is_empty(), "{l:?}");
-        assert_eq!(l.flags, 0);
+        let id = event_id(l).unwrap_or_else(|| panic!("no identity: {l:?}"));
+        let ev = by_id[&id];
+        if ev.in_chain() {
+            in_chains += 1;
+            assert_eq!(l.trace_id, ev.trace_id.to_bytes().to_vec(), "{l:?}");
+            assert_eq!(l.flags, 1);
+            assert!(!l.attributes.iter().any(|a| a.key == "tapio.event.id"));
+        } else {
+            assert!(l.trace_id.is_empty() && l.span_id.is_empty(), "{l:?}");
+            assert_eq!(l.flags, 0);
+        }
     }
-    let exported: BTreeSet<String> = c
-        .logs
-        .iter()
-        .filter_map(|l| match event_id(l) {
-            Some(any_value::Value::StringValue(id)) => Some(id),
-            _ => None,
-        })
-        .collect();
+    assert!(in_chains >= 10, "the execs of /bin/true are chain steps");
+    let exported: BTreeSet<String> = c.logs.iter().filter_map(event_id).collect();
     let mut marker_events = 0;
     for ev in &events {
         assert!(
@@ -392,9 +409,7 @@ fn otlp_export_carries_events_metrics_and_spans_and_metrics_pass_promtool() {
             let log = c
                 .logs
                 .iter()
-                .find(|l| {
-                    event_id(l) == Some(any_value::Value::StringValue(ev.span_id.to_string()))
-                })
+                .find(|l| event_id(l) == Some(ev.span_id.to_string()))
                 .unwrap();
             assert_eq!(log.event_name, "kernel.process.exec");
             // The body is the typed payload: the pid is an integer in it.

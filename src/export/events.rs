@@ -31,25 +31,23 @@ pub struct EventExportStats {
 impl EventExports {
     /// Start the log exporter on `settings.logs` and, when
     /// `config.chain_traces`, the span exporter on `settings.traces`; both
-    /// carry `resource`, and `on_drop` sees what either loses.
+    /// carry `resource`. `on_drop` sees the events whose log record is lost
+    /// (charged to their collector at the export stage: one truth per
+    /// event); a lost span is counted by the span exporter's own metrics
+    /// (`tapio_export_spans_dropped_total`), not as a lost event.
     pub fn start(
         config: &OtlpConfig,
         settings: &OtlpSettings,
         resource: &TelemetryResource,
         on_drop: Option<OnDrop>,
     ) -> Result<Self, OtlpError> {
-        let logs = OtlpLogExporter::start_with_settings(
-            config,
-            &settings.logs,
-            resource,
-            on_drop.clone(),
-        )?;
+        let logs = OtlpLogExporter::start_with_settings(config, &settings.logs, resource, on_drop)?;
         let spans = if config.chain_traces {
             Some(OtlpSpanExporter::start_with_settings(
                 config,
                 &settings.traces,
                 resource,
-                on_drop,
+                None,
             )?)
         } else {
             None

@@ -109,10 +109,9 @@ impl OtlpSpanExporter {
     /// Start with resolved `traces` settings and the agent's one resource;
     /// `config` gives the queue, batching and shutdown settings. `on_drop`
     /// sees every chain step whose span is lost at export (queue overflow,
-    /// unsent at shutdown): an agent charges it to the producing
-    /// collector at [`DropStage::Export`](tapio_core::DropStage::Export), as
-    /// it does for the log exporter (a step lost by both exports counts
-    /// twice: two outputs lost it).
+    /// unsent at shutdown). The agent passes none: its events are charged
+    /// to their collector by the log exporter, once, and lost spans are
+    /// counted by this exporter's metrics.
     pub fn start_with_settings(
         config: &OtlpConfig,
         traces: &SignalSettings,

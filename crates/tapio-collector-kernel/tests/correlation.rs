@@ -152,7 +152,16 @@ async fn exec_fork_connect_and_exit_share_the_pod_setup_trace() {
                 || ev.metadata.get_i64("process.parent_pid") == Some(p)
                     && ev.event_type != types::EXEC
         },
-        |got| got.iter().filter(|e| e.event_type == types::EXIT).count() >= 2,
+        // Connects without a DNS answer are held for network.dns_wait_ms
+        // before they are emitted: wait for them too.
+        |got| {
+            got.iter().filter(|e| e.event_type == types::EXIT).count() >= 2
+                && got
+                    .iter()
+                    .filter(|e| e.event_type == types::CONNECT)
+                    .count()
+                    >= 2
+        },
     )
     .await;
     let find = |t: &str, p: Option<u32>| -> &RawEvent {

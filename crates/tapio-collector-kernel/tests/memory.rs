@@ -21,7 +21,13 @@ struct MemCgroup {
 
 impl MemCgroup {
     fn new(limit_bytes: u64) -> Self {
-        let name = format!("tapio-oom-{}", std::process::id());
+        // Tests of this file run in parallel: one name each.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "tapio-oom-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let own = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
         let v1 = own.lines().find_map(|l| {
             let mut parts = l.splitn(3, ':');

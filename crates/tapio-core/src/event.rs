@@ -785,6 +785,9 @@ impl RawEvent {
             out.extend_from_slice(parent.hex().as_str().as_bytes());
             out.push(b'"');
         }
+        if self.in_chain() {
+            out.extend_from_slice(b",\"chain\":true");
+        }
         out.push(b'}');
         Ok(())
     }
@@ -815,6 +818,9 @@ struct WireOut<'a> {
     span_id: SpanId,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_span_id: Option<SpanId>,
+    /// A step of a correlated chain (the agent exports its trace).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    chain: bool,
 }
 
 impl Serialize for RawEvent {
@@ -828,6 +834,7 @@ impl Serialize for RawEvent {
             trace_id: self.trace_id,
             span_id: self.span_id,
             parent_span_id: self.parent_span_id(),
+            chain: self.in_chain(),
         }
         .serialize(s)
     }
@@ -846,11 +853,14 @@ struct WireIn {
     span_id: SpanId,
     #[serde(default)]
     parent_span_id: Option<SpanId>,
+    #[serde(default)]
+    chain: bool,
 }
 
 impl<'de> Deserialize<'de> for RawEvent {
-    /// A line read back: the trace context is `Propagated` (sampled) when
-    /// the line names a parent span, else the event's own.
+    /// A line read back: a chain step (`"chain":true`) is `Correlated`;
+    /// otherwise the trace context is `Propagated` (sampled) when the line
+    /// names a parent span, else the event's own.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = WireIn::deserialize(d)?;
         Ok(Self {
@@ -861,12 +871,13 @@ impl<'de> Deserialize<'de> for RawEvent {
             metadata: w.metadata,
             trace_id: w.trace_id,
             span_id: w.span_id,
-            trace_origin: match w.parent_span_id {
-                Some(parent) => TraceOrigin::Propagated {
+            trace_origin: match (w.chain, w.parent_span_id) {
+                (true, parent) => TraceOrigin::Correlated { parent },
+                (false, Some(parent)) => TraceOrigin::Propagated {
                     parent,
                     sampled: true,
                 },
-                None => TraceOrigin::Event,
+                (false, None) => TraceOrigin::Event,
             },
         })
     }
@@ -1030,6 +1041,18 @@ mod tests {
         assert_eq!(back, ev);
         assert!(back.payload_ref::<serde_json::Value>().is_none());
         assert_eq!(back.data.json().unwrap(), br#"{"qname":"a.b."}"#);
+
+        // Chain steps say so, root or not, and read back as such; the
+        // hand-assembled line and the serde one agree.
+        let root = ev.clone().start_chain();
+        let step = RawEvent::at(ts, "dns.response", "dns", 1u8).follows(root.span_ref());
+        for e in [&root, &step] {
+            let line = e.to_json_line().unwrap();
+            assert!(line.ends_with(r#","chain":true}"#), "{line}");
+            assert_eq!(serde_json::to_string(e).unwrap(), line);
+            let back = RawEvent::from_json_line(&line).unwrap();
+            assert_eq!(back.trace_origin, e.trace_origin);
+        }
     }
 
     #[test]

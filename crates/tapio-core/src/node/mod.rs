@@ -231,14 +231,15 @@ impl Answers {
         self.next = (self.next + 1) % RECENT;
     }
 
-    /// The latest answer given at or before `at_ns` and valid then.
+    /// The most recently recorded answer given at or before `at_ns` and
+    /// valid then; else the oldest kept, if valid then.
     fn at(&self, at_ns: i64) -> Option<&Answer> {
-        self.recent
-            .iter()
-            .chain(std::iter::once(&self.oldest))
+        let valid = |a: &&Answer| a.at_ns <= at_ns && at_ns <= a.until_ns;
+        (1..=RECENT)
+            .map(|back| &self.recent[(self.next + RECENT - back) % RECENT])
             .flatten()
-            .filter(|a| a.at_ns <= at_ns && at_ns <= a.until_ns)
-            .max_by_key(|a| a.at_ns)
+            .find(valid)
+            .or_else(|| self.oldest.as_ref().filter(valid))
     }
 }
 
