@@ -236,8 +236,7 @@ impl Answers {
     fn at(&self, at_ns: i64) -> Option<&Answer> {
         let valid = |a: &&Answer| a.at_ns <= at_ns && at_ns <= a.until_ns;
         (1..=RECENT)
-            .map(|back| &self.recent[(self.next + RECENT - back) % RECENT])
-            .flatten()
+            .flat_map(|back| &self.recent[(self.next + RECENT - back) % RECENT])
             .find(valid)
             .or_else(|| self.oldest.as_ref().filter(valid))
     }
