@@ -684,6 +684,20 @@ mod tests {
         Ok(())
     }
 
+    /// Creates `path` with an inode number above `than`, retrying as a
+    /// filesystem with batched inode allocation may hand out lower ones.
+    fn newer_dir(path: &Path, than: u64) -> Result<u64, Box<dyn std::error::Error>> {
+        for _ in 0..16_384 {
+            std::fs::create_dir(path)?;
+            let id = CgroupResolver::id_of(path)?;
+            if id > than {
+                return Ok(id);
+            }
+            std::fs::remove_dir(path)?;
+        }
+        Err(format!("no inode above {than} for {}", path.display()).into())
+    }
+
     #[test]
     fn misses_are_rate_limited_but_new_cgroups_resolve_at_once()
     -> Result<(), Box<dyn std::error::Error>> {
@@ -691,9 +705,12 @@ mod tests {
         let early = tmp.path().join("early");
         std::fs::create_dir(&early)?;
         let resolver = CgroupResolver::new(config(tmp.path(), 100, Duration::from_secs(3600)))?;
+        // cgroupfs hands out ids in creation order; a temp directory's
+        // inode numbers need not be (tmpfs allocates them in per-CPU
+        // batches), so make the precondition true instead of assuming it.
+        let walked = CgroupResolver::id_of(&early)?.max(CgroupResolver::id_of(tmp.path())?);
         let late = tmp.path().join("late");
-        std::fs::create_dir(&late)?;
-        let id = CgroupResolver::id_of(&late)?;
+        let id = newer_dir(&late, walked)?;
         // Newer than anything walked: a new cgroup, rescanned at once
         // although the constructor's walk just happened.
         assert_eq!(resolver.resolve(id).ok_or("late")?.path, "/late");
