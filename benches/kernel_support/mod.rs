@@ -145,7 +145,7 @@ pub fn child_main() -> bool {
             opts.get("missing").is_some_and(|v| v == "1"),
         ),
         "exec" => exec_load(num("count")),
-        "connect" => connect_load(num("count")),
+        "connect" => connect_load(num("count"), num("threads").max(1)),
         other => panic!("unknown child load {other}"),
     };
     // The load's own CPU (every thread, user + system: the BPF programs that
@@ -236,27 +236,49 @@ fn exec_load(count: u64) -> String {
     format!("ns={}", start.elapsed().as_nanos())
 }
 
-/// `count` loopback TCP connections, one after another: the client connects,
-/// the server accepts and closes, the client reads EOF and closes.
-fn connect_load(count: u64) -> String {
+/// `count` loopback TCP connections made by `threads` client threads in
+/// parallel (each one after another: the client connects, the server
+/// accepts and closes, the client reads EOF and closes), accepted by as many
+/// server threads on one listener. Every server thread takes a fixed share
+/// of the accepts, and the shares add up to the clients' connections, so
+/// every thread finishes.
+fn connect_load(count: u64, threads: u64) -> String {
+    let threads = threads.max(1);
+    let share = move |i: u64| count / threads + u64::from(i < count % threads);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = std::thread::spawn(move || {
-        for _ in 0..count {
-            let (stream, _) = listener.accept().expect("accept");
-            drop(stream);
-        }
-    });
+    let servers: Vec<JoinHandle<()>> = (0..threads)
+        .map(|i| {
+            let listener = listener.try_clone().expect("clone listener");
+            std::thread::spawn(move || {
+                for _ in 0..share(i) {
+                    let (stream, _) = listener.accept().expect("accept");
+                    drop(stream);
+                }
+            })
+        })
+        .collect();
     let start = Instant::now();
-    let mut buf = [0u8; 1];
-    for _ in 0..count {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        let n = stream.read(&mut buf).expect("read");
-        assert_eq!(n, 0);
-        let _ = stream.flush();
+    let clients: Vec<JoinHandle<()>> = (0..threads)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1];
+                for _ in 0..share(i) {
+                    let mut stream = TcpStream::connect(addr).expect("connect");
+                    let n = stream.read(&mut buf).expect("read");
+                    assert_eq!(n, 0);
+                    let _ = stream.flush();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
     }
     let ns = start.elapsed().as_nanos();
-    server.join().expect("server");
+    for s in servers {
+        s.join().expect("server");
+    }
     format!("ns={ns}")
 }
 
