@@ -113,7 +113,7 @@
 //! security hooks are classic syscall tracepoints and need tracefs mounted at
 //! `/sys/kernel/tracing`.
 
-use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
+use tapio_core::bpf::{self, ReaderStats, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::collector::Started;
 use tapio_core::{CollectorError, Managed, Observer, OverflowPolicy};
@@ -172,6 +172,8 @@ pub type KernelCollector = Managed<Kernel>;
 pub struct Kernel {
     config: KernelConfig,
     metrics: KernelMetrics,
+    /// The current run's reader counters.
+    reader: std::sync::Mutex<Option<std::sync::Arc<ReaderStats>>>,
 }
 
 impl Kernel {
@@ -186,6 +188,16 @@ impl Kernel {
     pub fn counts(&self) -> KernelCounts {
         self.metrics.counters.snapshot()
     }
+
+    /// The ring-buffer reader's counters of the current (or last) run:
+    /// records read, batches, and the adaptive delivery's current and
+    /// highest wake-up delay and batch size. `None` before the first start.
+    pub fn reader_stats(&self) -> Option<std::sync::Arc<ReaderStats>> {
+        self.reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Observer for Kernel {
@@ -197,11 +209,12 @@ impl Observer for Kernel {
         Self {
             config,
             metrics: KernelMetrics::default(),
+            reader: std::sync::Mutex::new(None),
         }
     }
 
     fn queue(config: &KernelConfig) -> (usize, OverflowPolicy) {
-        (config.queue_capacity, config.overflow)
+        (config.sizes().queue_capacity, config.overflow)
     }
 
     /// Load and attach the BPF object (on a blocking thread) and start its
@@ -265,20 +278,27 @@ impl Observer for Kernel {
             let every = std::time::Duration::from_millis(10);
             tick_every = Some(tick_every.map_or(every, |t| t.min(every)));
         }
+        let sizes = self.config.sizes();
         let reader_config = RingBufReaderConfig {
             thread_name: "tapio-kernel".into(),
             // With batched wake-ups the reader drains on this timer.
             poll_timeout: self.config.delivery.poll_timeout(),
             tick_every,
             timing,
+            adaptive: self.config.delivery.adaptive_delivery(sizes.rate_target),
             ..Default::default()
         };
+        let reader_config_adaptive = reader_config.adaptive.is_some();
         let reader = RingBufReader::spawn_async(NAME, reader_config, program, stats, converter)
             .instrument(tracing::info_span!(
                 "kernel.attach",
                 hook = hook.exec_hook()
             ))
             .await?;
+        *self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader.shared_stats());
         let health = &cx.health;
         for (key, value) in reader.details() {
             health.detail(key, value.clone());
@@ -297,6 +317,9 @@ impl Observer for Kernel {
             "delivery_max_delay_ms",
             self.config.delivery.max_delay_ms.to_string(),
         );
+        health.detail("delivery_adaptive", reader_config_adaptive.to_string());
+        health.detail("rate_target", sizes.rate_target.to_string());
+        health.detail("queue_capacity", sizes.queue_capacity.to_string());
         Ok(reader)
     }
 
