@@ -559,8 +559,10 @@ impl Observer for Cni {
         for (key, value) in reader.details() {
             cx.health.detail(key, value.clone());
         }
-        cx.health.detail("rate_target", sizes.rate_target.to_string());
-        cx.health.detail("queue_capacity", sizes.queue_capacity.to_string());
+        cx.health
+            .detail("rate_target", sizes.rate_target.to_string());
+        cx.health
+            .detail("queue_capacity", sizes.queue_capacity.to_string());
         let sources = {
             let config = self.config.clone();
             let health = cx.health.clone();

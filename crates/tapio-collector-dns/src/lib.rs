@@ -936,8 +936,10 @@ impl Observer for Dns {
         for (key, value) in reader.details() {
             cx.health.detail(key, value.clone());
         }
-        cx.health.detail("rate_target", sizes.rate_target.to_string());
-        cx.health.detail("queue_capacity", sizes.queue_capacity.to_string());
+        cx.health
+            .detail("rate_target", sizes.rate_target.to_string());
+        cx.health
+            .detail("queue_capacity", sizes.queue_capacity.to_string());
         cx.health.detail(
             "ports",
             self.config

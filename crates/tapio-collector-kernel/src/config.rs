@@ -36,9 +36,7 @@ pub struct KernelConfig {
     /// derived from the rate target ([`KernelConfig::sizes`]).
     pub ring_buffer_bytes: u32,
     /// Records per second the ring and the queue are sized to absorb
-    /// without loss, and the rate at which the adaptive wake-up delay
-    /// reaches `delivery.max_delay_ms`; 0 (the default):
-    /// [`RATE_PER_CPU`] × online CPUs.
+    /// without loss; 0 (the default): [`RATE_PER_CPU`] × online CPUs.
     pub rate_target: u64,
     /// Process exec / fork / exit.
     pub process: bool,
@@ -139,9 +137,13 @@ impl KernelConfig {
 ///
 /// **Adaptive** (`adaptive = true`, the default): the delay is not fixed
 /// at `max_delay_ms`. The reader sets it between `min_delay_ms` (quiet:
-/// records arrive within about a millisecond) and `max_delay_ms` (from the
-/// collector's `rate_target` on: fewest wake-ups), doubling at once when
-/// the rate rises and halving after 3 quieter 100 ms windows; the batch the
+/// records arrive within about a millisecond) and `max_delay_ms` (from
+/// `busy_rate` records/s on: fewest wake-ups), in power-of-two steps
+/// proportional to the rate (`max_delay_ms × rate / busy_rate`), up at once
+/// when the rate rises and down one step after 3 quieter 100 ms windows.
+/// Below `busy_rate` a record may wake the reader (at most 1 / delay
+/// times a second), so a low `busy_rate` keeps wake-ups, and the CPU they
+/// cost, close to the fixed delay's; the batch the
 /// reader converts before flushing to the queue grows with it (256 to 4096
 /// records). `tapio_core::bpf::DeliveryController` documents the rule; the
 /// gauges `kernel_reader_wakeup_delay_us` and `kernel_reader_batch_size`
@@ -158,6 +160,7 @@ impl KernelConfig {
 /// [kernel.delivery]
 /// max_delay_ms = 10   # 0: a wake-up per record (lowest latency, highest overhead)
 /// min_delay_ms = 1    # the adaptive delay when quiet
+/// busy_rate = 1000    # records/s from which the adaptive delay is max_delay_ms
 /// adaptive = true     # false: always max_delay_ms
 /// wakeup_bytes = 0    # 0: an eighth of the ring buffer
 /// ```
@@ -175,6 +178,9 @@ pub struct DeliveryConfig {
     /// The adaptive delay when quiet (milliseconds, at least 1, at most
     /// `max_delay_ms`).
     pub min_delay_ms: u64,
+    /// Records per second from which the adaptive delay is `max_delay_ms`
+    /// (at least 1).
+    pub busy_rate: u64,
 }
 
 /// Largest [`DeliveryConfig::max_delay_ms`].
@@ -187,6 +193,7 @@ impl Default for DeliveryConfig {
             wakeup_bytes: 0,
             adaptive: true,
             min_delay_ms: 1,
+            busy_rate: 1000,
         }
     }
 }
@@ -203,13 +210,10 @@ impl DeliveryConfig {
     }
 
     /// The reader's adaptive delivery (`None`: fixed delay or no batching).
-    pub(crate) fn adaptive_delivery(
-        &self,
-        rate_target: u64,
-    ) -> Option<tapio_core::bpf::AdaptiveDelivery> {
+    pub(crate) fn adaptive_delivery(&self) -> Option<tapio_core::bpf::AdaptiveDelivery> {
         (self.adaptive && self.max_delay_ms > 0).then(|| {
             let max = std::time::Duration::from_millis(self.max_delay_ms);
-            let mut a = tapio_core::bpf::AdaptiveDelivery::new(max, rate_target);
+            let mut a = tapio_core::bpf::AdaptiveDelivery::new(max, self.busy_rate.max(1));
             a.min_delay =
                 std::time::Duration::from_millis(self.min_delay_ms.clamp(1, self.max_delay_ms));
             a
@@ -698,22 +702,22 @@ mod tests {
         use std::time::Duration;
         let d = DeliveryConfig::default();
         assert_eq!(d.initial_delay(), Duration::from_millis(1));
-        let a = d.adaptive_delivery(50_000).unwrap();
+        let a = d.adaptive_delivery().unwrap();
         assert_eq!(a.min_delay, Duration::from_millis(1));
         assert_eq!(a.max_delay, Duration::from_millis(10));
-        assert_eq!(a.busy_rate, 50_000);
+        assert_eq!(a.busy_rate, 1000);
         let fixed = DeliveryConfig {
             adaptive: false,
             ..Default::default()
         };
         assert_eq!(fixed.initial_delay(), Duration::from_millis(10));
-        assert_eq!(fixed.adaptive_delivery(50_000), None);
+        assert_eq!(fixed.adaptive_delivery(), None);
         let off = DeliveryConfig {
             max_delay_ms: 0,
             ..Default::default()
         };
         assert_eq!(off.initial_delay(), Duration::ZERO);
-        assert_eq!(off.adaptive_delivery(50_000), None);
+        assert_eq!(off.adaptive_delivery(), None);
         // min_delay_ms is kept within 1..=max_delay_ms.
         let odd = DeliveryConfig {
             max_delay_ms: 5,

@@ -113,7 +113,7 @@
 //! security hooks are classic syscall tracepoints and need tracefs mounted at
 //! `/sys/kernel/tracing`.
 
-use tapio_core::bpf::{self, ReaderStats, RingBufReader, RingBufReaderConfig};
+use tapio_core::bpf::{self, ReaderSlot, ReaderStats, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::collector::Started;
 use tapio_core::{CollectorError, Managed, Observer, OverflowPolicy};
@@ -173,7 +173,7 @@ pub struct Kernel {
     config: KernelConfig,
     metrics: KernelMetrics,
     /// The current run's reader counters.
-    reader: std::sync::Mutex<Option<std::sync::Arc<ReaderStats>>>,
+    reader: ReaderSlot,
 }
 
 impl Kernel {
@@ -193,10 +193,7 @@ impl Kernel {
     /// records read, batches, and the adaptive delivery's current and
     /// highest wake-up delay and batch size. `None` before the first start.
     pub fn reader_stats(&self) -> Option<std::sync::Arc<ReaderStats>> {
-        self.reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.reader.get()
     }
 }
 
@@ -209,7 +206,7 @@ impl Observer for Kernel {
         Self {
             config,
             metrics: KernelMetrics::default(),
-            reader: std::sync::Mutex::new(None),
+            reader: ReaderSlot::default(),
         }
     }
 
@@ -241,6 +238,7 @@ impl Observer for Kernel {
         let stats = cx.emitter.stats().clone();
         if let Some(telemetry) = &timing {
             self.metrics.register(telemetry);
+            self.reader.register_gauges(telemetry);
         }
         let mut program = program;
         let mut converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
@@ -285,7 +283,7 @@ impl Observer for Kernel {
             poll_timeout: self.config.delivery.poll_timeout(),
             tick_every,
             timing,
-            adaptive: self.config.delivery.adaptive_delivery(sizes.rate_target),
+            adaptive: self.config.delivery.adaptive_delivery(),
             ..Default::default()
         };
         let reader_config_adaptive = reader_config.adaptive.is_some();
@@ -295,10 +293,7 @@ impl Observer for Kernel {
                 hook = hook.exec_hook()
             ))
             .await?;
-        *self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader.shared_stats());
+        self.reader.set(&reader);
         let health = &cx.health;
         for (key, value) in reader.details() {
             health.detail(key, value.clone());

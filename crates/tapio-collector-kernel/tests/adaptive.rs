@@ -38,7 +38,9 @@ async fn delay_and_batch_follow_the_load_and_no_record_is_lost_or_reordered() {
     let dir = TempDir::new("adaptive");
     let mut config = only(false, false, true, false, false);
     config.file.prefixes = vec![dir.0.to_str().unwrap().to_string()];
-    // Any flood is far above this: the delay must reach its maximum.
+    // Any flood is far above 1 000 records/s: the delay must reach its
+    // maximum. The rate target only sizes the queue here.
+    config.delivery.busy_rate = 1_000;
     config.rate_target = 2_000;
     // Accounting, not shedding, is under test: every record is delivered
     // or counted as dropped.

@@ -14,7 +14,7 @@
 //! `min_delay × 2^level` (the last level is `max_delay`):
 //!
 //! - the level a rate `r` asks for is the lowest whose delay is at least
-//!   `max_delay × r / busy_rate` (the maximum at the rate target);
+//!   `max_delay × r / busy_rate` (the maximum from `busy_rate` on);
 //! - **up** at once to the level the rate asks for;
 //! - **down** one level after `down_after` consecutive windows in which
 //!   twice the rate would still ask for a lower level (hysteresis: a rate
@@ -41,7 +41,9 @@ pub struct AdaptiveDelivery {
     pub min_delay: Duration,
     /// Delay at and above `busy_rate` (the configured maximum).
     pub max_delay: Duration,
-    /// Records/s at which the delay reaches `max_delay` (the rate target).
+    /// Records/s from which the delay is `max_delay`. Below it records may
+    /// wake the reader up to `1 / delay` times a second: the lower, the
+    /// closer the wake-ups (and their CPU) stay to a fixed `max_delay`.
     pub busy_rate: u64,
     /// Batch size at the lowest level.
     pub min_batch: usize,
@@ -54,7 +56,7 @@ pub struct AdaptiveDelivery {
 }
 
 impl AdaptiveDelivery {
-    /// The defaults for a `max_delay` and rate target: 1 ms minimum,
+    /// The defaults for a `max_delay` and `busy_rate`: 1 ms minimum,
     /// batches of 256 to 4096 records, windows of 100 ms, down after 3.
     pub fn new(max_delay: Duration, busy_rate: u64) -> Self {
         Self {

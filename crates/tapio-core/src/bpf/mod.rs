@@ -17,8 +17,8 @@ pub use adapt::{
 };
 pub use load::{ring_buffer_size, rodata, write_cstr};
 pub use reader::{
-    BpfProgram, KeepAlive, Loaded, ReaderStats, RecordHandler, RingBufReader, RingBufReaderConfig,
-    map_handle, read_percpu_total,
+    BpfProgram, KeepAlive, Loaded, ReaderSlot, ReaderStats, RecordHandler, RingBufReader,
+    RingBufReaderConfig, map_handle, read_percpu_total,
 };
 pub use record::{CChar, DecodeError, Record, check_version, decode_pod, read_cstr};
 pub use sizing::{

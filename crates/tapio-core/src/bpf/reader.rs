@@ -92,27 +92,75 @@ impl ReaderStats {
         self.wakeup_delay_us_max.fetch_max(us, Ordering::Relaxed);
         self.batch_size_max.fetch_max(batch, Ordering::Relaxed);
     }
+}
 
-    /// Register `{collector}_reader_wakeup_delay_us` and
-    /// `{collector}_reader_batch_size` (gauges) on `telemetry`'s meter.
-    fn register(self: &Arc<Self>, telemetry: &Telemetry) {
-        let s = self.clone();
-        telemetry
-            .meter()
-            .u64_observable_gauge(telemetry.instrument_name("reader_wakeup_delay_us"))
-            .with_description("Current wake-up delay of the BPF programs (adaptive delivery)")
-            .with_unit("us")
-            .with_callback(move |o| o.observe(s.wakeup_delay_us.load(Ordering::Relaxed), &[]))
-            .build();
-        let s = self.clone();
-        telemetry
-            .meter()
-            .u64_observable_gauge(telemetry.instrument_name("reader_batch_size"))
-            .with_description(
-                "Records the ring-buffer reader consumes per batch (adaptive delivery)",
-            )
-            .with_callback(move |o| o.observe(s.batch_size.load(Ordering::Relaxed), &[]))
-            .build();
+/// The [`ReaderStats`] of a collector's current reader, kept across
+/// restarts (each run has a new reader), and the gauges that observe them.
+/// Clones share the slot.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderSlot(Arc<ReaderSlotInner>);
+
+#[derive(Debug, Default)]
+struct ReaderSlotInner {
+    current: std::sync::Mutex<Option<Arc<ReaderStats>>>,
+    gauges: std::sync::OnceLock<()>,
+}
+
+impl ReaderSlot {
+    /// Make `reader`'s counters the current ones.
+    pub fn set(&self, reader: &RingBufReader) {
+        *self
+            .0
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader.shared_stats());
+    }
+
+    /// The current (or last) reader's counters; `None` before the first run.
+    pub fn get(&self) -> Option<Arc<ReaderStats>> {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Register, once per slot, the gauges
+    /// `{collector}_reader_wakeup_delay_us` and `{collector}_reader_batch_size`
+    /// on `telemetry`'s meter: the adaptive delivery's current setting
+    /// (0 without it), observed from whichever reader is current.
+    pub fn register_gauges(&self, telemetry: &Telemetry) {
+        self.0.gauges.get_or_init(|| {
+            let observe =
+                |slot: &ReaderSlot, f: fn(&ReaderStats) -> u64| slot.get().map_or(0, |s| f(&s));
+            let slot = self.clone();
+            telemetry
+                .meter()
+                .u64_observable_gauge(telemetry.instrument_name("reader_wakeup_delay_us"))
+                .with_description("Current wake-up delay of the BPF programs (adaptive delivery)")
+                .with_unit("us")
+                .with_callback(move |o| {
+                    o.observe(
+                        observe(&slot, |s| s.wakeup_delay_us.load(Ordering::Relaxed)),
+                        &[],
+                    )
+                })
+                .build();
+            let slot = self.clone();
+            telemetry
+                .meter()
+                .u64_observable_gauge(telemetry.instrument_name("reader_batch_size"))
+                .with_description(
+                    "Records the ring-buffer reader consumes per batch (adaptive delivery)",
+                )
+                .with_callback(move |o| {
+                    o.observe(
+                        observe(&slot, |s| s.batch_size.load(Ordering::Relaxed)),
+                        &[],
+                    )
+                })
+                .build();
+        });
     }
 }
 
@@ -331,9 +379,6 @@ impl RingBufReader {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stats = Arc::new(ReaderStats::default());
-        if let (Some(telemetry), Some(_)) = (&config.timing, &config.adaptive) {
-            reader_stats.register(telemetry);
-        }
         type Ready = Result<Vec<(String, String)>, CollectorError>;
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
         let thread_name = config.thread_name.clone();
