@@ -5,6 +5,12 @@
 //! Every tapio BPF object includes `tapio/common.h` (from `tapio-bpf-build`),
 //! which defines the `tapio_events` ring buffer and the `tapio_drops` per-CPU
 //! counter of reserve failures; [`RingBufReader`] reads both.
+//!
+//! [`Sizing`] derives a collector's ring and queue sizes from the online
+//! CPUs and a rate target; with [`RingBufReaderConfig::adaptive`] the reader
+//! adapts the programs' wake-up delay (`tapio_wakeup_delay_ns`, written
+//! through [`WakeupControl`]) and its batch size to load
+//! ([`DeliveryController`]).
 
 mod adapt;
 mod load;
