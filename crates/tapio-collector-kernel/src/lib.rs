@@ -421,7 +421,11 @@ pub mod bench {
         /// Like [`spawn`](Self::spawn), but the ring buffer is not read until
         /// [`resume`](Self::resume): records pile up (or are dropped) in the
         /// kernel, so the drain rate of a full ring can be measured.
-        pub fn spawn_paused(config: KernelConfig) -> Result<Self, CollectorError> {
+        ///
+        /// The bare reader does not adapt the wake-up delay: it runs with
+        /// the fixed `delivery.max_delay_ms`, whatever `delivery.adaptive`.
+        pub fn spawn_paused(mut config: KernelConfig) -> Result<Self, CollectorError> {
+            config.delivery.adaptive = false;
             let stop = Arc::new(AtomicBool::new(false));
             let go = Arc::new(AtomicBool::new(false));
             let records = Arc::new(AtomicU64::new(0));
