@@ -10,7 +10,8 @@
 //! by a token schedule (`due = rate × elapsed`, 200 µs sleeps) or unpaced.
 //! Only the file sub-collector is on, watching only that directory, so the
 //! generator's count is the exact number of records produced. The collector
-//! otherwise runs with its defaults (4 MiB ring buffer, 65 536-event queue)
+//! otherwise runs with its defaults (ring and queue sized from the CPU
+//! count, adaptive wake-up delay)
 //! and a cgroup resolver; a consumer thread drains its stream.
 //!
 //! Runs:
@@ -21,7 +22,10 @@
 //!    watermark, records are counted into `kernel.file.summary` events
 //!    (load shedding) rather than lost;
 //! 3. the same flood with shedding off (the drop path);
-//! 4. the same flood with a 1 024-event queue, so that the userspace stage
+//! 4. the paced run and the shedding-off flood again with the wake-up delay
+//!    fixed at `max_delay_ms` (no adaptive delivery), and the flood with
+//!    the former fixed 4 MiB ring, to compare in one run;
+//! 5. the same flood with a 1 024-event queue, so that the userspace stage
 //!    drops too.
 //!
 //! Every run checks `produced = delivered + summarized + dropped(kernel) +
@@ -48,6 +52,10 @@ struct Run {
     /// Records counted into summary events instead (load shedding).
     summarized: u64,
     delivered_rate: f64,
+    reader_cpu: Duration,
+    batches: u64,
+    delay_max_us: u64,
+    batch_max: u64,
 }
 
 impl Run {
@@ -63,6 +71,10 @@ struct Spec {
     queue_capacity: Option<usize>,
     /// Load shedding (on by default).
     shedding: bool,
+    /// Adaptive wake-up delay (the default) or fixed at `max_delay_ms`.
+    adaptive: bool,
+    /// Explicit ring size (`None`: auto, from the CPU count).
+    ring_bytes: Option<u32>,
     count: u64,
     threads: u64,
     rate: u64,
@@ -73,6 +85,8 @@ fn run(rt: &tokio::runtime::Runtime, dir: &TempDir, spec: Spec, missing: bool) -
         name,
         queue_capacity,
         shedding,
+        adaptive,
+        ring_bytes,
         count,
         threads,
         rate,
@@ -82,6 +96,16 @@ fn run(rt: &tokio::runtime::Runtime, dir: &TempDir, spec: Spec, missing: bool) -
         config.queue_capacity = capacity;
     }
     config.shedding.enabled = shedding;
+    config.delivery.adaptive = adaptive;
+    if let Some(bytes) = ring_bytes {
+        config.ring_buffer_bytes = bytes;
+    }
+    let ring = config.sizes().ring_bytes;
+    let name = format!(
+        "{name}, {} delay, ring {} KiB",
+        if adaptive { "adaptive" } else { "fixed" },
+        ring >> 10
+    );
     let running = start_collector(rt, config);
     let out = run_child(
         "open",
@@ -106,6 +130,10 @@ fn run(rt: &tokio::runtime::Runtime, dir: &TempDir, spec: Spec, missing: bool) -
         dropped_queue: outcome.dropped_queue,
         summarized: outcome.seen.summarized,
         delivered_rate: outcome.seen.rate(),
+        reader_cpu: outcome.reader_cpu,
+        batches: outcome.batches,
+        delay_max_us: outcome.delay_max_us,
+        batch_max: outcome.batch_max,
     }
 }
 
@@ -133,15 +161,17 @@ fn main() {
     );
     println!();
     println!(
-        "| run | produced | generator/s | delivered | summarized | dropped kernel | dropped queue | delivered + summarized + dropped = produced | dropped / produced | delivered/s |"
+        "| run | produced | generator/s | delivered | summarized | dropped kernel | dropped queue | delivered + summarized + dropped = produced | dropped / produced | delivered/s | reader CPU s | batches | max delay µs | max batch |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
 
     let runs = [
         Spec {
             name: format!("paced {}/s × {secs} s", si(rate as f64)),
             queue_capacity: None,
             shedding: true,
+            adaptive: true,
+            ring_bytes: None,
             count: rate * secs,
             threads: 1,
             rate,
@@ -150,6 +180,8 @@ fn main() {
             name: "flood, defaults (shedding)".to_string(),
             queue_capacity: None,
             shedding: true,
+            adaptive: true,
+            ring_bytes: None,
             count: flood,
             threads,
             rate: 0,
@@ -158,6 +190,40 @@ fn main() {
             name: "flood, shedding off".to_string(),
             queue_capacity: None,
             shedding: false,
+            adaptive: true,
+            ring_bytes: None,
+            count: flood,
+            threads,
+            rate: 0,
+        },
+        // The same paced load and flood with the delay fixed at its
+        // maximum, and with the former fixed 4 MiB ring.
+        Spec {
+            name: format!("paced {}/s × {secs} s", si(rate as f64)),
+            queue_capacity: None,
+            shedding: true,
+            adaptive: false,
+            ring_bytes: None,
+            count: rate * secs,
+            threads: 1,
+            rate,
+        },
+        Spec {
+            name: "flood, shedding off".to_string(),
+            queue_capacity: None,
+            shedding: false,
+            adaptive: false,
+            ring_bytes: None,
+            count: flood,
+            threads,
+            rate: 0,
+        },
+        Spec {
+            name: "flood, shedding off".to_string(),
+            queue_capacity: None,
+            shedding: false,
+            adaptive: true,
+            ring_bytes: Some(4 << 20),
             count: flood,
             threads,
             rate: 0,
@@ -166,6 +232,8 @@ fn main() {
             name: "flood, queue 1 024".to_string(),
             queue_capacity: Some(1024),
             shedding: true,
+            adaptive: true,
+            ring_bytes: None,
             count: flood,
             threads,
             rate: 0,
@@ -175,7 +243,7 @@ fn main() {
     for spec in runs {
         let r = run(&rt, &dir, spec, missing);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.4} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.4} | {} | {:.2} | {} | {} | {} |",
             r.name,
             r.produced,
             si(r.generator_rate),
@@ -186,6 +254,10 @@ fn main() {
             if r.exact() { "exact" } else { "NO" },
             (r.dropped_kernel + r.dropped_queue) as f64 / r.produced.max(1) as f64,
             si(r.delivered_rate),
+            r.reader_cpu.as_secs_f64(),
+            r.batches,
+            r.delay_max_us,
+            r.batch_max,
         );
         results.push(r);
         std::thread::sleep(Duration::from_secs(1));

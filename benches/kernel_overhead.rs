@@ -53,6 +53,8 @@
 //!
 //! `TAPIO_BENCH_NETWORK_MODE` (`events`, `flows`, `both`) sets the network
 //! mode of every mode that loads the object (flows read every second).
+//! `TAPIO_BENCH_DELIVERY=fixed` keeps the wake-up delay at `max_delay_ms`
+//! instead of adapting it to load (compare two runs).
 
 mod kernel_support;
 
@@ -180,6 +182,11 @@ fn config() -> KernelConfig {
         c.file.enabled = on("file");
         c.security = on("security");
         c.memory.enabled = on("memory");
+    }
+    // `fixed`: the wake-up delay stays at max_delay_ms (no adaptive
+    // delivery), to compare with the default in a second run.
+    if std::env::var("TAPIO_BENCH_DELIVERY").as_deref() == Ok("fixed") {
+        c.delivery.adaptive = false;
     }
     if let Ok(mode) = std::env::var("TAPIO_BENCH_NETWORK_MODE") {
         c.network.mode = match mode.as_str() {

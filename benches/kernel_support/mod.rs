@@ -502,6 +502,12 @@ pub struct Outcome {
     pub reader_cpu: Duration,
     /// CPU the consumer thread used over the same span.
     pub drain_cpu: Duration,
+    /// Batches the reader handed over (one flush each).
+    pub batches: u64,
+    /// Highest adaptive wake-up delay applied (µs; 0: fixed delay).
+    pub delay_max_us: u64,
+    /// Largest adaptive batch size applied (0: fixed delay).
+    pub batch_max: u64,
 }
 
 impl Running {
@@ -517,7 +523,16 @@ impl Running {
         rt.block_on(self.collector.stop()).expect("stop collector");
         wait_quiet(|| self.drain.events(), quiet, limit);
         let stats = self.collector.health().stats;
+        let reader = self.collector.observer().reader_stats();
+        let load = |f: fn(&tapio_core::bpf::ReaderStats) -> &std::sync::atomic::AtomicU64| {
+            reader
+                .as_ref()
+                .map_or(0, |r| f(r).load(Ordering::Relaxed))
+        };
         Outcome {
+            batches: load(|r| &r.batches),
+            delay_max_us: load(|r| &r.wakeup_delay_us_max),
+            batch_max: load(|r| &r.batch_size_max),
             seen: self.drain.finish(),
             dropped_kernel: stats.dropped_kernel,
             dropped_queue: stats.dropped_queue,

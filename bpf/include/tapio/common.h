@@ -91,7 +91,16 @@ static __always_inline void *tapio_reserve(__u64 size)
  * record rate.
  */
 const volatile __u64 tapio_wakeup_bytes = 0;
-const volatile __u64 tapio_wakeup_delay_ns = 0;
+/*
+ * The wake-up delay is not load-time configuration: tapio-core's reader
+ * adapts it to load while the programs run (short when quiet, up to the
+ * configured maximum when busy), writing it through the memory-mapped
+ * section below. It lives alone in its own data section so the reader
+ * finds it by the section's map name (TAPIO_CTL_MAP in tapio-core) at
+ * offset 0, whatever else an object keeps in .data/.bss. The reader sets it
+ * before the programs are attached; 0 disables the delay rule.
+ */
+__u64 tapio_wakeup_delay_ns SEC(".data.tapio_ctl") = 0;
 /* When the last wake-up was forced (bpf_ktime_get_ns); racy updates are fine. */
 __u64 tapio_last_wakeup_ns = 0;
 

@@ -8,16 +8,58 @@ use tapio_core::OverflowPolicy;
 use crate::correlator::CorrelatorConfig;
 use crate::kernel::{MAX_BIN_DIR_LEN, MAX_BIN_DIRS, MAX_ENV_BYTES, MAX_OUTPUT_BYTES};
 
+/// Default rate target per online CPU (ring records/s).
+pub const RATE_PER_CPU: u64 = 500;
+/// Mean ring record: environments and outputs are copied in pieces of up
+/// to 4 096 and 2 048 bytes.
+pub const MEAN_RECORD_BYTES: u32 = 2048;
+
+impl CniConfig {
+    /// The effective ring size, queue capacity and rate target on this
+    /// machine: explicit `ring_buffer_bytes` / `queue_capacity` where
+    /// non-zero, otherwise derived by [`tapio_core::bpf::Sizing`] from
+    /// `rate_target` (default [`RATE_PER_CPU`] × online CPUs) and
+    /// [`MEAN_RECORD_BYTES`] (no batched wake-ups).
+    ///
+    /// | online CPUs | rate target | ring | queue |
+    /// |---|---|---|---|
+    /// | 2 | 1 000/s | 256 KiB | 1 024 |
+    /// | 8 | 4 000/s | 512 KiB | 1 024 |
+    /// | 64 | 32 000/s | 4 MiB | 4 096 |
+    pub fn sizes(&self) -> tapio_core::bpf::Sizes {
+        self.sizing(tapio_core::bpf::online_cpus())
+            .sizes(self.ring_buffer_bytes, self.queue_capacity)
+    }
+
+    fn sizing(&self, cpus: u32) -> tapio_core::bpf::Sizing {
+        tapio_core::bpf::Sizing::new(
+            tapio_core::bpf::SizingPolicy {
+                per_cpu_rate: RATE_PER_CPU,
+                mean_record_bytes: MEAN_RECORD_BYTES,
+                delay: std::time::Duration::ZERO,
+            },
+            cpus,
+            self.rate_target,
+        )
+    }
+}
+
 /// Settings of the CNI collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CniConfig {
-    /// Bound of the userspace event queue.
+    /// Bound of the userspace event queue; 0 (the default): derived from
+    /// the rate target ([`CniConfig::sizes`]).
     pub queue_capacity: usize,
     /// What a full event queue drops.
     pub overflow: OverflowPolicy,
-    /// Size of the BPF ring buffer in bytes (rounded up to a power of two).
+    /// Size of the BPF ring buffer in bytes (rounded up to a power of two);
+    /// 0 (the default): derived from the rate target ([`CniConfig::sizes`]).
     pub ring_buffer_bytes: u32,
+    /// Ring records per second (plugin execs, environment and output
+    /// copies) the ring and the queue are sized to absorb; 0 (the default):
+    /// [`RATE_PER_CPU`] × online CPUs.
+    pub rate_target: u64,
     /// Directories holding CNI plugin binaries; execs under them are
     /// tracked (matched on path components in the kernel; at most 8, each
     /// at most 63 bytes).
@@ -50,9 +92,10 @@ pub struct CniConfig {
 impl Default for CniConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: tapio_core::collector::DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: 0,
             overflow: OverflowPolicy::DropNewest,
-            ring_buffer_bytes: 1 << 20,
+            ring_buffer_bytes: 0,
+            rate_target: 0,
             bin_dirs: vec!["/opt/cni/bin".to_string(), "/usr/lib/cni".to_string()],
             env_bytes: MAX_ENV_BYTES,
             output_bytes: MAX_OUTPUT_BYTES,
@@ -176,5 +219,37 @@ mod tests {
         // The table's former name still reads.
         let old: CniConfig = serde_json::from_str(r#"{"engine":{"settle_ms":7}}"#).unwrap();
         assert_eq!(old.correlator.settle_ms, 7);
+    }
+}
+
+#[cfg(test)]
+mod sizing_tests {
+    use super::*;
+
+    #[test]
+    fn auto_sizes() {
+        let c = CniConfig::default();
+        let table: Vec<_> = [2, 8, 64]
+            .into_iter()
+            .map(|cpus| {
+                let s = c.sizing(cpus).sizes(0, 0);
+                (s.rate_target, s.ring_bytes, s.queue_capacity)
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (1_000, 256 << 10, 1024),
+                (4_000, 512 << 10, 1024),
+                (32_000, 4 << 20, 4096)
+            ]
+        );
+        let c = CniConfig {
+            ring_buffer_bytes: 1 << 20,
+            queue_capacity: 10,
+            ..Default::default()
+        };
+        let s = c.sizing(2).sizes(c.ring_buffer_bytes, c.queue_capacity);
+        assert_eq!((s.ring_bytes, s.queue_capacity), (1 << 20, 10));
     }
 }

@@ -510,7 +510,7 @@ impl Observer for Cni {
     }
 
     fn queue(config: &CniConfig) -> (usize, OverflowPolicy) {
-        (config.queue_capacity, config.overflow)
+        (config.sizes().queue_capacity, config.overflow)
     }
 
     /// Load and attach the BPF program and open the sources (on the
@@ -527,8 +527,9 @@ impl Observer for Cni {
         let emitter = cx.emitter;
         let (tx, rx) = std::sync::mpsc::sync_channel(self.config.step_queue_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
+        let sizes = self.config.sizes();
         let program = CniProgram {
-            ring_buffer_bytes: self.config.ring_buffer_bytes,
+            ring_buffer_bytes: sizes.ring_bytes,
             bin_dirs: self
                 .config
                 .bin_dirs
@@ -558,6 +559,10 @@ impl Observer for Cni {
         for (key, value) in reader.details() {
             cx.health.detail(key, value.clone());
         }
+        cx.health
+            .detail("rate_target", sizes.rate_target.to_string());
+        cx.health
+            .detail("queue_capacity", sizes.queue_capacity.to_string());
         let sources = {
             let config = self.config.clone();
             let health = cx.health.clone();

@@ -183,16 +183,57 @@ pub const NAME: &str = "dns";
 /// Capabilities attaching cgroup socket-buffer programs needs.
 pub const DNS_CAPABILITIES: &str = "CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)";
 
+/// Default rate target per online CPU (captured packets/s: 15 000 queries
+/// and their responses).
+pub const RATE_PER_CPU: u64 = 30_000;
+/// Mean ring record: the packet header and a typical DNS message.
+pub const MEAN_RECORD_BYTES: u32 = 200;
+
+impl DnsConfig {
+    /// The effective ring size, queue capacity and rate target on this
+    /// machine: explicit `ring_buffer_bytes` / `queue_capacity` where
+    /// non-zero, otherwise derived by [`tapio_core::bpf::Sizing`] from
+    /// `rate_target` (default [`RATE_PER_CPU`] × online CPUs),
+    /// [`MEAN_RECORD_BYTES`] and `batch_interval_ms`.
+    ///
+    /// | online CPUs | rate target | ring | queue |
+    /// |---|---|---|---|
+    /// | 2 | 60 000/s | 512 KiB | 8 192 |
+    /// | 8 | 240 000/s | 2 MiB | 32 768 |
+    /// | 64 | 1 920 000/s | 16 MiB | 65 536 |
+    pub fn sizes(&self) -> bpf::Sizes {
+        self.sizing(bpf::online_cpus())
+            .sizes(self.ring_buffer_bytes, self.queue_capacity)
+    }
+
+    fn sizing(&self, cpus: u32) -> bpf::Sizing {
+        bpf::Sizing::new(
+            bpf::SizingPolicy {
+                per_cpu_rate: RATE_PER_CPU,
+                mean_record_bytes: MEAN_RECORD_BYTES,
+                delay: Duration::from_millis(self.batch_interval_ms.clamp(1, 1000)),
+            },
+            cpus,
+            self.rate_target,
+        )
+    }
+}
+
 /// Settings of the DNS collector (TOML table `[dns]` in the agent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DnsConfig {
-    /// Bound of the userspace event queue.
+    /// Bound of the userspace event queue; 0 (the default): derived from
+    /// the rate target ([`DnsConfig::sizes`]).
     pub queue_capacity: usize,
     /// What a full queue drops.
     pub overflow: OverflowPolicy,
-    /// Size of the BPF ring buffer in bytes (rounded up to a power of two).
+    /// Size of the BPF ring buffer in bytes (rounded up to a power of two);
+    /// 0 (the default): derived from the rate target ([`DnsConfig::sizes`]).
     pub ring_buffer_bytes: u32,
+    /// Packets per second (queries and responses) the ring and the queue
+    /// are sized to absorb; 0 (the default): [`RATE_PER_CPU`] × online CPUs.
+    pub rate_target: u64,
     /// DNS server ports: packets to (client side) or from (server side)
     /// these ports are captured.
     pub ports: Vec<u16>,
@@ -226,9 +267,10 @@ pub struct DnsConfig {
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: tapio_core::collector::DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: 0,
             overflow: OverflowPolicy::DropNewest,
-            ring_buffer_bytes: 8 << 20,
+            ring_buffer_bytes: 0,
+            rate_target: 0,
             ports: vec![53],
             capture_bytes: 512,
             timeout_ms: 5_000,
@@ -831,7 +873,7 @@ impl Observer for Dns {
     }
 
     fn queue(config: &DnsConfig) -> (usize, OverflowPolicy) {
-        (config.queue_capacity, config.overflow)
+        (config.sizes().queue_capacity, config.overflow)
     }
 
     async fn start(&self, cx: Started) -> Result<RingBufReader, CollectorError> {
@@ -843,8 +885,9 @@ impl Observer for Dns {
             .latency
             .get_or_init(|| register_metrics(&emitter, &self.counters))
             .clone();
+        let sizes = self.config.sizes();
         let program = DnsProgram {
-            ring_buffer_bytes: self.config.ring_buffer_bytes,
+            ring_buffer_bytes: sizes.ring_bytes,
             capture_bytes: self.config.capture_bytes,
             ports: self.config.ports.clone(),
             observe_client: self.config.observe_client,
@@ -893,6 +936,10 @@ impl Observer for Dns {
         for (key, value) in reader.details() {
             cx.health.detail(key, value.clone());
         }
+        cx.health
+            .detail("rate_target", sizes.rate_target.to_string());
+        cx.health
+            .detail("queue_capacity", sizes.queue_capacity.to_string());
         cx.health.detail(
             "ports",
             self.config
@@ -915,6 +962,33 @@ impl Observer for Dns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_sizes() {
+        let c = DnsConfig::default();
+        let table: Vec<_> = [2, 8, 64]
+            .into_iter()
+            .map(|cpus| {
+                let s = c.sizing(cpus).sizes(0, 0);
+                (s.rate_target, s.ring_bytes, s.queue_capacity)
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (60_000, 512 << 10, 8192),
+                (240_000, 2 << 20, 32_768),
+                (1_920_000, 16 << 20, 65_536)
+            ]
+        );
+        let c = DnsConfig {
+            ring_buffer_bytes: 8 << 20,
+            queue_capacity: 100,
+            ..Default::default()
+        };
+        let s = c.sizing(2).sizes(c.ring_buffer_bytes, c.queue_capacity);
+        assert_eq!((s.ring_bytes, s.queue_capacity), (8 << 20, 100));
+    }
 
     #[test]
     fn config_validation() {

@@ -14,7 +14,9 @@ pub const MAX_ARGS_BYTES: u32 = 1024;
 ///
 /// ```toml
 /// [kernel]
-/// ring_buffer_bytes = 1048576
+/// rate_target = 0          # records/s absorbed without loss; 0: 25 000 per online CPU
+/// ring_buffer_bytes = 0    # 0: derived from the rate target (see below)
+/// queue_capacity = 0       # 0: derived from the rate target
 /// args_bytes = 256
 /// [kernel.file]
 /// prefixes = ["/etc", "/var/run/secrets"]
@@ -24,13 +26,18 @@ pub const MAX_ARGS_BYTES: u32 = 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KernelConfig {
-    /// Bound of the userspace event queue.
+    /// Bound of the userspace event queue; 0 (the default): derived from
+    /// the rate target ([`KernelConfig::sizes`]).
     pub queue_capacity: usize,
     /// What a full queue drops.
     pub overflow: OverflowPolicy,
     /// Size of the BPF ring buffer in bytes (rounded up to a power of two of
-    /// at least one page), applied to the map before load.
+    /// at least one page), applied to the map before load; 0 (the default):
+    /// derived from the rate target ([`KernelConfig::sizes`]).
     pub ring_buffer_bytes: u32,
+    /// Records per second the ring and the queue are sized to absorb
+    /// without loss; 0 (the default): [`RATE_PER_CPU`] × online CPUs.
+    pub rate_target: u64,
     /// Process exec / fork / exit.
     pub process: bool,
     /// Argv bytes copied into exec events (at most [`MAX_ARGS_BYTES`]).
@@ -61,9 +68,10 @@ pub struct KernelConfig {
 impl Default for KernelConfig {
     fn default() -> Self {
         Self {
-            queue_capacity: tapio_core::collector::DEFAULT_QUEUE_CAPACITY,
+            queue_capacity: 0,
             overflow: OverflowPolicy::DropNewest,
-            ring_buffer_bytes: 4 << 20,
+            ring_buffer_bytes: 0,
+            rate_target: 0,
             process: true,
             args_bytes: 256,
             network: NetworkConfig::default(),
@@ -79,6 +87,43 @@ impl Default for KernelConfig {
     }
 }
 
+/// Default rate target per online CPU (records/s).
+pub const RATE_PER_CPU: u64 = 25_000;
+/// Mean ring record of the kernel collector, without the kernel's 8-byte
+/// header (4 MiB held 69 ms of a file-open flood at 100 000 records/s:
+/// 608 bytes with the header).
+pub const MEAN_RECORD_BYTES: u32 = 600;
+
+impl KernelConfig {
+    /// The effective ring size, queue capacity and rate target on this
+    /// machine: explicit `ring_buffer_bytes` / `queue_capacity` where
+    /// non-zero, otherwise derived by [`tapio_core::bpf::Sizing`] from
+    /// [`rate_target`](Self::rate_target) (default [`RATE_PER_CPU`] ×
+    /// online CPUs), [`MEAN_RECORD_BYTES`] and `delivery.max_delay_ms`.
+    ///
+    /// | online CPUs | rate target | ring | queue |
+    /// |---|---|---|---|
+    /// | 2 | 50 000/s | 2 MiB | 8 192 |
+    /// | 8 | 200 000/s | 8 MiB | 32 768 |
+    /// | 64 | 1 600 000/s | 32 MiB | 65 536 |
+    pub fn sizes(&self) -> tapio_core::bpf::Sizes {
+        self.sizing(tapio_core::bpf::online_cpus())
+            .sizes(self.ring_buffer_bytes, self.queue_capacity)
+    }
+
+    pub(crate) fn sizing(&self, cpus: u32) -> tapio_core::bpf::Sizing {
+        tapio_core::bpf::Sizing::new(
+            tapio_core::bpf::SizingPolicy {
+                per_cpu_rate: RATE_PER_CPU,
+                mean_record_bytes: MEAN_RECORD_BYTES,
+                delay: std::time::Duration::from_millis(self.delivery.max_delay_ms),
+            },
+            cpus,
+            self.rate_target,
+        )
+    }
+}
+
 /// Wake-up batching between the BPF programs and the ring-buffer reader.
 ///
 /// By default a BPF ring buffer wakes its reader for every record submitted
@@ -90,6 +135,20 @@ impl Default for KernelConfig {
 /// when `wakeup_bytes` are waiting; the reader also drains every
 /// `max_delay_ms` on its own.
 ///
+/// **Adaptive** (`adaptive = true`, the default): the delay is not fixed
+/// at `max_delay_ms`. The reader sets it between `min_delay_ms` (quiet:
+/// records arrive within about a millisecond) and `max_delay_ms` (from
+/// `busy_rate` records/s on: fewest wake-ups), in power-of-two steps
+/// proportional to the rate (`max_delay_ms × rate / busy_rate`), up at once
+/// when the rate rises and down one step after 3 quieter 100 ms windows.
+/// Below `busy_rate` a record may wake the reader (at most 1 / delay
+/// times a second), so a low `busy_rate` keeps wake-ups, and the CPU they
+/// cost, close to the fixed delay's; the batch the
+/// reader converts before flushing to the queue grows with it (256 to 4096
+/// records). `tapio_core::bpf::DeliveryController` documents the rule; the
+/// gauges `kernel_reader_wakeup_delay_us` and `kernel_reader_batch_size`
+/// show the current setting.
+///
 /// **Latency bound**: a record reaches the event queue at most
 /// `max_delay_ms` after it was submitted (plus the time to convert the
 /// records ahead of it and any scheduling delay of the reader thread).
@@ -100,6 +159,9 @@ impl Default for KernelConfig {
 /// ```toml
 /// [kernel.delivery]
 /// max_delay_ms = 10   # 0: a wake-up per record (lowest latency, highest overhead)
+/// min_delay_ms = 1    # the adaptive delay when quiet
+/// busy_rate = 1000    # records/s from which the adaptive delay is max_delay_ms
+/// adaptive = true     # false: always max_delay_ms
 /// wakeup_bytes = 0    # 0: an eighth of the ring buffer
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +173,14 @@ pub struct DeliveryConfig {
     /// Wake the reader at once when this many bytes are unread (a burst);
     /// 0 means an eighth of the ring buffer. Ignored without batching.
     pub wakeup_bytes: u32,
+    /// Adapt the delay to load between `min_delay_ms` and `max_delay_ms`.
+    pub adaptive: bool,
+    /// The adaptive delay when quiet (milliseconds, at least 1, at most
+    /// `max_delay_ms`).
+    pub min_delay_ms: u64,
+    /// Records per second from which the adaptive delay is `max_delay_ms`
+    /// (at least 1).
+    pub busy_rate: u64,
 }
 
 /// Largest [`DeliveryConfig::max_delay_ms`].
@@ -121,6 +191,9 @@ impl Default for DeliveryConfig {
         Self {
             max_delay_ms: 10,
             wakeup_bytes: 0,
+            adaptive: true,
+            min_delay_ms: 1,
+            busy_rate: 1000,
         }
     }
 }
@@ -134,6 +207,28 @@ impl DeliveryConfig {
         } else {
             self.max_delay_ms
         })
+    }
+
+    /// The reader's adaptive delivery (`None`: fixed delay or no batching).
+    pub(crate) fn adaptive_delivery(&self) -> Option<tapio_core::bpf::AdaptiveDelivery> {
+        (self.adaptive && self.max_delay_ms > 0).then(|| {
+            let max = std::time::Duration::from_millis(self.max_delay_ms);
+            let mut a = tapio_core::bpf::AdaptiveDelivery::new(max, self.busy_rate.max(1));
+            a.min_delay =
+                std::time::Duration::from_millis(self.min_delay_ms.clamp(1, self.max_delay_ms));
+            a
+        })
+    }
+
+    /// The wake-up delay the programs start with: the adaptive minimum, or
+    /// the fixed delay (0: none).
+    pub(crate) fn initial_delay(&self) -> std::time::Duration {
+        let ms = if self.adaptive && self.max_delay_ms > 0 {
+            self.min_delay_ms.clamp(1, self.max_delay_ms)
+        } else {
+            self.max_delay_ms
+        };
+        std::time::Duration::from_millis(ms)
     }
 
     /// Watermark in bytes for a ring of `ring_bytes` (0 without batching).
@@ -584,12 +679,14 @@ mod tests {
         let explicit = DeliveryConfig {
             max_delay_ms: 3,
             wakeup_bytes: 4096,
+            ..Default::default()
         };
         assert_eq!(explicit.watermark(4 << 20), 4096);
         assert_eq!(explicit.watermark(4096), 2048, "at most half the ring");
         let off = DeliveryConfig {
             max_delay_ms: 0,
             wakeup_bytes: 4096,
+            ..Default::default()
         };
         assert_eq!(off.watermark(4 << 20), 0);
         assert_eq!(off.poll_timeout(), Duration::from_millis(100));
@@ -598,6 +695,77 @@ mod tests {
         assert_eq!(c.hooks, HookMode::Tracepoint);
         assert_eq!(c.delivery.max_delay_ms, 0);
         assert_eq!(c.delivery.wakeup_bytes, 0);
+    }
+
+    #[test]
+    fn adaptive_delivery_settings() {
+        use std::time::Duration;
+        let d = DeliveryConfig::default();
+        assert_eq!(d.initial_delay(), Duration::from_millis(1));
+        let a = d.adaptive_delivery().unwrap();
+        assert_eq!(a.min_delay, Duration::from_millis(1));
+        assert_eq!(a.max_delay, Duration::from_millis(10));
+        assert_eq!(a.busy_rate, 1000);
+        let fixed = DeliveryConfig {
+            adaptive: false,
+            ..Default::default()
+        };
+        assert_eq!(fixed.initial_delay(), Duration::from_millis(10));
+        assert_eq!(fixed.adaptive_delivery(), None);
+        let off = DeliveryConfig {
+            max_delay_ms: 0,
+            ..Default::default()
+        };
+        assert_eq!(off.initial_delay(), Duration::ZERO);
+        assert_eq!(off.adaptive_delivery(), None);
+        // min_delay_ms is kept within 1..=max_delay_ms.
+        let odd = DeliveryConfig {
+            max_delay_ms: 5,
+            min_delay_ms: 50,
+            ..Default::default()
+        };
+        assert_eq!(odd.initial_delay(), Duration::from_millis(5));
+        let c: KernelConfig =
+            toml::from_str("[delivery]\nadaptive = false\nmin_delay_ms = 2\n").unwrap();
+        assert!(!c.delivery.adaptive);
+        assert_eq!(c.delivery.min_delay_ms, 2);
+    }
+
+    #[test]
+    fn auto_sizes_follow_the_cpu_count_and_rate_target() {
+        let c = KernelConfig::default();
+        let table: Vec<_> = [2, 8, 64]
+            .into_iter()
+            .map(|cpus| {
+                let s = c.sizing(cpus).sizes(0, 0);
+                (s.rate_target, s.ring_bytes, s.queue_capacity)
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (50_000, 2 << 20, 8192),
+                (200_000, 8 << 20, 32_768),
+                (1_600_000, 32 << 20, 65_536)
+            ]
+        );
+        // Explicit values override; a rate target replaces the per-CPU one.
+        let c: KernelConfig = toml::from_str(
+            "ring_buffer_bytes = 300000\nqueue_capacity = 100\nrate_target = 1000\n",
+        )
+        .unwrap();
+        let s = c.sizing(8).sizes(c.ring_buffer_bytes, c.queue_capacity);
+        assert_eq!(
+            (s.rate_target, s.ring_bytes, s.queue_capacity),
+            (1000, 512 << 10, 100)
+        );
+        // Only the rate target set: 1 000/s × 40 ms × 608 B is below 8 CPUs × 64 KiB.
+        let c = KernelConfig {
+            rate_target: 1000,
+            ..Default::default()
+        };
+        assert_eq!(c.sizing(8).sizes(0, 0).ring_bytes, 512 << 10);
+        assert_eq!(c.sizing(8).sizes(0, 0).queue_capacity, 1024);
     }
 
     #[test]

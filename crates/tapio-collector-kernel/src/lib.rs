@@ -113,7 +113,7 @@
 //! security hooks are classic syscall tracepoints and need tracefs mounted at
 //! `/sys/kernel/tracing`.
 
-use tapio_core::bpf::{self, RingBufReader, RingBufReaderConfig};
+use tapio_core::bpf::{self, ReaderSlot, ReaderStats, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::collector::Started;
 use tapio_core::{CollectorError, Managed, Observer, OverflowPolicy};
@@ -172,6 +172,8 @@ pub type KernelCollector = Managed<Kernel>;
 pub struct Kernel {
     config: KernelConfig,
     metrics: KernelMetrics,
+    /// The current run's reader counters.
+    reader: ReaderSlot,
 }
 
 impl Kernel {
@@ -186,6 +188,13 @@ impl Kernel {
     pub fn counts(&self) -> KernelCounts {
         self.metrics.counters.snapshot()
     }
+
+    /// The ring-buffer reader's counters of the current (or last) run:
+    /// records read, batches, and the adaptive delivery's current and
+    /// highest wake-up delay and batch size. `None` before the first start.
+    pub fn reader_stats(&self) -> Option<std::sync::Arc<ReaderStats>> {
+        self.reader.get()
+    }
 }
 
 impl Observer for Kernel {
@@ -197,11 +206,12 @@ impl Observer for Kernel {
         Self {
             config,
             metrics: KernelMetrics::default(),
+            reader: ReaderSlot::default(),
         }
     }
 
     fn queue(config: &KernelConfig) -> (usize, OverflowPolicy) {
-        (config.queue_capacity, config.overflow)
+        (config.sizes().queue_capacity, config.overflow)
     }
 
     /// Load and attach the BPF object (on a blocking thread) and start its
@@ -228,6 +238,7 @@ impl Observer for Kernel {
         let stats = cx.emitter.stats().clone();
         if let Some(telemetry) = &timing {
             self.metrics.register(telemetry);
+            self.reader.register_gauges(telemetry);
         }
         let mut program = program;
         let mut converter = Converter::new(BootClock::new(), page_size, cx.emitter.clone())
@@ -265,20 +276,24 @@ impl Observer for Kernel {
             let every = std::time::Duration::from_millis(10);
             tick_every = Some(tick_every.map_or(every, |t| t.min(every)));
         }
+        let sizes = self.config.sizes();
         let reader_config = RingBufReaderConfig {
             thread_name: "tapio-kernel".into(),
             // With batched wake-ups the reader drains on this timer.
             poll_timeout: self.config.delivery.poll_timeout(),
             tick_every,
             timing,
+            adaptive: self.config.delivery.adaptive_delivery(),
             ..Default::default()
         };
+        let reader_config_adaptive = reader_config.adaptive.is_some();
         let reader = RingBufReader::spawn_async(NAME, reader_config, program, stats, converter)
             .instrument(tracing::info_span!(
                 "kernel.attach",
                 hook = hook.exec_hook()
             ))
             .await?;
+        self.reader.set(&reader);
         let health = &cx.health;
         for (key, value) in reader.details() {
             health.detail(key, value.clone());
@@ -297,6 +312,9 @@ impl Observer for Kernel {
             "delivery_max_delay_ms",
             self.config.delivery.max_delay_ms.to_string(),
         );
+        health.detail("delivery_adaptive", reader_config_adaptive.to_string());
+        health.detail("rate_target", sizes.rate_target.to_string());
+        health.detail("queue_capacity", sizes.queue_capacity.to_string());
         Ok(reader)
     }
 
@@ -403,7 +421,11 @@ pub mod bench {
         /// Like [`spawn`](Self::spawn), but the ring buffer is not read until
         /// [`resume`](Self::resume): records pile up (or are dropped) in the
         /// kernel, so the drain rate of a full ring can be measured.
-        pub fn spawn_paused(config: KernelConfig) -> Result<Self, CollectorError> {
+        ///
+        /// The bare reader does not adapt the wake-up delay: it runs with
+        /// the fixed `delivery.max_delay_ms`, whatever `delivery.adaptive`.
+        pub fn spawn_paused(mut config: KernelConfig) -> Result<Self, CollectorError> {
+            config.delivery.adaptive = false;
             let stop = Arc::new(AtomicBool::new(false));
             let go = Arc::new(AtomicBool::new(false));
             let records = Arc::new(AtomicU64::new(0));

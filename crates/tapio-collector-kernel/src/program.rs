@@ -204,7 +204,7 @@ impl BpfProgram for KernelProgram {
         let mut open = KernelSkelBuilder::default()
             .open(storage)
             .map_err(err("open BPF object"))?;
-        let ring_bytes = bpf::ring_buffer_size(self.config.ring_buffer_bytes);
+        let ring_bytes = self.config.sizes().ring_bytes;
         open.maps
             .tapio_events
             .set_max_entries(ring_bytes)
@@ -262,7 +262,6 @@ impl BpfProgram for KernelProgram {
         } else {
             0
         };
-        rodata.tapio_wakeup_delay_ns = c.delivery.max_delay_ms.saturating_mul(1_000_000);
         rodata.tapio_wakeup_bytes = c.delivery.watermark(ring_bytes);
 
         for mut prog in open.open_object_mut().progs_mut() {
@@ -270,6 +269,19 @@ impl BpfProgram for KernelProgram {
             prog.set_autoload(self.wants(&name));
         }
         let skel = open.load().map_err(err("load BPF object"))?;
+        // The wake-up delay is a runtime global: set before anything attaches.
+        let initial_delay = c.delivery.initial_delay();
+        if !bpf::set_wakeup_delay(skel.object(), initial_delay) && !initial_delay.is_zero() {
+            return Err(CollectorError::Bpf {
+                collector: NAME.to_string(),
+                operation: "set wake-up delay".to_string(),
+                source: format!(
+                    "the BPF object has no mapped {} section",
+                    bpf::TAPIO_CTL_MAP
+                )
+                .into(),
+            });
+        }
 
         let mut links = Vec::new();
         for prog in skel.object().progs_mut() {

@@ -6,7 +6,7 @@
 use libbpf_rs::Link;
 use libbpf_rs::skel::Skel;
 
-use super::{CChar, DROPS_MAP, EVENTS_MAP, Loaded, map_handle};
+use super::{CChar, DROPS_MAP, EVENTS_MAP, Loaded, WakeupControl, map_handle};
 use crate::CollectorError;
 
 /// The size the kernel accepts for a ring buffer of at least `requested`
@@ -95,9 +95,13 @@ impl<'obj> Loaded<'obj> {
     ) -> Result<Self, libbpf_rs::Error> {
         let events = map_handle(skel.object(), EVENTS_MAP)?;
         let drops = map_handle(skel.object(), DROPS_MAP)?;
+        // SAFETY: the control is stored next to the skeleton that owns the
+        // mapping, and the reader drops both together.
+        let wakeup = unsafe { WakeupControl::find(skel.object()) };
         Ok(Self {
             events,
             drops: Some(drops),
+            wakeup,
             details,
             keep: Box::new(Attached {
                 _links: links,

@@ -5,17 +5,33 @@
 //! Every tapio BPF object includes `tapio/common.h` (from `tapio-bpf-build`),
 //! which defines the `tapio_events` ring buffer and the `tapio_drops` per-CPU
 //! counter of reserve failures; [`RingBufReader`] reads both.
+//!
+//! [`Sizing`] derives a collector's ring and queue sizes from the online
+//! CPUs and a rate target; with [`RingBufReaderConfig::adaptive`] the reader
+//! adapts the programs' wake-up delay (`tapio_wakeup_delay_ns`, written
+//! through [`WakeupControl`]) and its batch size to load
+//! ([`DeliveryController`]).
 
+mod adapt;
 mod load;
 mod reader;
 mod record;
+mod sizing;
 
+pub use adapt::{
+    AdaptiveDelivery, DeliveryController, Setting, TAPIO_CTL_MAP, WakeupControl, set_wakeup_delay,
+};
 pub use load::{ring_buffer_size, rodata, write_cstr};
 pub use reader::{
-    BpfProgram, KeepAlive, Loaded, ReaderStats, RecordHandler, RingBufReader, RingBufReaderConfig,
-    map_handle, read_percpu_total,
+    BpfProgram, KeepAlive, Loaded, ReaderSlot, ReaderStats, RecordHandler, RingBufReader,
+    RingBufReaderConfig, map_handle, read_percpu_total,
 };
 pub use record::{CChar, DecodeError, Record, check_version, decode_pod, read_cstr};
+pub use sizing::{
+    MAX_QUEUE_CAPACITY, MAX_RING_BYTES, MIN_DRAIN_WINDOW, MIN_QUEUE_CAPACITY, MIN_RING_BYTES,
+    PER_CPU_RING_BYTES, QUEUE_WINDOW, RING_HEADROOM, RING_RECORD_HEADER, Sizes, Sizing,
+    SizingPolicy, online_cpus, parse_cpu_list,
+};
 
 pub use libbpf_rs;
 pub use plain;

@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, OpenObject, RingBufferBuilder};
 
+use super::adapt::{AdaptiveDelivery, DeliveryController, Setting, WakeupControl};
 use super::record::Record;
 use crate::CollectorError;
 use crate::stats::{DropStage, Stats};
@@ -37,6 +38,11 @@ pub struct RingBufReaderConfig {
     /// observation per batch rather than per record: two clock reads per
     /// record cost a busy reader about 5 % of its time. `None`: not timed.
     pub timing: Option<Telemetry>,
+    /// Adapt the programs' wake-up delay and the batch size to the record
+    /// rate ([`AdaptiveDelivery`]); `None`: the delay the program set stays,
+    /// every poll drains everything available as one batch. Needs an object
+    /// with `tapio/common.h`'s `.data.tapio_ctl` section (else ignored).
+    pub adaptive: Option<AdaptiveDelivery>,
 }
 
 impl Default for RingBufReaderConfig {
@@ -47,6 +53,7 @@ impl Default for RingBufReaderConfig {
             drop_poll_every: Duration::from_secs(1),
             tick_every: None,
             timing: None,
+            adaptive: None,
         }
     }
 }
@@ -60,6 +67,101 @@ pub struct ReaderStats {
     pub decode_errors: AtomicU64,
     /// Reserve failures the kernel counted in `tapio_drops`, as last read.
     pub kernel_dropped: AtomicU64,
+    /// The programs' current wake-up delay in microseconds (adaptive
+    /// delivery; 0 without it). A gauge.
+    pub wakeup_delay_us: AtomicU64,
+    /// Records consumed per batch now (adaptive delivery; 0 without it:
+    /// everything available). A gauge.
+    pub batch_size: AtomicU64,
+    /// Highest wake-up delay (µs) applied so far.
+    pub wakeup_delay_us_max: AtomicU64,
+    /// Largest batch size applied so far.
+    pub batch_size_max: AtomicU64,
+    /// How often the adaptive delivery changed its setting.
+    pub adjustments: AtomicU64,
+    /// Batches handed to [`RecordHandler::batch_end`].
+    pub batches: AtomicU64,
+}
+
+impl ReaderStats {
+    fn apply(&self, setting: Setting) {
+        let us = u64::try_from(setting.delay.as_micros()).unwrap_or(u64::MAX);
+        let batch = setting.batch as u64;
+        self.wakeup_delay_us.store(us, Ordering::Relaxed);
+        self.batch_size.store(batch, Ordering::Relaxed);
+        self.wakeup_delay_us_max.fetch_max(us, Ordering::Relaxed);
+        self.batch_size_max.fetch_max(batch, Ordering::Relaxed);
+    }
+}
+
+/// The [`ReaderStats`] of a collector's current reader, kept across
+/// restarts (each run has a new reader), and the gauges that observe them.
+/// Clones share the slot.
+#[derive(Debug, Clone, Default)]
+pub struct ReaderSlot(Arc<ReaderSlotInner>);
+
+#[derive(Debug, Default)]
+struct ReaderSlotInner {
+    current: std::sync::Mutex<Option<Arc<ReaderStats>>>,
+    gauges: std::sync::OnceLock<()>,
+}
+
+impl ReaderSlot {
+    /// Make `reader`'s counters the current ones.
+    pub fn set(&self, reader: &RingBufReader) {
+        *self
+            .0
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reader.shared_stats());
+    }
+
+    /// The current (or last) reader's counters; `None` before the first run.
+    pub fn get(&self) -> Option<Arc<ReaderStats>> {
+        self.0
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Register, once per slot, the gauges
+    /// `{collector}_reader_wakeup_delay_us` and `{collector}_reader_batch_size`
+    /// on `telemetry`'s meter: the adaptive delivery's current setting
+    /// (0 without it), observed from whichever reader is current.
+    pub fn register_gauges(&self, telemetry: &Telemetry) {
+        self.0.gauges.get_or_init(|| {
+            let observe =
+                |slot: &ReaderSlot, f: fn(&ReaderStats) -> u64| slot.get().map_or(0, |s| f(&s));
+            let slot = self.clone();
+            telemetry
+                .meter()
+                .u64_observable_gauge(telemetry.instrument_name("reader_wakeup_delay_us"))
+                .with_description("Current wake-up delay of the BPF programs (adaptive delivery)")
+                .with_unit("us")
+                .with_callback(move |o| {
+                    o.observe(
+                        observe(&slot, |s| s.wakeup_delay_us.load(Ordering::Relaxed)),
+                        &[],
+                    )
+                })
+                .build();
+            let slot = self.clone();
+            telemetry
+                .meter()
+                .u64_observable_gauge(telemetry.instrument_name("reader_batch_size"))
+                .with_description(
+                    "Records the ring-buffer reader consumes per batch (adaptive delivery)",
+                )
+                .with_callback(move |o| {
+                    o.observe(
+                        observe(&slot, |s| s.batch_size.load(Ordering::Relaxed)),
+                        &[],
+                    )
+                })
+                .build();
+        });
+    }
 }
 
 /// Reads one BPF ring buffer on a dedicated thread, decodes records into
@@ -77,6 +179,89 @@ impl std::fmt::Debug for RingBufReader {
         f.debug_struct("RingBufReader")
             .field("stats", &self.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// Most batches one wake-up consumes before the reader checks for stop,
+/// ticks and the drop counter (it comes straight back when more is waiting).
+const MAX_BATCHES_PER_WAKEUP: usize = 16;
+
+/// The reader's side of [`AdaptiveDelivery`].
+struct Adaptive<'a> {
+    controller: DeliveryController,
+    wakeup: &'a WakeupControl,
+    every: Duration,
+    window_start: Instant,
+    window_records: u64,
+    /// The last cycle read records or changed the delay: records may be
+    /// waiting that woke nobody, so the next wait lasts one delay at most.
+    /// Otherwise a wait that timed out after at least one delay with nothing
+    /// to read proves the next record wakes the reader, and it may block
+    /// for the configured poll timeout.
+    pending: bool,
+}
+
+impl Adaptive<'_> {
+    /// Wait for a wake-up (or the drain timer), consume in batches of the
+    /// current size, and feed the controller at the end of each window.
+    fn cycle(
+        &mut self,
+        rb: &libbpf_rs::RingBuffer<'_>,
+        poll_timeout: Duration,
+        stats: &Stats,
+        rstats: &ReaderStats,
+        end_batch: &dyn Fn(),
+    ) {
+        let setting = self.controller.current();
+        let timeout = if self.pending {
+            setting.delay
+        } else {
+            poll_timeout.max(setting.delay)
+        };
+        let timeout_ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: the ring buffer's own epoll fd, one valid event slot.
+        let rc = unsafe { libc::epoll_wait(rb.epoll_fd(), &mut event, 1, timeout_ms) };
+        let timed_out = rc == 0;
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(error = %err, "ring buffer wait failed");
+                stats.add_errors(1);
+                std::thread::sleep(poll_timeout);
+            }
+        }
+        let mut read = 0u64;
+        for _ in 0..MAX_BATCHES_PER_WAKEUP {
+            let n = rb.consume_raw_n(setting.batch);
+            if n < 0 {
+                tracing::warn!(errno = -n, "ring buffer consume failed");
+                stats.add_errors(1);
+                break;
+            }
+            let n = n.unsigned_abs() as usize;
+            if n > 0 {
+                read += n as u64;
+                end_batch();
+            }
+            if n < setting.batch {
+                break;
+            }
+        }
+        self.pending = read > 0 || !timed_out;
+        self.window_records += read;
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= self.every {
+            let next = self.controller.observe(self.window_records, elapsed);
+            if next != setting {
+                self.wakeup.set(next.delay);
+                rstats.apply(next);
+                rstats.adjustments.fetch_add(1, Ordering::Relaxed);
+                self.pending = true;
+            }
+            self.window_start = Instant::now();
+            self.window_records = 0;
+        }
     }
 }
 
@@ -133,6 +318,8 @@ pub struct Loaded<'obj> {
     /// Facts about the loaded object worth reporting in health details
     /// (programs attached, ring-buffer size read back from the kernel …).
     pub details: Vec<(String, String)>,
+    /// The programs' wake-up delay, for [`RingBufReaderConfig::adaptive`].
+    pub wakeup: Option<WakeupControl>,
     /// Skeleton and links; dropped on the session thread when it stops.
     pub keep: Box<dyn KeepAlive + 'obj>,
 }
@@ -251,6 +438,7 @@ impl RingBufReader {
                     drop(ready_tx);
 
                     let end_batch = || {
+                        rstats.batches.fetch_add(1, Ordering::Relaxed);
                         handler.borrow_mut().batch_end();
                         if let (Some(t), Some(started)) = (&config.timing, batch_started.take()) {
                             t.record_duration(started.elapsed());
@@ -268,18 +456,38 @@ impl RingBufReader {
                     };
                     let mut last_drop_check = Instant::now();
                     let mut last_tick = Instant::now();
-                    while !stop.load(Ordering::Acquire) {
-                        let rc = rb.poll_raw(config.poll_timeout);
-                        if rc < 0 && rc != -libc::EINTR {
-                            tracing::warn!(errno = -rc, "ring buffer poll failed");
-                            stats.add_errors(1);
-                            std::thread::sleep(config.poll_timeout);
+                    let mut adaptive = match (config.adaptive, loaded.wakeup.as_ref()) {
+                        (Some(settings), Some(wakeup)) => {
+                            let controller = DeliveryController::new(settings);
+                            wakeup.set(controller.current().delay);
+                            rstats.apply(controller.current());
+                            Some(Adaptive {
+                                every: controller.config().every,
+                                controller,
+                                wakeup,
+                                window_start: Instant::now(),
+                                window_records: 0,
+                                pending: false,
+                            })
                         }
-                        // Programs may submit without waking (BPF_RB_NO_WAKEUP,
-                        // batched wakeups): those records are only seen by a consume.
-                        let consumed = rb.consume_raw();
-                        if rc > 0 || consumed > 0 {
-                            end_batch();
+                        _ => None,
+                    };
+                    while !stop.load(Ordering::Acquire) {
+                        if let Some(a) = adaptive.as_mut() {
+                            a.cycle(&rb, config.poll_timeout, &stats, &rstats, &end_batch);
+                        } else {
+                            let rc = rb.poll_raw(config.poll_timeout);
+                            if rc < 0 && rc != -libc::EINTR {
+                                tracing::warn!(errno = -rc, "ring buffer poll failed");
+                                stats.add_errors(1);
+                                std::thread::sleep(config.poll_timeout);
+                            }
+                            // Programs may submit without waking (BPF_RB_NO_WAKEUP,
+                            // batched wakeups): those records are only seen by a consume.
+                            let consumed = rb.consume_raw();
+                            if rc > 0 || consumed > 0 {
+                                end_batch();
+                            }
                         }
                         if let Some(every) = config.tick_every
                             && last_tick.elapsed() >= every
@@ -338,6 +546,11 @@ impl RingBufReader {
     /// The reader's counters.
     pub fn stats(&self) -> &ReaderStats {
         &self.stats
+    }
+
+    /// The reader's counters, shared (they outlive the reader).
+    pub fn shared_stats(&self) -> Arc<ReaderStats> {
+        self.stats.clone()
     }
 
     /// [`spawn`](Self::spawn) for async callers: waiting for the program to
