@@ -10,8 +10,8 @@
 //!   connect, accept, server close, client reads EOF and closes (connect,
 //!   accept and two close events each), made one after another by each of
 //!   `TAPIO_BENCH_CONNECT_THREADS` (1) client threads, accepted by as many
-//!   server threads (a connect storm: 2 threads pass 20 k connections/s on a
-//!   2-vCPU VM where one stays near 12 k/s).
+//!   server threads (a connect storm: 2 threads made 21–23 k connections/s
+//!   on a 2-vCPU VM where one makes 10–16 k/s).
 //!
 //! Modes, each loaded before and unloaded after the two workloads:
 //!
