@@ -435,6 +435,7 @@ impl Metadata {
         }
     }
 
+    #[inline]
     fn insert_own(&mut self, key: CompactString, value: Value) -> Option<Value> {
         if self.shared[0].is_some() {
             self.own_bits |= key_bit(&key);
@@ -458,6 +459,7 @@ impl Metadata {
 
     /// Set `key` to `value`; returns the value it replaced. Inserting keys
     /// in ascending order appends without a search.
+    #[inline]
     pub fn insert(
         &mut self,
         key: impl Into<CompactString>,
