@@ -11,8 +11,12 @@
 //! pods (every lookup misses the CPU caches: the worst case);
 //! `enrich_emit_hot64` over 64 busy pods of the same tables.
 //!
+//! Times are the bench thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), so
+//! that other work on a shared machine taking the CPU away does not count;
+//! `TAPIO_BENCH_CLOCK=wall` measures wall time instead.
+//!
 //! ```text
-//! cargo bench --bench node_model
+//! cargo bench --no-default-features --features export --bench node_model
 //! ```
 
 #![allow(clippy::unwrap_used)]
@@ -24,7 +28,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use chrono::Utc;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, Criterion, Throughput, criterion_group, criterion_main};
 use node_fixture::*;
 use tapio::core::RawEvent;
 
@@ -32,6 +36,31 @@ const PODS: usize = 10_000;
 const NAMES_PER_POD: usize = 10;
 /// Events per iteration (emitted, then drained on the same thread).
 const BATCH: usize = 1024;
+
+/// Time `body` on the clock the module docs describe.
+fn timed(b: &mut Bencher<'_>, mut body: impl FnMut()) {
+    fn read(clock: libc::clockid_t) -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let clock = if std::env::var("TAPIO_BENCH_CLOCK").is_ok_and(|c| c == "wall") {
+        libc::CLOCK_MONOTONIC
+    } else {
+        libc::CLOCK_THREAD_CPUTIME_ID
+    };
+    b.iter_custom(|iters| {
+        let started = read(clock);
+        for _ in 0..iters {
+            body();
+        }
+        read(clock) - started
+    });
+}
 
 fn bench(c: &mut Criterion) {
     let at = Utc::now();
@@ -47,7 +76,7 @@ fn bench(c: &mut Criterion) {
         let mut rx = base.take_events().unwrap();
         let mut out: Vec<RawEvent> = Vec::with_capacity(BATCH);
         let mut n = 0usize;
-        b.iter(|| {
+        timed(b, || {
             for _ in 0..BATCH {
                 n = n.wrapping_add(7919);
                 let i = n % PODS;
@@ -73,7 +102,7 @@ fn bench(c: &mut Criterion) {
             let mut rx = base.take_events().unwrap();
             let mut out: Vec<RawEvent> = Vec::with_capacity(BATCH);
             let mut n = 0usize;
-            b.iter(|| {
+            timed(b, || {
                 for _ in 0..BATCH {
                     n = n.wrapping_add(7919);
                     // `active` pods spread over the table: all of them

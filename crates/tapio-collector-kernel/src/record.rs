@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
 use tapio_core::cgroup::CgroupInfo;
 use tapio_core::clock::BootClock;
-use tapio_core::metadata::Value;
+use tapio_core::metadata::{SharedMetadata, Value};
 use tapio_core::node::{self, Anchor, NodeModel, Scope};
 use tapio_core::pod::{KEY_NAMESPACE, KEY_POD_NAME};
 use tapio_core::{CompactString, Emitter, Payload, RawEvent, SpanRef, ToCompactString};
@@ -122,10 +122,6 @@ const MAX_BATCH: usize = 256;
 
 /// Most attributes of our own on one event (a TCP event's).
 const MAX_ATTRS: usize = 16;
-
-/// Most attributes a cgroup and its pod add (six from the cgroup, three
-/// from the pod directory).
-const CGROUP_ATTRS: usize = 9;
 
 /// One attribute of our own.
 type Attr = (&'static str, Value);
@@ -432,19 +428,19 @@ impl Converter {
         cgroup_id: Option<u64>,
         link: Link,
     ) {
-        let info = self.resolve(cgroup_id);
-        let ev = self.build(
-            event_type,
-            self.clock.to_wall(ktime_ns),
-            payload,
-            info.as_deref(),
-        );
+        let (_, block) = self.resolve(cgroup_id);
+        let ev = self.build(event_type, self.clock.to_wall(ktime_ns), payload, block);
         self.batch.push(link.apply(ev));
     }
 
     /// The cgroup `cgroup_id`'s information, when it resolves.
-    fn resolve(&self, cgroup_id: Option<u64>) -> Option<Arc<CgroupInfo>> {
-        cgroup_id.and_then(|id| self.emitter.cgroups()?.resolve(id))
+    /// With it, the pod / container attributes the node model built for
+    /// it once, attached to its events by reference.
+    fn resolve(&self, cgroup_id: Option<u64>) -> (Option<Arc<CgroupInfo>>, Option<SharedMetadata>) {
+        match cgroup_id.and_then(|id| self.node.as_deref()?.cgroup(id)) {
+            Some((info, block)) => (Some(info), Some(block)),
+            None => (None, None),
+        }
     }
 
     /// The process anchor of `pid` for a step `at` that time (none without
@@ -462,7 +458,7 @@ impl Converter {
         event_type: &'static str,
         at: DateTime<Utc>,
         payload: impl Payload,
-        info: Option<&CgroupInfo>,
+        cgroup: Option<SharedMetadata>,
     ) -> RawEvent {
         let mut ev = RawEvent::at(
             at,
@@ -471,24 +467,15 @@ impl Converter {
             payload,
         );
         let metadata = &mut ev.metadata;
-        // One allocation for all of them.
-        metadata.reserve(self.attrs.len() + if info.is_some() { CGROUP_ATTRS } else { 0 });
-        // Ours and the cgroup's attributes each come in key order: merged,
-        // every insert appends.
-        let mut cgroup = info.into_iter().flat_map(|info| info.metadata()).peekable();
+        // One allocation for all of them; they come in key order, so every
+        // insert appends.
+        metadata.reserve(self.attrs.len());
         for (key, value) in self.attrs.drain(..) {
-            while let Some((k, v)) = cgroup.next_if(|(k, _)| *k < key) {
-                metadata.insert(k, v);
-            }
             metadata.insert(key, value);
         }
-        for (k, v) in cgroup {
-            metadata.insert(k, v);
-        }
-        if let (Some(info), Some(pods)) = (info, self.emitter.pods())
-            && let Some(uid) = &info.pod_uid
-        {
-            pods.write_metadata(uid, info.container_id.as_deref(), metadata);
+        // The cgroup's and its pod's attributes: one block, by reference.
+        if let Some(cgroup) = cgroup {
+            metadata.attach(cgroup);
         }
         ev
     }
@@ -516,8 +503,8 @@ impl Converter {
                 // the fork until it execs (see the crate docs).
                 let at = self.clock.to_wall(e.hdr.ktime_ns);
                 let link = self.process_anchor(parent, at);
-                let info = self.resolve(cgroup);
-                let ev = link.apply(self.build(ev::FORK, at, payload, info.as_deref()));
+                let (_, block) = self.resolve(cgroup);
+                let ev = link.apply(self.build(ev::FORK, at, payload, block));
                 if let (Link::Follows(_), Some(node)) = (link, &self.node) {
                     node.mark(Anchor::Process(e.child_pid), ev.span_ref(), at, None);
                 }
@@ -648,8 +635,8 @@ impl Converter {
                     ("process.user.id", e.victim_uid.into()),
                 ]);
                 let at = self.clock.to_wall(e.hdr.ktime_ns);
-                let info = self.resolve(Some(e.victim_cgroup_id));
-                let mut ev = self.build(ev::OOM_KILL, at, payload, info.as_deref());
+                let (info, block) = self.resolve(Some(e.victim_cgroup_id));
+                let mut ev = self.build(ev::OOM_KILL, at, payload, block);
                 if let Some(node) = &self.node {
                     // The first step of the OOM chain; the kubelet's
                     // transition and the kube Event join the pod's mark.
@@ -757,7 +744,7 @@ impl Converter {
         );
         let pid = payload.process.pid;
         let at = self.clock.to_wall(e.hdr.ktime_ns);
-        let info = self.resolve(Some(payload.process.cgroup_id));
+        let (info, block) = self.resolve(Some(payload.process.cgroup_id));
         // A process chain starts here, unless this is the first process of
         // a pod whose CNI ADD was seen: then it continues the pod's setup.
         let link = match &self.node {
@@ -768,7 +755,7 @@ impl Converter {
                 .and_then(|uid| node.take_anchor(Anchor::PodSetup(uid), at))
                 .map_or(Link::Start, |m| Link::Follows(m.span)),
         };
-        let ev = link.apply(self.build(ev::EXEC, at, payload, info.as_deref()));
+        let ev = link.apply(self.build(ev::EXEC, at, payload, block.clone()));
         let exec_span = ev.span_ref();
         if let Some(node) = &self.node {
             node.mark(Anchor::Process(pid), exec_span, at, None);
@@ -785,7 +772,7 @@ impl Converter {
                 Some(_) => Link::Follows(exec_span),
                 None => Link::None,
             };
-            let ev = self.build(ev::PRIVILEGED_EXEC, at, payload, info.as_deref());
+            let ev = self.build(ev::PRIVILEGED_EXEC, at, payload, block);
             self.batch.push(link.apply(ev));
         }
     }
@@ -841,7 +828,7 @@ impl Converter {
         };
         let at = self.clock.to_wall(e.hdr.ktime_ns);
         let process = (e.owner_known != 0).then(|| process(&e.task));
-        let info = self.resolve(process.as_ref().map(|p| p.cgroup_id));
+        let (info, block) = self.resolve(process.as_ref().map(|p| p.cgroup_id));
         // The name the socket's pod (or cgroup) resolved the peer from, for
         // every event of a connection but an accept (the peer is a client).
         let resolved = match (&self.node, &process) {
@@ -906,7 +893,7 @@ impl Converter {
             retransmits: e.retransmits,
             duration_ns: e.duration_ns,
         };
-        let mut ev = link.apply(self.build(event_type, at, payload, info.as_deref()));
+        let mut ev = link.apply(self.build(event_type, at, payload, block));
         if let Some(node) = &self.node {
             // Softirq events of sockets whose owner is unknown, and sockets
             // of processes outside pod cgroups: the pod by its IP.
@@ -918,16 +905,10 @@ impl Converter {
                     [KEY_POD_NAME, KEY_NAMESPACE, KEY_POD_UID],
                 );
             }
-            attach_pod(
-                node,
-                &mut ev,
-                &remote,
-                [
-                    node::KEY_PEER_POD_NAME,
-                    node::KEY_PEER_NAMESPACE,
-                    node::KEY_PEER_POD_UID,
-                ],
-            );
+            // The peer pod's `tapio.peer.*` attributes: one shared block.
+            if !remote.is_loopback() && !remote.is_unspecified() {
+                node.attach_peer(&mut ev, &remote);
+            }
         }
         // A connect without an answer yet may be waiting for the DNS
         // collector to record it (see `Held`).

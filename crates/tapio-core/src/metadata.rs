@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::ops::Index;
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
@@ -208,10 +209,145 @@ impl<'de> Deserialize<'de> for Value {
     }
 }
 
+/// Most [`SharedMetadata`] blocks one [`Metadata`] refers to; attaching
+/// another copies the block's attributes instead.
+const SHARED_SLOTS: usize = 3;
+
+/// One bit of a 128-bit filter for `key` (its length and two of its
+/// bytes). A set of keys is summarised by the union of their bits: two sets
+/// whose filters do not intersect share no key, so most checks for a key
+/// in another set need no search.
+#[inline]
+fn key_bit(key: &str) -> u128 {
+    let b = key.as_bytes();
+    let n = b.len();
+    let (last, mid) = match (b.last(), b.get(n / 2)) {
+        (Some(last), Some(mid)) => (u32::from(*last), u32::from(*mid)),
+        _ => (0, 0),
+    };
+    #[allow(clippy::cast_possible_truncation)]
+    let h = (n as u32).wrapping_mul(0x9E37_79B1)
+        ^ last.wrapping_mul(0x85EB_CA77)
+        ^ mid.wrapping_mul(0xC2B2_AE3D);
+    1u128 << (h >> 25)
+}
+
+fn search(entries: &[(CompactString, Value)], key: &str) -> Result<usize, usize> {
+    entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
+}
+
+#[derive(PartialEq)]
+struct Block {
+    /// Sorted by key, keys unique.
+    entries: Box<[(CompactString, Value)]>,
+    /// Union of the keys' [`key_bit`]s.
+    mask: u128,
+    /// Each key's [`key_bit`].
+    bits: Box<[u128]>,
+}
+
+impl Block {
+    fn get(&self, key: &str, bit: u128) -> Option<&Value> {
+        if self.mask & bit == 0 {
+            return None;
+        }
+        search(&self.entries, key).ok().map(|i| &self.entries[i].1)
+    }
+}
+
+/// A block of attributes built once and attached to many events by
+/// reference ([`Metadata::attach`]): the pod and container attributes of a
+/// cgroup, the peer pod of an IP. Cloning it and attaching it copy no key
+/// and no value.
+///
+/// ```
+/// use tapio_core::Metadata;
+/// use tapio_core::metadata::SharedMetadata;
+///
+/// let pod: SharedMetadata = [("k8s.pod.name", "web-0"), ("k8s.namespace.name", "shop")]
+///     .into_iter()
+///     .collect::<Metadata>()
+///     .into();
+/// let mut m = Metadata::new();
+/// m.insert("process.pid", 42u32);
+/// m.attach(pod.clone());
+/// assert_eq!(m.len(), 3);
+/// assert_eq!(m.keys().collect::<Vec<_>>(), ["k8s.namespace.name", "k8s.pod.name", "process.pid"]);
+/// // A key set on the event afterwards overrides the block's.
+/// m.insert("k8s.pod.name", "web-1");
+/// assert_eq!(m["k8s.pod.name"], "web-1");
+/// assert_eq!(pod.get("k8s.pod.name").unwrap(), "web-0");
+/// ```
+#[derive(Clone)]
+pub struct SharedMetadata(Arc<Block>);
+
+impl SharedMetadata {
+    /// Number of attributes.
+    pub fn len(&self) -> usize {
+        self.0.entries.len()
+    }
+
+    /// Whether there are no attributes.
+    pub fn is_empty(&self) -> bool {
+        self.0.entries.is_empty()
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key, key_bit(key))
+    }
+
+    /// `(key, value)` pairs in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> + '_ {
+        self.0.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Whether `a` and `b` are the same block (not only equal ones).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl From<Metadata> for SharedMetadata {
+    fn from(m: Metadata) -> Self {
+        let entries: Box<[(CompactString, Value)]> = m.into_iter().collect();
+        let bits: Box<[u128]> = entries.iter().map(|(k, _)| key_bit(k)).collect();
+        let mask = bits.iter().fold(0, |a, b| a | b);
+        Self(Arc::new(Block {
+            entries,
+            mask,
+            bits,
+        }))
+    }
+}
+
+impl Default for SharedMetadata {
+    /// No attributes.
+    fn default() -> Self {
+        Metadata::new().into()
+    }
+}
+
+impl PartialEq for SharedMetadata {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.entries == other.0.entries
+    }
+}
+
+impl fmt::Debug for SharedMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
 /// Attributes keyed by OpenTelemetry semantic-convention names (or
 /// `tapio.`-prefixed names of our own), kept sorted by key (iteration and
 /// the JSON object are in key order, as with a `BTreeMap`), each key at
 /// most once.
+///
+/// Besides its own attributes, a `Metadata` may refer to a few
+/// [`SharedMetadata`] blocks ([`attach`](Self::attach)); every method
+/// behaves as if their attributes had been inserted one by one.
 ///
 /// ```
 /// use tapio_core::Metadata;
@@ -228,10 +364,17 @@ impl<'de> Deserialize<'de> for Value {
 /// assert_eq!(serde_json::to_string(&m)?, r#"{"container.id":"c0ffee","process.pid":43}"#);
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 pub struct Metadata {
-    /// Sorted by key, keys unique.
+    /// Own attributes: sorted by key, keys unique.
     entries: Vec<(CompactString, Value)>,
+    /// Blocks attached by reference, filled from the front. No key is in
+    /// more than one of them or in `entries`.
+    shared: [Option<SharedMetadata>; SHARED_SLOTS],
+    /// Once a block was attached: a superset of the own keys'
+    /// [`key_bit`]s (kept up to date by inserts from then on, so that a
+    /// second block need not compute it again); 0 before.
+    own_bits: u128,
 }
 
 impl Metadata {
@@ -239,6 +382,8 @@ impl Metadata {
     pub const fn new() -> Self {
         Self {
             entries: Vec::new(),
+            shared: [None, None, None],
+            own_bits: 0,
         }
     }
 
@@ -246,6 +391,8 @@ impl Metadata {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             entries: Vec::with_capacity(capacity),
+            shared: [None, None, None],
+            own_bits: 0,
         }
     }
 
@@ -255,18 +402,44 @@ impl Metadata {
     }
 
     fn position(&self, key: &str) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
+        search(&self.entries, key)
     }
 
-    /// Set `key` to `value`; returns the value it replaced. Inserting keys
-    /// in ascending order appends without a search.
-    pub fn insert(
-        &mut self,
-        key: impl Into<CompactString>,
-        value: impl Into<Value>,
-    ) -> Option<Value> {
-        let key = key.into();
-        let value = value.into();
+    fn blocks(&self) -> impl Iterator<Item = &Block> + '_ {
+        self.shared.iter().map_while(|s| s.as_ref().map(|s| &*s.0))
+    }
+
+    /// The slot of the attached block holding `key`.
+    #[inline]
+    fn shared_slot(&self, key: &str) -> Option<usize> {
+        self.shared[0].as_ref()?;
+        let bit = key_bit(key);
+        self.blocks().position(|b| b.get(key, bit).is_some())
+    }
+
+    /// Copy the block in `slot` into the own attributes.
+    fn unshare(&mut self, slot: usize) {
+        let block = self.shared[slot].take();
+        self.shared[slot..].rotate_left(1);
+        if let Some(block) = block {
+            self.entries.reserve(block.len());
+            for (k, v) in block.0.entries.iter() {
+                self.insert_own(k.clone(), v.clone());
+            }
+        }
+    }
+
+    fn unshare_all(&mut self) {
+        while self.shared[0].is_some() {
+            self.unshare(0);
+        }
+    }
+
+    #[inline]
+    fn insert_own(&mut self, key: CompactString, value: Value) -> Option<Value> {
+        if self.shared[0].is_some() {
+            self.own_bits |= key_bit(&key);
+        }
         match self.entries.last() {
             Some((last, _)) if last.as_str() < key.as_str() => {}
             None => {}
@@ -284,9 +457,84 @@ impl Metadata {
         None
     }
 
+    /// Set `key` to `value`; returns the value it replaced. Inserting keys
+    /// in ascending order appends without a search.
+    #[inline]
+    pub fn insert(
+        &mut self,
+        key: impl Into<CompactString>,
+        value: impl Into<Value>,
+    ) -> Option<Value> {
+        let key = key.into();
+        if let Some(slot) = self.shared_slot(&key) {
+            self.unshare(slot);
+        }
+        self.insert_own(key, value.into())
+    }
+
+    /// Insert every attribute of `block`, as [`insert`](Self::insert) would
+    /// one by one, without copying them: the event refers to the block. A
+    /// key inserted later overrides the block's value for this event only.
+    pub fn attach(&mut self, block: SharedMetadata) {
+        if block.is_empty() {
+            return;
+        }
+        let new = &*block.0;
+        // Keys of earlier blocks that `block` sets again: the new values win.
+        let mut slot = 0;
+        while let Some(old) = &self.shared[slot] {
+            let overlaps = SharedMetadata::ptr_eq(old, &block)
+                || (old.0.mask & new.mask != 0
+                    && new
+                        .entries
+                        .iter()
+                        .zip(new.bits.iter())
+                        .any(|((k, _), bit)| old.0.get(k, *bit).is_some()));
+            if overlaps {
+                self.unshare(slot);
+            } else {
+                slot += 1;
+            }
+            if slot == SHARED_SLOTS {
+                break;
+            }
+        }
+        // Own keys the block sets: searched only for keys whose filter bit
+        // an own key has too.
+        if self.shared[0].is_none() {
+            self.own_bits = self.entries.iter().fold(0, |m, (k, _)| m | key_bit(k));
+        }
+        if !self.entries.is_empty() {
+            let own = self.own_bits;
+            if own & new.mask != 0 {
+                for ((k, _), bit) in new.entries.iter().zip(new.bits.iter()) {
+                    if own & bit != 0
+                        && let Ok(i) = self.position(k)
+                    {
+                        self.entries.remove(i);
+                    }
+                }
+            }
+        }
+        match self.shared.iter().position(Option::is_none) {
+            Some(free) => self.shared[free] = Some(block),
+            None => {
+                self.entries.reserve(new.entries.len());
+                for (k, v) in new.entries.iter() {
+                    self.insert_own(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.position(key).ok().map(|i| &self.entries[i].1)
+        if let Ok(i) = self.position(key) {
+            return Some(&self.entries[i].1);
+        }
+        self.shared[0].as_ref()?;
+        let bit = key_bit(key);
+        self.blocks().find_map(|b| b.get(key, bit))
     }
 
     /// The value of `key` when it is a string.
@@ -301,57 +549,79 @@ impl Metadata {
 
     /// Whether `key` is set.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_ok()
+        self.get(key).is_some()
     }
 
     /// Remove `key`; returns its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
+        if let Some(slot) = self.shared_slot(key) {
+            self.unshare(slot);
+        }
         self.position(key).ok().map(|i| self.entries.remove(i).1)
     }
 
     /// Number of attributes.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.blocks().map(|b| b.entries.len()).sum::<usize>()
     }
 
     /// Whether there are no attributes.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Remove every attribute, keeping the allocation.
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.shared = [None, None, None];
+        self.own_bits = 0;
     }
 
     /// `(key, value)` pairs in key order.
     pub fn iter(&self) -> Iter<'_> {
-        Iter {
-            inner: self.entries.iter(),
+        let mut sources: [&[(CompactString, Value)]; SHARED_SLOTS + 1] = [&[]; SHARED_SLOTS + 1];
+        sources[0] = &self.entries;
+        for (source, block) in sources[1..].iter_mut().zip(self.blocks()) {
+            *source = &block.entries;
         }
+        Iter { sources }
     }
 
     /// Keys in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.entries.iter().map(|(k, _)| k.as_str())
+        self.iter().map(|(k, _)| k)
     }
 }
 
 /// Iterator over [`Metadata`] pairs in key order.
 #[derive(Debug, Clone)]
 pub struct Iter<'a> {
-    inner: std::slice::Iter<'a, (CompactString, Value)>,
+    /// The own attributes and each attached block's, not yet returned;
+    /// their keys are disjoint.
+    sources: [&'a [(CompactString, Value)]; SHARED_SLOTS + 1],
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a Value);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|(k, v)| (k.as_str(), v))
+        let mut best: Option<(usize, &'a str)> = None;
+        for (i, source) in self.sources.iter().enumerate() {
+            if let Some((k, _)) = source.first()
+                && best.is_none_or(|(_, b)| k.as_str() < b)
+            {
+                best = Some((i, k.as_str()));
+            }
+        }
+        let (i, _) = best?;
+        let (first, rest) = self.sources[i].split_first()?;
+        self.sources[i] = rest;
+        Some((first.0.as_str(), &first.1))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.inner.size_hint()
+        let n = self.sources.iter().map(|s| s.len()).sum();
+        (n, Some(n))
     }
 }
 
@@ -370,7 +640,8 @@ impl IntoIterator for Metadata {
     type Item = (CompactString, Value);
     type IntoIter = std::vec::IntoIter<(CompactString, Value)>;
 
-    fn into_iter(self) -> Self::IntoIter {
+    fn into_iter(mut self) -> Self::IntoIter {
+        self.unshare_all();
         self.entries.into_iter()
     }
 }
@@ -392,6 +663,13 @@ impl<K: Into<CompactString>, V: Into<Value>> FromIterator<(K, V)> for Metadata {
     }
 }
 
+impl PartialEq for Metadata {
+    /// The same attributes, whether own or attached.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
 impl Index<&str> for Metadata {
     type Output = Value;
 
@@ -400,9 +678,9 @@ impl Index<&str> for Metadata {
     /// # Panics
     /// When `key` is not set, like `BTreeMap`'s index.
     fn index(&self, key: &str) -> &Value {
-        match self.position(key) {
-            Ok(i) => &self.entries[i].1,
-            Err(_) => panic!("metadata key {key:?} is not set"),
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("metadata key {key:?} is not set"),
         }
     }
 }
@@ -415,7 +693,7 @@ impl fmt::Debug for Metadata {
 
 impl Serialize for Metadata {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.entries.len()))?;
+        let mut map = s.serialize_map(Some(self.len()))?;
         for (k, v) in self.iter() {
             map.serialize_entry(k, v)?;
         }
@@ -513,6 +791,145 @@ mod tests {
             format!("{:?}", m.iter().take(2).collect::<Vec<_>>()),
             r#"[("a", String("again")), ("process.pid", Int(42))]"#
         );
+    }
+
+    fn block(pairs: &[(&str, &str)]) -> SharedMetadata {
+        pairs.iter().copied().collect::<Metadata>().into()
+    }
+
+    /// A tiny deterministic generator (xorshift), so the sequence is
+    /// the same on every run.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn attached_blocks_behave_like_inserting_their_keys() {
+        // Keys from a small alphabet so blocks, own keys and each other
+        // collide often; every operation is mirrored on a BTreeMap with
+        // plain inserts.
+        let keys: Vec<String> = (0..12).map(|i| format!("k{}.{}", i % 5, i)).collect();
+        let mut rng = Rng(0x5eed);
+        for round in 0..400 {
+            let mut m = Metadata::new();
+            let mut reference: BTreeMap<String, Value> = BTreeMap::new();
+            for step in 0..12 {
+                match rng.below(5) {
+                    0 | 1 => {
+                        let k = &keys[rng.below(12) as usize];
+                        let v = Value::from(format!("v{round}.{step}"));
+                        assert_eq!(
+                            m.insert(k.as_str(), v.clone()),
+                            reference.insert(k.clone(), v)
+                        );
+                    }
+                    2 | 3 => {
+                        let n = rng.below(5) as usize;
+                        let pairs: Vec<(String, String)> = (0..n)
+                            .map(|i| {
+                                (
+                                    keys[rng.below(12) as usize].clone(),
+                                    format!("b{round}.{step}.{i}"),
+                                )
+                            })
+                            .collect();
+                        let b: SharedMetadata = pairs
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect::<Metadata>()
+                            .into();
+                        m.attach(b.clone());
+                        for (k, v) in b.iter() {
+                            reference.insert(k.to_owned(), v.clone());
+                        }
+                    }
+                    _ => {
+                        let k = &keys[rng.below(12) as usize];
+                        assert_eq!(m.remove(k), reference.remove(k));
+                    }
+                }
+                let got: Vec<(&str, &Value)> = m.iter().collect();
+                let want: Vec<(&str, &Value)> =
+                    reference.iter().map(|(k, v)| (k.as_str(), v)).collect();
+                assert_eq!(got, want, "round {round} step {step}");
+                assert_eq!(m.len(), reference.len());
+                assert_eq!(m.iter().len(), reference.len());
+                for k in &keys {
+                    assert_eq!(m.get(k), reference.get(k), "{k}");
+                    assert_eq!(m.contains_key(k), reference.contains_key(k));
+                }
+                let json = serde_json::to_string(&m).unwrap();
+                assert_eq!(json, serde_json::to_string(&reference).unwrap());
+                let back: Metadata = serde_json::from_str(&json).unwrap();
+                assert_eq!(back, m);
+                assert_eq!(m.clone(), m);
+            }
+            let owned: Vec<(CompactString, Value)> = m.into_iter().collect();
+            let want: Vec<(CompactString, Value)> = reference
+                .into_iter()
+                .map(|(k, v)| (CompactString::from(k), v))
+                .collect();
+            assert_eq!(owned, want);
+        }
+    }
+
+    #[test]
+    fn a_block_is_shared_and_an_event_override_stays_on_the_event() {
+        let pod = block(&[
+            ("container.id", "0123456789abcdef0123456789abcdef"),
+            ("k8s.pod.name", "web-0"),
+        ]);
+        let mut a = Metadata::new();
+        a.insert("process.pid", 1u32);
+        a.attach(pod.clone());
+        let mut b = a.clone();
+        b.insert("k8s.pod.name", "other");
+        assert_eq!(a["k8s.pod.name"], "web-0");
+        assert_eq!(b["k8s.pod.name"], "other");
+        assert_eq!(pod.get("k8s.pod.name").unwrap(), "web-0");
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"container.id":"0123456789abcdef0123456789abcdef","k8s.pod.name":"web-0","process.pid":1}"#
+        );
+        // Equal to the same attributes inserted one by one.
+        let plain: Metadata = [
+            ("process.pid", Value::from(1u32)),
+            ("k8s.pod.name", Value::from("web-0")),
+            (
+                "container.id",
+                Value::from("0123456789abcdef0123456789abcdef"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(a, plain);
+        assert_ne!(a, b);
+        // Attaching the same block twice, or a fourth block, changes nothing
+        // in what is seen.
+        a.attach(pod.clone());
+        for (i, k) in ["x.a", "x.b", "x.c"].into_iter().enumerate() {
+            a.attach(block(&[(k, "1")]));
+            assert_eq!(a.len(), 4 + i);
+        }
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            [
+                "container.id",
+                "k8s.pod.name",
+                "process.pid",
+                "x.a",
+                "x.b",
+                "x.c"
+            ]
+        );
+        a.clear();
+        assert!(a.is_empty());
     }
 
     #[test]

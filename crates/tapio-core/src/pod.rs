@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Metadata;
 use crate::node::table::Table;
@@ -91,6 +92,11 @@ impl PodMeta {
 #[derive(Debug)]
 pub struct PodDirectory {
     pods: Table<Arc<str>, Arc<PodMeta>>,
+    /// Advanced (after the table changed) whenever what
+    /// [`write_metadata`](PodDirectory::write_metadata) writes may have
+    /// changed: a pod added, removed or evicted, its name, namespace or
+    /// containers changed.
+    generation: AtomicU64,
 }
 
 impl Default for PodDirectory {
@@ -105,6 +111,7 @@ impl PodDirectory {
     pub fn new(capacity: usize) -> Self {
         Self {
             pods: Table::new(capacity),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -120,13 +127,52 @@ impl PodDirectory {
         {
             meta.ips.clone_from(&previous.ips);
         }
+        let evicted = self.pods.evicted();
+        let changed = previous.as_deref().is_none_or(|p| {
+            p.name != meta.name || p.namespace != meta.namespace || p.containers != meta.containers
+        });
         self.pods.insert(uid, Arc::new(meta));
+        if changed || self.pods.evicted() != evicted {
+            self.changed();
+        }
         previous
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A number that changes whenever the metadata
+    /// [`write_metadata`](Self::write_metadata) writes for some pod may
+    /// have changed (read it before reading the pods: metadata built then
+    /// is current as long as the number is the same).
+    ///
+    /// ```
+    /// use tapio_core::pod::{PodDirectory, PodMeta};
+    ///
+    /// let pods = PodDirectory::new(8);
+    /// let g0 = pods.generation();
+    /// let pod = PodMeta {
+    ///     uid: "u".into(), name: "web-0".into(), namespace: "shop".into(),
+    ///     node: None, labels: Default::default(), containers: Vec::new(), ips: Vec::new(),
+    /// };
+    /// pods.upsert(pod.clone());
+    /// let g1 = pods.generation();
+    /// assert_ne!(g0, g1);
+    /// pods.upsert(pod); // the same names: no change
+    /// assert_eq!(pods.generation(), g1);
+    /// ```
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Remove the pod with `uid`, returning its last entry.
     pub fn remove(&self, uid: &str) -> Option<Arc<PodMeta>> {
-        self.pods.remove(uid)
+        let removed = self.pods.remove(uid);
+        if removed.is_some() {
+            self.changed();
+        }
+        removed
     }
 
     /// The pod with `uid`.
@@ -145,6 +191,9 @@ impl PodDirectory {
             }
             kept
         });
+        if !removed.is_empty() {
+            self.changed();
+        }
         removed
     }
 

@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use super::{CgroupError, CgroupInfo, cgroup2_mount};
+use crate::metadata::SharedMetadata;
 
 /// Default [`CgroupResolverConfig::cache_capacity`].
 pub const DEFAULT_CACHE_CAPACITY: usize = 16_384;
@@ -83,6 +84,9 @@ pub struct CgroupResolverStats {
     pub removed: u64,
 }
 
+/// id → entry; foldhash: ids are looked up on every event.
+type Cache = HashMap<u64, Entry, foldhash::fast::RandomState>;
+
 struct Entry {
     info: Arc<CgroupInfo>,
     /// Value of the resolver's miss clock when last used; orders evictions.
@@ -90,6 +94,9 @@ struct Entry {
     /// The cgroup was reported removed ([`CgroupResolver::removed`]): still
     /// resolvable, but evicted before any live entry.
     removed: AtomicBool,
+    /// The attributes [`CgroupResolver::resolve_shared`] built for it, and
+    /// the generation they were built for; set under the write lock.
+    shared: Option<(u64, SharedMetadata)>,
 }
 
 impl Entry {
@@ -98,6 +105,7 @@ impl Entry {
             info,
             last_used: AtomicU64::new(last_used),
             removed: AtomicBool::new(false),
+            shared: None,
         }
     }
 }
@@ -132,7 +140,7 @@ pub struct CgroupResolver {
     root: PathBuf,
     capacity: usize,
     rescan_interval_min: Duration,
-    cache: RwLock<HashMap<u64, Entry>>,
+    cache: RwLock<Cache>,
     /// Serialises walks; holds when the last walk started.
     scan: Mutex<Option<Instant>>,
     /// Creation time; `last_scan_nanos` is relative to it.
@@ -209,7 +217,7 @@ impl CgroupResolver {
         let resolver = Self {
             capacity: config.cache_capacity.max(1),
             rescan_interval_min: config.rescan_interval_min,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Cache::default()),
             scan: Mutex::new(None),
             epoch: Instant::now(),
             last_scan_nanos: AtomicU64::new(0),
@@ -283,6 +291,65 @@ impl CgroupResolver {
         }
         self.newest_id.fetch_max(id, Ordering::Relaxed);
         self.lookup(id)
+    }
+
+    /// Resolves `id` as [`resolve`](Self::resolve) does, together with a
+    /// block of attributes `build` makes from its information. The block is
+    /// kept with the cached entry and built again only when the caller's
+    /// `generation` differs from the one it was built for (the caller
+    /// changes it whenever what `build` reads changes), or the entry
+    /// changed; one lookup on a hit.
+    ///
+    /// ```
+    /// use tapio_core::Metadata;
+    /// use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let resolver = CgroupResolver::new(CgroupResolverConfig {
+    ///     root: Some(dir.path().to_path_buf()),
+    ///     ..CgroupResolverConfig::default()
+    /// })?;
+    /// resolver.learn(1 << 40, "/svc").unwrap();
+    /// let build = |info: &tapio_core::cgroup::CgroupInfo| {
+    ///     let mut m = Metadata::new();
+    ///     info.write_metadata(&mut m);
+    ///     m.into()
+    /// };
+    /// let (info, block) = resolver.resolve_shared(1 << 40, 0, build).unwrap();
+    /// assert_eq!(info.path, "/svc");
+    /// assert_eq!(block.get("tapio.cgroup.path").unwrap(), "/svc");
+    /// let (_, again) = resolver.resolve_shared(1 << 40, 0, |_| unreachable!()).unwrap();
+    /// assert!(tapio_core::metadata::SharedMetadata::ptr_eq(&block, &again));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resolve_shared(
+        &self,
+        id: u64,
+        generation: u64,
+        build: impl FnOnce(&CgroupInfo) -> SharedMetadata,
+    ) -> Option<(Arc<CgroupInfo>, SharedMetadata)> {
+        {
+            let cache = self.cache.read();
+            if let Some(entry) = cache.get(&id)
+                && let Some((built, shared)) = &entry.shared
+                && *built == generation
+            {
+                let now = self.clock.load(Ordering::Relaxed);
+                if entry.last_used.load(Ordering::Relaxed) != now {
+                    entry.last_used.store(now, Ordering::Relaxed);
+                }
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Some((Arc::clone(&entry.info), shared.clone()));
+            }
+        }
+        let info = self.resolve(id)?;
+        let shared = build(&info);
+        if let Some(entry) = self.cache.write().get_mut(&id)
+            && Arc::ptr_eq(&entry.info, &info)
+        {
+            entry.shared = Some((generation, shared.clone()));
+        }
+        Some((info, shared))
     }
 
     /// Resolves a cgroup by its path relative to the cgroup2 mount (`/` is
@@ -531,12 +598,7 @@ impl CgroupResolver {
     /// strictly needed so that eviction work is amortised. Entries not in
     /// `live` (deleted cgroups) or marked removed go first, then least
     /// recently used; `keep` is never evicted.
-    fn evict_if_needed(
-        &self,
-        cache: &mut HashMap<u64, Entry>,
-        keep: Option<u64>,
-        live: Option<&HashSet<u64>>,
-    ) {
+    fn evict_if_needed(&self, cache: &mut Cache, keep: Option<u64>, live: Option<&HashSet<u64>>) {
         if cache.len() <= self.capacity {
             return;
         }

@@ -67,8 +67,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::Metadata;
 use crate::cgroup::{CgroupInfo, CgroupResolver};
 use crate::event::{RawEvent, SpanRef};
+use crate::metadata::SharedMetadata;
 use crate::pod::{PodDirectory, PodMeta};
 use table::Table;
 
@@ -324,14 +326,35 @@ impl NodeStats {
     }
 }
 
+/// The pod holding an IP, with its attributes as a connection's peer.
+#[derive(Debug, Clone)]
+struct IpOwner {
+    pod: Arc<PodMeta>,
+    peer: SharedMetadata,
+}
+
+impl IpOwner {
+    fn new(pod: Arc<PodMeta>) -> Self {
+        let mut peer = Metadata::with_capacity(3);
+        peer.insert(KEY_PEER_POD_NAME, pod.name.as_str());
+        peer.insert(KEY_PEER_NAMESPACE, pod.namespace.as_str());
+        peer.insert(KEY_PEER_POD_UID, pod.uid.as_str());
+        Self {
+            pod,
+            peer: peer.into(),
+        }
+    }
+}
+
 /// What this node's collectors know, joined; see the [module docs](self).
 #[derive(Debug)]
 pub struct NodeModel {
     config: NodeConfig,
     cgroups: Option<Arc<CgroupResolver>>,
     pods: PodDirectory,
-    /// IP → the pod holding it (the pod's current entry: one lookup).
-    ips: Table<IpAddr, Arc<PodMeta>>,
+    /// IP → the pod holding it (the pod's current entry: one lookup) and
+    /// its `tapio.peer.*` attributes, built once.
+    ips: Table<IpAddr, IpOwner>,
     names: Table<(u64, IpAddr), Answers>,
     pod_marks: Table<Arc<str>, PodMarks>,
     revisions: Table<i64, Held>,
@@ -485,21 +508,41 @@ impl NodeModel {
                 self.unindex_ip(ip, uid);
             }
         }
+        if now.ips.is_empty() {
+            return;
+        }
+        let owner = IpOwner::new(now.clone());
         for ip in &now.ips {
-            self.ips.insert(*ip, now.clone());
+            self.ips.insert(*ip, owner.clone());
         }
     }
 
     fn unindex_ip(&self, ip: &IpAddr, uid: &str) {
         // Only if the IP still points at this pod: it may have been reused.
-        if self.ips.with(ip, |owner| owner.uid == uid) == Some(true) {
+        if self.ips.with(ip, |owner| owner.pod.uid == uid) == Some(true) {
             self.ips.remove(ip);
         }
     }
 
     /// The pod of this node that has `ip`.
     pub fn pod_by_ip(&self, ip: &IpAddr) -> Option<Arc<PodMeta>> {
-        self.ips.get(ip)
+        self.ips.with(ip, |owner| owner.pod.clone())
+    }
+
+    /// Add the pod with `ip` as the peer of a connection to `event`
+    /// ([`KEY_PEER_POD_NAME`], [`KEY_PEER_NAMESPACE`], [`KEY_PEER_POD_UID`]),
+    /// as one shared block built when the pod's IPs were indexed; returns
+    /// whether a pod was found. The same as
+    /// `attach_pod_by_ip(event, ip, KEY_PEER_POD_NAME, KEY_PEER_NAMESPACE,
+    /// Some(KEY_PEER_POD_UID))`.
+    pub fn attach_peer(&self, event: &mut RawEvent, ip: &IpAddr) -> bool {
+        match self.ips.with(ip, |owner| owner.peer.clone()) {
+            Some(peer) => {
+                event.metadata.attach(peer);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Add `k8s.pod.name` / `k8s.namespace.name` of the pod with `ip` to
@@ -513,7 +556,18 @@ impl NodeModel {
         uid_key: Option<&'static str>,
     ) -> bool {
         self.ips
-            .with(ip, |pod| {
+            .with(ip, |owner| {
+                if (name_key, namespace_key, uid_key)
+                    == (
+                        KEY_PEER_POD_NAME,
+                        KEY_PEER_NAMESPACE,
+                        Some(KEY_PEER_POD_UID),
+                    )
+                {
+                    event.metadata.attach(owner.peer.clone());
+                    return;
+                }
+                let pod = &owner.pod;
                 event.metadata.insert(name_key, pod.name.as_str());
                 event.metadata.insert(namespace_key, pod.namespace.as_str());
                 if let Some(key) = uid_key {
@@ -528,13 +582,28 @@ impl NodeModel {
     /// pod's name and namespace when kube or CNI knows them). Returns the
     /// cgroup's information, from which [`Scope::of`] gives the scope.
     pub fn attach_cgroup(&self, event: &mut RawEvent, cgroup_id: u64) -> Option<Arc<CgroupInfo>> {
-        let info = self.cgroups.as_ref()?.resolve(cgroup_id)?;
-        info.write_metadata(&mut event.metadata);
-        if let Some(uid) = &info.pod_uid {
-            self.pods
-                .write_metadata(uid, info.container_id.as_deref(), &mut event.metadata);
-        }
+        let (info, metadata) = self.cgroup(cgroup_id)?;
+        event.metadata.attach(metadata);
         Some(info)
+    }
+
+    /// Cgroup `cgroup_id`'s information and the metadata
+    /// [`attach_cgroup`](Self::attach_cgroup) adds for it, built once per
+    /// cgroup (again after the pod table changed), with one lookup.
+    pub fn cgroup(&self, cgroup_id: u64) -> Option<(Arc<CgroupInfo>, SharedMetadata)> {
+        // Read before the pods: a change after it builds again next time.
+        let generation = self.pods.generation();
+        self.cgroups
+            .as_ref()?
+            .resolve_shared(cgroup_id, generation, |info| {
+                let mut m = Metadata::with_capacity(9);
+                info.write_metadata(&mut m);
+                if let Some(uid) = &info.pod_uid {
+                    self.pods
+                        .write_metadata(uid, info.container_id.as_deref(), &mut m);
+                }
+                m.into()
+            })
     }
 
     // ---- DNS --------------------------------------------------------------
@@ -734,6 +803,124 @@ mod tests {
         assert_eq!(node.pods().get("u1").unwrap().name, "web-0");
         assert_eq!(node.remove_pod("u1").unwrap().name, "web-0");
         assert_eq!(node.stats().pods, 0);
+    }
+
+    #[test]
+    fn cgroup_metadata_is_built_once_and_follows_the_pod_table() {
+        use crate::cgroup::CgroupResolverConfig;
+        use crate::pod::PodContainer;
+
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = Arc::new(
+            CgroupResolver::new(CgroupResolverConfig {
+                root: Some(dir.path().to_path_buf()),
+                ..CgroupResolverConfig::default()
+            })
+            .unwrap(),
+        );
+        let uid = "6b9b6a1e-1c4f-4c38-9a3e-1b2c3d4e5f60";
+        let cid = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let path = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/crio-{cid}.scope",
+            uid.replace('-', "_")
+        );
+        let id = 1 << 40;
+        resolver.learn(id, &path).unwrap();
+        let node = NodeModel::default().with_cgroups(resolver.clone());
+        // What the attributes were before they were shared: the cgroup's,
+        // then the pod table's, inserted one by one.
+        let expected = || {
+            let mut m = Metadata::new();
+            m.insert("process.pid", 7u32);
+            let info = resolver.resolve(id).unwrap();
+            info.write_metadata(&mut m);
+            node.pods().write_metadata(uid, Some(cid), &mut m);
+            m
+        };
+        let attached = || {
+            let mut ev = RawEvent::at(Utc::now(), "t", "s", ());
+            ev.metadata.insert("process.pid", 7u32);
+            let info = node.attach_cgroup(&mut ev, id).unwrap();
+            assert_eq!(info.pod_uid.as_deref(), Some(uid));
+            ev.metadata
+        };
+        let keys = |m: &Metadata| m.keys().map(str::to_owned).collect::<Vec<_>>();
+
+        // The pod is not known yet: the cgroup's attributes only.
+        let m = attached();
+        assert_eq!(m, expected());
+        assert_eq!(m[crate::cgroup::KEY_POD_UID], uid);
+        assert!(!m.contains_key(crate::pod::KEY_POD_NAME));
+        let (_, first) = node.cgroup(id).unwrap();
+        let (_, again) = node.cgroup(id).unwrap();
+        assert!(SharedMetadata::ptr_eq(&first, &again), "built once");
+
+        // Learned later from CNI: its name shows up.
+        node.pod_from_cni(uid, "web-0", "shop", &[ip("10.0.0.9")]);
+        let m = attached();
+        assert_eq!(m, expected());
+        assert_eq!(m[crate::pod::KEY_POD_NAME], "web-0");
+        assert_eq!(m[crate::pod::KEY_NAMESPACE], "shop");
+        assert!(!m.contains_key(crate::pod::KEY_CONTAINER_NAME));
+
+        // Then from kube, with its containers; then renamed.
+        let mut pod = (*node.pods().get(uid).unwrap()).clone();
+        pod.containers = vec![PodContainer {
+            name: "main".into(),
+            id: Some(cid.into()),
+        }];
+        node.upsert_pod(pod.clone());
+        let m = attached();
+        assert_eq!(m, expected());
+        assert_eq!(m[crate::pod::KEY_CONTAINER_NAME], "main");
+        pod.name = "web-1".into();
+        node.upsert_pod(pod);
+        let m = attached();
+        assert_eq!(m[crate::pod::KEY_POD_NAME], "web-1");
+        assert_eq!(keys(&m), keys(&expected()));
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            serde_json::to_string(&expected()).unwrap()
+        );
+
+        // Gone from the API server: the names go with it.
+        node.remove_pod(uid);
+        let m = attached();
+        assert_eq!(m, expected());
+        assert!(!m.contains_key(crate::pod::KEY_POD_NAME));
+    }
+
+    #[test]
+    fn the_peer_block_equals_the_peer_keys_inserted_one_by_one() {
+        let node = NodeModel::default();
+        let uid = "6b9b6a1e-1c4f-4c38-9a3e-1b2c3d4e5f60";
+        node.pod_from_cni(uid, "db-0", "shop", &[ip("10.0.0.7")]);
+        let mut shared = RawEvent::at(Utc::now(), "t", "s", ());
+        shared.metadata.insert("network.peer.address", "10.0.0.7");
+        let mut plain = shared.clone();
+        assert!(node.attach_peer(&mut shared, &ip("10.0.0.7")));
+        assert!(!node.attach_peer(&mut shared, &ip("10.0.0.8")));
+        let pod = node.pod_by_ip(&ip("10.0.0.7")).unwrap();
+        plain.metadata.insert(KEY_PEER_POD_NAME, pod.name.as_str());
+        plain
+            .metadata
+            .insert(KEY_PEER_NAMESPACE, pod.namespace.as_str());
+        plain.metadata.insert(KEY_PEER_POD_UID, pod.uid.as_str());
+        assert_eq!(shared.metadata, plain.metadata);
+        let mut via_keys = RawEvent::at(Utc::now(), "t", "s", ());
+        via_keys.metadata.insert("network.peer.address", "10.0.0.7");
+        assert!(node.attach_pod_by_ip(
+            &mut via_keys,
+            &ip("10.0.0.7"),
+            KEY_PEER_POD_NAME,
+            KEY_PEER_NAMESPACE,
+            Some(KEY_PEER_POD_UID)
+        ));
+        assert_eq!(via_keys.metadata, plain.metadata);
+        assert_eq!(
+            serde_json::to_string(&shared.metadata).unwrap(),
+            serde_json::to_string(&plain.metadata).unwrap()
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use parking_lot::RwLock;
 /// write) and counts it.
 #[derive(Debug)]
 pub(crate) struct Table<K, V> {
-    map: RwLock<LinkedHashMap<K, V>>,
+    /// foldhash: the keys are integers, IPs and pod UIDs, hashed on every
+    /// event; SipHash cost more than the rest of a lookup.
+    map: RwLock<LinkedHashMap<K, V, foldhash::fast::RandomState>>,
     capacity: usize,
     evicted: AtomicU64,
 }
@@ -20,7 +22,7 @@ pub(crate) struct Table<K, V> {
 impl<K: Hash + Eq, V: Clone> Table<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            map: RwLock::new(LinkedHashMap::new()),
+            map: RwLock::new(LinkedHashMap::with_hasher(Default::default())),
             capacity: capacity.max(1),
             evicted: AtomicU64::new(0),
         }
@@ -43,7 +45,7 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
         self.trim(&mut map);
     }
 
-    fn trim(&self, map: &mut LinkedHashMap<K, V>) {
+    fn trim(&self, map: &mut LinkedHashMap<K, V, foldhash::fast::RandomState>) {
         while map.len() > self.capacity {
             map.pop_front();
             self.evicted.fetch_add(1, Ordering::Relaxed);
