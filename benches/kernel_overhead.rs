@@ -108,7 +108,10 @@ fn run(kind: &str, count: u64) -> Run {
     };
     let m = run_child(
         kind,
-        &[("count", count.to_string()), ("threads", threads.to_string())],
+        &[
+            ("count", count.to_string()),
+            ("threads", threads.to_string()),
+        ],
     );
     let own1 = process_cpu();
     let bpf1 = bpf_run_time();

@@ -525,9 +525,7 @@ impl Running {
         let stats = self.collector.health().stats;
         let reader = self.collector.observer().reader_stats();
         let load = |f: fn(&tapio_core::bpf::ReaderStats) -> &std::sync::atomic::AtomicU64| {
-            reader
-                .as_ref()
-                .map_or(0, |r| f(r).load(Ordering::Relaxed))
+            reader.as_ref().map_or(0, |r| f(r).load(Ordering::Relaxed))
         };
         Outcome {
             batches: load(|r| &r.batches),
