@@ -435,8 +435,42 @@ fn print_config(args: &Args, config: &AgentConfig, from_env: &FromEnv) -> Result
         env!("CARGO_PKG_VERSION")
     )
     .and_then(|()| out.write_all(text.as_bytes()))
+    .and_then(|()| out.write_all(auto_sizes(config).as_bytes()))
     .and_then(|()| out.flush())
     .map_err(|err| format!("cannot write the configuration: {err}"))
+}
+
+/// What `ring_buffer_bytes = 0`, `queue_capacity = 0` and `rate_target = 0`
+/// (auto) come to on this machine, as TOML comments: the printed
+/// configuration keeps the zeros, so that it derives the sizes again on
+/// whichever node reads it.
+#[cfg(any(feature = "kernel", feature = "dns", feature = "cni"))]
+fn auto_sizes(config: &AgentConfig) -> String {
+    let sizes: Vec<(&str, tapio::core::bpf::Sizes)> = vec![
+        #[cfg(feature = "kernel")]
+        ("kernel", config.kernel.sizes()),
+        #[cfg(feature = "dns")]
+        ("dns", config.dns.sizes()),
+        #[cfg(feature = "cni")]
+        ("cni", config.cni.sizes()),
+    ];
+    let mut text = format!(
+        "\n# sizes on this machine ({} online CPUs; 0 above means derived from them):\n",
+        tapio::core::bpf::online_cpus()
+    );
+    for (name, s) in sizes {
+        text.push_str(&format!(
+            "#   {name}: ring_buffer_bytes = {}, queue_capacity = {}, rate_target = {}\n",
+            s.ring_bytes, s.queue_capacity, s.rate_target
+        ));
+    }
+    text
+}
+
+/// Without a BPF collector in the build there are no derived sizes.
+#[cfg(not(any(feature = "kernel", feature = "dns", feature = "cni")))]
+fn auto_sizes(_config: &AgentConfig) -> String {
+    String::new()
 }
 
 /// Build the collector called `name`, or say why this build cannot.

@@ -690,9 +690,25 @@ fn check_config_prints_the_effective_configuration_as_toml() {
         effective["kube"]["kubelet"]["token"].as_str(),
         Some("<redacted>")
     );
+    // Ring and queue sizes stay "auto" (0) in the configuration; what they
+    // come to on this machine follows as comments.
     assert_eq!(
         effective["kernel"]["ring_buffer_bytes"].as_integer(),
-        Some(4_194_304)
+        Some(0)
+    );
+    assert_eq!(effective["kernel"]["queue_capacity"].as_integer(), Some(0));
+    let sizes = tapio::kernel::KernelConfig::default().sizes();
+    let line = format!(
+        "#   kernel: ring_buffer_bytes = {}, queue_capacity = {}, rate_target = {}\n",
+        sizes.ring_bytes, sizes.queue_capacity, sizes.rate_target
+    );
+    assert!(stdout.contains(&line), "no `{line}` in {stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "# sizes on this machine ({} online CPUs;",
+            tapio::core::bpf::online_cpus()
+        )),
+        "{stdout}"
     );
 
     // The output is itself a valid configuration with the same effect.

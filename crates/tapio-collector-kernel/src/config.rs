@@ -146,7 +146,7 @@ impl KernelConfig {
 /// cost, close to the fixed delay's; the batch the
 /// reader converts before flushing to the queue grows with it (256 to 4096
 /// records). `tapio_core::bpf::DeliveryController` documents the rule; the
-/// gauges `kernel_reader_wakeup_delay_us` and `kernel_reader_batch_size`
+/// gauges `kernel_reader_wakeup_delay_seconds` and `kernel_reader_batch_size`
 /// show the current setting.
 ///
 /// **Latency bound**: a record reaches the event queue at most

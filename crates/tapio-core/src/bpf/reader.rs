@@ -126,7 +126,7 @@ impl ReaderSlot {
     }
 
     /// Register, once per slot, the gauges
-    /// `{collector}_reader_wakeup_delay_us` and `{collector}_reader_batch_size`
+    /// `{collector}_reader_wakeup_delay_seconds` and `{collector}_reader_batch_size`
     /// on `telemetry`'s meter: the adaptive delivery's current setting
     /// (0 without it), observed from whichever reader is current.
     pub fn register_gauges(&self, telemetry: &Telemetry) {
@@ -136,14 +136,13 @@ impl ReaderSlot {
             let slot = self.clone();
             telemetry
                 .meter()
-                .u64_observable_gauge(telemetry.instrument_name("reader_wakeup_delay_us"))
+                .f64_observable_gauge(telemetry.instrument_name("reader_wakeup_delay_seconds"))
                 .with_description("Current wake-up delay of the BPF programs (adaptive delivery)")
-                .with_unit("us")
+                .with_unit("s")
                 .with_callback(move |o| {
-                    o.observe(
-                        observe(&slot, |s| s.wakeup_delay_us.load(Ordering::Relaxed)),
-                        &[],
-                    )
+                    let us = observe(&slot, |s| s.wakeup_delay_us.load(Ordering::Relaxed));
+                    #[allow(clippy::cast_precision_loss)]
+                    o.observe(us as f64 / 1e6, &[])
                 })
                 .build();
             let slot = self.clone();
