@@ -735,6 +735,7 @@ fn attribute(value: &Value) -> AnyValue {
     AnyValue {
         value: Some(match value {
             Value::String(s) => any_value::Value::StringValue(s.to_string()),
+            Value::Shared(s) => any_value::Value::StringValue(s.to_string()),
             Value::Int(i) => any_value::Value::IntValue(*i),
             Value::Bool(b) => any_value::Value::BoolValue(*b),
             Value::Double(d) => any_value::Value::DoubleValue(*d),

@@ -36,10 +36,27 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// assert_eq!(serde_json::to_string(&Value::from(8080u16))?, "8080");
 /// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Value {
     /// A string (stored inline up to 24 bytes).
     String(CompactString),
+    /// A string shared with a table that keeps it (a DNS name the node
+    /// model holds): attaching it to an event copies nothing. It is a
+    /// string in every other respect: it equals, prints and encodes as
+    /// [`Value::String`] with the same text does.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tapio_core::metadata::Value;
+    ///
+    /// let name: Arc<str> = Arc::from("api.shop.svc.cluster.local");
+    /// let v = Value::from(Arc::clone(&name));
+    /// assert_eq!(v, Value::from("api.shop.svc.cluster.local"));
+    /// assert_eq!(v.as_str(), Some("api.shop.svc.cluster.local"));
+    /// assert_eq!(serde_json::to_string(&v)?, r#""api.shop.svc.cluster.local""#);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    Shared(Arc<str>),
     /// A signed 64-bit integer (pids, ports, counts).
     Int(i64),
     /// A boolean.
@@ -53,6 +70,7 @@ impl Value {
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
+            Value::Shared(s) => Some(s),
             _ => None,
         }
     }
@@ -78,6 +96,7 @@ impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Value::String(s) => f.write_str(s),
+            Value::Shared(s) => f.write_str(s),
             Value::Int(v) => write!(f, "{v}"),
             Value::Bool(v) => write!(f, "{v}"),
             Value::Double(v) => write!(f, "{v}"),
@@ -141,6 +160,24 @@ impl From<usize> for Value {
     }
 }
 
+impl From<Arc<str>> for Value {
+    fn from(v: Arc<str>) -> Self {
+        Value::Shared(v)
+    }
+}
+
+/// Strings compare by their text, whichever way they are held.
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Double(a), Value::Double(b)) => a == b,
+            (a, b) => matches!((a.as_str(), b.as_str()), (Some(a), Some(b)) if a == b),
+        }
+    }
+}
+
 impl PartialEq<str> for Value {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == Some(other)
@@ -166,6 +203,7 @@ impl Serialize for Value {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Value::String(v) => s.serialize_str(v),
+            Value::Shared(v) => s.serialize_str(v),
             Value::Int(v) => s.serialize_i64(*v),
             Value::Bool(v) => s.serialize_bool(*v),
             Value::Double(v) => s.serialize_f64(*v),
@@ -219,17 +257,106 @@ const SHARED_SLOTS: usize = 3;
 /// in another set need no search.
 #[inline]
 fn key_bit(key: &str) -> u128 {
-    let b = key.as_bytes();
+    key_bit_of(key.as_bytes())
+}
+
+/// [`key_bit`], usable in constants ([`StaticKey::new`]).
+#[inline]
+const fn key_bit_of(b: &[u8]) -> u128 {
     let n = b.len();
-    let (last, mid) = match (b.last(), b.get(n / 2)) {
-        (Some(last), Some(mid)) => (u32::from(*last), u32::from(*mid)),
-        _ => (0, 0),
+    let (last, mid) = if n == 0 {
+        (0, 0)
+    } else {
+        (b[n - 1] as u32, b[n / 2] as u32)
     };
     #[allow(clippy::cast_possible_truncation)]
     let h = (n as u32).wrapping_mul(0x9E37_79B1)
         ^ last.wrapping_mul(0x85EB_CA77)
         ^ mid.wrapping_mul(0xC2B2_AE3D);
     1u128 << (h >> 25)
+}
+
+/// OpenTelemetry semantic-convention keys the collectors set on most
+/// events, as [`StaticKey`]s for [`Metadata::insert_static`].
+pub mod keys {
+    use super::StaticKey;
+
+    /// `client.address`
+    pub static CLIENT_ADDRESS: StaticKey = StaticKey::new("client.address");
+    /// `client.port`
+    pub static CLIENT_PORT: StaticKey = StaticKey::new("client.port");
+    /// `network.local.address`
+    pub static NETWORK_LOCAL_ADDRESS: StaticKey = StaticKey::new("network.local.address");
+    /// `network.local.port`
+    pub static NETWORK_LOCAL_PORT: StaticKey = StaticKey::new("network.local.port");
+    /// `network.peer.address`
+    pub static NETWORK_PEER_ADDRESS: StaticKey = StaticKey::new("network.peer.address");
+    /// `network.peer.port`
+    pub static NETWORK_PEER_PORT: StaticKey = StaticKey::new("network.peer.port");
+    /// `network.transport`
+    pub static NETWORK_TRANSPORT: StaticKey = StaticKey::new("network.transport");
+    /// `network.type`
+    pub static NETWORK_TYPE: StaticKey = StaticKey::new("network.type");
+    /// `process.command`
+    pub static PROCESS_COMMAND: StaticKey = StaticKey::new("process.command");
+    /// `process.command_line`
+    pub static PROCESS_COMMAND_LINE: StaticKey = StaticKey::new("process.command_line");
+    /// `process.executable.path`
+    pub static PROCESS_EXECUTABLE_PATH: StaticKey = StaticKey::new("process.executable.path");
+    /// `process.parent_pid`
+    pub static PROCESS_PARENT_PID: StaticKey = StaticKey::new("process.parent_pid");
+    /// `process.pid`
+    pub static PROCESS_PID: StaticKey = StaticKey::new("process.pid");
+    /// `process.user.id`
+    pub static PROCESS_USER_ID: StaticKey = StaticKey::new("process.user.id");
+    /// `server.address`
+    pub static SERVER_ADDRESS: StaticKey = StaticKey::new("server.address");
+    /// `server.port`
+    pub static SERVER_PORT: StaticKey = StaticKey::new("server.port");
+    /// `file.path`
+    pub static FILE_PATH: StaticKey = StaticKey::new("file.path");
+}
+
+/// `Metadata::own_bits` when the own keys' bits are not known (keys were
+/// inserted before any block without computing them). A set of at least
+/// 128 keys may really have every bit: then it is computed again, to the
+/// same value.
+const UNKNOWN_BITS: u128 = u128::MAX;
+
+/// An attribute key fixed at compile time, for a collector's hot path
+/// ([`Metadata::insert_static`]): inserting it copies no bytes and computes
+/// nothing that attaching a block would need about it later.
+///
+/// ```
+/// use tapio_core::Metadata;
+/// use tapio_core::metadata::StaticKey;
+///
+/// static PROCESS_PID: StaticKey = StaticKey::new("process.pid");
+///
+/// let mut m = Metadata::new();
+/// m.insert_static(&PROCESS_PID, 42u32);
+/// assert_eq!(m["process.pid"], 42i64);
+/// assert_eq!(PROCESS_PID.as_str(), "process.pid");
+/// ```
+#[derive(Debug, Clone)]
+pub struct StaticKey {
+    key: CompactString,
+    bit: u128,
+}
+
+impl StaticKey {
+    /// The key `key`.
+    pub const fn new(key: &'static str) -> Self {
+        Self {
+            key: CompactString::const_new(key),
+            bit: key_bit_of(key.as_bytes()),
+        }
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.key
+    }
 }
 
 fn search(entries: &[(CompactString, Value)], key: &str) -> Result<usize, usize> {
@@ -371,9 +498,10 @@ pub struct Metadata {
     /// Blocks attached by reference, filled from the front. No key is in
     /// more than one of them or in `entries`.
     shared: [Option<SharedMetadata>; SHARED_SLOTS],
-    /// Once a block was attached: a superset of the own keys'
-    /// [`key_bit`]s (kept up to date by inserts from then on, so that a
-    /// second block need not compute it again); 0 before.
+    /// A superset of the own keys' [`key_bit`]s, or [`UNKNOWN_BITS`]: keys
+    /// inserted with their bit known ([`StaticKey`]) or after a block was
+    /// attached keep it exact; other keys inserted before make it unknown,
+    /// and attaching a block computes it from the keys.
     own_bits: u128,
 }
 
@@ -417,6 +545,13 @@ impl Metadata {
         self.blocks().position(|b| b.get(key, bit).is_some())
     }
 
+    /// [`shared_slot`](Self::shared_slot) with the key's bit known.
+    #[inline]
+    fn shared_slot_bit(&self, key: &str, bit: u128) -> Option<usize> {
+        self.shared[0].as_ref()?;
+        self.blocks().position(|b| b.get(key, bit).is_some())
+    }
+
     /// Copy the block in `slot` into the own attributes.
     fn unshare(&mut self, slot: usize) {
         let block = self.shared[slot].take();
@@ -437,9 +572,28 @@ impl Metadata {
 
     #[inline]
     fn insert_own(&mut self, key: CompactString, value: Value) -> Option<Value> {
-        if self.shared[0].is_some() {
-            self.own_bits |= key_bit(&key);
+        if self.own_bits != UNKNOWN_BITS {
+            if self.shared[0].is_some() {
+                self.own_bits |= key_bit(&key);
+            } else {
+                // Computed when a block is attached, if ever.
+                self.own_bits = UNKNOWN_BITS;
+            }
         }
+        self.push_or_insert(key, value)
+    }
+
+    /// [`insert_own`](Self::insert_own) with the key's bit known.
+    #[inline]
+    fn insert_own_bit(&mut self, key: CompactString, bit: u128, value: Value) -> Option<Value> {
+        if self.own_bits != UNKNOWN_BITS {
+            self.own_bits |= bit;
+        }
+        self.push_or_insert(key, value)
+    }
+
+    #[inline]
+    fn push_or_insert(&mut self, key: CompactString, value: Value) -> Option<Value> {
         match self.entries.last() {
             Some((last, _)) if last.as_str() < key.as_str() => {}
             None => {}
@@ -472,6 +626,17 @@ impl Metadata {
         self.insert_own(key, value.into())
     }
 
+    /// [`insert`](Self::insert) of a key fixed at compile time: no bytes
+    /// copied, and nothing about the key computed again when a block is
+    /// attached afterwards.
+    #[inline]
+    pub fn insert_static(&mut self, key: &StaticKey, value: impl Into<Value>) -> Option<Value> {
+        if let Some(slot) = self.shared_slot_bit(key.as_str(), key.bit) {
+            self.unshare(slot);
+        }
+        self.insert_own_bit(key.key.clone(), key.bit, value.into())
+    }
+
     /// Insert every attribute of `block`, as [`insert`](Self::insert) would
     /// one by one, without copying them: the event refers to the block. A
     /// key inserted later overrides the block's value for this event only.
@@ -501,7 +666,7 @@ impl Metadata {
         }
         // Own keys the block sets: searched only for keys whose filter bit
         // an own key has too.
-        if self.shared[0].is_none() {
+        if self.own_bits == UNKNOWN_BITS {
             self.own_bits = self.entries.iter().fold(0, |m, (k, _)| m | key_bit(k));
         }
         if !self.entries.is_empty() {
@@ -815,18 +980,38 @@ mod tests {
         // collide often; every operation is mirrored on a BTreeMap with
         // plain inserts.
         let keys: Vec<String> = (0..12).map(|i| format!("k{}.{}", i % 5, i)).collect();
+        // The same keys fixed at compile time: inserted with their filter
+        // bit known, mixed with plain inserts of the same keys.
+        let statics: Vec<StaticKey> = keys
+            .iter()
+            .map(|k| StaticKey::new(String::leak(k.clone())))
+            .collect();
         let mut rng = Rng(0x5eed);
-        for round in 0..400 {
+        for round in 0..600 {
             let mut m = Metadata::new();
             let mut reference: BTreeMap<String, Value> = BTreeMap::new();
             for step in 0..12 {
-                match rng.below(5) {
-                    0 | 1 => {
+                match rng.below(6) {
+                    0 => {
                         let k = &keys[rng.below(12) as usize];
-                        let v = Value::from(format!("v{round}.{step}"));
+                        // Held inline or shared: the same string to every reader.
+                        let text = format!("v{round}.{step}");
+                        let v = if step % 2 == 0 {
+                            Value::from(text)
+                        } else {
+                            Value::from(Arc::<str>::from(text))
+                        };
                         assert_eq!(
                             m.insert(k.as_str(), v.clone()),
                             reference.insert(k.clone(), v)
+                        );
+                    }
+                    1 | 5 => {
+                        let k = &statics[rng.below(12) as usize];
+                        let v = Value::from(format!("s{round}.{step}"));
+                        assert_eq!(
+                            m.insert_static(k, v.clone()),
+                            reference.insert(k.as_str().to_owned(), v)
                         );
                     }
                     2 | 3 => {
