@@ -784,4 +784,19 @@ impl Emitter {
     pub fn attach_cgroup(&self, event: &mut RawEvent, cgroup_id: u64) -> Option<Arc<CgroupInfo>> {
         self.node.as_ref()?.attach_cgroup(event, cgroup_id)
     }
+
+    /// [`attach_cgroup`](Self::attach_cgroup) through a reader thread's
+    /// front cache ([`NodeMemo`](crate::node::NodeMemo)): no lock and no
+    /// hash-map lookup while the pod table and the cgroup cache stay the
+    /// same.
+    pub fn attach_cgroup_memo(
+        &self,
+        memo: &mut crate::node::NodeMemo,
+        event: &mut RawEvent,
+        cgroup_id: u64,
+    ) -> Option<Arc<CgroupInfo>> {
+        let (info, block) = self.node.as_ref()?.cgroup_memo(memo, cgroup_id)?;
+        event.metadata.attach(block);
+        Some(info)
+    }
 }

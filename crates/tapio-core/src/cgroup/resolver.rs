@@ -352,6 +352,14 @@ impl CgroupResolver {
         Some((info, shared))
     }
 
+    /// A number that changes whenever the cache may have changed (an
+    /// entry added, replaced or evicted): a caller that kept what
+    /// [`resolve_shared`](Self::resolve_shared) returned may keep using it
+    /// while this stays the same.
+    pub fn epoch(&self) -> u64 {
+        self.clock.load(Ordering::Acquire)
+    }
+
     /// Resolves a cgroup by its path relative to the cgroup2 mount (`/` is
     /// the root; a missing leading `/`, `//` and `.` are tolerated and
     /// normalised away). The directory is `stat`ed to learn its id, and the

@@ -134,6 +134,85 @@ impl Default for NodeConfig {
     }
 }
 
+/// A reader thread's front cache of the node model's slowly changing
+/// tables: cgroup → pod / container attributes ([`NodeModel::cgroup_memo`])
+/// and pod IP → peer pod attributes, found or not
+/// ([`NodeModel::attach_peer_memo`]). A hit takes no lock and no hash-map
+/// lookup; an entry is valid while the tables it came from stay as they
+/// were when it was filled (checked with one or two loads). 256
+/// direct-mapped entries each: at most 512 references to blocks the
+/// model holds anyway.
+#[derive(Debug)]
+pub struct NodeMemo {
+    cgroups: Box<[Option<CgroupSlot>]>,
+    peers: Box<[Option<PeerSlot>]>,
+    hits: u64,
+    misses: u64,
+}
+
+#[derive(Debug)]
+struct CgroupSlot {
+    id: u64,
+    /// (pod table generation, resolver epoch) when filled.
+    epoch: (u64, u64),
+    info: Arc<CgroupInfo>,
+    block: SharedMetadata,
+}
+
+#[derive(Debug)]
+struct PeerSlot {
+    ip: IpAddr,
+    /// The IP table's generation when filled.
+    generation: u64,
+    peer: Option<SharedMetadata>,
+}
+
+impl Default for NodeMemo {
+    fn default() -> Self {
+        Self {
+            cgroups: (0..Self::SLOTS).map(|_| None).collect(),
+            peers: (0..Self::SLOTS).map(|_| None).collect(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+}
+
+impl NodeMemo {
+    const SLOTS: usize = 256;
+
+    /// Slot of a 64-bit key: the multiply mixes every bit into the top
+    /// eight (cgroup ids are mostly consecutive inode numbers, pod IPs
+    /// consecutive addresses).
+    fn slot(key: u64) -> usize {
+        #[allow(clippy::cast_possible_truncation)]
+        let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
+        h % Self::SLOTS
+    }
+
+    fn ip_slot(ip: &IpAddr) -> usize {
+        Self::slot(match ip {
+            IpAddr::V4(v4) => u64::from(v4.to_bits()),
+            #[allow(clippy::cast_possible_truncation)]
+            IpAddr::V6(v6) => {
+                let b = v6.to_bits();
+                (b as u64) ^ ((b >> 64) as u64)
+            }
+        })
+    }
+
+    /// Lookups answered from the memo.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Lookups that went to the node model (including those that found
+    /// nothing).
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+}
+
 /// Who asked a DNS question (and who may therefore use its answer): a pod,
 /// or, outside pods, the cgroup of the asking process (a systemd service, a
 /// container without a pod). A DNS response arrives in softirq context with
@@ -545,6 +624,66 @@ impl NodeModel {
         }
     }
 
+    /// [`attach_peer`](Self::attach_peer) through `memo` (see
+    /// [`NodeMemo`]): IPs that are no pod's are remembered too, until the
+    /// IP table changes.
+    ///
+    /// ```
+    /// use std::net::IpAddr;
+    /// use tapio_core::RawEvent;
+    /// use tapio_core::node::{NodeMemo, NodeModel};
+    /// use tapio_core::pod::PodMeta;
+    ///
+    /// let node = NodeModel::default();
+    /// let ip: IpAddr = "10.244.0.7".parse().unwrap();
+    /// node.upsert_pod(PodMeta {
+    ///     uid: "u1".into(),
+    ///     name: "db-0".into(),
+    ///     namespace: "shop".into(),
+    ///     node: None,
+    ///     labels: Default::default(),
+    ///     containers: Vec::new(),
+    ///     ips: vec![ip],
+    /// });
+    /// let mut memo = NodeMemo::default();
+    /// let mut ev = RawEvent::new("kernel.network.connect", "kernel", ());
+    /// assert!(node.attach_peer_memo(&mut memo, &mut ev, &ip));
+    /// assert_eq!(ev.metadata["tapio.peer.k8s.pod.name"], "db-0");
+    /// let other: IpAddr = "10.96.0.1".parse().unwrap();
+    /// assert!(!node.attach_peer_memo(&mut memo, &mut ev, &other));
+    /// assert!(!node.attach_peer_memo(&mut memo, &mut ev, &other));
+    /// assert_eq!((memo.hits(), memo.misses()), (1, 2));
+    /// ```
+    pub fn attach_peer_memo(&self, memo: &mut NodeMemo, event: &mut RawEvent, ip: &IpAddr) -> bool {
+        let generation = self.ips.generation();
+        let i = NodeMemo::ip_slot(ip);
+        let peer = match memo.peers.get(i) {
+            Some(Some(s)) if s.ip == *ip && s.generation == generation => {
+                memo.hits += 1;
+                s.peer.clone()
+            }
+            _ => {
+                memo.misses += 1;
+                let peer = self.ips.with(ip, |owner| owner.peer.clone());
+                if let Some(slot) = memo.peers.get_mut(i) {
+                    *slot = Some(PeerSlot {
+                        ip: *ip,
+                        generation,
+                        peer: peer.clone(),
+                    });
+                }
+                peer
+            }
+        };
+        match peer {
+            Some(peer) => {
+                event.metadata.attach(peer);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Add `k8s.pod.name` / `k8s.namespace.name` of the pod with `ip` to
     /// `event` under the given keys; returns whether a pod was found.
     pub fn attach_pod_by_ip(
@@ -604,6 +743,63 @@ impl NodeModel {
                 }
                 m.into()
             })
+    }
+
+    /// [`cgroup`](Self::cgroup) through `memo`, a reader thread's own
+    /// front cache: a hit takes no lock and no hash lookup, only a check
+    /// that neither the pod table nor the resolver's cache changed since
+    /// the entry was filled (two loads). After such a change each cgroup
+    /// is looked up again once, which also keeps the resolver's
+    /// least-recently-used order right for the cgroups the memo serves.
+    ///
+    /// ```
+    /// use tapio_core::cgroup::{CgroupResolver, CgroupResolverConfig};
+    /// use tapio_core::node::{NodeMemo, NodeConfig, NodeModel};
+    /// use tapio_core::metadata::SharedMetadata;
+    /// use std::sync::Arc;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let resolver = CgroupResolver::new(CgroupResolverConfig {
+    ///     root: Some(dir.path().to_path_buf()),
+    ///     ..CgroupResolverConfig::default()
+    /// })?;
+    /// resolver.learn(1 << 40, "/svc").unwrap();
+    /// let node = NodeModel::new(NodeConfig::default()).with_cgroups(Arc::new(resolver));
+    /// let mut memo = NodeMemo::default();
+    /// let (info, block) = node.cgroup_memo(&mut memo, 1 << 40).unwrap();
+    /// assert_eq!(info.path, "/svc");
+    /// let (_, again) = node.cgroup_memo(&mut memo, 1 << 40).unwrap();
+    /// assert!(SharedMetadata::ptr_eq(&block, &again));
+    /// assert_eq!((memo.hits(), memo.misses()), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn cgroup_memo(
+        &self,
+        memo: &mut NodeMemo,
+        cgroup_id: u64,
+    ) -> Option<(Arc<CgroupInfo>, SharedMetadata)> {
+        let resolver = self.cgroups.as_ref()?;
+        // Both read before the lookup: a change after it refills next time.
+        let epoch = (self.pods.generation(), resolver.epoch());
+        let i = NodeMemo::slot(cgroup_id);
+        if let Some(Some(s)) = memo.cgroups.get(i)
+            && s.id == cgroup_id
+            && s.epoch == epoch
+        {
+            memo.hits += 1;
+            return Some((Arc::clone(&s.info), s.block.clone()));
+        }
+        memo.misses += 1;
+        let (info, block) = self.cgroup(cgroup_id)?;
+        if let Some(slot) = memo.cgroups.get_mut(i) {
+            *slot = Some(CgroupSlot {
+                id: cgroup_id,
+                epoch,
+                info: Arc::clone(&info),
+                block: block.clone(),
+            });
+        }
+        Some((info, block))
     }
 
     // ---- DNS --------------------------------------------------------------
@@ -845,6 +1041,18 @@ mod tests {
             ev.metadata
         };
         let keys = |m: &Metadata| m.keys().map(str::to_owned).collect::<Vec<_>>();
+        // The same through a reader thread's memo: equal at every step.
+        let memo = std::cell::RefCell::new(NodeMemo::default());
+        let attached = || {
+            let plain = attached();
+            let (info, block) = node.cgroup_memo(&mut memo.borrow_mut(), id).unwrap();
+            assert_eq!(info.pod_uid.as_deref(), Some(uid));
+            let mut m = Metadata::new();
+            m.insert("process.pid", 7u32);
+            m.attach(block);
+            assert_eq!(m, plain);
+            plain
+        };
 
         // The pod is not known yet: the cgroup's attributes only.
         let m = attached();
@@ -888,6 +1096,48 @@ mod tests {
         let m = attached();
         assert_eq!(m, expected());
         assert!(!m.contains_key(crate::pod::KEY_POD_NAME));
+
+        // Each change above made the memo look again once; nothing else.
+        let (hits, misses) = (memo.borrow().hits(), memo.borrow().misses());
+        assert_eq!((hits, misses), (0, 5));
+        attached();
+        attached();
+        assert_eq!(memo.borrow().hits(), 2);
+        // A cgroup the resolver learns (its cache changed): looked up again.
+        resolver.learn((1 << 40) + 1, "/other").unwrap();
+        attached();
+        attached();
+        assert_eq!((memo.borrow().hits(), memo.borrow().misses()), (3, 6));
+    }
+
+    #[test]
+    fn the_peer_memo_follows_the_ip_table() {
+        let node = NodeModel::default();
+        let mut memo = NodeMemo::default();
+        let uid = "6b9b6a1e-1c4f-4c38-9a3e-1b2c3d4e5f60";
+        let peer_of = |memo: &mut NodeMemo, addr: &str| {
+            let mut ev = RawEvent::at(Utc::now(), "t", "s", ());
+            node.attach_peer_memo(memo, &mut ev, &ip(addr))
+                .then(|| ev.metadata.get_str(KEY_PEER_POD_NAME).map(str::to_owned))
+                .flatten()
+        };
+        // No pod has the IP yet; remembered as such.
+        assert_eq!(peer_of(&mut memo, "10.0.0.7"), None);
+        assert_eq!(peer_of(&mut memo, "10.0.0.7"), None);
+        assert_eq!((memo.hits(), memo.misses()), (1, 1));
+        // CNI reports it: the memo does not keep the old answer.
+        node.pod_from_cni(uid, "db-0", "shop", &[ip("10.0.0.7")]);
+        assert_eq!(peer_of(&mut memo, "10.0.0.7").as_deref(), Some("db-0"));
+        assert_eq!(peer_of(&mut memo, "10.0.0.7").as_deref(), Some("db-0"));
+        assert_eq!((memo.hits(), memo.misses()), (2, 2));
+        // Renamed, then gone.
+        let mut pod = (*node.pods().get(uid).unwrap()).clone();
+        pod.name = "db-1".into();
+        node.upsert_pod(pod);
+        assert_eq!(peer_of(&mut memo, "10.0.0.7").as_deref(), Some("db-1"));
+        node.remove_pod(uid);
+        assert_eq!(peer_of(&mut memo, "10.0.0.7"), None);
+        assert_eq!((memo.hits(), memo.misses()), (2, 4));
     }
 
     #[test]

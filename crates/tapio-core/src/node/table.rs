@@ -17,6 +17,8 @@ pub(crate) struct Table<K, V> {
     map: RwLock<LinkedHashMap<K, V, foldhash::fast::RandomState>>,
     capacity: usize,
     evicted: AtomicU64,
+    /// Bumped after every write (see [`Table::generation`]).
+    generation: AtomicU64,
 }
 
 impl<K: Hash + Eq, V: Clone> Table<K, V> {
@@ -25,6 +27,7 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
             map: RwLock::new(LinkedHashMap::with_hasher(Default::default())),
             capacity: capacity.max(1),
             evicted: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -33,6 +36,18 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
         let mut map = self.map.write();
         map.insert(key, value);
         self.trim(&mut map);
+        self.changed();
+    }
+
+    /// A number that changes after every write: what was read while it
+    /// stayed the same is still what the table holds (read it before
+    /// reading the table).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Change the entry for `key` in place (creating it from `default`
@@ -43,6 +58,7 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
         change(&mut value);
         map.insert(key, value);
         self.trim(&mut map);
+        self.changed();
     }
 
     fn trim(&self, map: &mut LinkedHashMap<K, V, foldhash::fast::RandomState>) {
@@ -74,11 +90,14 @@ impl<K: Hash + Eq, V: Clone> Table<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.write().remove(key)
+        let removed = self.map.write().remove(key);
+        self.changed();
+        removed
     }
 
     pub(crate) fn retain(&self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         self.map.write().retain(|k, v| keep(k, v));
+        self.changed();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -108,12 +127,12 @@ mod tests {
         assert_eq!(t.get("a"), Some(3));
         assert_eq!(t.get("b"), None);
         assert_eq!(t.get("c"), Some(4));
-        assert_eq!((t.len(), t.evicted()), (2, 1));
+        assert_eq!((t.len(), t.evicted(), t.generation()), (2, 1, 4));
         t.upsert("d", || 0, |v| *v += 5); // evicts "a"
         assert_eq!((t.get("a"), t.get("d")), (None, Some(5)));
         assert_eq!(t.evicted(), 2);
         assert_eq!(t.remove("c"), Some(4));
         t.retain(|_, v| *v != 5);
-        assert_eq!(t.len(), 0);
+        assert_eq!((t.len(), t.generation()), (0, 7));
     }
 }
