@@ -141,6 +141,7 @@ use serde::{Deserialize, Serialize};
 use tapio_core::bpf::{self, BpfProgram, Loaded, RingBufReader, RingBufReaderConfig};
 use tapio_core::clock::BootClock;
 use tapio_core::collector::Started;
+use tapio_core::node::NodeMemo;
 use tapio_core::{
     CollectorError, CompactString, Emitter, Managed, Metadata, Observer, OverflowPolicy, RawEvent,
 };
@@ -470,6 +471,8 @@ struct Sink {
     latency: Option<Histogram<f64>>,
     batch: Vec<RawEvent>,
     text: TextCache,
+    /// This reader thread's front cache of the node model.
+    memo: NodeMemo,
 }
 
 /// Events built before the batch is queued even mid-batch (bounds memory).
@@ -478,22 +481,18 @@ const MAX_BATCH: usize = 4096;
 /// Metadata keys of this collector, in the order they are inserted (sorted,
 /// so that each insert appends). Built without allocating.
 mod keys {
-    use tapio_core::CompactString;
+    use tapio_core::metadata::StaticKey;
+    pub use tapio_core::metadata::keys::{
+        CLIENT_ADDRESS, CLIENT_PORT, NETWORK_TRANSPORT, NETWORK_TYPE, PROCESS_PID, SERVER_ADDRESS,
+        SERVER_PORT,
+    };
 
-    pub const CLIENT_ADDRESS: CompactString = CompactString::const_new("client.address");
-    pub const CLIENT_PORT: CompactString = CompactString::const_new("client.port");
-    pub const QUESTION_NAME: CompactString = CompactString::const_new("dns.question.name");
-    pub const NETWORK_TRANSPORT: CompactString = CompactString::const_new("network.transport");
-    pub const NETWORK_TYPE: CompactString = CompactString::const_new("network.type");
-    pub const PROCESS_PID: CompactString = CompactString::const_new("process.pid");
-    pub const SERVER_ADDRESS: CompactString = CompactString::const_new("server.address");
-    pub const SERVER_PORT: CompactString = CompactString::const_new("server.port");
-    pub const LATENCY_US: CompactString = CompactString::const_new("tapio.dns.latency_us");
-    pub const QUESTION_TYPE: CompactString = CompactString::const_new("tapio.dns.question.type");
-    pub const RCODE: CompactString = CompactString::const_new("tapio.dns.rcode");
-    pub const SERVICE_NAME: CompactString = CompactString::const_new("tapio.dns.service.name");
-    pub const SERVICE_NAMESPACE: CompactString =
-        CompactString::const_new("tapio.dns.service.namespace");
+    pub static QUESTION_NAME: StaticKey = StaticKey::new("dns.question.name");
+    pub static LATENCY_US: StaticKey = StaticKey::new("tapio.dns.latency_us");
+    pub static QUESTION_TYPE: StaticKey = StaticKey::new("tapio.dns.question.type");
+    pub static RCODE: StaticKey = StaticKey::new("tapio.dns.rcode");
+    pub static SERVICE_NAME: StaticKey = StaticKey::new("tapio.dns.service.name");
+    pub static SERVICE_NAMESPACE: StaticKey = StaticKey::new("tapio.dns.service.namespace");
 }
 
 /// Rendered address strings that repeat from event to event: the last
@@ -537,17 +536,17 @@ impl TextCache {
     ) -> Metadata {
         // Room for ours (13 at most) and the cgroup resolver's.
         let mut m = Metadata::with_capacity(20);
-        m.insert(
-            keys::CLIENT_ADDRESS,
+        m.insert_static(
+            &keys::CLIENT_ADDRESS,
             cached_ip(&mut self.client, c.client_address),
         );
-        m.insert(keys::CLIENT_PORT, c.client_port);
+        m.insert_static(&keys::CLIENT_PORT, c.client_port);
         let question = msg.question();
         if let Some(q) = question {
-            m.insert(keys::QUESTION_NAME, q.name.as_str());
+            m.insert_static(&keys::QUESTION_NAME, q.name.as_str());
         }
-        m.insert(
-            keys::NETWORK_TRANSPORT,
+        m.insert_static(
+            &keys::NETWORK_TRANSPORT,
             CompactString::const_new(c.transport.as_str()),
         );
         let network = if c.server_address.is_ipv4() {
@@ -555,29 +554,29 @@ impl TextCache {
         } else {
             "ipv6"
         };
-        m.insert(keys::NETWORK_TYPE, CompactString::const_new(network));
+        m.insert_static(&keys::NETWORK_TYPE, CompactString::const_new(network));
         if let Some(pid) = c.pid {
-            m.insert(keys::PROCESS_PID, pid);
+            m.insert_static(&keys::PROCESS_PID, pid);
         }
-        m.insert(
-            keys::SERVER_ADDRESS,
+        m.insert_static(
+            &keys::SERVER_ADDRESS,
             cached_ip(&mut self.server, c.server_address),
         );
-        m.insert(keys::SERVER_PORT, c.server_port);
+        m.insert_static(&keys::SERVER_PORT, c.server_port);
         if let Some(us) = response.as_ref().and_then(|r| r.latency_us) {
-            m.insert(keys::LATENCY_US, us);
+            m.insert_static(&keys::LATENCY_US, us);
         }
         if let Some(q) = question {
-            m.insert(keys::QUESTION_TYPE, &*q.qtype);
+            m.insert_static(&keys::QUESTION_TYPE, &*q.qtype);
         }
         if let Some(r) = &response {
-            m.insert(keys::RCODE, r.rcode);
+            m.insert_static(&keys::RCODE, r.rcode);
         }
         if let Some(k) = k {
             if let Some(service) = &k.service {
-                m.insert(keys::SERVICE_NAME, service.as_str());
+                m.insert_static(&keys::SERVICE_NAME, service.as_str());
             }
-            m.insert(keys::SERVICE_NAMESPACE, k.namespace.as_str());
+            m.insert_static(&keys::SERVICE_NAMESPACE, k.namespace.as_str());
         }
         m
     }
@@ -651,7 +650,7 @@ impl Sink {
                 let mut ev = emitter.event_at(self.clock.to_wall(ktime_ns), types::RESPONSE, event);
                 ev.metadata = metadata;
                 let mut ev = chain(ev, cause);
-                let info = emitter.attach_cgroup(&mut ev, cgroup_id);
+                let info = emitter.attach_cgroup_memo(&mut self.memo, &mut ev, cgroup_id);
                 if let Some(node) = emitter.node() {
                     record_answers(node, &ev, cgroup_id, info.as_deref());
                 }
@@ -675,7 +674,7 @@ impl Sink {
                 (chain(ev, cause), cgroup_id)
             }
         };
-        emitter.attach_cgroup(&mut ev, cgroup_id);
+        emitter.attach_cgroup_memo(&mut self.memo, &mut ev, cgroup_id);
         self.push(emitter, ev);
     }
 }
@@ -918,6 +917,7 @@ impl Observer for Dns {
                 latency,
                 batch: Vec::new(),
                 text: TextCache::default(),
+                memo: NodeMemo::default(),
             },
         };
         let config = RingBufReaderConfig {
@@ -1057,6 +1057,7 @@ mod tests {
             latency: None,
             batch: Vec::new(),
             text: TextCache::default(),
+            memo: NodeMemo::default(),
         };
         let name = "web.shop.svc.cluster.local.";
         let packet = |dir: Direction, server: &str, ktime_ns: u64, data: Vec<u8>| {

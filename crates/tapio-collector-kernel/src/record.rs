@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use tapio_core::bpf::{self, DecodeError, Record, RecordHandler};
 use tapio_core::cgroup::CgroupInfo;
 use tapio_core::clock::BootClock;
-use tapio_core::metadata::{SharedMetadata, Value};
-use tapio_core::node::{self, Anchor, NodeModel, Scope};
+use tapio_core::metadata::{SharedMetadata, StaticKey, Value, keys};
+use tapio_core::node::{self, Anchor, NodeMemo, NodeModel, Scope};
 use tapio_core::pod::{KEY_NAMESPACE, KEY_POD_NAME};
 use tapio_core::{CompactString, Emitter, Payload, RawEvent, SpanRef, ToCompactString};
 
@@ -124,7 +124,7 @@ const MAX_BATCH: usize = 256;
 const MAX_ATTRS: usize = 16;
 
 /// One attribute of our own.
-type Attr = (&'static str, Value);
+type Attr = (&'static StaticKey, Value);
 
 /// How an event joins a causal chain (see the crate docs, "Correlation").
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +189,8 @@ pub(crate) struct Converter {
     /// The node model the events are correlated in; without one, no
     /// lookup is made at all.
     node: Option<Arc<NodeModel>>,
+    /// This reader thread's front cache of the node model.
+    memo: NodeMemo,
     /// The collector name, inline (cloning it allocates nothing).
     source: CompactString,
     /// The current event's attributes of our own, in ascending key order;
@@ -313,11 +315,11 @@ const fn text(s: &'static str) -> Value {
 /// goes after `process.command` (keys `process.command_line` …
 /// `process.executable.path`).
 fn push_process(attrs: &mut Vec<Attr>, p: &events::ProcessInfo, between: [Option<Attr>; 2]) {
-    attrs.push(("process.command", Value::String(p.comm.clone())));
+    attrs.push((&keys::PROCESS_COMMAND, Value::String(p.comm.clone())));
     attrs.extend(between.into_iter().flatten());
-    attrs.push(("process.parent_pid", p.ppid.into()));
-    attrs.push(("process.pid", p.pid.into()));
-    attrs.push(("process.user.id", p.uid.into()));
+    attrs.push((&keys::PROCESS_PARENT_PID, p.ppid.into()));
+    attrs.push((&keys::PROCESS_PID, p.pid.into()));
+    attrs.push((&keys::PROCESS_USER_ID, p.uid.into()));
 }
 
 impl Converter {
@@ -327,6 +329,7 @@ impl Converter {
             page_size,
             source: CompactString::from(emitter.source()),
             node: emitter.node().cloned(),
+            memo: NodeMemo::default(),
             emitter,
             attrs: Vec::with_capacity(MAX_ATTRS),
             batch: Vec::with_capacity(MAX_BATCH),
@@ -367,9 +370,9 @@ impl Converter {
                 && let Some(found) =
                     node.resolved(Scope::of(cgroup_id, info.as_deref()), remote, ev.timestamp)
             {
-                ev.metadata.insert(
-                    "server.address",
-                    Value::String(CompactString::from(&*found.name)),
+                ev.metadata.insert_static(
+                    &keys::SERVER_ADDRESS,
+                    Value::Shared(Arc::clone(&found.name)),
                 );
                 ev = ev.follows(found.span);
             }
@@ -436,8 +439,11 @@ impl Converter {
     /// The cgroup `cgroup_id`'s information, when it resolves.
     /// With it, the pod / container attributes the node model built for
     /// it once, attached to its events by reference.
-    fn resolve(&self, cgroup_id: Option<u64>) -> (Option<Arc<CgroupInfo>>, Option<SharedMetadata>) {
-        match cgroup_id.and_then(|id| self.node.as_deref()?.cgroup(id)) {
+    fn resolve(
+        &mut self,
+        cgroup_id: Option<u64>,
+    ) -> (Option<Arc<CgroupInfo>>, Option<SharedMetadata>) {
+        match cgroup_id.and_then(|id| self.node.as_deref()?.cgroup_memo(&mut self.memo, id)) {
             Some((info, block)) => (Some(info), Some(block)),
             None => (None, None),
         }
@@ -471,7 +477,7 @@ impl Converter {
         // insert appends.
         metadata.reserve(self.attrs.len());
         for (key, value) in self.attrs.drain(..) {
-            metadata.insert(key, value);
+            metadata.insert_static(key, value);
         }
         // The cgroup's and its pod's attributes: one block, by reference.
         if let Some(cgroup) = cgroup {
@@ -628,11 +634,11 @@ impl Converter {
                 // (its parent is not recorded).
                 self.attrs.extend([
                     (
-                        "process.command",
+                        &keys::PROCESS_COMMAND,
                         Value::String(payload.victim_comm.clone()),
                     ),
-                    ("process.pid", e.victim_pid.into()),
-                    ("process.user.id", e.victim_uid.into()),
+                    (&keys::PROCESS_PID, e.victim_pid.into()),
+                    (&keys::PROCESS_USER_ID, e.victim_uid.into()),
                 ]);
                 let at = self.clock.to_wall(e.hdr.ktime_ns);
                 let (info, block) = self.resolve(Some(e.victim_cgroup_id));
@@ -738,8 +744,8 @@ impl Converter {
             &mut self.attrs,
             &payload.process,
             [
-                Some(("process.command_line", payload.args.join(" ").into())),
-                Some(("process.executable.path", path())),
+                Some((&keys::PROCESS_COMMAND_LINE, payload.args.join(" ").into())),
+                Some((&keys::PROCESS_EXECUTABLE_PATH, path())),
             ],
         );
         let pid = payload.process.pid;
@@ -766,7 +772,7 @@ impl Converter {
             push_process(
                 &mut self.attrs,
                 &payload.process,
-                [Some(("process.executable.path", path)), None],
+                [Some((&keys::PROCESS_EXECUTABLE_PATH, path)), None],
             );
             let link = match self.node {
                 Some(_) => Link::Follows(exec_span),
@@ -841,16 +847,19 @@ impl Converter {
         };
         let attrs = &mut self.attrs;
         if let Some((addr, port)) = client {
-            attrs.extend([("client.address", addr), ("client.port", port.into())]);
+            attrs.extend([
+                (&keys::CLIENT_ADDRESS, addr),
+                (&keys::CLIENT_PORT, port.into()),
+            ]);
         }
         attrs.extend([
-            ("network.local.address", local_addr),
-            ("network.local.port", e.sport.into()),
-            ("network.peer.address", remote_addr),
-            ("network.peer.port", e.dport.into()),
-            ("network.transport", text("tcp")),
+            (&keys::NETWORK_LOCAL_ADDRESS, local_addr),
+            (&keys::NETWORK_LOCAL_PORT, e.sport.into()),
+            (&keys::NETWORK_PEER_ADDRESS, remote_addr),
+            (&keys::NETWORK_PEER_PORT, e.dport.into()),
+            (&keys::NETWORK_TRANSPORT, text("tcp")),
             (
-                "network.type",
+                &keys::NETWORK_TYPE,
                 text(if local.is_ipv4() { "ipv4" } else { "ipv6" }),
             ),
         ]);
@@ -861,14 +870,14 @@ impl Converter {
             // The peer by the name it was resolved from (the IP stays in
             // `network.peer.address`).
             (Some(r), _) => attrs.extend([
-                (
-                    "server.address",
-                    Value::String(CompactString::from(&*r.name)),
-                ),
-                ("server.port", e.dport.into()),
+                (&keys::SERVER_ADDRESS, Value::Shared(Arc::clone(&r.name))),
+                (&keys::SERVER_PORT, e.dport.into()),
             ]),
             (None, Some((addr, port))) => {
-                attrs.extend([("server.address", addr), ("server.port", port.into())]);
+                attrs.extend([
+                    (&keys::SERVER_ADDRESS, addr),
+                    (&keys::SERVER_PORT, port.into()),
+                ]);
             }
             (None, None) => {}
         }
@@ -907,7 +916,7 @@ impl Converter {
             }
             // The peer pod's `tapio.peer.*` attributes: one shared block.
             if !remote.is_loopback() && !remote.is_unspecified() {
-                node.attach_peer(&mut ev, &remote);
+                node.attach_peer_memo(&mut self.memo, &mut ev, &remote);
             }
         }
         // A connect without an answer yet may be waiting for the DNS
@@ -967,7 +976,7 @@ impl Converter {
             result: e.ret,
         };
         self.attrs.push((
-            "file.path",
+            &keys::FILE_PATH,
             Value::String(CompactString::from(payload.path.as_str())),
         ));
         let cgroup = self.about(&payload.process);

@@ -242,6 +242,12 @@ async fn events_of_a_removed_cgroup_keep_its_pod_and_container() {
         .and_then(|e| e.payload_ref::<ExitEvent>())
         .expect("exit payload");
     assert_eq!((exit.process.pid, exit.exit_code), (pid, 5));
+    // The rmdir record follows the exit in the ring, but the reader may
+    // hand the exit's batch over before it reads the rmdir: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while k.resolver.is_removed(cg_id) != Some(true) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(k.resolver.is_removed(cg_id), Some(true));
     k.collector.stop().await.unwrap();
 }
