@@ -139,9 +139,10 @@ impl Default for NodeConfig {
 /// and pod IP → peer pod attributes, found or not
 /// ([`NodeModel::attach_peer_memo`]). A hit takes no lock and no hash-map
 /// lookup; an entry is valid while the tables it came from stay as they
-/// were when it was filled (checked with one or two loads). 256
-/// direct-mapped entries each: at most 512 references to blocks the
-/// model holds anyway.
+/// were when it was filled (checked with one or two loads). 1 024
+/// direct-mapped entries each (a node runs at most a few hundred pods, so
+/// few of them share an entry): at most 2 048 references to blocks the
+/// model holds anyway, about 100 KiB.
 #[derive(Debug)]
 pub struct NodeMemo {
     cgroups: Box<[Option<CgroupSlot>]>,
@@ -179,14 +180,14 @@ impl Default for NodeMemo {
 }
 
 impl NodeMemo {
-    const SLOTS: usize = 256;
+    const SLOTS: usize = 1024;
 
-    /// Slot of a 64-bit key: the multiply mixes every bit into the top
-    /// eight (cgroup ids are mostly consecutive inode numbers, pod IPs
+    /// Slot of a 64-bit key: the multiply mixes every bit into the top ten
+    /// (cgroup ids are mostly consecutive inode numbers, pod IPs
     /// consecutive addresses).
     fn slot(key: u64) -> usize {
         #[allow(clippy::cast_possible_truncation)]
-        let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize;
+        let h = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize;
         h % Self::SLOTS
     }
 
