@@ -6,7 +6,10 @@
 //!   (payload moved in, typed metadata, ids) and encoding its `data` once,
 //!   as a sink that needs bytes does, against `serde_json::to_string` of the
 //!   payload alone. `event/build_typed` is the build without any encoding:
-//!   what an embedder or a counter pays.
+//!   what an embedder or a counter pays. The `build_like_kernel` variants
+//!   build the same event as the kernel collector does: its own keys fixed
+//!   at compile time, the pod's attributes one pre-built block attached by
+//!   reference.
 //! - `event/create_and_encode`, `event/encode_only`: [`RawEvent`] building
 //!   and `to_json_line` against a hand-rolled `serde_json::to_string` of a
 //!   plain struct carrying the same fields.
@@ -28,7 +31,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde::Serialize;
 use tapio_core::channel::{self, OverflowPolicy, SendOutcome};
-use tapio_core::{CollectorBase, EventReceiver, EventSender, RawEvent, SpanId, TraceId};
+use tapio_core::metadata::{SharedMetadata, keys};
+use tapio_core::{CollectorBase, EventReceiver, EventSender, Metadata, RawEvent, SpanId, TraceId};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -97,6 +101,33 @@ fn tapio_event_at(seq: u32, now: DateTime<Utc>) -> RawEvent {
     ev.metadata.insert("process.parent_pid", ppid);
     ev.metadata.insert("process.pid", pid);
     ev
+}
+
+/// The same event as the kernel collector builds it now: its own keys
+/// fixed at compile time ([`StaticKey`]), the pod's attributes one block
+/// built once per cgroup and attached by reference (what the node model
+/// hands out), not strings copied into every event.
+fn tapio_event_like_kernel(seq: u32, now: DateTime<Utc>, pod: &SharedMetadata) -> RawEvent {
+    let payload = exec_payload(seq);
+    let (pid, ppid) = (payload.pid, payload.ppid);
+    let mut ev = RawEvent::at(now, EVENT_TYPE, SOURCE, payload);
+    ev.metadata.reserve(2);
+    ev.metadata.insert_static(&keys::PROCESS_PARENT_PID, ppid);
+    ev.metadata.insert_static(&keys::PROCESS_PID, pid);
+    ev.metadata.attach(pod.clone());
+    ev
+}
+
+/// The block [`tapio_event_like_kernel`] attaches.
+fn pod_block() -> SharedMetadata {
+    [
+        ("container.id", CONTAINER_ID),
+        ("k8s.namespace.name", "kube-system"),
+        ("k8s.pod.uid", POD_UID),
+    ]
+    .into_iter()
+    .collect::<Metadata>()
+    .into()
 }
 
 fn tapio_event(seq: u32) -> RawEvent {
@@ -191,6 +222,24 @@ fn bench_event(c: &mut Criterion) {
             ev
         })
     });
+    let pod = pod_block();
+    // The same attributes, so the same JSON line.
+    assert_eq!(
+        tapio_event_like_kernel(7, now, &pod)
+            .to_json_line()
+            .expect("encode")
+            .len(),
+        tapio_event_at(7, now).to_json_line().expect("encode").len()
+    );
+    g.bench_function("tapio/build_like_kernel_then_encode_data", |b| {
+        let mut seq = 0u32;
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            let ev = tapio_event_like_kernel(black_box(seq), now, &pod);
+            black_box(ev.data.json().expect("encode").len());
+            ev
+        })
+    });
     g.finish();
 
     let mut g = c.benchmark_group("event/build_typed");
@@ -207,6 +256,13 @@ fn bench_event(c: &mut Criterion) {
         b.iter(|| {
             seq = seq.wrapping_add(1);
             tapio_event_at(black_box(seq), now)
+        })
+    });
+    g.bench_function("tapio/build_like_kernel", |b| {
+        let mut seq = 0u32;
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            tapio_event_like_kernel(black_box(seq), now, &pod)
         })
     });
     g.finish();
