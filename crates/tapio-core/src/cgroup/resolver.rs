@@ -62,7 +62,9 @@ impl Default for CgroupResolverConfig {
 /// [`CgroupResolver::stats`]. All are cumulative except `entries`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct CgroupResolverStats {
-    /// Lookups answered from the cache.
+    /// Lookups answered from the cache. Lookups a reader thread's
+    /// [`NodeMemo`](crate::node::NodeMemo) answers never reach the
+    /// resolver and are counted there.
     pub hits: u64,
     /// Lookups not in the cache.
     pub misses: u64,
