@@ -55,6 +55,8 @@ use tapio::core::node::{NodeConfig, NodeModel};
 use tapio::kernel::bench::ConnectConverter;
 
 const PODS: usize = 10_000;
+/// Pods of the node-sized model of the paired run.
+const NODE_PODS: usize = 250;
 const NAMES_PER_POD: usize = 10;
 const BATCH: usize = 1024;
 
@@ -94,9 +96,9 @@ fn clock() -> fn() -> Duration {
 }
 
 /// A model with only the pods' cgroups and pods (no names, no IPs).
-fn pods_only(full: &NodeModel) -> Arc<NodeModel> {
+fn pods_only(full: &NodeModel, pods: usize) -> Arc<NodeModel> {
     let node = NodeModel::new(NodeConfig::default()).with_cgroups(full.cgroups().unwrap().clone());
-    for i in 0..PODS {
+    for i in 0..pods {
         let mut pod = (*full.pods().get(&uid(i)).unwrap()).clone();
         pod.ips.clear();
         node.upsert_pod(pod);
@@ -107,7 +109,7 @@ fn pods_only(full: &NodeModel) -> Arc<NodeModel> {
 fn bench(c: &mut Criterion) {
     let at = Utc::now() - chrono::Duration::seconds(1);
     let full = populated(PODS, NAMES_PER_POD, at);
-    let pods = pods_only(&full);
+    let pods = pods_only(&full, PODS);
     let setups: [(&str, Option<Arc<NodeModel>>); 3] = [
         ("none", None),
         ("pods_only", Some(pods)),
@@ -182,7 +184,7 @@ fn bench(c: &mut Criterion) {
 /// between such blocks. Prints each setup's median per event and the
 /// median of the per-round differences to `none`, the figure the goal is
 /// about. `TAPIO_BENCH_PAIRED_ROUNDS` rounds (default 400; 0 skips it).
-fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
+fn paired(model: &str, pods: usize, setups: &[(&str, Option<Arc<NodeModel>>)]) {
     let rounds: usize = std::env::var("TAPIO_BENCH_PAIRED_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -197,7 +199,12 @@ fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
     };
     // Every pod of the model; the most pods a kubelet is commonly allowed
     // to run (`--max-pods`, default 110); 64 busy pods.
-    for (spread, active) in [("all", PODS), ("node250", 250), ("hot64", 64)] {
+    let spreads: &[(&str, usize)] = if pods == PODS {
+        &[("all", PODS), ("node250", 250), ("hot64", 64)]
+    } else {
+        &[("all", pods), ("hot64", 64)]
+    };
+    for &(spread, active) in spreads {
         let mut convs: Vec<_> = setups
             .iter()
             .map(|(_, node)| {
@@ -218,11 +225,11 @@ fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
                 let mut m = n;
                 for _ in 0..BATCH {
                     m = m.wrapping_add(7919);
-                    let i = (m % active) * (PODS / active);
+                    let i = (m % active) * (pods / active);
                     let remote = if m & 1 == 0 {
                         service_ip(m % NAMES_PER_POD)
                     } else {
-                        pod_ip((i + 1) % PODS)
+                        pod_ip((i + 1) % pods)
                     };
                     conv.connect(
                         now,
@@ -249,16 +256,16 @@ fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
         // the model's sizes, no lock, no metadata; same rounds.
         let floor = {
             use std::collections::HashMap;
-            let cgroups: HashMap<u64, u64> = (0..PODS)
+            let cgroups: HashMap<u64, u64> = (0..pods)
                 .map(|i| (CGROUP_BASE + i as u64, i as u64))
                 .collect();
-            let names: HashMap<(u64, IpAddr), u64> = (0..PODS)
+            let names: HashMap<(u64, IpAddr), u64> = (0..pods)
                 .flat_map(|i| {
                     (0..NAMES_PER_POD).map(move |k| ((i as u64, service_ip(k)), k as u64))
                 })
                 .collect();
-            let ips: HashMap<IpAddr, u64> = (0..PODS).map(|i| (pod_ip(i), i as u64)).collect();
-            let processes: HashMap<u32, u64> = (0..PODS).map(|i| (10_000 + i as u32, 0)).collect();
+            let ips: HashMap<IpAddr, u64> = (0..pods).map(|i| (pod_ip(i), i as u64)).collect();
+            let processes: HashMap<u32, u64> = (0..pods).map(|i| (10_000 + i as u32, 0)).collect();
             let mut times = Vec::with_capacity(rounds);
             let mut m = 0usize;
             for round in 0..rounds + 20 {
@@ -266,11 +273,11 @@ fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
                 let mut acc = 0u64;
                 for _ in 0..BATCH {
                     m = m.wrapping_add(7919);
-                    let i = (m % active) * (PODS / active);
+                    let i = (m % active) * (pods / active);
                     let remote = if m & 1 == 0 {
                         service_ip(m % NAMES_PER_POD)
                     } else {
-                        pod_ip((i + 1) % PODS)
+                        pod_ip((i + 1) % pods)
                     };
                     let pod = cgroups
                         .get(&black_box(CGROUP_BASE + i as u64))
@@ -294,14 +301,14 @@ fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
             median(&mut times)
         };
         println!(
-            "paired floor/{spread}: {floor:.0} ns per event: the same lookups in plain HashMaps"
+            "paired {model} floor/{spread}: {floor:.0} ns per event: the same lookups in plain HashMaps"
         );
         let base = per_event[0].clone();
         for (k, (name, _)) in setups.iter().enumerate() {
             let mut diffs: Vec<f64> = per_event[k].iter().zip(&base).map(|(a, b)| a - b).collect();
             let mine = median(&mut per_event[k].clone());
             println!(
-                "paired {name}/{spread}: {mine:.0} ns per event, added over none: {:+.0} ns (median of {rounds} paired rounds)",
+                "paired {model} {name}/{spread}: {mine:.0} ns per event, added over none: {:+.0} ns (median of {rounds} paired rounds)",
                 median(&mut diffs)
             );
         }
@@ -310,13 +317,23 @@ fn paired(setups: &[(&str, Option<Arc<NodeModel>>)]) {
 
 fn bench_paired(_: &mut Criterion) {
     let at = Utc::now() - chrono::Duration::seconds(1);
-    let full = populated(PODS, NAMES_PER_POD, at);
-    let pods = pods_only(&full);
-    paired(&[
-        ("none", None),
-        ("pods_only", Some(pods)),
-        ("full", Some(full)),
-    ]);
+    // A node-sized model first: 250 pods (above the kubelet's default
+    // `--max-pods` of 110) with their 2 500 names; then the 10 000-pod
+    // stress model of the soak test.
+    for pods in [NODE_PODS, PODS] {
+        let full = populated(pods, NAMES_PER_POD, at);
+        let only = pods_only(&full, pods);
+        let model = format!("model{pods}");
+        paired(
+            &model,
+            pods,
+            &[
+                ("none", None),
+                ("pods_only", Some(only)),
+                ("full", Some(full)),
+            ],
+        );
+    }
 }
 
 criterion_group! {
