@@ -18,9 +18,10 @@
 //! busy pods (`hot64`).
 //!
 //! Before criterion's runs, a paired run measures the three setups batch by
-//! batch in turn (see [`paired`]), also over 250 pods (`node250`: more than
-//! the kubelet's default `--max-pods` of 110), and prints the median added
-//! per event. That figure is the one BENCHMARKS.md reports:
+//! batch in turn (see [`paired`]), for a node-sized model (250 pods, more
+//! than the kubelet's default `--max-pods` of 110, with 2 500 names) and for
+//! the 10 000-pod one (also over 250 of its pods, `node250`), and prints the
+//! median added per event. That figure is the one BENCHMARKS.md reports:
 //!
 //! ```text
 //! TAPIO_BENCH_PAIRED_ROUNDS=1000 cargo bench --no-default-features --features kernel \

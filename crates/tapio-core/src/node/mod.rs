@@ -15,7 +15,9 @@
 //!
 //! Every table is bounded: inserting past its capacity evicts the entry
 //! written longest ago and counts it ([`NodeModel::stats`]). Readers take a
-//! shared lock for one hash lookup.
+//! shared lock for one hash lookup; a reader thread on an event path keeps a
+//! [`NodeMemo`] in front of the tables that change rarely (cgroups, pod
+//! IPs), so most of its lookups take neither.
 //!
 //! # Causal chains
 //!
