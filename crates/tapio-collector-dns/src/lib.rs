@@ -512,7 +512,7 @@ fn cached_ip(
     match slot {
         Some((seen, text)) if *seen == ip => text.clone(),
         _ => {
-            let text = CompactString::from(message::ip_text(ip));
+            let text = tapio_core::metadata::ip_text(ip);
             *slot = Some((ip, text.clone()));
             text
         }

@@ -394,28 +394,12 @@ pub fn render_name(name: &Name) -> String {
 /// assert_eq!(tapio_collector_dns::message::ipv4_text(Ipv4Addr::new(10, 0, 255, 7)), "10.0.255.7");
 /// ```
 pub fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
-    let mut out = String::with_capacity(15);
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
-    }
-    out
+    tapio_core::metadata::ip_text(IpAddr::V4(ip)).into()
 }
 
 /// Text of an address as `Display` writes it (IPv4 without the formatter).
 pub fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => ipv4_text(v4),
-        IpAddr::V6(v6) => v6.to_string(),
-    }
+    tapio_core::metadata::ip_text(ip).into()
 }
 
 fn push_lossy_text(out: &mut String, bytes: &[u8]) {

@@ -11,7 +11,7 @@ use tapio_core::clock::BootClock;
 use tapio_core::metadata::{SharedMetadata, StaticKey, Value, keys};
 use tapio_core::node::{self, Anchor, NodeMemo, NodeModel, Scope};
 use tapio_core::pod::{KEY_NAMESPACE, KEY_POD_NAME};
-use tapio_core::{CompactString, Emitter, Payload, RawEvent, SpanRef, ToCompactString};
+use tapio_core::{CompactString, Emitter, Payload, RawEvent, SpanRef};
 
 use crate::events::{self, types as ev};
 use crate::metrics::{Count, KernelCounters};
@@ -818,8 +818,8 @@ impl Converter {
             "accept" => Some(events::Direction::Inbound),
             _ => None,
         };
-        let local_addr = Value::String(local.to_compact_string());
-        let remote_addr = Value::String(remote.to_compact_string());
+        let local_addr = Value::from(local);
+        let remote_addr = Value::from(remote);
         // Who is client and who is server is known for connect and accept.
         let (client, server) = match direction {
             Some(events::Direction::Outbound) => (

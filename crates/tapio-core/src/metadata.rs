@@ -160,6 +160,59 @@ impl From<usize> for Value {
     }
 }
 
+/// An IP address as its text (`Display`'s), as semantic conventions carry
+/// addresses: stored inline, IPv4 written without the formatting machinery
+/// (it is rendered for every network event).
+///
+/// ```
+/// use std::net::IpAddr;
+/// use tapio_core::metadata::Value;
+///
+/// let ip: IpAddr = "10.0.255.7".parse().unwrap();
+/// assert_eq!(Value::from(ip), "10.0.255.7");
+/// assert_eq!(Value::from("fd00::53:7".parse::<IpAddr>().unwrap()), "fd00::53:7");
+/// ```
+impl From<std::net::IpAddr> for Value {
+    fn from(ip: std::net::IpAddr) -> Self {
+        Value::String(ip_text(ip))
+    }
+}
+
+/// The text of `ip` as `Display` writes it, inline (no allocation).
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// assert_eq!(tapio_core::metadata::ip_text(IpAddr::V4(Ipv4Addr::new(10, 0, 255, 7))), "10.0.255.7");
+/// ```
+pub fn ip_text(ip: std::net::IpAddr) -> CompactString {
+    use compact_str::ToCompactString;
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            // Only ASCII digits and dots were written.
+            CompactString::from_utf8_lossy(&buf[..n])
+        }
+        std::net::IpAddr::V6(v6) => v6.to_compact_string(),
+    }
+}
+
 impl From<Arc<str>> for Value {
     fn from(v: Arc<str>) -> Self {
         Value::Shared(v)
@@ -971,6 +1024,28 @@ mod tests {
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0 % n
+        }
+    }
+
+    #[test]
+    fn ip_text_is_what_display_writes() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "10.99.100.255",
+            "255.255.255.255",
+            "::1",
+            "fd00::53:7",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+            assert_eq!(Value::from(ip), ip.to_string().as_str());
+        }
+        for a in 0..=255u8 {
+            let ip = std::net::IpAddr::from([a, 255 - a, a / 3, a / 7]);
+            assert_eq!(ip_text(ip), ip.to_string());
         }
     }
 
