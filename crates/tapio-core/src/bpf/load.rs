@@ -77,8 +77,45 @@ pub fn rodata<'a, T>(
 struct Attached<S> {
     // Field order is drop order: the links detach before the skeleton closes
     // its programs and maps.
-    _links: Vec<Link>,
+    _links: DetachOnDrop,
     _skel: S,
+}
+
+/// Links detached together when dropped. Closing a kprobe or tracepoint
+/// link waits for an RCU grace period (70–80 ms each on a small VM): one
+/// by one, the kernel collector's ~45 links took 3.6 s of a graceful stop.
+/// Closed from a few threads at once, they share grace periods.
+struct DetachOnDrop(Vec<Link>);
+
+/// Threads that close links at once.
+const DETACH_THREADS: usize = 8;
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let links = std::mem::take(&mut self.0);
+        if links.len() < 2 {
+            return;
+        }
+        let per_thread = links.len().div_ceil(DETACH_THREADS);
+        let mut chunks: Vec<Vec<Link>> = Vec::with_capacity(DETACH_THREADS);
+        let mut links = links.into_iter();
+        loop {
+            let chunk: Vec<Link> = links.by_ref().take(per_thread).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        std::thread::scope(|scope| {
+            for chunk in chunks {
+                // When a thread cannot be started, the closure is dropped
+                // right here, and its links with it: closed in this thread.
+                let _ = std::thread::Builder::new()
+                    .name("tapio-detach".into())
+                    .spawn_scoped(scope, move || drop(chunk));
+            }
+        });
+    }
 }
 
 impl<'obj> Loaded<'obj> {
@@ -104,7 +141,7 @@ impl<'obj> Loaded<'obj> {
             wakeup,
             details,
             keep: Box::new(Attached {
-                _links: links,
+                _links: DetachOnDrop(links),
                 _skel: skel,
             }),
         })
