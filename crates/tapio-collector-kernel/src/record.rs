@@ -221,7 +221,9 @@ const MAX_HELD: usize = 8192;
 /// reach the node model milliseconds after the kernel reader converts the
 /// connect. The event waits up to `dns_wait` (it is already complete: a
 /// step of its process, `server.address` the IP) and is looked up again
-/// when released.
+/// when released. Later events of the same connection (same cgroup and
+/// peer) that still find no answer wait behind it, so that they join the
+/// chain it joins.
 struct Held {
     ev: RawEvent,
     cgroup_id: u64,
@@ -920,15 +922,23 @@ impl Converter {
             }
         }
         // A connect without an answer yet may be waiting for the DNS
-        // collector to record it (see `Held`).
+        // collector to record it (see `Held`); the later events of a held
+        // connection (its close, a retransmit) wait behind it, or they
+        // would miss the answer their connect gets.
+        let cgroup_id = ev
+            .payload_ref::<events::TcpEvent>()
+            .and_then(|t| t.process.as_ref())
+            .map(|p| p.cgroup_id);
+        let behind_held = |held: &std::collections::VecDeque<Held>, cgroup_id: u64| {
+            held.iter()
+                .any(|h| h.cgroup_id == cgroup_id && h.remote == remote)
+        };
         if resolved.is_none()
             && !self.dns_wait.is_zero()
-            && direction == Some(events::Direction::Outbound)
             && self.node.is_some()
-            && let Some(cgroup_id) = ev
-                .payload_ref::<events::TcpEvent>()
-                .and_then(|t| t.process.as_ref())
-                .map(|p| p.cgroup_id)
+            && let Some(cgroup_id) = cgroup_id
+            && (direction == Some(events::Direction::Outbound)
+                || (direction.is_none() && behind_held(&self.held, cgroup_id)))
         {
             if self.held.len() >= MAX_HELD {
                 self.release_held(true);
