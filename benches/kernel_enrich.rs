@@ -78,6 +78,34 @@ fn boot_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The `m`-th connect: its pod (one of `active` spread over `pods`) and
+/// its peer: a resolved service IP for even `m`, the next pod's IP for odd.
+fn pick(m: usize, active: usize, pods: usize) -> (usize, IpAddr) {
+    let i = (m % active) * (pods / active);
+    let remote = if m & 1 == 0 {
+        service_ip(m % NAMES_PER_POD)
+    } else {
+        pod_ip((i + 1) % pods)
+    };
+    (i, remote)
+}
+
+/// Convert one batch of `BATCH` connects, continuing the sequence at `m`.
+fn convert_batch(conv: &mut ConnectConverter, m: &mut usize, active: usize, pods: usize) {
+    let now = boot_ns();
+    for _ in 0..BATCH {
+        *m = m.wrapping_add(7919);
+        let (i, remote) = pick(*m, active, pods);
+        conv.connect(
+            now,
+            10_000 + i as u32,
+            CGROUP_BASE + i as u64,
+            v4(pod_ip(i)),
+            v4(remote),
+        );
+    }
+}
+
 /// The clock the iterations are timed with (see the module docs).
 fn clock() -> fn() -> Duration {
     fn read(clock: libc::clockid_t) -> Duration {
@@ -132,23 +160,7 @@ fn bench(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let started = now_clock();
                     for _ in 0..iters {
-                        let now = boot_ns();
-                        for _ in 0..BATCH {
-                            n = n.wrapping_add(7919);
-                            let i = (n % active) * (PODS / active);
-                            let remote = if n & 1 == 0 {
-                                service_ip(n % NAMES_PER_POD)
-                            } else {
-                                pod_ip((i + 1) % PODS)
-                            };
-                            conv.connect(
-                                now,
-                                10_000 + i as u32,
-                                CGROUP_BASE + i as u64,
-                                v4(pod_ip(i)),
-                                v4(remote),
-                            );
-                        }
+                        convert_batch(&mut conv, &mut n, active, PODS);
                         conv.drain(&mut out);
                         black_box(&out);
                     }
@@ -222,24 +234,8 @@ fn paired(model: &str, pods: usize, setups: &[(&str, Option<Arc<NodeModel>>)]) {
         for round in 0..rounds + 20 {
             for (k, conv) in convs.iter_mut().enumerate() {
                 let started = now_clock();
-                let now = boot_ns();
                 let mut m = n;
-                for _ in 0..BATCH {
-                    m = m.wrapping_add(7919);
-                    let i = (m % active) * (pods / active);
-                    let remote = if m & 1 == 0 {
-                        service_ip(m % NAMES_PER_POD)
-                    } else {
-                        pod_ip((i + 1) % pods)
-                    };
-                    conv.connect(
-                        now,
-                        10_000 + i as u32,
-                        CGROUP_BASE + i as u64,
-                        v4(pod_ip(i)),
-                        v4(remote),
-                    );
-                }
+                convert_batch(conv, &mut m, active, pods);
                 conv.drain(&mut out);
                 black_box(&out);
                 out.clear();
@@ -274,12 +270,7 @@ fn paired(model: &str, pods: usize, setups: &[(&str, Option<Arc<NodeModel>>)]) {
                 let mut acc = 0u64;
                 for _ in 0..BATCH {
                     m = m.wrapping_add(7919);
-                    let i = (m % active) * (pods / active);
-                    let remote = if m & 1 == 0 {
-                        service_ip(m % NAMES_PER_POD)
-                    } else {
-                        pod_ip((i + 1) % pods)
-                    };
+                    let (i, remote) = pick(m, active, pods);
                     let pod = cgroups
                         .get(&black_box(CGROUP_BASE + i as u64))
                         .copied()
