@@ -376,6 +376,10 @@ impl Converter {
                     &keys::SERVER_ADDRESS,
                     Value::Shared(Arc::clone(&found.name)),
                 );
+                // A close held behind its connect has no server side yet.
+                if let Some(port) = ev.payload_ref::<events::TcpEvent>().map(|t| t.remote_port) {
+                    ev.metadata.insert_static(&keys::SERVER_PORT, port);
+                }
                 ev = ev.follows(found.span);
             }
             self.batch.push(ev);
