@@ -34,7 +34,7 @@ trap cleanup EXIT
 if [ -n "${DNS_LOAD_BIN:-}" ]; then
   BIN=$DNS_LOAD_BIN
 else
-  cargo build --release --quiet -p tapio-collector-dns --example dns_load
+  cargo build --release --quiet -p tapio-collector-dns --features testing --example dns_load
   BIN="${CARGO_TARGET_DIR:-target}/release/examples/dns_load"
 fi
 PRELOAD=()
@@ -79,6 +79,7 @@ measure() { # $1 rate, $2 mode (baseline|collector) -> one JSON line
   if [ "$mode" != baseline ]; then
     local extra=()
     [ "$mode" = responses-only ] && extra=(--no-query-events)
+    [ "$mode" = bare ] && extra=(--bare)
     "${PRELOAD[@]}" "$BIN" --port "$PORT" --seconds $((SECS + 2)) "${extra[@]}" >"$WORK/collector.out" 2>"$WORK/collector.err" &
     COLLECTOR_PID=$!
     for _ in $(seq 200); do grep -q ready "$WORK/collector.out" 2>/dev/null && break; sleep 0.05; done
@@ -126,11 +127,13 @@ EOF
 echo "# dns_load: ${SECS}s per run, dnsmasq on 127.0.0.1:$PORT, kernel $(uname -r), $(nproc) CPUs, collector $BIN${DNS_LOAD_PRELOAD:+ (LD_PRELOAD=$DNS_LOAD_PRELOAD)}"
 echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 RESULTS="$WORK/results.jsonl"
-# Modes: no collector; the collector with defaults (dns.query + dns.response
+# Modes: no collector; the floor (the collector's BPF object, same
+# settings, its ring read by a consumer that only counts records); the
+# collector with defaults (dns.query + dns.response
 # + dns.timeout events); the collector with emit_queries = false (responses
 # carry the matched query, so no information is lost).
 for rate in $RATES; do
-  for mode in baseline collector responses-only; do
+  for mode in baseline bare collector responses-only; do
     measure "$rate" "$mode" | tee -a "$RESULTS"
   done
 done
@@ -141,19 +144,21 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print()
 print("| target qps | mode | qps (baseline) | collector CPU (process + BPF), % of a core | per 10k qps | of which BPF | match rate | timeouts / drops kernel+queue |")
 print("|---|---|---|---|---|---|---|---|")
-for i in range(0, len(rows), 3):
+GROUP = 4  # baseline, bare, collector, responses-only
+for i in range(0, len(rows), GROUP):
     base = rows[i]
-    for col in rows[i + 1:i + 3]:
+    for col in rows[i + 1:i + GROUP]:
         total = col["collector_cpu_pct"] + col["bpf_cpu_pct"]
         per10k = total / (col["qps"] / 10000) if col["qps"] else 0
+        matched = ("– (counts records only)" if col["mode"] == "bare"
+                   else f"{col['match_rate_pct']:.2f} % ({col['matched']}/{col['completed']:.0f})")
         print(f"| {col['rate']} | {col['mode']} | {col['qps']:.0f} ({base['qps']:.0f}) | {total:.1f} | {per10k:.2f} | "
-              f"{col['bpf_cpu_pct']:.1f} ({col['bpf_ns_per_run']:.0f} ns/packet) | "
-              f"{col['match_rate_pct']:.2f} % ({col['matched']}/{col['completed']:.0f}) | "
+              f"{col['bpf_cpu_pct']:.1f} ({col['bpf_ns_per_run']:.0f} ns/packet) | {matched} | "
               f"{col['timeouts']} / {col['dropped_kernel']}+{col['dropped_queue']} |")
 # Machine-readable summary (scripts/bench-all): bench, what, unit, tapio, baseline, baseline value, ratio.
-for i in range(0, len(rows), 3):
+for i in range(0, len(rows), GROUP):
     base = rows[i]
-    for col in rows[i + 1:i + 3]:
+    for col in rows[i + 1:i + GROUP]:
         what = f"{col['rate']} qps target, {col['mode']}"
         print(f"TAPIO-BENCH\tdns_load\t{what}: qps\tqps\t{col['qps']:.0f}\tdnsperf without collector\t{base['qps']:.0f}\t{col['qps'] / max(base['qps'], 1):.3f}")
         print(f"TAPIO-BENCH\tdns_load\t{what}: machine CPU busy\t% of a core\t{col['system_busy_pct']:.1f}\tdnsperf without collector\t{base['system_busy_pct']:.1f}\t{col['system_busy_pct'] / max(base['system_busy_pct'], 0.1):.3f}")

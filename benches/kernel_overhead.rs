@@ -23,7 +23,7 @@
 //!   every record while it is caught up; the behaviour before batching);
 //! - **bare**: the same BPF object and config (batched wake-ups included)
 //!   read by the bare counting consumer
-//!   (`tapio_collector_kernel::bench::BareConsumer`): the kernel side plus
+//!   (`tapio_collector_kernel::bench::bare_consumer`): the kernel side plus
 //!   ring-buffer wake-ups, without the collector's userspace work;
 //! - **bpf-only**: the same object with a 256 MiB ring that is never read
 //!   during the workloads: the BPF programs alone (after the first record the
@@ -66,7 +66,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Duration;
 
 use kernel_support::*;
-use tapio::kernel::bench::BareConsumer;
+use tapio::kernel::bench::{BARE_THREAD, bare_consumer, bare_consumer_paused};
 use tapio::kernel::{KernelConfig, NetworkMode};
 
 /// One workload run: its wall time, and where CPU went meanwhile.
@@ -138,9 +138,6 @@ enum Mode {
     Bare,
     BpfOnly,
 }
-
-/// Thread name of `BareConsumer`'s loop.
-const BARE_THREAD: &str = "bare-ringbuf";
 
 const MODES: [Mode; 5] = [
     Mode::Off,
@@ -230,11 +227,11 @@ fn measure(rt: &tokio::runtime::Runtime, mode: Mode, execs: u64, connects: u64) 
         }
         Mode::Bare | Mode::BpfOnly => {
             let bare = if mode == Mode::Bare {
-                BareConsumer::spawn(config())
+                bare_consumer(config())
             } else {
                 let mut c = config();
                 c.ring_buffer_bytes = 256 << 20;
-                BareConsumer::spawn_paused(c)
+                bare_consumer_paused(c)
             }
             .expect("load bare consumer");
             let (cpu0, runs0) = (process_cpu(), thread_runs(BARE_THREAD));

@@ -10,7 +10,7 @@
 //! Consumers, one at a time, alternating in each round (so both see the
 //! same machine state):
 //!
-//! - **bare**: `tapio_collector_kernel::bench::BareConsumer`, i.e. the same
+//! - **bare**: `tapio_collector_kernel::bench::bare_consumer`, i.e. the same
 //!   object loaded with the same config, read with a plain libbpf-rs
 //!   `RingBufferBuilder` whose callback only counts. The practical limit.
 //! - **collector**: `KernelCollector` (with a cgroup resolver, as in
@@ -47,7 +47,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Duration;
 
 use kernel_support::*;
-use tapio::kernel::bench::BareConsumer;
+use tapio::kernel::bench::{BARE_THREAD, bare_consumer, bare_consumer_paused};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Consumer {
@@ -115,11 +115,8 @@ fn generate(dir: &TempDir, load: Load) -> (u64, f64) {
     (produced, produced as f64 / secs)
 }
 
-/// Thread name of `BareConsumer`'s loop.
-const BARE_THREAD: &str = "bare-ringbuf";
-
 fn bare(dir: &TempDir, load: Load) -> Row {
-    let consumer = BareConsumer::spawn(file_only(&dir.path_str())).expect("load bare consumer");
+    let consumer = bare_consumer(file_only(&dir.path_str())).expect("load bare consumer");
     let cpu0 = thread_cpu(BARE_THREAD);
     let (produced, generator_rate) = generate(dir, load);
     wait_quiet(
@@ -155,7 +152,7 @@ const FILL_RING_BYTES: u32 = 256 << 20;
 fn bare_drain(dir: &TempDir, load: Load) -> Row {
     let mut config = file_only(&dir.path_str());
     config.ring_buffer_bytes = FILL_RING_BYTES;
-    let consumer = BareConsumer::spawn_paused(config).expect("load bare consumer");
+    let consumer = bare_consumer_paused(config).expect("load bare consumer");
     let (produced, generator_rate) = generate(dir, load);
     let cpu0 = thread_cpu(BARE_THREAD);
     consumer.resume();

@@ -7,7 +7,12 @@
 //!
 //! ```text
 //! dns_load --port 15353 --seconds 12
+//! dns_load --port 15353 --seconds 12 --bare
 //! ```
+//!
+//! `--bare` loads the same BPF object with the same settings and reads its
+//! ring buffer with a consumer that only counts records (no decoding, no
+//! matching, no events): the floor the collector is measured against.
 //!
 //! Prints `ready` on stdout once attached, then the summary.
 
@@ -39,12 +44,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 53u16;
     let mut seconds = 10u64;
     let mut emit_queries = true;
+    let mut bare = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--port" => port = args.next().ok_or("--port N")?.parse()?,
             "--seconds" => seconds = args.next().ok_or("--seconds N")?.parse()?,
             "--no-query-events" => emit_queries = false,
+            "--bare" => bare = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -52,12 +59,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats_fd = unsafe {
         libbpf_rs::libbpf_sys::bpf_enable_stats(libbpf_rs::libbpf_sys::BPF_STATS_RUN_TIME)
     };
-    let dns = DnsCollector::new(DnsConfig {
+    let config = DnsConfig {
         ports: vec![port],
         emit_queries,
         queue_capacity: 1 << 18,
         ..Default::default()
-    });
+    };
+    if bare {
+        let result = run_bare(&config, seconds);
+        if stats_fd >= 0 {
+            // SAFETY: the fd from bpf_enable_stats above, closed once.
+            unsafe { libc::close(stats_fd) };
+        }
+        return result;
+    }
+    let dns = DnsCollector::new(config);
     let mut events = dns.events()?;
     dns.start(CollectorContext::default()).await?;
     let details = dns.health().details;
@@ -126,6 +142,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.dropped_kernel,
         stats.dropped_queue,
         stats.errors,
+    );
+    Ok(())
+}
+
+/// The floor: the collector's BPF object read by a counting consumer.
+fn run_bare(config: &DnsConfig, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let consumer = tapio_collector_dns::bench::bare_consumer(config)?;
+    let ids: Vec<u32> = consumer
+        .details()
+        .iter()
+        .filter(|(k, _)| k == "egress_prog_id" || k == "ingress_prog_id")
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    let cpu0 = cpu_seconds();
+    let (bpf_ns0, bpf_cnt0) = bpf_run_time(&ids);
+    println!("ready");
+    std::io::stdout().flush()?;
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let (bpf_ns1, bpf_cnt1) = bpf_run_time(&ids);
+    let counts = consumer.finish();
+    println!(
+        "{{\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"bpf_run_ns\":{},\"bpf_runs\":{},\
+         \"records\":{},\"query_events\":0,\"response_events\":0,\"timeout_events\":0,\
+         \"matched\":0,\"unmatched\":0,\"timeouts\":0,\"evictions\":0,\"malformed\":0,\
+         \"dropped_kernel\":{},\"dropped_queue\":0,\"errors\":0}}",
+        bpf_ns1.saturating_sub(bpf_ns0),
+        bpf_cnt1.saturating_sub(bpf_cnt0),
+        counts.records,
+        counts.kernel_dropped,
     );
     Ok(())
 }

@@ -212,7 +212,7 @@ impl DnsConfig {
             bpf::SizingPolicy {
                 per_cpu_rate: RATE_PER_CPU,
                 mean_record_bytes: MEAN_RECORD_BYTES,
-                delay: Duration::from_millis(self.batch_interval_ms.clamp(1, 1000)),
+                delay: self.batch_interval(),
             },
             cpus,
             self.rate_target,
@@ -843,9 +843,13 @@ impl Dns {
     pub fn stats(&self) -> DnsStats {
         self.counters.snapshot()
     }
+}
 
+impl DnsConfig {
+    /// The cgroup the programs attach to: the configured one, else the
+    /// cgroup v2 root.
     fn cgroup_path(&self) -> Result<PathBuf, CollectorError> {
-        match &self.config.cgroup_path {
+        match &self.cgroup_path {
             Some(p) => Ok(p.clone()),
             None => {
                 tapio_core::cgroup::cgroup2_mount().map_err(|err| CollectorError::HookUnavailable {
@@ -855,6 +859,23 @@ impl Dns {
                 })
             }
         }
+    }
+
+    /// The BPF object these settings load.
+    fn program(&self) -> Result<DnsProgram, CollectorError> {
+        Ok(DnsProgram {
+            ring_buffer_bytes: self.sizes().ring_bytes,
+            capture_bytes: self.capture_bytes,
+            ports: self.ports.clone(),
+            observe_client: self.observe_client,
+            observe_server: self.observe_server,
+            cgroup: self.cgroup_path()?,
+        })
+    }
+
+    /// How long the reader waits for a wake-up before draining anyway.
+    fn batch_interval(&self) -> Duration {
+        Duration::from_millis(self.batch_interval_ms.clamp(1, 1000))
     }
 }
 
@@ -877,7 +898,8 @@ impl Observer for Dns {
 
     async fn start(&self, cx: Started) -> Result<RingBufReader, CollectorError> {
         self.config.validate()?;
-        let cgroup = self.cgroup_path()?;
+        let program = self.config.program()?;
+        let cgroup = program.cgroup.clone();
         bpf::route_libbpf_logs();
         let emitter = cx.emitter;
         let latency = self
@@ -885,14 +907,6 @@ impl Observer for Dns {
             .get_or_init(|| register_metrics(&emitter, &self.counters))
             .clone();
         let sizes = self.config.sizes();
-        let program = DnsProgram {
-            ring_buffer_bytes: sizes.ring_bytes,
-            capture_bytes: self.config.capture_bytes,
-            ports: self.config.ports.clone(),
-            observe_client: self.config.observe_client,
-            observe_server: self.config.observe_server,
-            cgroup: cgroup.clone(),
-        };
         let matcher = Matcher::new(
             MatcherConfig {
                 timeout_ns: self.config.timeout_ms.saturating_mul(1_000_000),
@@ -906,7 +920,7 @@ impl Observer for Dns {
             },
             self.counters.clone(),
         );
-        let batch_interval = Duration::from_millis(self.config.batch_interval_ms.clamp(1, 1000));
+        let batch_interval = self.config.batch_interval();
         let timing = emitter.telemetry().cloned();
         let stats = emitter.stats().clone();
         let handler = DnsHandler {
@@ -1235,5 +1249,25 @@ mod tests {
         );
         assert_eq!(record::DATA_OFFSET, 88);
         assert_eq!(size_of::<Pkt>(), record::DATA_OFFSET + MAX_CAPTURE as usize);
+    }
+}
+
+/// Benchmark support (feature `testing`). **Not API**: used only by
+/// `examples/dns_load.rs` and may change or go away in any release.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod bench {
+    use tapio_core::CollectorError;
+    pub use tapio_core::bpf::bare::{BARE_THREAD, BareConsumer, BareCounts};
+
+    use crate::DnsConfig;
+
+    /// The collector's BPF object loaded and attached with `config` (the
+    /// same programs, ports, capture length and ring size), its ring read
+    /// by a consumer that only counts records: the floor of the
+    /// collector's cost.
+    pub fn bare_consumer(config: &DnsConfig) -> Result<BareConsumer, CollectorError> {
+        config.validate()?;
+        BareConsumer::spawn(crate::NAME, config.program()?, config.batch_interval())
     }
 }

@@ -352,202 +352,44 @@ pub mod fuzzing {
 /// repository's `benches/kernel_*.rs` and may change or go away in any
 /// release.
 ///
-/// [`BareConsumer`](bench::BareConsumer) loads this crate's BPF object
+/// [`bare_consumer`](bench::bare_consumer) loads this crate's BPF object
 /// (the same [`KernelConfig`] → the same programs, filters and ring-buffer
-/// size) and reads its ring buffer with a plain libbpf-rs
-/// `RingBufferBuilder` whose callback only counts: no decoding, no
-/// [`tapio_core::RawEvent`]s. That is the practical limit the collector is
-/// compared against.
+/// size) and reads its ring buffer with core's
+/// [`BareConsumer`](tapio_core::bpf::bare::BareConsumer), whose callback
+/// only counts: no decoding, no [`tapio_core::RawEvent`]s. That is the
+/// practical limit the collector is compared against.
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod bench {
-    use std::mem::MaybeUninit;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::thread::JoinHandle;
-    use std::time::{Duration, Instant};
-
-    use libbpf_rs::{MapCore as _, MapFlags, RingBufferBuilder};
     use tapio_core::CollectorError;
-    use tapio_core::bpf::BpfProgram as _;
+    pub use tapio_core::bpf::bare::{BARE_THREAD, BareConsumer, BareCounts};
 
     use crate::KernelConfig;
     use crate::program::{HookFlavor, KernelProgram};
 
-    /// What a [`BareConsumer`] read.
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct BareCounts {
-        /// Records read from the ring buffer.
-        pub records: u64,
-        /// The object's in-kernel drop counter (`tapio_drops`) at the end.
-        pub kernel_dropped: u64,
-        /// When reading started (after [`BareConsumer::resume`]).
-        pub started: Option<Instant>,
-        /// When the first poll that returned records ended.
-        pub first: Option<Instant>,
-        /// When the last poll that returned records ended.
-        pub last: Option<Instant>,
+    /// A [`BareConsumer`] of the kernel object loaded with `config`, not
+    /// reading until [`BareConsumer::resume`]. The bare reader does not
+    /// adapt the wake-up delay: it runs with the fixed
+    /// `delivery.max_delay_ms`, whatever `delivery.adaptive`.
+    pub fn bare_consumer_paused(mut config: KernelConfig) -> Result<BareConsumer, CollectorError> {
+        config.delivery.adaptive = false;
+        let poll_timeout = config.delivery.poll_timeout();
+        let program = KernelProgram {
+            hook: HookFlavor::choose(config.hooks),
+            config,
+            self_pid: std::process::id(),
+            page_size: crate::page_size(),
+            learn_cgroups: false,
+            map_slot: None,
+        };
+        BareConsumer::spawn_paused(crate::NAME, program, poll_timeout)
     }
 
-    /// A bare ring-buffer consumer of the kernel object, on its own thread.
-    #[derive(Debug)]
-    pub struct BareConsumer {
-        stop: Arc<AtomicBool>,
-        go: Arc<AtomicBool>,
-        records: Arc<AtomicU64>,
-        thread: Option<JoinHandle<BareCounts>>,
-    }
-
-    fn drops_total(map: &libbpf_rs::MapHandle) -> u64 {
-        map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))
-            .map(u64::from_ne_bytes)
-            .sum()
-    }
-
-    impl BareConsumer {
-        /// Load and attach the object with `config` on a new thread and
-        /// start counting; returns once attached.
-        pub fn spawn(config: KernelConfig) -> Result<Self, CollectorError> {
-            let consumer = Self::spawn_paused(config)?;
-            consumer.resume();
-            Ok(consumer)
-        }
-
-        /// Like [`spawn`](Self::spawn), but the ring buffer is not read until
-        /// [`resume`](Self::resume): records pile up (or are dropped) in the
-        /// kernel, so the drain rate of a full ring can be measured.
-        ///
-        /// The bare reader does not adapt the wake-up delay: it runs with
-        /// the fixed `delivery.max_delay_ms`, whatever `delivery.adaptive`.
-        pub fn spawn_paused(mut config: KernelConfig) -> Result<Self, CollectorError> {
-            config.delivery.adaptive = false;
-            let stop = Arc::new(AtomicBool::new(false));
-            let go = Arc::new(AtomicBool::new(false));
-            let records = Arc::new(AtomicU64::new(0));
-            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-            let thread = {
-                let (stop, go, records) = (stop.clone(), go.clone(), records.clone());
-                std::thread::Builder::new()
-                    .name("bare-ringbuf".into())
-                    .spawn(move || {
-                        let poll_timeout = config.delivery.poll_timeout();
-                        let program = KernelProgram {
-                            hook: HookFlavor::choose(config.hooks),
-                            config,
-                            self_pid: std::process::id(),
-                            page_size: crate::page_size(),
-                            learn_cgroups: false,
-                            map_slot: None,
-                        };
-                        let mut storage = MaybeUninit::uninit();
-                        let loaded = match program.load(&mut storage) {
-                            Ok(loaded) => loaded,
-                            Err(err) => {
-                                let _ = ready_tx.send(Err(err));
-                                return BareCounts::default();
-                            }
-                        };
-                        let mut builder = RingBufferBuilder::new();
-                        let counter = records.clone();
-                        let added = builder.add(&loaded.events, move |_: &[u8]| {
-                            counter.fetch_add(1, Ordering::Relaxed);
-                            0
-                        });
-                        let built = added.map(|_| ()).and_then(|()| builder.build());
-                        let rb = match built {
-                            Ok(rb) => rb,
-                            Err(err) => {
-                                let _ = ready_tx.send(Err(CollectorError::Bpf {
-                                    collector: crate::NAME.to_string(),
-                                    operation: "set up bare ring buffer".to_string(),
-                                    source: Box::new(err),
-                                }));
-                                return BareCounts::default();
-                            }
-                        };
-                        let _ = ready_tx.send(Ok(()));
-                        let mut counts = BareCounts::default();
-                        while !go.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        counts.started = Some(Instant::now());
-                        // Like the collector's reader: poll, then consume
-                        // whatever was submitted without a wake-up.
-                        while !stop.load(Ordering::Acquire) {
-                            let polled = rb.poll_raw(poll_timeout);
-                            if polled > 0 || rb.consume_raw() > 0 {
-                                let now = Instant::now();
-                                counts.first.get_or_insert(now);
-                                counts.last = Some(now);
-                            }
-                        }
-                        if rb.consume_raw() > 0 {
-                            counts.last = Some(Instant::now());
-                        }
-                        counts.records = records.load(Ordering::Relaxed);
-                        counts.kernel_dropped = loaded.drops.as_ref().map_or(0, drops_total);
-                        counts
-                    })
-                    .map_err(|err| CollectorError::Io {
-                        collector: crate::NAME.to_string(),
-                        context: "spawn bare ring buffer thread".to_string(),
-                        source: err,
-                    })?
-            };
-            match ready_rx.recv() {
-                Ok(Ok(())) => Ok(Self {
-                    stop,
-                    go,
-                    records,
-                    thread: Some(thread),
-                }),
-                Ok(Err(err)) => {
-                    let _ = thread.join();
-                    Err(err)
-                }
-                Err(_) => {
-                    let _ = thread.join();
-                    Err(CollectorError::Bpf {
-                        collector: crate::NAME.to_string(),
-                        operation: "start bare ring buffer thread".to_string(),
-                        source: "the thread exited during setup".into(),
-                    })
-                }
-            }
-        }
-
-        /// Start reading (after [`spawn_paused`](Self::spawn_paused)).
-        pub fn resume(&self) {
-            self.go.store(true, Ordering::Release);
-        }
-
-        /// Records counted so far.
-        pub fn records(&self) -> u64 {
-            self.records.load(Ordering::Relaxed)
-        }
-
-        /// Stop, consume what is buffered, detach, and return the counts.
-        pub fn finish(mut self) -> BareCounts {
-            self.stop.store(true, Ordering::Release);
-            self.thread
-                .take()
-                .and_then(|t| t.join().ok())
-                .unwrap_or_default()
-        }
-    }
-
-    impl Drop for BareConsumer {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::Release);
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        }
+    /// [`bare_consumer_paused`], reading at once.
+    pub fn bare_consumer(config: KernelConfig) -> Result<BareConsumer, CollectorError> {
+        let consumer = bare_consumer_paused(config)?;
+        consumer.resume();
+        Ok(consumer)
     }
 
     /// The collector's record-to-event path for synthetic TCP connect

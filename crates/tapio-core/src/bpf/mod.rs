@@ -13,6 +13,9 @@
 //! ([`DeliveryController`]).
 
 mod adapt;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod bare;
 mod load;
 mod reader;
 mod record;
