@@ -5,7 +5,8 @@
 //! - `event/build_and_encode_payload`: building a typed [`RawEvent`]
 //!   (payload moved in, typed metadata, ids) and encoding its `data` once,
 //!   as a sink that needs bytes does, against `serde_json::to_string` of the
-//!   payload alone. `event/build_typed` is the build without any encoding:
+//!   payload alone (`..._then_write_data`: into a reused buffer, as the
+//!   JSON-lines and OTLP sinks do). `event/build_typed` is the build without any encoding:
 //!   what an embedder or a counter pays. The `build_like_kernel` variants
 //!   build the same event as the kernel collector does: its own keys fixed
 //!   at compile time, the pod's attributes one pre-built block attached by
@@ -237,6 +238,21 @@ fn bench_event(c: &mut Criterion) {
             seq = seq.wrapping_add(1);
             let ev = tapio_event_like_kernel(black_box(seq), now, &pod);
             black_box(ev.data.json().expect("encode").len());
+            ev
+        })
+    });
+    // What a sink that writes bytes does (`RawEvent::write_json_line`, the
+    // OTLP body): the typed payload encoded straight into the sink's reused
+    // buffer, not into a fresh `Vec` kept on the event.
+    g.bench_function("tapio/build_like_kernel_then_write_data", |b| {
+        let mut seq = 0u32;
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            let ev = tapio_event_like_kernel(black_box(seq), now, &pod);
+            out.clear();
+            ev.data.write_json(&mut out).expect("encode");
+            black_box(out.len());
             ev
         })
     });

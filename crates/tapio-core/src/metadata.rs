@@ -412,6 +412,29 @@ impl StaticKey {
     }
 }
 
+/// The first eight bytes of `key`, big-endian, zero-padded: comparing two
+/// of them orders the keys as their bytes do, unless they are equal.
+#[inline]
+fn key_prefix(key: &str) -> u64 {
+    let bytes = key.as_bytes();
+    match bytes.first_chunk::<8>() {
+        Some(head) => u64::from_be_bytes(*head),
+        None => {
+            let mut head = [0u8; 8];
+            head[..bytes.len()].copy_from_slice(bytes);
+            u64::from_be_bytes(head)
+        }
+    }
+}
+
+/// Whether `key` sorts after `last`: one integer comparison for keys that
+/// differ in their first eight bytes (most), a byte comparison otherwise.
+#[inline]
+fn key_after(last: &str, key: &str) -> bool {
+    let (a, b) = (key_prefix(last), key_prefix(key));
+    a < b || (a == b && last < key)
+}
+
 fn search(entries: &[(CompactString, Value)], key: &str) -> Result<usize, usize> {
     entries.binary_search_by(|(k, _)| k.as_str().cmp(key))
 }
@@ -648,7 +671,7 @@ impl Metadata {
     #[inline]
     fn push_or_insert(&mut self, key: CompactString, value: Value) -> Option<Value> {
         match self.entries.last() {
-            Some((last, _)) if last.as_str() < key.as_str() => {}
+            Some((last, _)) if key_after(last.as_str(), key.as_str()) => {}
             None => {}
             Some(_) => {
                 return match self.position(&key) {
@@ -948,6 +971,38 @@ impl<'de> Deserialize<'de> for Metadata {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn key_after_orders_as_bytes_do() {
+        // Prefixes of each other, equal first eight bytes, NUL bytes
+        // (padding is zero too), empty, non-ASCII.
+        let keys = [
+            "",
+            "\0",
+            "a",
+            "a\0",
+            "a\0b",
+            "ab",
+            "process",
+            "process.",
+            "process.p",
+            "process.pid",
+            "process.parent_pid",
+            "process.pidx",
+            "network.type",
+            "network.transport",
+            "network.\0",
+            "zzzzzzzz",
+            "zzzzzzzz\0",
+            "é",
+            "é.pod",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(key_after(a, b), a < b, "{a:?} then {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn behaves_like_a_btreemap() {
