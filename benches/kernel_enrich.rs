@@ -51,8 +51,8 @@ use std::time::Duration;
 use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use node_fixture::*;
-use tapio::core::CollectorContext;
 use tapio::core::node::{NodeConfig, NodeModel};
+use tapio::core::{CollectorContext, RawEvent};
 use tapio::kernel::bench::ConnectConverter;
 
 const PODS: usize = 10_000;
@@ -190,6 +190,29 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The full model joined exactly what [`pick`] sends its way: every even
+/// connect goes to a service IP its pod resolved (`server.address` is the
+/// name, not the IP), every odd one to another pod (the peer is named).
+fn check_joins(out: &[RawEvent]) {
+    assert_eq!(out.len(), BATCH);
+    let by_name = out
+        .iter()
+        .filter(|e| {
+            let server = e.metadata.get("server.address").and_then(|v| v.as_str());
+            let peer = e
+                .metadata
+                .get("network.peer.address")
+                .and_then(|v| v.as_str());
+            server.is_some() && server != peer
+        })
+        .count();
+    let peers = out
+        .iter()
+        .filter(|e| e.metadata.contains_key("tapio.peer.k8s.pod.name"))
+        .count();
+    assert_eq!((by_name, peers), (BATCH / 2, BATCH / 2));
+}
+
 /// Setups measured batch by batch in turn, so that a slower stretch of
 /// the machine (a neighbour's build, frequency changes) lands on all of
 /// them alike: criterion measures one function for seconds before the
@@ -238,8 +261,11 @@ fn paired(model: &str, pods: usize, setups: &[(&str, Option<Arc<NodeModel>>)]) {
                 convert_batch(conv, &mut m, active, pods);
                 conv.drain(&mut out);
                 black_box(&out);
-                out.clear();
                 let took = now_clock() - started;
+                if round == 0 && setups[k].0 == "full" {
+                    check_joins(&out);
+                }
+                out.clear();
                 // The first rounds warm the caches and the allocator.
                 if round >= 20 {
                     per_event[k].push(took.as_nanos() as f64 / BATCH as f64);
