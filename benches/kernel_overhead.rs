@@ -37,8 +37,11 @@
 //! collector / off.
 //!
 //! Beside wall time, each workload's CPU is accounted per operation: the load
-//! process's own CPU (`getrusage` in the child; the BPF programs and softirq
-//! work that run in its context are part of it), this process's CPU (the
+//! process's CPU and that of the processes it ran and waited for
+//! (`getrusage` `RUSAGE_SELF` + `RUSAGE_CHILDREN` in the child: each
+//! `/bin/true` of the exec workload does its exec, loader and exit work, and
+//! triggers most of the BPF programs, in its own process; the BPF programs
+//! and softirq work that run in these contexts are part of it), this process's CPU (the
 //! collector's reader and the consumer), and the in-kernel run time of the
 //! `tapio_*` BPF programs (BPF run-time statistics are on for the whole run,
 //! in every mode, which adds two clock reads to each program run). On a
@@ -73,9 +76,12 @@ use tapio::kernel::{KernelConfig, NetworkMode};
 #[derive(Default, Clone, Copy)]
 struct Run {
     wall: Duration,
-    /// CPU of the load process (every thread; includes the BPF programs and
-    /// softirq work that ran in its context).
+    /// CPU of the load process and of the processes it ran (every thread;
+    /// includes the BPF programs and softirq work that ran in their context).
     load_cpu: Duration,
+    /// The load process's share of `load_cpu` (what the exec workload's
+    /// ratio counted before its `/bin/true` processes were included).
+    load_self_cpu: Duration,
     /// CPU of this process: the collector or consumer threads.
     own_cpu: Duration,
     /// In-kernel run time of the tapio BPF programs, wherever they ran.
@@ -118,6 +124,7 @@ fn run(kind: &str, count: u64) -> Run {
     Run {
         wall: ns(m["ns"]),
         load_cpu: ns(m["cpu_ns"]),
+        load_self_cpu: ns(m["self_cpu_ns"]),
         own_cpu: own1.saturating_sub(own0),
         bpf: bpf1.saturating_sub(bpf0),
     }
@@ -281,9 +288,9 @@ fn cpu_table(
     );
     println!();
     println!(
-        "| mode | operations/s (median) | load CPU | this process CPU | BPF run time | (load + this) / off |"
+        "| mode | operations/s (median) | load CPU | this process CPU | BPF run time | (load + this) / off | (load process alone + this) / off |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (i, mode) in MODES.iter().enumerate() {
         let ratios: Vec<f64> = all
             .iter()
@@ -292,18 +299,28 @@ fn cpu_table(
                 run_of(&got[i].times).cpu().as_secs_f64() / off.max(f64::MIN_POSITIVE)
             })
             .collect();
+        // The same ratio without the processes the load ran (the exec
+        // workload's `/bin/true`s): how it was counted before.
+        let self_ratios: Vec<f64> = all
+            .iter()
+            .map(|(_, got)| {
+                let cpu = |r: &Run| (r.load_self_cpu + r.own_cpu).as_secs_f64();
+                cpu(&run_of(&got[i].times)) / cpu(&run_of(&got[0].times)).max(f64::MIN_POSITIVE)
+            })
+            .collect();
         let rate = median(
             &all.iter()
                 .map(|(_, got)| count as f64 / run_of(&got[i].times).wall.as_secs_f64().max(1e-9))
                 .collect::<Vec<_>>(),
         );
         println!(
-            "| {} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {rate:.0} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} |",
             mode.name(),
             med(i, &|r| r.load_cpu),
             med(i, &|r| r.own_cpu),
             med(i, &|r| r.bpf),
-            median(&ratios)
+            median(&ratios),
+            median(&self_ratios)
         );
         if *mode == Mode::Collector {
             println!(
