@@ -89,13 +89,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
     let (mut queries, mut responses, mut timeouts) = (0u64, 0u64, 0u64);
+    // A typed consumer as an embedder would write one: wait for an event,
+    // then take whatever else is queued in one batch (one timer for the
+    // whole run, not one per event).
+    let deadline = tokio::time::sleep_until(tokio::time::Instant::from_std(end));
+    tokio::pin!(deadline);
+    let mut batch = Vec::with_capacity(1024);
     loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
+        tokio::select! {
+            _ = &mut deadline => break,
+            first = events.recv() => match first {
+                Some(ev) => batch.push(ev),
+                None => break,
+            },
         }
-        match tokio::time::timeout(left, events.recv()).await {
-            Ok(Some(ev)) => match ev.event_type.as_str() {
+        events.drain_into(&mut batch, 1023);
+        for ev in batch.drain(..) {
+            match ev.event_type.as_str() {
                 types::QUERY => queries += 1,
                 types::RESPONSE => {
                     responses += 1;
@@ -105,8 +115,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 types::TIMEOUT => timeouts += 1,
                 _ => {}
-            },
-            Ok(None) | Err(_) => break,
+            }
         }
     }
     let wall = start.elapsed().as_secs_f64();
