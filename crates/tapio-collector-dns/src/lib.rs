@@ -437,6 +437,40 @@ struct DnsHandler {
     sink: Sink,
 }
 
+impl DnsHandler {
+    fn new(
+        config: &DnsConfig,
+        emitter: Emitter,
+        counters: Arc<DnsCounters>,
+        latency: Option<Histogram<f64>>,
+    ) -> Self {
+        let matcher = Matcher::new(
+            MatcherConfig {
+                timeout_ns: config.timeout_ms.saturating_mul(1_000_000),
+                slow_ns: config.slow_query_ms.saturating_mul(1_000_000),
+                max_inflight: config.max_inflight,
+                max_tcp_streams: 16_384,
+                observe_client: config.observe_client,
+                observe_server: config.observe_server,
+                cluster_domain: config.cluster_domain.clone(),
+                emit_queries: config.emit_queries,
+            },
+            counters,
+        );
+        Self {
+            emitter,
+            matcher,
+            sink: Sink {
+                clock: BootClock::new(),
+                latency,
+                batch: Vec::new(),
+                text: TextCache::default(),
+                memo: NodeMemo::default(),
+            },
+        }
+    }
+}
+
 impl bpf::RecordHandler<Packet> for DnsHandler {
     fn record(&mut self, packet: Packet) {
         let (sink, emitter) = (&mut self.sink, &self.emitter);
@@ -907,33 +941,10 @@ impl Observer for Dns {
             .get_or_init(|| register_metrics(&emitter, &self.counters))
             .clone();
         let sizes = self.config.sizes();
-        let matcher = Matcher::new(
-            MatcherConfig {
-                timeout_ns: self.config.timeout_ms.saturating_mul(1_000_000),
-                slow_ns: self.config.slow_query_ms.saturating_mul(1_000_000),
-                max_inflight: self.config.max_inflight,
-                max_tcp_streams: 16_384,
-                observe_client: self.config.observe_client,
-                observe_server: self.config.observe_server,
-                cluster_domain: self.config.cluster_domain.clone(),
-                emit_queries: self.config.emit_queries,
-            },
-            self.counters.clone(),
-        );
         let batch_interval = self.config.batch_interval();
         let timing = emitter.telemetry().cloned();
         let stats = emitter.stats().clone();
-        let handler = DnsHandler {
-            emitter,
-            matcher,
-            sink: Sink {
-                clock: BootClock::new(),
-                latency,
-                batch: Vec::new(),
-                text: TextCache::default(),
-                memo: NodeMemo::default(),
-            },
-        };
+        let handler = DnsHandler::new(&self.config, emitter, self.counters.clone(), latency);
         let config = RingBufReaderConfig {
             thread_name: "tapio-dns".into(),
             // The kernel batches wake-ups: drain at least every batch interval.
@@ -1257,10 +1268,53 @@ mod tests {
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod bench {
-    use tapio_core::CollectorError;
+    use tapio_core::bpf::RecordHandler as _;
     pub use tapio_core::bpf::bare::{BARE_THREAD, BareConsumer, BareCounts};
+    use tapio_core::{CollectorBase, CollectorContext, CollectorError, EventReceiver, RawEvent};
 
-    use crate::DnsConfig;
+    use crate::{DnsConfig, DnsHandler, Packet};
+
+    /// The collector's userspace path without BPF: packets as the ring
+    /// buffer delivers them, through the matcher and the event builder
+    /// (with whatever node model `ctx` carries), into an event queue. What
+    /// `benches/dns_pipeline.rs` measures.
+    pub struct Pipeline {
+        handler: DnsHandler,
+        events: EventReceiver,
+        _base: CollectorBase,
+    }
+
+    impl Pipeline {
+        /// A pipeline with `config`'s matcher settings, started with `ctx`,
+        /// queueing up to `capacity` events.
+        pub fn new(config: &DnsConfig, ctx: &CollectorContext, capacity: usize) -> Self {
+            let base = CollectorBase::new(crate::NAME, capacity, Default::default());
+            let events = base.take_events().expect("fresh base");
+            base.begin_start(ctx).expect("fresh base");
+            base.finish_start();
+            let handler = DnsHandler::new(config, base.emitter(), Default::default(), None);
+            Self {
+                handler,
+                events,
+                _base: base,
+            }
+        }
+
+        /// One packet, as the reader hands it over.
+        pub fn packet(&mut self, packet: Packet) {
+            self.handler.record(packet);
+        }
+
+        /// The end of a ring-buffer batch: the events built are queued.
+        pub fn batch_end(&mut self) {
+            self.handler.batch_end();
+        }
+
+        /// Move the queued events into `out`.
+        pub fn drain(&mut self, out: &mut Vec<RawEvent>) {
+            self.events.drain_into(out, usize::MAX);
+        }
+    }
 
     /// The collector's BPF object loaded and attached with `config` (the
     /// same programs, ports, capture length and ring size), its ring read

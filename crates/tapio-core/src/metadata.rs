@@ -668,23 +668,31 @@ impl Metadata {
         self.push_or_insert(key, value)
     }
 
-    #[inline]
+    /// Append when `key` sorts after every own key (collectors insert in
+    /// key order: the common case, inlined into the caller so the entry is
+    /// written straight into the vector), else search.
+    #[inline(always)]
     fn push_or_insert(&mut self, key: CompactString, value: Value) -> Option<Value> {
         match self.entries.last() {
-            Some((last, _)) if key_after(last.as_str(), key.as_str()) => {}
-            None => {}
-            Some(_) => {
-                return match self.position(&key) {
-                    Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
-                    Err(i) => {
-                        self.entries.insert(i, (key, value));
-                        None
-                    }
-                };
+            Some((last, _)) if !key_after(last.as_str(), key.as_str()) => {
+                self.insert_sorted(key, value)
+            }
+            _ => {
+                self.entries.push((key, value));
+                None
             }
         }
-        self.entries.push((key, value));
-        None
+    }
+
+    #[inline(never)]
+    fn insert_sorted(&mut self, key: CompactString, value: Value) -> Option<Value> {
+        match self.position(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            Err(i) => {
+                self.entries.insert(i, (key, value));
+                None
+            }
+        }
     }
 
     /// Set `key` to `value`; returns the value it replaced. Inserting keys
