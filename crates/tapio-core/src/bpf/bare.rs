@@ -8,8 +8,8 @@
 //! measured against: what the kernel side and the wake-ups alone cost.
 
 use std::mem::MaybeUninit;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,8 @@ pub struct BareCounts {
 #[derive(Debug)]
 pub struct BareConsumer {
     stop: Arc<AtomicBool>,
-    go: Arc<AtomicBool>,
+    /// Dropped or sent to: the paused thread starts reading (or stops).
+    go: Mutex<Option<mpsc::Sender<()>>>,
     records: Arc<AtomicU64>,
     details: Vec<(String, String)>,
     thread: Option<JoinHandle<BareCounts>>,
@@ -73,11 +74,11 @@ impl BareConsumer {
         poll_timeout: Duration,
     ) -> Result<Self, CollectorError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let go = Arc::new(AtomicBool::new(false));
+        let (go, go_rx) = mpsc::channel::<()>();
         let records = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = {
-            let (stop, go, records) = (stop.clone(), go.clone(), records.clone());
+            let (stop, records) = (stop.clone(), records.clone());
             std::thread::Builder::new()
                 .name(BARE_THREAD.into())
                 .spawn(move || {
@@ -108,9 +109,9 @@ impl BareConsumer {
                     };
                     let _ = ready_tx.send(Ok(loaded.details.clone()));
                     let mut counts = BareCounts::default();
-                    while !go.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+                    // Blocked, not polling: a paused consumer (the BPF-only
+                    // floor) must cost nothing while the load runs.
+                    let _ = go_rx.recv();
                     counts.started = Some(Instant::now());
                     // Like the collector's reader: poll, then consume
                     // whatever was submitted without a wake-up.
@@ -142,7 +143,7 @@ impl BareConsumer {
         match ready_rx.recv() {
             Ok(Ok(details)) => Ok(Self {
                 stop,
-                go,
+                go: Mutex::new(Some(go)),
                 records,
                 details,
                 thread: Some(thread),
@@ -164,7 +165,16 @@ impl BareConsumer {
 
     /// Start reading (after [`spawn_paused`](Self::spawn_paused)).
     pub fn resume(&self) {
-        self.go.store(true, Ordering::Release);
+        self.release();
+    }
+
+    /// Let the paused thread go on (to read, or to see `stop`).
+    fn release(&self) {
+        if let Ok(mut go) = self.go.lock()
+            && let Some(go) = go.take()
+        {
+            let _ = go.send(());
+        }
     }
 
     /// What the object reported when loaded (program ids, ring size …),
@@ -181,6 +191,7 @@ impl BareConsumer {
     /// Stop, consume what is buffered, detach, and return the counts.
     pub fn finish(mut self) -> BareCounts {
         self.stop.store(true, Ordering::Release);
+        self.release();
         self.thread
             .take()
             .and_then(|t| t.join().ok())
@@ -191,6 +202,7 @@ impl BareConsumer {
 impl Drop for BareConsumer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.release();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
