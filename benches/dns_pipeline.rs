@@ -14,7 +14,7 @@
 //! the least a consumer pays to know what each message said.
 //!
 //! ```text
-//! cargo bench --no-default-features --features dns --bench dns_pipeline
+//! cargo bench --no-default-features --features dns,testing --bench dns_pipeline
 //! ```
 //!
 //! Figures are per event (a query and a response each make one; with

@@ -1264,7 +1264,8 @@ mod tests {
 }
 
 /// Benchmark support (feature `testing`). **Not API**: used only by
-/// `examples/dns_load.rs` and may change or go away in any release.
+/// `examples/dns_load.rs` and the repository's `benches/dns_pipeline.rs`,
+/// and may change or go away in any release.
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod bench {

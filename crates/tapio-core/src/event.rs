@@ -461,7 +461,7 @@ impl Serialize for EventData {
     /// lossy UTF-8, so that one bad payload never breaks the output stream.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let bytes: &[u8] = match (&self.repr, self.json.get()) {
-            (Repr::Typed(payload), None) => return payload.serialize(s),
+            (Repr::Typed(payload), None) => return (**payload).serialize(s),
             (Repr::Typed(_), Some(json)) => json,
             (Repr::Bytes(bytes), _) => bytes,
         };

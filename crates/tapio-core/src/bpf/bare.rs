@@ -9,7 +9,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -170,9 +170,8 @@ impl BareConsumer {
 
     /// Let the paused thread go on (to read, or to see `stop`).
     fn release(&self) {
-        if let Ok(mut go) = self.go.lock()
-            && let Some(go) = go.take()
-        {
+        let mut go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(go) = go.take() {
             let _ = go.send(());
         }
     }
