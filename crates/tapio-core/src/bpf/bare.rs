@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::RingBufferBuilder;
 
+use super::reader::spawn_session;
 use super::{BpfProgram, read_percpu_total};
 use crate::CollectorError;
 
@@ -76,12 +77,13 @@ impl BareConsumer {
         let stop = Arc::new(AtomicBool::new(false));
         let (go, go_rx) = mpsc::channel::<()>();
         let records = Arc::new(AtomicU64::new(0));
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let thread = {
+        let (thread, details) = {
             let (stop, records) = (stop.clone(), records.clone());
-            std::thread::Builder::new()
-                .name(BARE_THREAD.into())
-                .spawn(move || {
+            spawn_session(
+                collector,
+                BARE_THREAD,
+                "bare ring buffer thread",
+                move |ready_tx| {
                     let mut storage = MaybeUninit::uninit();
                     let loaded = match program.load(&mut storage) {
                         Ok(loaded) => loaded,
@@ -133,34 +135,16 @@ impl BareConsumer {
                         .and_then(read_percpu_total)
                         .unwrap_or(0);
                     counts
-                })
-                .map_err(|err| CollectorError::Io {
-                    collector: collector.to_string(),
-                    context: "spawn bare ring buffer thread".to_string(),
-                    source: err,
-                })?
+                },
+            )?
         };
-        match ready_rx.recv() {
-            Ok(Ok(details)) => Ok(Self {
-                stop,
-                go: Mutex::new(Some(go)),
-                records,
-                details,
-                thread: Some(thread),
-            }),
-            Ok(Err(err)) => {
-                let _ = thread.join();
-                Err(err)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(CollectorError::Bpf {
-                    collector: collector.to_string(),
-                    operation: "start bare ring buffer thread".to_string(),
-                    source: "the thread exited during setup".into(),
-                })
-            }
-        }
+        Ok(Self {
+            stop,
+            go: Mutex::new(Some(go)),
+            records,
+            details,
+            thread: Some(thread),
+        })
     }
 
     /// Start reading (after [`spawn_paused`](Self::spawn_paused)).

@@ -360,6 +360,49 @@ pub fn map_handle(object: &Object, name: &str) -> Result<MapHandle, libbpf_rs::E
     MapHandle::try_from(&map)
 }
 
+/// Facts about a loaded object, for health details ([`Loaded::details`]).
+type Details = Vec<(String, String)>;
+
+/// What a session thread reports once set up: the loaded object's details,
+/// or why it could not start.
+pub(super) type Ready = Result<Details, CollectorError>;
+
+/// Run `session` on a new thread named `thread_name` and wait until it
+/// reports through the sender it is handed. Returns the thread (still
+/// running) and the details, or joins it and returns its error. `collector`
+/// names the collector and `what` the thread in errors.
+pub(super) fn spawn_session<T: Send + 'static>(
+    collector: &str,
+    thread_name: &str,
+    what: &str,
+    session: impl FnOnce(std::sync::mpsc::SyncSender<Ready>) -> T + Send + 'static,
+) -> Result<(JoinHandle<T>, Details), CollectorError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
+    let thread = std::thread::Builder::new()
+        .name(thread_name.to_string())
+        .spawn(move || session(ready_tx))
+        .map_err(|err| CollectorError::Io {
+            collector: collector.to_string(),
+            context: format!("spawn {what}"),
+            source: err,
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(details)) => Ok((thread, details)),
+        Ok(Err(err)) => {
+            let _ = thread.join();
+            Err(err)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(CollectorError::Bpf {
+                collector: collector.to_string(),
+                operation: format!("start {what}"),
+                source: "the session thread exited during setup".into(),
+            })
+        }
+    }
+}
+
 impl RingBufReader {
     /// Start a session thread: it loads `program`, then reads its ring buffer,
     /// handing decoded records to `handler`, and every `drop_poll_every`
@@ -378,163 +421,140 @@ impl RingBufReader {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let reader_stats = Arc::new(ReaderStats::default());
-        type Ready = Result<Vec<(String, String)>, CollectorError>;
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Ready>(1);
         let thread_name = config.thread_name.clone();
+        let name = config.thread_name.clone();
 
-        let thread = {
+        let (thread, details) = {
             let stop = stop.clone();
             let rstats = reader_stats.clone();
-            std::thread::Builder::new()
-                .name(config.thread_name.clone())
-                .spawn(move || {
-                    let mut storage = MaybeUninit::uninit();
-                    let loaded = match program.load(&mut storage) {
-                        Ok(loaded) => loaded,
+            spawn_session(&name, &name, "ring buffer thread", move |ready_tx| {
+                let mut storage = MaybeUninit::uninit();
+                let loaded = match program.load(&mut storage) {
+                    Ok(loaded) => loaded,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let cb_stats = rstats.clone();
+                let cb_counters = stats.clone();
+                let handler = std::cell::RefCell::new(handler);
+                let cb_handler = &handler;
+                // When the current batch's first record arrived (timing on).
+                let batch_started = std::cell::Cell::new(None::<Instant>);
+                let cb_batch_started = &batch_started;
+                let timed = config.timing.is_some();
+                let mut builder = RingBufferBuilder::new();
+                let added = builder.add(&loaded.events, move |bytes: &[u8]| {
+                    match P::Record::decode(bytes) {
+                        Ok(record) => {
+                            if timed && cb_batch_started.get().is_none() {
+                                cb_batch_started.set(Some(Instant::now()));
+                            }
+                            cb_stats.records.fetch_add(1, Ordering::Relaxed);
+                            cb_handler.borrow_mut().record(record);
+                        }
                         Err(err) => {
-                            let _ = ready_tx.send(Err(err));
-                            return;
-                        }
-                    };
-                    let cb_stats = rstats.clone();
-                    let cb_counters = stats.clone();
-                    let handler = std::cell::RefCell::new(handler);
-                    let cb_handler = &handler;
-                    // When the current batch's first record arrived (timing on).
-                    let batch_started = std::cell::Cell::new(None::<Instant>);
-                    let cb_batch_started = &batch_started;
-                    let timed = config.timing.is_some();
-                    let mut builder = RingBufferBuilder::new();
-                    let added = builder.add(&loaded.events, move |bytes: &[u8]| {
-                        match P::Record::decode(bytes) {
-                            Ok(record) => {
-                                if timed && cb_batch_started.get().is_none() {
-                                    cb_batch_started.set(Some(Instant::now()));
-                                }
-                                cb_stats.records.fetch_add(1, Ordering::Relaxed);
-                                cb_handler.borrow_mut().record(record);
-                            }
-                            Err(err) => {
-                                cb_stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-                                cb_counters.add_errors(1);
-                                tracing::debug!(error = %err, "dropping undecodable BPF record");
-                            }
-                        }
-                        0
-                    });
-                    let rb = match added.map(|_| ()).and_then(|()| builder.build()) {
-                        Ok(rb) => rb,
-                        Err(err) => {
-                            let _ = ready_tx.send(Err(CollectorError::Bpf {
-                                collector: thread_name,
-                                operation: "set up ring buffer".to_string(),
-                                source: Box::new(err),
-                            }));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(loaded.details.clone()));
-                    drop(ready_tx);
-
-                    let end_batch = || {
-                        rstats.batches.fetch_add(1, Ordering::Relaxed);
-                        handler.borrow_mut().batch_end();
-                        if let (Some(t), Some(started)) = (&config.timing, batch_started.take()) {
-                            t.record_duration(started.elapsed());
-                        }
-                    };
-                    let mut last_kernel_total = 0u64;
-                    let poll_drops = |last: &mut u64| {
-                        if let Some(total) = loaded.drops.as_ref().and_then(read_percpu_total) {
-                            if total > *last {
-                                stats.add_dropped(DropStage::Kernel, total - *last);
-                                *last = total;
-                            }
-                            rstats.kernel_dropped.store(total, Ordering::Relaxed);
-                        }
-                    };
-                    let mut last_drop_check = Instant::now();
-                    let mut last_tick = Instant::now();
-                    let mut adaptive = match (config.adaptive, loaded.wakeup.as_ref()) {
-                        (Some(settings), Some(wakeup)) => {
-                            let controller = DeliveryController::new(settings);
-                            wakeup.set(controller.current().delay);
-                            rstats.apply(controller.current());
-                            Some(Adaptive {
-                                every: controller.config().every,
-                                controller,
-                                wakeup,
-                                window_start: Instant::now(),
-                                window_records: 0,
-                                pending: false,
-                            })
-                        }
-                        _ => None,
-                    };
-                    while !stop.load(Ordering::Acquire) {
-                        if let Some(a) = adaptive.as_mut() {
-                            a.cycle(&rb, config.poll_timeout, &stats, &rstats, &end_batch);
-                        } else {
-                            let rc = rb.poll_raw(config.poll_timeout);
-                            if rc < 0 && rc != -libc::EINTR {
-                                tracing::warn!(errno = -rc, "ring buffer poll failed");
-                                stats.add_errors(1);
-                                std::thread::sleep(config.poll_timeout);
-                            }
-                            // Programs may submit without waking (BPF_RB_NO_WAKEUP,
-                            // batched wakeups): those records are only seen by a consume.
-                            let consumed = rb.consume_raw();
-                            if rc > 0 || consumed > 0 {
-                                end_batch();
-                            }
-                        }
-                        if let Some(every) = config.tick_every
-                            && last_tick.elapsed() >= every
-                        {
-                            handler.borrow_mut().tick();
-                            last_tick = Instant::now();
-                        }
-                        if last_drop_check.elapsed() >= config.drop_poll_every {
-                            poll_drops(&mut last_kernel_total);
-                            last_drop_check = Instant::now();
+                            cb_stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+                            cb_counters.add_errors(1);
+                            tracing::debug!(error = %err, "dropping undecodable BPF record");
                         }
                     }
-                    // Deliver what is already in the buffer, then the final drop count.
-                    let _ = rb.consume_raw();
-                    end_batch();
-                    handler.borrow_mut().finish();
-                    poll_drops(&mut last_kernel_total);
-                    // Explicit order: ring buffer, then links and skeleton, then storage.
-                    drop(rb);
-                    drop(loaded);
-                })
-                .map_err(|err| CollectorError::Io {
-                    collector: config.thread_name.clone(),
-                    context: "spawn ring buffer thread".to_string(),
-                    source: err,
-                })?
+                    0
+                });
+                let rb = match added.map(|_| ()).and_then(|()| builder.build()) {
+                    Ok(rb) => rb,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(CollectorError::Bpf {
+                            collector: thread_name,
+                            operation: "set up ring buffer".to_string(),
+                            source: Box::new(err),
+                        }));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(loaded.details.clone()));
+                drop(ready_tx);
+
+                let end_batch = || {
+                    rstats.batches.fetch_add(1, Ordering::Relaxed);
+                    handler.borrow_mut().batch_end();
+                    if let (Some(t), Some(started)) = (&config.timing, batch_started.take()) {
+                        t.record_duration(started.elapsed());
+                    }
+                };
+                let mut last_kernel_total = 0u64;
+                let poll_drops = |last: &mut u64| {
+                    if let Some(total) = loaded.drops.as_ref().and_then(read_percpu_total) {
+                        if total > *last {
+                            stats.add_dropped(DropStage::Kernel, total - *last);
+                            *last = total;
+                        }
+                        rstats.kernel_dropped.store(total, Ordering::Relaxed);
+                    }
+                };
+                let mut last_drop_check = Instant::now();
+                let mut last_tick = Instant::now();
+                let mut adaptive = match (config.adaptive, loaded.wakeup.as_ref()) {
+                    (Some(settings), Some(wakeup)) => {
+                        let controller = DeliveryController::new(settings);
+                        wakeup.set(controller.current().delay);
+                        rstats.apply(controller.current());
+                        Some(Adaptive {
+                            every: controller.config().every,
+                            controller,
+                            wakeup,
+                            window_start: Instant::now(),
+                            window_records: 0,
+                            pending: false,
+                        })
+                    }
+                    _ => None,
+                };
+                while !stop.load(Ordering::Acquire) {
+                    if let Some(a) = adaptive.as_mut() {
+                        a.cycle(&rb, config.poll_timeout, &stats, &rstats, &end_batch);
+                    } else {
+                        let rc = rb.poll_raw(config.poll_timeout);
+                        if rc < 0 && rc != -libc::EINTR {
+                            tracing::warn!(errno = -rc, "ring buffer poll failed");
+                            stats.add_errors(1);
+                            std::thread::sleep(config.poll_timeout);
+                        }
+                        // Programs may submit without waking (BPF_RB_NO_WAKEUP,
+                        // batched wakeups): those records are only seen by a consume.
+                        let consumed = rb.consume_raw();
+                        if rc > 0 || consumed > 0 {
+                            end_batch();
+                        }
+                    }
+                    if let Some(every) = config.tick_every
+                        && last_tick.elapsed() >= every
+                    {
+                        handler.borrow_mut().tick();
+                        last_tick = Instant::now();
+                    }
+                    if last_drop_check.elapsed() >= config.drop_poll_every {
+                        poll_drops(&mut last_kernel_total);
+                        last_drop_check = Instant::now();
+                    }
+                }
+                // Deliver what is already in the buffer, then the final drop count.
+                let _ = rb.consume_raw();
+                end_batch();
+                handler.borrow_mut().finish();
+                poll_drops(&mut last_kernel_total);
+                // Explicit order: ring buffer, then links and skeleton, then storage.
+                drop(rb);
+                drop(loaded);
+            })?
         };
-        let ready = ready_rx.recv();
-        match ready {
-            Ok(Ok(details)) => Ok(Self {
-                details,
-                stop,
-                thread: Some(thread),
-                stats: reader_stats,
-            }),
-            Ok(Err(err)) => {
-                let _ = thread.join();
-                Err(err)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(CollectorError::Bpf {
-                    collector: config.thread_name,
-                    operation: "start ring buffer thread".to_string(),
-                    source: "the session thread exited during setup".into(),
-                })
-            }
-        }
+        Ok(Self {
+            details,
+            stop,
+            thread: Some(thread),
+            stats: reader_stats,
+        })
     }
 
     /// What [`BpfProgram::load`] reported about the loaded object.
