@@ -39,6 +39,47 @@ fn bpf_run_time(ids: &[u32]) -> (u64, u64) {
         .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt))
 }
 
+/// The measured window: this process's CPU and the run time of the two
+/// programs, from `start` (which prints `ready`) to `fields`.
+struct Window {
+    ids: Vec<u32>,
+    started: Instant,
+    cpu0: f64,
+    bpf0: (u64, u64),
+}
+
+impl Window {
+    /// Start measuring the programs named in the collector's `details`.
+    fn start<'a>(details: impl IntoIterator<Item = (&'a str, &'a str)>) -> std::io::Result<Self> {
+        let ids: Vec<u32> = details
+            .into_iter()
+            .filter(|(k, _)| *k == "egress_prog_id" || *k == "ingress_prog_id")
+            .filter_map(|(_, v)| v.parse().ok())
+            .collect();
+        let window = Self {
+            cpu0: cpu_seconds(),
+            bpf0: bpf_run_time(&ids),
+            started: Instant::now(),
+            ids,
+        };
+        println!("ready");
+        std::io::stdout().flush()?;
+        Ok(window)
+    }
+
+    /// The window so far, as the summary's first JSON fields.
+    fn fields(&self) -> String {
+        let wall = self.started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - self.cpu0;
+        let (ns, runs) = bpf_run_time(&self.ids);
+        format!(
+            "\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"bpf_run_ns\":{},\"bpf_runs\":{}",
+            ns.saturating_sub(self.bpf0.0),
+            runs.saturating_sub(self.bpf0.1)
+        )
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 53u16;
@@ -77,17 +118,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = dns.events()?;
     dns.start(CollectorContext::default()).await?;
     let details = dns.health().details;
-    let ids: Vec<u32> = ["egress_prog_id", "ingress_prog_id"]
-        .iter()
-        .filter_map(|k| details.get(*k)?.parse().ok())
-        .collect();
-    let cpu0 = cpu_seconds();
-    let (bpf_ns0, bpf_cnt0) = bpf_run_time(&ids);
-    println!("ready");
-    std::io::stdout().flush()?;
-
-    let start = Instant::now();
-    let end = start + Duration::from_secs(seconds);
+    let window = Window::start(details.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let end = Instant::now() + Duration::from_secs(seconds);
     let (mut queries, mut responses, mut timeouts) = (0u64, 0u64, 0u64);
     // A typed consumer as an embedder would write one: wait for an event,
     // then take whatever else is queued in one batch (one timer for the
@@ -118,9 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let (bpf_ns1, bpf_cnt1) = bpf_run_time(&ids);
+    let measured = window.fields();
     dns.stop().await?;
     while let Some(ev) = events.try_recv() {
         match ev.event_type.as_str() {
@@ -137,12 +167,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let c = dns.observer().stats();
     let stats = dns.health().stats;
     println!(
-        "{{\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"bpf_run_ns\":{},\"bpf_runs\":{},\
+        "{{{measured},\
          \"query_events\":{queries},\"response_events\":{responses},\"timeout_events\":{timeouts},\
          \"matched\":{},\"unmatched\":{},\"timeouts\":{},\"evictions\":{},\"malformed\":{},\
          \"dropped_kernel\":{},\"dropped_queue\":{},\"errors\":{}}}",
-        bpf_ns1.saturating_sub(bpf_ns0),
-        bpf_cnt1.saturating_sub(bpf_cnt0),
         c.matched,
         c.unmatched,
         c.timeouts,
@@ -158,31 +186,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The floor: the collector's BPF object read by a counting consumer.
 fn run_bare(config: &DnsConfig, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
     let consumer = tapio_collector_dns::bench::bare_consumer(config)?;
-    let ids: Vec<u32> = consumer
-        .details()
-        .iter()
-        .filter(|(k, _)| k == "egress_prog_id" || k == "ingress_prog_id")
-        .filter_map(|(_, v)| v.parse().ok())
-        .collect();
-    let cpu0 = cpu_seconds();
-    let (bpf_ns0, bpf_cnt0) = bpf_run_time(&ids);
-    println!("ready");
-    std::io::stdout().flush()?;
-    let start = Instant::now();
+    let details = consumer.details();
+    let window = Window::start(details.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     std::thread::sleep(Duration::from_secs(seconds));
-    let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
-    let (bpf_ns1, bpf_cnt1) = bpf_run_time(&ids);
+    let measured = window.fields();
     let counts = consumer.finish();
     println!(
-        "{{\"wall_s\":{wall:.3},\"cpu_s\":{cpu:.3},\"bpf_run_ns\":{},\"bpf_runs\":{},\
+        "{{{measured},\
          \"records\":{},\"query_events\":0,\"response_events\":0,\"timeout_events\":0,\
          \"matched\":0,\"unmatched\":0,\"timeouts\":0,\"evictions\":0,\"malformed\":0,\
          \"dropped_kernel\":{},\"dropped_queue\":0,\"errors\":0}}",
-        bpf_ns1.saturating_sub(bpf_ns0),
-        bpf_cnt1.saturating_sub(bpf_cnt0),
-        counts.records,
-        counts.kernel_dropped,
+        counts.records, counts.kernel_dropped,
     );
     Ok(())
 }
